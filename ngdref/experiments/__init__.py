@@ -1,0 +1,1 @@
+"""Experiments: the computations behind the CLI commands and the paper's figures."""

@@ -1,0 +1,83 @@
+"""Explicit Jacobians (Eq. 6, S.64) and their structured products.
+
+Explicit objects (memory-checked before allocation, see :mod:`ngdref.memory`):
+
+* :func:`jacobian` — J = ∇_θ f, shape (CN, P), rows output-major (k·N + n),
+  columns in the flat parameter order of :mod:`ngdref.network`;
+* :func:`layer_jacobian` — the block ∇_{θ_l} f, (CN, M_l (M_{l−1}+1));
+* :func:`unit_jacobian` — the block ∇_{θ_i^{(l)}} f, (CN, M_{l−1}+1) (Section 5).
+
+Entry (k·N+n, (l, i, j)) is δ_{l,i}^{(k)}(x_n) a_{l−1,j}(x_n) (S.64 with the scaled
+input a of :mod:`ngdref.network`). Structured products never form J:
+
+* :func:`jvp` — J v in function space, Σ_l Σ_i δ_{l,i}^{(k)} (a_{l−1} V_lᵀ)_i;
+* :func:`vjp` — Jᵀ v per layer, (Σ_k v_k ⊙ δ_l^{(k)})ᵀ a_{l−1}, an (M_l × fan-in) matrix.
+"""
+
+from __future__ import annotations
+
+from .backend import namespace_of
+from .memory import check_alloc
+from .network import Network, Signals
+
+
+def _itemsize(x) -> int:
+    return 4 if "32" in str(x.dtype) else 8
+
+
+def layer_jacobian(signals: Signals, layer: int):
+    """∇_{θ_l} f as an explicit (CN, M_l·(M_{l−1}+1)) matrix."""
+    d = signals.delta[layer - 1]
+    a = signals.a[layer - 1]
+    c, n, m = d.shape
+    check_alloc((c * n, m * a.shape[1]), _itemsize(a), f"explicit Jacobian block of layer {layer}")
+    xp = namespace_of(a)
+    block = xp.reshape(d, (c, n, m, 1)) * xp.reshape(a, (1, n, 1, a.shape[1]))
+    return xp.reshape(block, (c * n, m * a.shape[1]))
+
+
+def unit_jacobian(signals: Signals, layer: int, unit: int):
+    """∇_{θ_i^{(l)}} f, (CN, M_{l−1}+1): rows δ_{l,i}^{(k)}(x_n) a_{l−1}(x_n)."""
+    d = signals.delta[layer - 1][:, :, unit]  # (C, N)
+    a = signals.a[layer - 1]
+    xp = namespace_of(a)
+    c, n = d.shape
+    return xp.reshape(xp.reshape(d, (c, n, 1)) * xp.reshape(a, (1, n, a.shape[1])), (c * n, a.shape[1]))
+
+
+def jacobian(network: Network, params, x, signals: Signals | None = None):
+    """The full explicit Jacobian J(x) = ∇_θ f(x), (CN, P) (Eq. 6)."""
+    signals = signals if signals is not None else network.signals(params, x)
+    check_alloc((network.n_outputs * x.shape[0], network.n_params), _itemsize(x), "explicit Jacobian J")
+    xp = namespace_of(x)
+    return xp.concat([layer_jacobian(signals, l) for l in range(1, network.depth + 1)], axis=1)
+
+
+def jvp(signals: Signals, direction):
+    """J v for a parameter-space direction given per layer (list of θ_l-shaped arrays); returns (C, N)."""
+    xp = namespace_of(signals.f)
+    out = None
+    for d, a, v in zip(signals.delta, signals.a, direction):
+        z = a @ v.T  # (N, M_l)
+        term = xp.sum(d * z, axis=-1)  # (C, N)
+        out = term if out is None else out + term
+    return out
+
+
+def layer_vjp(signals: Signals, layer: int, v):
+    """∇_{θ_l} fᵀ v for a function-space v (C, N): (Σ_k v_k ⊙ δ_l^{(k)})ᵀ a_{l−1}, θ_l-shaped."""
+    xp = namespace_of(v)
+    c, n = v.shape
+    d, a = signals.delta[layer - 1], signals.a[layer - 1]
+    return xp.sum(xp.reshape(v, (c, n, 1)) * d, axis=0).T @ a
+
+
+def vjp(signals: Signals, v):
+    """Jᵀ v for a function-space vector v given as (C, N); returns per-layer θ_l-shaped arrays."""
+    return [layer_vjp(signals, l, v) for l in range(1, len(signals.delta) + 1)]
+
+
+def mse_gradient(signals: Signals, y):
+    """∇_θ L = Jᵀ (f − y)/N for the MSE loss (Eq. 3), per layer; ``y`` is (N, C)."""
+    n = signals.n
+    return [g / n for g in vjp(signals, (signals.f - y).T)]

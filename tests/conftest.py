@@ -1,0 +1,36 @@
+"""Shared fixtures. Core tests run on NumPy and on the strict backend (a CPU stand-in
+for a device: NumPy/SciPy calls on its arrays raise), and on CuPy when a GPU is present."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ngdref.backend import BackendError, get_backend
+
+
+def _gpu_available() -> bool:
+    try:
+        get_backend("cupy")
+        return True
+    except BackendError:
+        return False
+
+
+GPU = _gpu_available()
+CORE_BACKENDS = ["numpy", "strict"] + (["cupy"] if GPU else [])
+
+
+@pytest.fixture(params=CORE_BACKENDS)
+def backend(request):
+    return get_backend(request.param)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)
+
+
+def unit_rows(rng, n, d):
+    x = rng.standard_normal((n, d))
+    return x / np.linalg.norm(x, axis=1, keepdims=True)

@@ -1,0 +1,179 @@
+"""Network (Eq. 1–2), signals (S.64–S.65), explicit Jacobians and the empirical NTK (Eq. 6, S.68)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ngdref import ACTIVATIONS, Network, empirical_ntk, jacobian, jvp, layer_jacobian, to_device, to_host, unit_jacobian, vjp
+from ngdref.errors import ConfigError, MemoryLimitError
+from ngdref.memory import set_max_bytes
+from ngdref.ntk import layer_ntks
+
+from .conftest import unit_rows
+
+CASES = [
+    # (widths, activation, sigma_b2)
+    ((4, 6, 3), "tanh", 0.0),
+    ((4, 6, 3), "relu", 0.5),
+    ((5, 7, 6, 1), "erf", 0.3),
+    ((5, 7, 6, 2), "shifted-relu", 0.0),
+    ((3, 5, 4, 6, 3), "linear", 0.4),
+    ((3, 5, 4, 6, 1), "tanh", 0.0),
+]
+
+
+def _finite_difference_jacobian(net, params, x, eps=1e-6):
+    theta = to_host(net.flatten(params)).astype(np.float64)
+    cols = []
+    for i in range(theta.size):
+        tp, tm = theta.copy(), theta.copy()
+        tp[i] += eps
+        tm[i] -= eps
+        fp = net.output(net.unflatten(tp), x).T.reshape(-1)
+        fm = net.output(net.unflatten(tm), x).T.reshape(-1)
+        cols.append((fp - fm) / (2 * eps))
+    return np.stack(cols, axis=1)
+
+
+@pytest.mark.parametrize("widths,act,sb2", CASES)
+def test_jacobian_matches_central_differences(widths, act, sb2, rng):
+    net = Network(widths, act, sigma_w2=1.7, sigma_b2=sb2)
+    params = net.init(3)
+    x = unit_rows(rng, 3, widths[0])
+    if act == "shifted-relu" or act == "relu":  # keep pre-activations away from kinks
+        x = x * 1.0
+    j = jacobian(net, params, x)
+    assert j.shape == (widths[-1] * 3, net.n_params)
+    j_fd = _finite_difference_jacobian(net, params, x)
+    assert np.max(np.abs(j - j_fd)) < 1e-7 * max(1.0, np.max(np.abs(j)))
+
+
+def test_parameter_count_and_bias_policy():
+    with_bias = Network((4, 6, 3), "relu", sigma_b2=0.5)
+    without = Network((4, 6, 3), "relu", sigma_b2=0.0)
+    assert with_bias.n_params == 6 * 5 + 3 * 7
+    assert without.n_params == 6 * 4 + 3 * 6
+    assert with_bias.has_bias and not without.has_bias
+
+
+def test_flatten_order_and_unit_blocks(rng):
+    net = Network((3, 4, 2), "tanh", sigma_b2=0.5)
+    params = net.init(0)
+    theta = net.flatten(params)
+    back = net.unflatten(theta)
+    for p, q in zip(params, back):
+        np.testing.assert_array_equal(p, q)
+    # unit (layer 2, unit 1) = [W_{2,1,:}, b_{2,1}]
+    np.testing.assert_array_equal(theta[net.unit_slice(2, 1)], params[1][1])
+    x = unit_rows(rng, 5, 3)
+    s = net.signals(params, x)
+    j = jacobian(net, params, x, s)
+    np.testing.assert_allclose(unit_jacobian(s, 2, 1), j[:, net.unit_slice(2, 1)], rtol=0, atol=0)
+    off = net.layer_offsets
+    np.testing.assert_array_equal(layer_jacobian(s, 1), j[:, off[0] : off[1]])
+
+
+def test_eq1_forward_literal(rng):
+    """u_l = σ_w/√M_{l−1} W_l h_{l−1} + σ_b b_l, written out once by hand."""
+    net = Network((3, 5, 2), "tanh", sigma_w2=2.0, sigma_b2=0.5)
+    p = net.init(1)
+    x = unit_rows(rng, 4, 3)
+    w1, b1, w2, b2 = p[0][:, :3], p[0][:, 3], p[1][:, :5], p[1][:, 5]
+    h1 = np.tanh(np.sqrt(2.0) / np.sqrt(3) * x @ w1.T + np.sqrt(0.5) * b1)
+    f = np.sqrt(2.0) / np.sqrt(5) * h1 @ w2.T + np.sqrt(0.5) * b2
+    np.testing.assert_allclose(net.output(p, x), f, rtol=1e-13)
+
+
+@pytest.mark.parametrize("widths,act,sb2", CASES)
+def test_structured_ntk_equals_explicit(widths, act, sb2, rng, backend):
+    net = Network(widths, act, sigma_w2=2.0, sigma_b2=sb2)
+    params = net.init(7, backend)
+    x = to_device(unit_rows(rng, 5, widths[0]), backend)
+    xt = to_device(unit_rows(rng, 3, widths[0]), backend)
+    for a, b in [(x, None), (xt, x)]:
+        ks = to_host(empirical_ntk(net, params, a, b, method="structured"))
+        ke = to_host(empirical_ntk(net, params, a, b, method="explicit"))
+        assert np.max(np.abs(ks - ke)) <= 1e-12 * np.max(np.abs(ke))
+
+
+def test_jvp_vjp_match_explicit(rng, backend):
+    net = Network((4, 6, 5, 2), "tanh", sigma_b2=0.3)
+    params = net.init(2, backend)
+    x = to_device(unit_rows(rng, 5, 4), backend)
+    s = net.signals(params, x)
+    j = to_host(jacobian(net, params, x, s))
+    v_params = net.init(9, backend)
+    jv = to_host(jvp(s, v_params)).reshape(-1)
+    np.testing.assert_allclose(jv, j @ to_host(net.flatten(v_params)), rtol=1e-12, atol=1e-12)
+    v = rng.standard_normal((2, 5))
+    g = vjp(s, to_device(v, backend))
+    np.testing.assert_allclose(to_host(net.flatten(g)), j.T @ v.reshape(-1), rtol=1e-12, atol=1e-12)
+
+
+def test_layer_kernels_sum_to_ntk(rng):
+    net = Network((4, 8, 8, 1), "relu", sigma_b2=0.5)
+    p = net.init(0)
+    x = unit_rows(rng, 6, 4)
+    s = net.signals(p, x)
+    np.testing.assert_allclose(sum(layer_ntks(s)), empirical_ntk(net, p, x, method="explicit"), rtol=1e-12)
+
+
+def test_same_seed_same_network_different_seed_differs(rng, backend):
+    net = Network((4, 6, 1), "relu", sigma_b2=0.5)
+    x = unit_rows(rng, 3, 4)
+    a, b, c = net.init(5, backend), net.init(5, backend), net.init(6, backend)
+    fa = to_host(net.output(a, to_device(x, backend)))
+    fb = to_host(net.output(b, to_device(x, backend)))
+    fc = to_host(net.output(c, to_device(x, backend)))
+    np.testing.assert_array_equal(fa, fb)
+    assert np.max(np.abs(fa - fc)) > 1e-3
+    # the same seed gives the same parameters on every backend (drawn on the host)
+    np.testing.assert_array_equal(to_host(net.flatten(a)), net.flatten(net.init(5)))
+
+
+def test_float32_stays_float32(rng, backend):
+    from ngdref.backend import get_backend
+
+    b32 = get_backend(backend.name, "float32")
+    net = Network((4, 6, 5, 2), "erf", sigma_b2=0.3)
+    p = net.init(0, b32)
+    x = to_device(unit_rows(rng, 3, 4), b32)
+    s = net.signals(p, x)
+    for arr in [*s.h, *s.a, *s.u, *s.delta, s.f, empirical_ntk(net, p, x)]:
+        assert arr.dtype == b32.xp.float32
+
+
+@pytest.mark.parametrize("name", ACTIVATIONS)
+def test_activation_derivatives(name):
+    from ngdref.activations import get_activation
+
+    act = get_activation(name, shift=0.7)
+    u = np.linspace(-2.3, 2.1, 41) + 1e-3  # avoid kinks exactly
+    eps = 1e-6
+    np.testing.assert_allclose(act.dphi(u), (act.phi(u + eps) - act.phi(u - eps)) / (2 * eps), atol=1e-7)
+
+
+def test_bad_shapes_and_config():
+    with pytest.raises(ConfigError, match="depth"):
+        Network.build(4, 8, 1)
+    with pytest.raises(ConfigError, match="unknown activation"):
+        Network((4, 5, 1), "softsign")
+    net = Network((4, 5, 1), "relu")
+    with pytest.raises(ConfigError, match="M0 = 4"):
+        net.output(net.init(0), np.ones((2, 3)))
+    with pytest.raises(ConfigError, match="sigma_b2"):
+        Network((4, 5, 1), "relu", sigma_b2=-1)
+
+
+def test_memory_guard_refuses_before_allocating(rng):
+    net = Network((4, 64, 64, 1), "relu")
+    p = net.init(0)
+    x = unit_rows(rng, 10, 4)
+    set_max_bytes(1000)
+    try:
+        with pytest.raises(MemoryLimitError, match="explicit Jacobian"):
+            jacobian(net, p, x)
+        empirical_ntk(net, p, x)  # the structured path is unaffected
+    finally:
+        set_max_bytes(None)
