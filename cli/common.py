@@ -52,7 +52,10 @@ class Settings:
 
 def consoles(json_path: str | None) -> Console:
     """Human output goes to stdout, or to stderr when the JSON record is written to stdout."""
-    return Console(stderr=(json_path == "-"), highlight=False)
+    console = Console(stderr=(json_path == "-"), highlight=False)
+    if not console.is_terminal:  # files and pipes: wide enough for the tables
+        console = Console(stderr=(json_path == "-"), highlight=False, width=160)
+    return console
 
 
 def emit_json(json_path: str | None, record: dict) -> None:

@@ -66,6 +66,12 @@ def ntk(settings, depth, width, activation, shift, sigma_w2, sigma_b2, data, cla
     emit_json(json_path, report)
 
 
+from .train_cmd import isotropy, train  # noqa: E402
+
+cli.add_command(train)
+cli.add_command(isotropy)
+
+
 def main():  # console script entry point
     cli(prog_name="ngdref")
 

@@ -50,6 +50,20 @@ class FisherApproximation:
         self.network = network
         self.damping = damping
         self.rtol = rtol
+        #: Λ̃ = Λ(σ) + ρ̃I (CN × CN) for the cross-entropy FIM (S.159, S.164); None for MSE
+        self.output_metric = None
+
+    #: whether the approximation supports the cross-entropy FIM (Appendix D)
+    supports_cross_entropy: ClassVar[bool] = False
+
+    def set_output_metric(self, metric) -> None:
+        """Use G = Jᵀ Λ̃ J/N + ρI (S.159) instead of the MSE FIM, with Λ̃ given as a (CN × CN) array."""
+        if not self.supports_cross_entropy:
+            raise ConfigError(
+                f"'{self.name}' is implemented for the MSE loss only; the cross-entropy FIM "
+                "(Appendix D) is available for exact and layer-wise approximations"
+            )
+        self.output_metric = metric
 
     # ---- description -------------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import namespace_of
+from ..backend import namespace_of, to_host
 from ..errors import ConfigError
 from ..jacobian import vjp
 from ..linalg import damped_solve
@@ -54,6 +54,7 @@ class ExactFisher(FisherApproximation):
     name = "exact"
     summary = "exact Fisher F = JᵀJ/N (+ρI); ρ = 0: pseudo-inverse NGD"
     equation = "Eq. 8-9, 13"
+    supports_cross_entropy = True
 
     def analytic_alpha(self, n_samples):
         return 1.0
@@ -62,7 +63,16 @@ class ExactFisher(FisherApproximation):
         xp = namespace_of(v)
         c, n = v.shape
         theta = ntk_from_signals(signals)
-        z = damped_solve(theta, xp.reshape(v, (c * n, 1)), self.damping, self.rtol)
+        vec = xp.reshape(v, (c * n, 1))
+        if self.output_metric is not None:
+            # cross-entropy (S.159): (JᵀΛ̃J/N + ρI)⁻¹Jᵀ = Jᵀ(Λ̃Θ + ρI)⁻¹; ρ = 0: Θ⁺Λ̃⁻¹
+            w = self.output_metric
+            if self.damping > 0:
+                z = xp.linalg.solve(w @ theta + self.damping * xp.eye(c * n, dtype=theta.dtype), vec)
+            else:
+                z = damped_solve(theta, xp.linalg.solve(w, vec), 0.0, self.rtol)
+        else:
+            z = damped_solve(theta, vec, self.damping, self.rtol)
         return [g / n for g in vjp(signals, xp.reshape(z, (c, n)))]
 
     def coefficient(self, signals, signals_prime=None):
@@ -76,4 +86,5 @@ class ExactFisher(FisherApproximation):
     def explicit_metric(self, params, x, signals=None):
         self._check_explicit()
         j = self._explicit_jacobian(params, x, signals)
-        return j.T @ j / x.shape[0] + self.damping * np.eye(j.shape[1])
+        w = np.eye(j.shape[0]) if self.output_metric is None else np.asarray(to_host(self.output_metric))
+        return j.T @ w @ j / x.shape[0] + self.damping * np.eye(j.shape[1])

@@ -25,7 +25,7 @@ import warnings
 
 import numpy as np
 
-from ..backend import namespace_of, to_device, backend_of
+from ..backend import backend_of, namespace_of, to_device, to_host
 from ..errors import ConfigError
 from ..jacobian import layer_vjp
 from ..linalg import psd_pinv
@@ -72,6 +72,7 @@ class LayerWiseFisher(FisherApproximation):
     name = "layer"
     summary = "layer-wise FIM Sᵀ(Σ⊗I)S/N (+ρI) with a user-given symmetric Σ"
     equation = "Eq. 15-16"
+    supports_cross_entropy = True
 
     def __init__(self, network, damping: float = 0.0, rtol=None, sigma=None):
         super().__init__(network, damping, rtol)
@@ -109,16 +110,27 @@ class LayerWiseFisher(FisherApproximation):
 
     def _exact_equivalent(self):
         # Σ = c·11ᵀ: G = c JᵀJ/N + ρI, i.e. exact NGD with F scaled by c (S.91)
-        return ExactFisher(self.network, self.damping / float(self.sigma[0, 0]), self.rtol)
+        exact = ExactFisher(self.network, self.damping / float(self.sigma[0, 0]), self.rtol)
+        exact.output_metric = self.output_metric
+        return exact
 
     def _resolvent(self, kernels):
-        """(Ω + ρI)⁻¹ (1_L ⊗ I_CN) split into L blocks R_l (each CN × CN)."""
+        """(Ω + ρI)⁻¹ (1_L ⊗ I_CN) split into L blocks R_l (each CN × CN).
+
+        With a cross-entropy output metric Λ̃ (S.164) the blocks of Ω are Σ_lk Λ̃ Θ_k and
+        at ρ = 0, R_l = (Σ⁻¹1)_l Θ_l⁺ Λ̃⁻¹ (S.165–S.167).
+        """
         xp = namespace_of(kernels[0])
         depth, m = len(kernels), kernels[0].shape[0]
+        metric = self.output_metric
         if self.damping == 0 and not self.singular:
             w = self._weights()
-            return [float(w[l]) * psd_pinv(kernels[l], self.rtol) for l in range(depth)]
+            inv_metric = None if metric is None else xp.linalg.inv(metric)
+            blocks = [float(w[l]) * psd_pinv(kernels[l], self.rtol) for l in range(depth)]
+            return blocks if inv_metric is None else [b @ inv_metric for b in blocks]
         sig = to_device(self.sigma, backend_of(kernels[0]))
+        if metric is not None:
+            kernels = [metric @ k for k in kernels]
         rows = [xp.concat([sig[l, k] * kernels[k] for k in range(depth)], axis=1) for l in range(depth)]
         omega = xp.concat(rows, axis=0)  # block (l, k) = Σ_lk Θ_k
         rhs = xp.concat([xp.eye(m, dtype=omega.dtype)] * depth, axis=0)
@@ -133,7 +145,7 @@ class LayerWiseFisher(FisherApproximation):
         c, n = v.shape
         kernels = layer_ntks(signals)
         r = self._resolvent(kernels)
-        vec = xp.reshape(v, (c * n, 1))
+        vec = xp.reshape(v, (c * n, 1))  # Δθ_l = ∇_{θ_l}fᵀ R_l v / N
         out = []
         for l, (rl, _) in enumerate(zip(r, kernels), start=1):
             z = xp.reshape(rl @ vec, (c, n))
@@ -153,12 +165,13 @@ class LayerWiseFisher(FisherApproximation):
         j = self._explicit_jacobian(params, x, signals)
         off = self.network.layer_offsets
         n = x.shape[0]
+        w = np.eye(j.shape[0]) if self.output_metric is None else np.asarray(to_host(self.output_metric))
         g = np.zeros((j.shape[1], j.shape[1]))
         for l in range(self.network.depth):
             for k in range(self.network.depth):
                 if self.sigma[l, k] != 0:
                     jl, jk = j[:, off[l] : off[l + 1]], j[:, off[k] : off[k + 1]]
-                    g[off[l] : off[l + 1], off[k] : off[k + 1]] = self.sigma[l, k] * jl.T @ jk / n
+                    g[off[l] : off[l + 1], off[k] : off[k + 1]] = self.sigma[l, k] * jl.T @ w @ jk / n
         return g + self.damping * np.eye(j.shape[1])
 
 

@@ -1,0 +1,160 @@
+"""``ngdref train`` and ``ngdref isotropy`` (thin: parsing and printing only)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .common import (
+    UserError,
+    build_network,
+    consoles,
+    data_options,
+    emit_json,
+    handle_errors,
+    json_option,
+    load_data,
+    network_options,
+    parse_int_list,
+    parse_str_list,
+)
+
+
+def _fim_names():
+    from ngdref.fisher import FISHER_NAMES
+
+    return FISHER_NAMES
+
+
+def _parse_sigma(text):
+    if text is None:
+        return None
+    try:
+        return [[float(v) for v in row.split(",")] for row in text.split(";")]
+    except ValueError:
+        raise UserError(f"--sigma must look like '1,0,0;0,1,0;0,0,1', got {text!r}") from None
+
+
+def _fmt(v, spec=".4g"):
+    return "—" if v is None else format(v, spec)
+
+
+@click.command()
+@click.option("--fim", default="unit", show_default=True, help="Fisher approximation: " + ", ".join(
+    ["gd", "exact", "bd", "tridiag", "layer", "kfac", "unit", "diag", "quasi-diag"]))
+@click.option("--steps", default=10, show_default=True, type=int, help="Training steps.")
+@click.option("--lr", type=float, default=None, help="Learning rate η (overrides --lr-scale).")
+@click.option("--lr-scale", default=1.0, show_default=True, type=float, help="c in η = c/α (Corollary 4.2); for gd η = c/λ_max(Θ).")
+@click.option("--damping", default=0.0, show_default=True, type=float, help="ρ (0 = pseudo-inverse).")
+@click.option("--loss", type=click.Choice(["mse", "ce"]), default="mse", show_default=True, help="Loss (ce: Appendix D).")
+@click.option("--ce-damping", default=1e-2, show_default=True, type=float, help="ρ̃ added to Λ for cross-entropy (S.159).")
+@click.option("--linearized/--no-linearized", default=False, show_default=True, help="Also train the linearised model with G_0 fixed (S.23–S.24).")
+@click.option("--sigma", default=None, help="Σ for --fim layer, rows separated by ';' (Eq. 15).")
+@click.option("--kfac-bias", type=click.Choice(["separate", "folded"]), default="separate", show_default=True, help="K-FAC bias handling (S.123).")
+@click.option("--forster/--no-forster", default=False, show_default=True, help="Forster-transform the training inputs (B.3.1(ii)); for K-FAC with M0 < N.")
+@network_options()
+@data_options()
+@json_option
+@click.pass_obj
+@handle_errors
+def train(settings, fim, steps, lr, lr_scale, damping, loss, ce_damping, linearized, sigma, kfac_bias, forster,
+          depth, width, activation, shift, sigma_w2, sigma_b2, data, classes, n_train, n_test, input_dim, json_path):
+    """Train with NGD (Eq. 7) and compare with the closed-form dynamics (Eq. 10, 22, 24)."""
+    from ngdref.io import software_versions
+    from ngdref.train import TrainConfig, config_dict
+    from ngdref.train import train as run_train
+
+    if fim not in _fim_names():
+        raise UserError(f"unknown --fim {fim!r}; choose one of {', '.join(_fim_names())}")
+    ds = load_data(data, classes, n_train, n_test, input_dim, settings.seed)
+    if forster:
+        from ngdref.experiments.transforms import forster_dataset
+
+        ds = forster_dataset(ds)
+    n_outputs = len(ds.classes) if loss == "ce" else ds.n_outputs
+    net = build_network(ds.input_dim, width, depth, activation, shift, sigma_w2, sigma_b2, n_outputs)
+    options = {}
+    if fim == "layer":
+        options["sigma"] = _parse_sigma(sigma)
+    if fim == "kfac":
+        options["bias"] = kfac_bias
+    config = TrainConfig(fim=fim, steps=steps, lr=lr, lr_scale=lr_scale, damping=damping, loss=loss,
+                         ce_damping=ce_damping, linearized=linearized, fim_options=options)
+    backend = settings.backend()
+    con = consoles(json_path)
+    err = consoles("-")
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TextColumn("{task.fields[loss]}"), TimeElapsedColumn(), console=err, transient=True) as bar:
+        task = bar.add_task(f"{fim} NGD", total=steps + 1, loss="")
+        result = run_train(net, ds, config, backend, settings.seed,
+                           progress=lambda t, rec: bar.update(task, completed=t + 1, loss=f"loss {rec['train_loss']:.3e}"))
+    record = {
+        "command": "train",
+        "config": {**config_dict(config), "seed": settings.seed, "backend": backend.name, "dtype": backend.dtype_name,
+                   "forster": forster},
+        "network": net.to_dict(),
+        "data": ds.to_dict(),
+        "software": software_versions(),
+        **result.to_dict(),
+    }
+    s = result.summary
+    table = Table(title=f"{fim} NGD, η = {s['lr']:.4g} (α = {s['alpha']:.6g}, {s.get('alpha_source', '')})")
+    cols = ["step", "train loss", "theory (Eq. 10)", "Eq. 24", "test loss", "theory test", "train acc", "test acc",
+            "max|f−f_lin| train", "max|f−f_lin| test", "‖θ−θ₀‖"]
+    keys = ["step", "train_loss", "theory_train_loss", "isotropic_train_loss", "test_loss", "theory_test_loss",
+            "train_accuracy", "test_accuracy", "max_abs_f_minus_flin_train", "max_abs_f_minus_flin_test", "param_distance"]
+    if linearized:
+        cols.insert(3, "linearised model")
+        keys.insert(3, "linearized_model_train_loss")
+    for c in cols:
+        table.add_column(c, justify="right")
+    for rec in result.records:
+        table.add_row(*[str(rec["step"])] + [_fmt(rec.get(k)) for k in keys[1:]])
+    con.print(table)
+    if "eq22_relative_error" in s:
+        con.print(f"‖(θ_T − θ_0) − Eq. 22‖ / ‖Eq. 22‖ = {s['eq22_relative_error']:.3e}    wall time {s['seconds']:.1f} s")
+    emit_json(json_path, record)
+    if not result.ok:
+        click.echo(f"Error: {result.message}", err=True)
+        sys.exit(1)
+
+
+@click.command()
+@click.option("--fim", "fims", default="gd,bd,unit,diag,quasi-diag", show_default=True, help="Comma-separated approximations.")
+@click.option("--widths", default="256,512,1024,2048,4096", show_default=True, help="Comma-separated hidden widths.")
+@click.option("--damping", default=0.0, show_default=True, type=float, help="ρ (Fig. 3 uses 1e-12).")
+@network_options()
+@data_options(default_n_train=80, default_n_test=0)
+@json_option
+@click.pass_obj
+@handle_errors
+def isotropy(settings, fims, widths, damping, depth, width, activation, shift, sigma_w2, sigma_b2, data, classes,
+             n_train, n_test, input_dim, json_path):
+    """cond(Θ̄), measured and analytic α per approximation and width (Eq. 12, Fig. 3)."""
+    from ngdref.experiments.isotropy import isotropy_sweep
+
+    names = parse_str_list(fims)
+    unknown = [n for n in names if n not in _fim_names()]
+    if unknown:
+        raise UserError(f"unknown --fim {', '.join(unknown)}; choose from {', '.join(_fim_names())}")
+    ds = load_data(data, classes, n_train, n_test, input_dim, settings.seed)
+    backend = settings.backend()
+    widths_list = parse_int_list(widths, "--widths")
+    err = consoles("-")
+    with Progress(TextColumn("[bold]isotropy"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=err, transient=True) as bar:
+        task = bar.add_task("", total=len(names) * len(widths_list))
+        rows = isotropy_sweep(names, widths_list, depth, activation, ds.x_train, settings.seed, backend, sigma_w2,
+                              sigma_b2, shift, damping, ds.n_outputs, progress=lambda r: bar.advance(task))
+    con = consoles(json_path)
+    table = Table(title=f"Isotropy of Θ̄(x,x): {ds.name}, N = {ds.n_train}, L = {depth}, {activation}")
+    for c in ("fim", "width", "cond(Θ̄)", "α measured", "α analytic", "measured/analytic", "seconds"):
+        table.add_column(c, justify="right")
+    for r in rows:
+        table.add_row(r["fim"], str(r["width"]), f"{r['condition_number']:.4g}", f"{r['alpha_measured']:.6g}",
+                      _fmt(r["alpha_analytic"], ".6g"), _fmt(r["measured_over_analytic"], ".5f"), f"{r['seconds']:.2f}")
+    con.print(table)
+    emit_json(json_path, {"command": "isotropy", "data": ds.to_dict(), "seed": settings.seed, "rows": rows})

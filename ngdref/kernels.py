@@ -1,0 +1,623 @@
+"""Analytic infinite-width kernels (Appendix E, S.169–S.179) and the coefficient matrices Θ̄(x′, x).
+
+Host NumPy/SciPy, float64. Conventions match the finite network of
+:mod:`ngdref.network` exactly, so every analytic kernel here is the
+infinite-width limit of the corresponding empirical quantity
+(``h_l h_lᵀ/M_l``, ``δ_l δ_lᵀ``, :func:`ngdref.ntk.layer_ntks`):
+
+* ``A_0(x′, x) = X′Xᵀ/M0`` (S.68 text);
+* ``Q_l = σ_w² A_{l−1} + σ_b² 11ᵀ`` (S.175), the covariance of the
+  pre-activations u_l; its diagonal is the per-sample variance (for
+  ``‖x‖ = 1`` all equal to the order parameter ``q_l``, S.176/S.179);
+* ``A_l(x′, x) = E[φ(u′) φ(u)]`` with ``(u′, u)`` jointly Gaussian, variances
+  ``Q_l(x′, x′)``, ``Q_l(x, x)`` and covariance ``Q_l(x′, x)`` (S.69/S.171,
+  written for general, unequal variances);
+* ``Ξ_l = E[φ′(u′) φ′(u)]`` (S.70/S.173; note S.70 writes ``σ_w² A_l`` where
+  S.173/S.175 — and the network — give ``σ_w² A_{l−1}``);
+* ``B_L = 11ᵀ``, ``B_l = σ_w² Ξ_l ⊙ B_{l+1}`` (S.172; Hadamard product), the
+  limit of ``δ_l(x′) δ_l(x)ᵀ`` with δ the true chain-rule derivative;
+* ``Θ_l = (σ_w² B_l ⊙ A_{l−1} + σ_b² B_l)/N`` (S.68 with the 1/N of Theorem 4.1)
+  and ``Θ = Σ_l Θ_l`` (S.169–S.170). These are the C = 1 blocks; for C outputs
+  the kernels are ``I_C ⊗ (·)`` (output-major, as in :mod:`ngdref.network`).
+
+Gaussian expectations use closed forms where they exist — ReLU (arc-cosine
+kernels, S.177–S.178), shifted ReLU (truncated bivariate-normal moments with
+Owen's T), erf (Williams 1997) and linear — and two-dimensional Gauss–Hermite
+quadrature (``numpy.polynomial.hermite_e.hermegauss``) otherwise (tanh, custom
+activations), or everywhere with ``method="quadrature"``.
+
+Θ̄(x′, x) of the NGD dynamics (Eq. 10) per approximate Fisher:
+exact (Eq. 13), layer-wise with any nonsingular symmetric Σ (Eq. 16), block
+diagonal (Σ = I) and block tri-diagonal (Eq. 19), K-FAC (S.105, S.110, S.123–S.124)
+and unit-wise (training set only, S.137). :func:`predict` gives the trained
+model's kernel-regression prediction (Eq. 14, Section 4.4).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.polynomial.hermite_e import hermegauss
+from scipy import linalg as sla
+from scipy.special import ndtr, owens_t
+
+from .activations import Activation
+from .alpha import layerwise_weights, tridiagonal_sigma
+from .errors import ConfigError, NgdrefError
+from .network import Network
+
+__all__ = [
+    "AnalyticKernels",
+    "THETA_BAR_METHODS",
+    "analytic_kernels",
+    "analytic_theta_bar",
+    "gaussian_expectation",
+    "order_parameters",
+    "predict",
+    "theta_bar_block_diagonal",
+    "theta_bar_exact",
+    "theta_bar_kfac",
+    "theta_bar_layerwise",
+    "theta_bar_tridiagonal",
+    "theta_bar_unit",
+    "validate_unit_inputs",
+]
+
+DEFAULT_ORDER = 64
+#: Activations with closed-form A and Ξ (``method="auto"``); all others use quadrature.
+CLOSED_FORM_ACTIVATIONS = ("relu", "shifted-relu", "erf", "linear")
+#: Methods accepted by :func:`analytic_theta_bar`.
+THETA_BAR_METHODS = ("exact", "block-diagonal", "tri-diagonal", "layer-wise", "kfac", "unit-wise")
+#: Reciprocal condition number below which a training-set kernel is treated as singular.
+DEFAULT_RCOND = 1e-10
+#: Elements per quadrature work array (bounds memory to ~64 MiB per array).
+_CHUNK_ELEMENTS = 1 << 23
+
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+# --------------------------------------------------------------------------------------
+# Bivariate Gaussian expectations
+# --------------------------------------------------------------------------------------
+def _corr(v1, v2, c):
+    """ρ = c/√(v1 v2) clipped to [−1, 1], and r = √(1 − ρ²) computed stably."""
+    rho = np.clip(c / np.sqrt(v1 * v2), -1.0, 1.0)
+    r = np.sqrt(np.maximum((1.0 - rho) * (1.0 + rho), 0.0))
+    return rho, r
+
+
+def _pdf(x):
+    return _INV_SQRT_2PI * np.exp(-0.5 * x * x)
+
+
+def _ratio(num, den):
+    """num/den with the limits of the degenerate (den = 0) case: ±inf, or 0 for 0/0."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = num / den
+    return np.where(den > 0, out, np.sign(num) * np.inf)
+
+
+def _relu_moments(v1, v2, c, which):
+    """Arc-cosine kernels (Cho & Saul 2009; S.177–S.178 for general variances)."""
+    rho, r = _corr(v1, v2, c)
+    theta_pi = np.pi - np.arccos(rho)  # = π/2 + arcsin ρ
+    if which == "phi":
+        return np.sqrt(v1 * v2) / (2.0 * np.pi) * (r + theta_pi * rho)
+    return theta_pi / (2.0 * np.pi)
+
+
+def _bivariate_orthant(a, b, rho, r):
+    """P(Z1 > −a, Z2 > −b) = Φ₂(a, b; ρ) for a, b > 0 (Owen 1956, Owen's T)."""
+    t1 = _ratio(b - rho * a, r)
+    t2 = _ratio(a - rho * b, r)
+    return 0.5 * ndtr(a) + 0.5 * ndtr(b) - owens_t(a, t1 / a) - owens_t(b, t2 / b)
+
+
+def _shifted_relu_moments(v1, v2, c, which, s):
+    """φ_s(u) = max(u, −s) (Section C.3.3): exact truncated bivariate-normal moments.
+
+    With u = σ1 Z1, u′ = σ2 Z2, corr ρ, a = s/σ1, b = s/σ2:
+    Ξ = P(Z1 > −a, Z2 > −b) = Φ₂(a, b; ρ); A follows from φ_s(u) = relu(u + s) − s and
+    the first and second moments of (Z1, Z2) over the orthant {Z1 > −a, Z2 > −b}
+    (Rosenbaum 1961).
+    """
+    if s == 0.0:
+        return _relu_moments(v1, v2, c, which)
+    rho, r = _corr(v1, v2, c)
+    s1, s2 = np.sqrt(v1), np.sqrt(v2)
+    a, b = s / s1, s / s2
+    p = _bivariate_orthant(a, b, rho, r)
+    if which == "dphi":
+        return p
+    t1 = _ratio(b - rho * a, r)
+    t2 = _ratio(a - rho * b, r)
+    f1, f2 = ndtr(t1), ndtr(t2)
+    pa, pb = _pdf(a), _pdf(b)
+    ez1 = pa * f1 + rho * pb * f2
+    ez2 = pb * f2 + rho * pa * f1
+    tail = np.where(r > 0, r * _pdf(np.where(np.isfinite(t1), t1, 0.0)), 0.0)
+    ez1z2 = rho * p - rho * a * pa * f1 - rho * b * pb * f2 + pa * tail
+    er1r2 = s1 * s2 * ez1z2 + s * s1 * ez1 + s * s2 * ez2 + s * s * p
+    er1 = s1 * pa + s * ndtr(a)
+    er2 = s2 * pb + s * ndtr(b)
+    return er1r2 - s * er1 - s * er2 + s * s
+
+
+def _erf_moments(v1, v2, c, which):
+    """Williams (1997): φ = erf."""
+    d1, d2 = 1.0 + 2.0 * v1, 1.0 + 2.0 * v2
+    if which == "phi":
+        return (2.0 / np.pi) * np.arcsin(np.clip(2.0 * c / np.sqrt(d1 * d2), -1.0, 1.0))
+    return (4.0 / np.pi) / np.sqrt(d1 * d2 - 4.0 * c * c)
+
+
+def _linear_moments(v1, v2, c, which):
+    return np.array(c, dtype=np.float64, copy=True) if which == "phi" else np.ones_like(c, dtype=np.float64)
+
+
+def _quadrature_moments(fn, v1, v2, c, order):
+    """E[fn(u) fn(u′)] by two-dimensional Gauss–Hermite quadrature (probabilists' weights).
+
+    u = √v1 z1, u′ = (c/√v1) z1 + √(v2 − c²/v1) z2 with z1, z2 ~ N(0, 1) i.i.d.
+    """
+    z, w = hermegauss(int(order))
+    w = w / w.sum()  # Σ w = 1 (the weight is exp(−z²/2) without the 1/√(2π))
+    shape = np.shape(c)
+    v1, v2, c = (np.ravel(np.broadcast_to(t, shape)).astype(np.float64) for t in (v1, v2, c))
+    s1 = np.sqrt(v1)
+    m = c / s1
+    sd = np.sqrt(np.maximum(v2 - m * m, 0.0))
+    out = np.empty(v1.size)
+    block = max(1, _CHUNK_ELEMENTS // z.size)
+    for start in range(0, v1.size, block):
+        sl = slice(start, start + block)
+        acc = np.zeros(out[sl].size)
+        for zi, wi in zip(z, w):
+            inner = fn(m[sl][None, :] * zi + sd[sl][None, :] * z[:, None])  # (order, P)
+            acc += wi * np.asarray(fn(s1[sl] * zi)) * (w @ inner)
+        out[sl] = acc
+    return out.reshape(shape)
+
+
+def gaussian_expectation(
+    activation: Activation,
+    v1,
+    v2,
+    c,
+    which: str = "phi",
+    method: str = "auto",
+    order: int = DEFAULT_ORDER,
+) -> np.ndarray:
+    """E[g(u) g(u′)] for (u, u′) ~ N(0, [[v1, c], [c, v2]]), with g = φ (``which="phi"``, S.171)
+    or g = φ′ (``which="dphi"``, S.173), elementwise over broadcast arrays.
+
+    ``method="auto"`` uses the closed form for relu, shifted-relu, erf and linear and
+    Gauss–Hermite quadrature of ``order`` nodes per dimension otherwise;
+    ``method="quadrature"`` forces quadrature (slowly convergent for kinks/steps).
+    """
+    if which not in ("phi", "dphi"):
+        raise ConfigError(f"which must be 'phi' or 'dphi', got {which!r}")
+    if method not in ("auto", "quadrature"):
+        raise ConfigError(f"method must be 'auto' or 'quadrature', got {method!r}")
+    if int(order) < 2:
+        raise ConfigError(f"quadrature order must be >= 2, got {order}")
+    v1, v2, c = np.broadcast_arrays(*(np.asarray(t, dtype=np.float64) for t in (v1, v2, c)))
+    if np.any(v1 <= 0) or np.any(v2 <= 0):
+        raise ConfigError("pre-activation variances must be positive")
+    name = activation.name
+    if method == "auto" and name in CLOSED_FORM_ACTIVATIONS:
+        if name == "relu":
+            return _relu_moments(v1, v2, c, which)
+        if name == "shifted-relu":
+            return _shifted_relu_moments(v1, v2, c, which, float(activation.shift))
+        if name == "erf":
+            return _erf_moments(v1, v2, c, which)
+        return _linear_moments(v1, v2, c, which)
+    fn = activation.phi if which == "phi" else activation.dphi
+    return _quadrature_moments(lambda t: np.asarray(fn(t), dtype=np.float64), v1, v2, c, order)
+
+
+# --------------------------------------------------------------------------------------
+# Order parameters and kernels
+# --------------------------------------------------------------------------------------
+def order_parameters(net: Network, method: str = "auto", order: int = DEFAULT_ORDER) -> list[float]:
+    """[q_1, …, q_L]: the variance of u_l for a unit-norm input (S.176, S.179).
+
+    q_1 = σ_w²/M0 + σ_b² (S.179; its "σ²" is σ_w²), q_{l+1} = σ_w² E[φ(u)²]_{u~N(0,q_l)} + σ_b².
+    (S.176 with ``q_0 = 1/M0`` read literally would pass the input through φ; the network
+    does not, so the recursion starts at l = 1.)
+    """
+    q = [net.sigma_w2 / net.input_dim + net.sigma_b2]
+    for _ in range(1, net.depth):
+        qa = np.array(q[-1])
+        second = float(gaussian_expectation(net.activation, qa, qa, qa, "phi", method, order))
+        q.append(net.sigma_w2 * second + net.sigma_b2)
+    return q
+
+
+def validate_unit_inputs(x, input_dim: int, name: str = "x", atol: float = 1e-6) -> np.ndarray:
+    """(N, M0) float64 array of finite, unit-norm rows (Assumption 2), else ConfigError."""
+    arr = np.asarray(x, dtype=np.float64)
+    if arr.ndim != 2:
+        raise ConfigError(f"{name} must be a 2-D (N, M0) array, got shape {arr.shape}")
+    if arr.shape[0] == 0:
+        raise ConfigError(f"{name} has no samples")
+    if arr.shape[1] != input_dim:
+        raise ConfigError(f"{name} has {arr.shape[1]} features but the network input width is M0 = {input_dim}")
+    if not np.all(np.isfinite(arr)):
+        raise ConfigError(f"{name} contains non-finite values")
+    dev = np.max(np.abs(np.linalg.norm(arr, axis=1) - 1.0))
+    if dev > atol:
+        raise ConfigError(
+            f"{name} rows must have unit norm ||x||_2 = 1 (Assumption 2); max deviation {dev:.3g}"
+        )
+    return arr
+
+
+@dataclass
+class AnalyticKernels:
+    """Infinite-width kernels between ``x1`` (x′, N′ rows) and ``x2`` (x, N rows), C = 1 blocks.
+
+    ``A``: [A_0, …, A_{L−1}] (N′, N). ``Xi``: [Ξ_1, …, Ξ_{L−1}]. ``B``: [B_1, …, B_L].
+    ``var1`` / ``var2``: [Q_l(x′,x′) diag, …] and [Q_l(x,x) diag, …] for l = 1 … L,
+    the per-sample pre-activation variances used for the cross kernels.
+    ``layer_ntks``: [Θ_1, …, Θ_L] divided by N = len(x2) (S.68); ``ntk`` = Σ_l Θ_l.
+    """
+
+    network: Network
+    x1: np.ndarray
+    x2: np.ndarray
+    A: list
+    Xi: list
+    B: list
+    var1: list
+    var2: list
+    symmetric: bool = False
+    _layer_ntks: list | None = field(default=None, repr=False)
+
+    @property
+    def n(self) -> int:
+        """N, the number of columns (training samples x)."""
+        return int(self.x2.shape[0])
+
+    @property
+    def depth(self) -> int:
+        return self.network.depth
+
+    @property
+    def layer_ntks(self) -> list:
+        if self._layer_ntks is None:
+            sw2, sb2 = self.network.sigma_w2, self.network.sigma_b2
+            self._layer_ntks = [
+                (sw2 * self.B[l] * self.A[l] + sb2 * self.B[l]) / self.n for l in range(self.depth)
+            ]
+        return self._layer_ntks
+
+    @property
+    def ntk(self) -> np.ndarray:
+        """Θ(x′, x) = Σ_l Θ_l (S.169–S.170), the C = 1 block."""
+        return sum(self.layer_ntks)
+
+    def feature_gram(self, layer: int, bias: bool = True) -> np.ndarray:
+        """Ã_{l−1} = σ_w² A_{l−1} + σ_b² 11ᵀ (the limit of a_{l−1}(x′) a_{l−1}(x)ᵀ), 1-based ``layer``.
+
+        ``bias=False`` drops the σ_b² 11ᵀ term (weights only).
+        """
+        g = self.network.sigma_w2 * self.A[layer - 1]
+        return g + self.network.sigma_b2 if bias else g
+
+    def full(self, matrix: np.ndarray) -> np.ndarray:
+        """I_C ⊗ matrix: a C = 1 block expanded to the network's C outputs (output-major)."""
+        return np.kron(np.eye(self.network.n_outputs), matrix)
+
+
+def analytic_kernels(
+    net: Network,
+    x1,
+    x2=None,
+    order: int = DEFAULT_ORDER,
+    method: str = "auto",
+) -> AnalyticKernels:
+    """Infinite-width A_l, Ξ_l, B_l, Θ_l and Θ between x′ = ``x1`` and x = ``x2`` (Appendix E).
+
+    ``x2=None`` gives the Gram kernels of ``x1`` (N = len(x1)). Inputs must be (N, M0)
+    with unit-norm rows. ``order`` is the Gauss–Hermite order per dimension (quadrature
+    path only); ``method="quadrature"`` forces quadrature for every activation.
+    """
+    if not isinstance(net, Network):
+        raise ConfigError(f"net must be an ngdref.Network, got {type(net).__name__}")
+    a = validate_unit_inputs(x1, net.input_dim, "x1")
+    symmetric = x2 is None
+    b = a if symmetric else validate_unit_inputs(x2, net.input_dim, "x2")
+    sw2, sb2, act = net.sigma_w2, net.sigma_b2, net.activation
+    L = net.depth
+
+    def expect(v1, v2, c, which):
+        return gaussian_expectation(act, v1, v2, c, which, method, order)
+
+    A = [a @ b.T / net.input_dim]
+    d1 = np.sum(a * a, axis=1) / net.input_dim  # A_0(x′, x′) diagonal
+    d2 = d1 if symmetric else np.sum(b * b, axis=1) / net.input_dim
+    Xi, var1, var2 = [], [], []
+    for l in range(1, L + 1):
+        q1, q2 = sw2 * d1 + sb2, sw2 * d2 + sb2  # Q_l diagonals (S.175)
+        var1.append(q1)
+        var2.append(q2)
+        if l == L:
+            break
+        v1, v2 = q1[:, None], q2[None, :]
+        cov = sw2 * A[-1] + sb2
+        if symmetric:  # the diagonal is exactly the variance: ρ = 1 there
+            np.fill_diagonal(cov, q1)
+        A.append(expect(v1, v2, cov, "phi"))
+        Xi.append(expect(v1, v2, cov, "dphi"))
+        d1 = expect(q1, q1, q1, "phi")
+        d2 = d1 if symmetric else expect(q2, q2, q2, "phi")
+        if symmetric:
+            A[-1] = 0.5 * (A[-1] + A[-1].T)
+            Xi[-1] = 0.5 * (Xi[-1] + Xi[-1].T)
+    B = [np.ones((a.shape[0], b.shape[0]))]
+    for l in range(L - 1, 0, -1):
+        B.insert(0, sw2 * Xi[l - 1] * B[0])  # S.172
+    return AnalyticKernels(net, a, b, A, Xi, B, var1, var2, symmetric)
+
+
+# --------------------------------------------------------------------------------------
+# Linear algebra helpers
+# --------------------------------------------------------------------------------------
+def _spd_factor(mat: np.ndarray, what: str, hint: str = "", rcond: float = DEFAULT_RCOND):
+    """Cholesky factor of a training-set kernel, or NgdrefError if it is (numerically) singular."""
+    mat = 0.5 * (mat + mat.T)
+    try:
+        cf = sla.cho_factor(mat, lower=True, check_finite=True)
+    except (np.linalg.LinAlgError, sla.LinAlgError):
+        raise NgdrefError(f"{what} on the training set is not positive definite{hint}") from None
+    anorm = float(np.max(np.sum(np.abs(mat), axis=0)))
+    rc, info = sla.lapack.dpocon(cf[0], anorm, lower=1)
+    if info != 0 or not rc > rcond:
+        raise NgdrefError(
+            f"{what} on the training set is numerically singular (reciprocal condition "
+            f"number {rc:.2g} <= {rcond:g}){hint}"
+        )
+    return cf
+
+
+def _right_solve(cross: np.ndarray, cf) -> np.ndarray:
+    """cross · K⁻¹ for SPD K given its Cholesky factor (K symmetric: (K⁻¹ crossᵀ)ᵀ)."""
+    return sla.cho_solve(cf, cross.T).T
+
+
+def _check_pair(cross: AnalyticKernels, train: AnalyticKernels) -> None:
+    if not train.symmetric:
+        raise ConfigError("train must be analytic_kernels(net, x_train) (the training-set Gram kernels)")
+    if cross.network != train.network:
+        raise ConfigError("cross and train kernels were computed for different networks")
+    if cross.x2.shape != train.x1.shape or not np.array_equal(cross.x2, train.x1):
+        raise ConfigError("cross kernels must be computed against the training inputs: analytic_kernels(net, x_test, x_train)")
+
+
+def _singular_a0_hint(net: Network, layer: int, n: int) -> str:
+    if layer == 1 and not net.has_bias and net.input_dim < n:
+        return (
+            f" (A_0 = XXᵀ/M0 has rank M0 = {net.input_dim} < N = {n} and σ_b = 0, Lemma B.3 (ii); "
+            "use σ_b² > 0, M0 >= N, or K-FAC with Forster-transformed inputs)"
+        )
+    return ""
+
+
+def _layer_projections(cross: AnalyticKernels, train: AnalyticKernels, rcond: float) -> list:
+    """[Θ_l(x′, x) Θ_l⁻¹ for l = 1 … L]."""
+    out = []
+    for l, (tc, tt) in enumerate(zip(cross.layer_ntks, train.layer_ntks), start=1):
+        cf = _spd_factor(tt, f"Θ_{l}", _singular_a0_hint(train.network, l, train.n), rcond)
+        out.append(_right_solve(tc, cf))
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Θ̄(x′, x) per approximate Fisher
+# --------------------------------------------------------------------------------------
+def theta_bar_exact(cross: AnalyticKernels, train: AnalyticKernels, rcond: float = DEFAULT_RCOND) -> np.ndarray:
+    """Exact NGD: Θ̄(x′, x) = Θ(x′, x) Θ⁻¹ (Eq. 13), α = 1. C = 1 block (I_C ⊗ for C outputs)."""
+    _check_pair(cross, train)
+    hint = _singular_a0_hint(train.network, 1, train.n)
+    cf = _spd_factor(train.ntk, "Θ (NTK)", hint, rcond)
+    return _right_solve(cross.ntk, cf)
+
+
+def theta_bar_layerwise(
+    cross: AnalyticKernels, train: AnalyticKernels, sigma, rcond: float = DEFAULT_RCOND
+) -> np.ndarray:
+    """Layer-wise NGD (Eq. 15): Θ̄(x′, x) = Σ_l (Σ⁻¹1)_l Θ_l(x′, x) Θ_l⁻¹ (Eq. 16, S.71), α = 1ᵀΣ⁻¹1.
+
+    ``sigma`` is any symmetric nonsingular L × L matrix (Theorem 4.1 says "positive
+    definite", but the derivation S.72–S.74 only inverts Σ — the tri-diagonal Σ of
+    Eq. 19 is indefinite for every L >= 3). C = 1 block (I_C ⊗ for C outputs).
+    """
+    _check_pair(cross, train)
+    weights = layerwise_weights(sigma, train.depth)
+    projections = _layer_projections(cross, train, rcond)
+    return sum(w * p for w, p in zip(weights, projections))
+
+
+def theta_bar_block_diagonal(cross: AnalyticKernels, train: AnalyticKernels, rcond: float = DEFAULT_RCOND) -> np.ndarray:
+    """BD-NGD (Section 4.1, Σ = I): Θ̄ = Σ_l Θ_l(x′, x) Θ_l⁻¹ (Eq. 18), α = L."""
+    return theta_bar_layerwise(cross, train, np.eye(train.depth), rcond)
+
+
+def theta_bar_tridiagonal(cross: AnalyticKernels, train: AnalyticKernels, rcond: float = DEFAULT_RCOND) -> np.ndarray:
+    """Block tri-diagonal NGD (Section 4.2, Σ of Eq. 19); NgdrefError for L = 3s + 2 (Lemma 4.3)."""
+    return theta_bar_layerwise(cross, train, tridiagonal_sigma(train.depth), rcond)
+
+
+KFAC_BIAS_MODES = ("folded", "separate")
+
+
+def _kfac_first_layer(cross: AnalyticKernels, train: AnalyticKernels, with_bias: bool, forster: bool, rcond: float):
+    """𝒜_0 = P′ P⁺ with P the first-layer inputs a_0 of the training set (rows), P′ of x′.
+
+    This is a_0(x′)ᵀ (A*_0)⁺ a_0(x) / N, i.e. the ρ → 0 limit of the damped K-FAC factor:
+    for N <= d (d = number of columns of P) it is Ã_0(x′, x) Ã_0⁻¹ (S.104); for N > d it is
+    P′ (PᵀP)⁻¹ Pᵀ (S.108), which for Forster-transformed inputs (X̄ᵀX̄ = (N/M0) I, no
+    bias) is (M0/N) X′ X̄ᵀ (S.110).
+    """
+    net = train.network
+    n, m0 = train.n, net.input_dim
+
+    def feats(x):
+        a = net.sigma_w * x / math.sqrt(m0)
+        return np.concatenate([a, np.full((x.shape[0], 1), net.sigma_b)], axis=1) if with_bias else a
+
+    p, p_test = feats(train.x1), feats(cross.x1)
+    d = p.shape[1]
+    if forster:
+        if with_bias:
+            raise ConfigError(
+                "the Forster form S.110 applies to the weight factor only: use bias='separate' "
+                "(S.123–S.124) or σ_b² = 0"
+            )
+        if n <= m0:
+            raise ConfigError(f"the Forster form S.110 is for M0 < N, got M0 = {m0} >= N = {n}")
+        x = train.x1
+        dev = np.max(np.abs(x.T @ x * (m0 / n) - np.eye(m0)))
+        if dev > 1e-8:
+            raise ConfigError(
+                "training inputs are not Forster-transformed (need X̄ᵀX̄ = (N/M0) I with unit rows, "
+                f"max deviation {dev:.2g}); pass X̄ = ngdref.data.forster_transform(x) as the training inputs"
+            )
+        return (m0 / n) * cross.x1 @ x.T  # S.110
+    if n <= d:
+        cf = _spd_factor(p @ p.T, "the first-layer K-FAC factor Ã_0", " (inputs linearly dependent)", rcond)
+        return _right_solve(p_test @ p.T, cf)  # S.104
+    cf = _spd_factor(p.T @ p, "PᵀP of the first-layer inputs", " (inputs do not span the input space)", rcond)
+    return p_test @ sla.cho_solve(cf, p.T)  # S.108
+
+
+def theta_bar_kfac(
+    cross: AnalyticKernels,
+    train: AnalyticKernels,
+    bias: str = "folded",
+    forster: bool = False,
+    rcond: float = DEFAULT_RCOND,
+) -> np.ndarray:
+    """K-FAC (Eq. 20–21, C = 1): Θ̄(x′, x) = N Σ_l 𝓑_l ⊙ 𝒜_{l−1} (S.105).
+
+    𝓑_l = B_l(x′, x) B_l⁻¹ for l < L and 𝓑_L = 11ᵀ (S.106 and Eq. 21 print
+    ``B_l(x′,x)⁻¹ B_l``; S.100 shows the inverse is on the training kernel). The factor N
+    follows the paper's convention B*_L = 1/N for the output layer (S.95).
+
+    * σ_b = 0: 𝒜_l = A_l(x′, x) A_l⁻¹ (l >= 1); α = N L (M0 >= N, S.107).
+    * ``bias="folded"`` (S.123 first paragraph, bias in the Kronecker factor):
+      𝒜_l = Ã_l(x′, x) Ã_l⁻¹ with Ã_l = σ_w² A_l + σ_b² 11ᵀ; α = N L when M0 + 1 >= N.
+    * ``bias="separate"`` (S.123–S.124: K-FAC on the weights, a per-layer bias block
+      σ_b² B*_l/N, our reading of "∇_b f ∇_b fᵀ/N²"): Θ̄ = N Σ_l 𝓑_l ⊙ (𝒜_{l−1} + 11ᵀ)
+      with weight-only 𝒜; α = 2 N L.
+    * First layer: if the first-layer inputs (d = M0, or M0 + 1 folded) number N <= d,
+      𝒜_0 = Ã_0(x′, x) Ã_0⁻¹ (S.104); otherwise the pseudo-inverse limit P′(PᵀP)⁻¹Pᵀ
+      (S.108, not isotropic). ``forster=True`` (σ_b = 0 or ``bias="separate"``, M0 < N)
+      requires the training inputs to be Forster-transformed, X̄ᵀX̄ = (N/M0) I, and uses
+      𝒜_0 = (M0/N) X′X̄ᵀ (S.110): α = N(L−1) + M0 (S.111), or N(2L−1) + M0 with bias="separate".
+      The network must be trained on X̄: compute ``train``/``cross`` from X̄.
+    """
+    _check_pair(cross, train)
+    net = train.network
+    if net.n_outputs != 1:
+        raise NgdrefError(f"K-FAC Θ̄ is derived for C = 1 (Section 4.3), got C = {net.n_outputs}")
+    if bias not in KFAC_BIAS_MODES:
+        raise ConfigError(f"bias must be one of {KFAC_BIAS_MODES}, got {bias!r}")
+    fold = net.has_bias and bias == "folded"
+    n, L = train.n, net.depth
+    A_cal = [_kfac_first_layer(cross, train, fold, forster, rcond)]
+    for l in range(1, L):
+        cf = _spd_factor(train.feature_gram(l + 1, fold), f"the K-FAC factor A_{l}", "", rcond)
+        A_cal.append(_right_solve(cross.feature_gram(l + 1, fold), cf))
+    B_cal = []
+    for l in range(1, L):
+        cf = _spd_factor(train.B[l - 1], f"B_{l}", "", rcond)
+        B_cal.append(_right_solve(cross.B[l - 1], cf))
+    B_cal.append(np.ones_like(cross.B[-1]))
+    if net.has_bias and bias == "separate":
+        return n * sum(b * (a + 1.0) for b, a in zip(B_cal, A_cal))  # S.124
+    return n * sum(b * a for b, a in zip(B_cal, A_cal))  # S.105
+
+
+def theta_bar_unit(net: Network, x_train, x_test=None, include_output_layer: bool = False) -> np.ndarray:
+    """Unit-wise NGD (Section 5): Θ̄ = α I on the training set only (S.137, Lemma C.2).
+
+    No analytic Θ̄(x′, x) is known for test inputs (S.156 remark): NgdrefError unless
+    ``x_test`` is None or equals ``x_train``.
+    """
+    from .alpha import unit_alpha
+
+    x = validate_unit_inputs(x_train, net.input_dim, "x_train")
+    if x_test is not None:
+        xt = np.asarray(x_test, dtype=np.float64)
+        if xt.shape != x.shape or not np.array_equal(xt, x):
+            raise NgdrefError(
+                "unit-wise NGD has no analytic Θ̄(x′, x) for test inputs x′ ≠ x (Section C.2.2, S.156); "
+                "only Θ̄ = α I on the training set (S.137) is known"
+            )
+    return unit_alpha(net, include_output_layer=include_output_layer) * np.eye(x.shape[0])
+
+
+def analytic_theta_bar(
+    net: Network,
+    x_train,
+    x_test=None,
+    method: str = "exact",
+    sigma=None,
+    bias: str = "folded",
+    forster: bool = False,
+    order: int = DEFAULT_ORDER,
+    rcond: float = DEFAULT_RCOND,
+) -> np.ndarray:
+    """Θ̄(x_test, x_train) (or on the training set when ``x_test`` is None) for ``method`` in
+    :data:`THETA_BAR_METHODS`; ``sigma`` for "layer-wise", ``bias``/``forster`` for "kfac".
+    Returns the C = 1 block (N′, N).
+    """
+    if method not in THETA_BAR_METHODS:
+        raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(THETA_BAR_METHODS)}")
+    if method == "unit-wise":
+        return theta_bar_unit(net, x_train, x_test)
+    train = analytic_kernels(net, x_train, order=order)
+    cross = train if x_test is None else analytic_kernels(net, x_test, train.x1, order=order)
+    if method == "exact":
+        return theta_bar_exact(cross, train, rcond)
+    if method == "block-diagonal":
+        return theta_bar_block_diagonal(cross, train, rcond)
+    if method == "tri-diagonal":
+        return theta_bar_tridiagonal(cross, train, rcond)
+    if method == "layer-wise":
+        if sigma is None:
+            raise ConfigError("method 'layer-wise' needs sigma (an L x L symmetric matrix)")
+        return theta_bar_layerwise(cross, train, sigma, rcond)
+    return theta_bar_kfac(cross, train, bias, forster, rcond)
+
+
+def predict(theta_bar_test, alpha: float, y, f0_train=None, f0_test=None) -> np.ndarray:
+    """Trained-model prediction f_∞(x′) = f_0(x′) + α⁻¹ Θ̄(x′, x)(y − f_0(x)) (Eq. 14, Section 4.4).
+
+    ``theta_bar_test`` is (N′, N) (the C = 1 block, applied to every output column) or
+    (CN′, CN) (output-major); ``y`` is (N,) or (N, C). f_0 = 0 (the mean over random
+    initialisations, the kernel-regression prediction α⁻¹ Θ̄ y of Fig. 2) by default.
+    """
+    tb = np.asarray(theta_bar_test, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if tb.ndim != 2 or y.ndim not in (1, 2):
+        raise ConfigError(f"theta_bar_test must be 2-D and y 1-D or 2-D, got {tb.shape} and {y.shape}")
+    if not (np.isfinite(alpha) and alpha > 0):
+        raise ConfigError(f"alpha must be positive, got {alpha}")
+    r = y - (0.0 if f0_train is None else np.asarray(f0_train, dtype=np.float64).reshape(y.shape))
+    n = y.shape[0]
+    if tb.shape[1] == n:
+        out = tb @ r / alpha
+    elif y.ndim == 2 and tb.shape[1] == y.size:
+        c = y.shape[1]
+        out = (tb @ r.T.reshape(-1) / alpha).reshape(c, -1).T
+    else:
+        raise ConfigError(f"theta_bar_test of shape {tb.shape} does not match y of shape {y.shape}")
+    if f0_test is not None:
+        out = out + np.asarray(f0_test, dtype=np.float64).reshape(out.shape)
+    return out
