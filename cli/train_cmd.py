@@ -50,7 +50,8 @@ def _fmt(v, spec=".4g"):
 @click.option("--lr-scale", default=1.0, show_default=True, type=float, help="c in η = c/α (Corollary 4.2); for gd η = c/λ_max(Θ).")
 @click.option("--damping", default=0.0, show_default=True, type=float, help="ρ (0 = pseudo-inverse).")
 @click.option("--loss", type=click.Choice(["mse", "ce"]), default="mse", show_default=True, help="Loss (ce: Appendix D).")
-@click.option("--ce-damping", default=1e-2, show_default=True, type=float, help="ρ̃ added to Λ for cross-entropy (S.159).")
+@click.option("--ce-damping", default=1.0, show_default=True, type=float,
+              help="ρ̃ added to Λ for cross-entropy (S.159); small ρ̃ makes steps up to 1/ρ̃ larger.")
 @click.option("--linearized/--no-linearized", default=False, show_default=True, help="Also train the linearised model with G_0 fixed (S.23–S.24).")
 @click.option("--sigma", default=None, help="Σ for --fim layer, rows separated by ';' (Eq. 15).")
 @click.option("--kfac-bias", type=click.Choice(["separate", "folded"]), default="separate", show_default=True, help="K-FAC bias handling (S.123).")

@@ -50,7 +50,7 @@ class TrainConfig:
     lr_scale: float = 1.0
     damping: float = 0.0
     loss: str = "mse"
-    ce_damping: float = 1e-2
+    ce_damping: float = 1.0
     linearized: bool = False
     divergence_factor: float = 1e6
     fim_options: dict = field(default_factory=dict)

@@ -1,0 +1,156 @@
+"""NGD training vs the closed-form dynamics (Eq. 5, 10, 22, 24), cross-entropy (Appendix D)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ngdref import Network, get_backend, jacobian, to_host
+from ngdref.data import load_dataset
+from ngdref.dynamics import isotropic_trajectory, linearized_trajectory, resolvent_factor
+from ngdref.errors import ConfigError
+from ngdref.fisher import get_fisher
+from ngdref.losses import cross_entropy_metric, softmax
+from ngdref.train import TrainConfig, train
+
+from .conftest import unit_rows
+
+B = get_backend()
+
+
+@pytest.fixture(scope="module")
+def mnist20():
+    return load_dataset("mnist", (0, 7), n_train=20, n_test=20, seed=0)
+
+
+def _run(ds, fim, width, steps=1, sigma_b2=0.0, **kw):
+    net = Network.build(ds.input_dim, width, 3, ds.n_outputs, "relu", sigma_b2=sigma_b2)
+    return train(net, ds, TrainConfig(fim=fim, steps=steps, **kw), B, seed=0)
+
+
+@pytest.mark.parametrize("fim", ["exact", "bd", "kfac", "unit"])
+def test_one_step_with_c1_converges_and_tracks_theory_better_when_wider(mnist20, fim):
+    narrow, wide = _run(mnist20, fim, 256), _run(mnist20, fim, 2048)
+    for r in (narrow, wide):
+        assert r.ok
+        assert r.records[1]["theory_train_loss"] < 1e-12  # Eq. 24 with c = 1: y after one step
+    l0 = wide.records[0]["train_loss"]
+    assert wide.records[1]["train_loss"] < 0.1 * l0  # measured at M = 2048: exact 1%, bd 0.6%, kfac 7%
+    dev_n = narrow.records[1]["max_abs_f_minus_flin_train"]
+    dev_w = wide.records[1]["max_abs_f_minus_flin_train"]
+    assert dev_w < 0.75 * dev_n  # O(1/√M): 2048/256 = 8 → ideally ÷2.8
+
+
+def test_gd_follows_eq5_at_large_width(mnist20):
+    r = _run(mnist20, "gd", 2048, steps=5, sigma_b2=0.5)
+    assert r.ok
+    for rec in r.records:
+        assert abs(rec["train_loss"] - rec["theory_train_loss"]) < 2e-3 * r.records[0]["train_loss"]
+        assert rec["max_abs_f_minus_flin_test"] < 1e-2
+    assert r.records[-1]["train_loss"] < r.records[0]["train_loss"]
+
+
+def test_eq22_parameter_solution_first_order(mnist20):
+    err = [_run(mnist20, "bd", m, steps=2).summary["eq22_relative_error"] for m in (256, 2048)]
+    assert err[1] < err[0] and err[1] < 0.3
+
+
+def test_linearized_model_matches_closed_form(mnist20):
+    r = _run(mnist20, "bd", 256, steps=3, linearized=True, lr_scale=0.5)
+    for rec in r.records:
+        assert abs(rec["linearized_model_train_loss"] - rec["theory_train_loss"]) < 1e-10 + 1e-8 * rec["theory_train_loss"]
+
+
+def test_min_norm_solution_b4():
+    """Ridge-less limit of argmin ‖y − J θ‖²/2N + λ/2 θᵀGθ equals G⁻¹Jᵀ Θ̄⁻¹ y/N (S.125–S.127)."""
+    rng = np.random.default_rng(0)
+    net = Network((6, 10, 9, 1), "tanh", 2.0, 0.3)
+    p = net.init(0)
+    x = unit_rows(rng, 4, 6)
+    y = rng.standard_normal(4)
+    for name in ("bd", "exact", "kfac"):
+        fim = get_fisher(name, net, 1e-3)
+        g = fim.explicit_metric(p, x)
+        j = np.asarray(jacobian(net, p, x))
+        s = net.signals(p, x)
+        theta_bar = np.asarray(fim.coefficient(s))
+
+        def ridge(lam):
+            return np.linalg.solve(lam * g + j.T @ j / 4, j.T @ y / 4)
+
+        def ngd(lam):  # S.126: G⁻¹Jᵀ(λI + Θ̄)⁻¹y/N with the structured G⁻¹Jᵀ/N
+            v = np.linalg.solve(lam * np.eye(4) + theta_bar, y).reshape(1, 4)
+            return np.asarray(net.flatten(fim.precondition(s, v)))
+
+        assert np.max(np.abs(ridge(1e-2) - ngd(1e-2))) < 1e-8 * np.max(np.abs(ngd(1e-2)))
+        errs = [np.max(np.abs(ridge(lam) - ngd(0.0))) for lam in (1e-3, 1e-5)]
+        assert errs[1] < 0.05 * errs[0]  # O(λ): the ridge-less limit is the NGD solution (Eq. 22, t → ∞)
+
+
+def test_closed_forms():
+    lam = np.array([0.0, 0.5, 2.0])
+    np.testing.assert_allclose(resolvent_factor(lam, 0.1, 3), [0.3, (1 - 0.95**3) / 0.5, (1 - 0.8**3) / 2.0])
+    theta_bar = 2.5 * np.eye(3)
+    f0, y = np.array([0.3, -0.1, 0.2]), np.array([0.5, -0.5, 0.5])
+    tr, _ = linearized_trajectory(theta_bar, f0, y, 0.2, 4)
+    np.testing.assert_allclose(tr, isotropic_trajectory(f0, y, 2.5, 0.2, 4), atol=1e-14)
+
+
+def test_cross_entropy_matches_oracle_and_decreases_loss():
+    rng = np.random.default_rng(1)
+    net = Network((6, 10, 9, 3), "tanh", 2.0, 0.2)
+    p = net.init(0)
+    x = unit_rows(rng, 4, 6)
+    y = np.eye(3)[[0, 1, 2, 1]]
+    s = net.signals(p, x)
+    j = np.asarray(jacobian(net, p, x))
+    resid = (softmax(s.f) - y).T
+    for name, rho in (("exact", 0.0), ("exact", 1e-2), ("bd", 0.0), ("tridiag", 1e-2)):
+        fim = get_fisher(name, net, rho)
+        fim.set_output_metric(cross_entropy_metric(s.f, 0.1))
+        want = fim.explicit_inverse(p, x) @ (j.T @ resid.reshape(-1) / 4)
+        got = np.asarray(net.flatten(fim.precondition(s, resid)))
+        assert np.max(np.abs(got - want)) < 1e-8 * np.max(np.abs(want))
+    ds = load_dataset("mnist", (0, 1, 2), n_train=30, n_test=30, seed=0)
+    net = Network.build(784, 256, 3, 3, "relu", sigma_b2=0.5)
+    for name in ("exact", "bd"):
+        r = train(net, ds, TrainConfig(fim=name, steps=4, loss="ce"), B)
+        losses = [rec["train_loss"] for rec in r.records]
+        assert r.ok and losses[-1] < 0.5 * losses[0]
+    with pytest.raises(ConfigError, match="MSE loss only"):
+        train(net, ds, TrainConfig(fim="kfac", steps=1, loss="ce"), B)
+
+
+def test_divergence_stops_with_step(mnist20):
+    r = _run(mnist20, "gd", 512, steps=20, lr_scale=5.0)  # |1 − c| = 4 on the top mode
+    assert r.status == "diverged" and f"step {r.records[-1]['step']}" in r.message
+    assert len(r.records) < 21
+
+
+def test_non_finite_stops_with_step(mnist20):
+    with np.errstate(all="ignore"):
+        r = _run(mnist20, "gd", 64, steps=5, lr=1e300)
+    assert r.status in ("non-finite", "diverged") and "step 1" in r.message
+
+
+def test_bad_config(mnist20):
+    for kw, msg in (({"lr_scale": 0.0}, "lr-scale"), ({"steps": -1}, "steps"), ({"lr": -1.0}, "learning rate"),
+                    ({"loss": "hinge"}, "unknown loss")):
+        with pytest.raises(ConfigError, match=msg):
+            _run(mnist20, "bd", 32, **kw)
+
+
+def test_float32_training_stays_float32(mnist20):
+    b32 = get_backend("numpy", "float32")
+    net = Network.build(784, 128, 3, 1, "relu", sigma_b2=0.5)
+    seen = []
+    from ngdref import train as _t  # noqa: F401
+
+    r = train(net, mnist20, TrainConfig(fim="bd", steps=2), b32, progress=lambda t, rec: seen.append(rec))
+    assert r.ok and len(seen) == 3
+    p = net.init(0, b32)
+    s = net.signals(p, np.asarray(mnist20.x_train, dtype=np.float32))
+    for name in ("exact", "bd", "kfac"):
+        d = get_fisher(name, net).direction(p, s.h[0], np.asarray(mnist20.y_train, np.float32), s)
+        assert all(a.dtype == np.float32 for a in d)
+        assert get_fisher(name, net).coefficient(s).dtype == np.float32
