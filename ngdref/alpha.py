@@ -5,7 +5,7 @@
   α = L (Section 4.1), block tri-diagonal Σ (Eq. 19) gives α = s for L = 3s, s + 1 for
   L = 3s + 1 and a singular Σ for L = 3s + 2 (Lemma 4.3, S.92–S.94);
 * K-FAC (C = 1): α = N L for M0 >= N (S.107), N(L − 1) + M0 with Forster-transformed
-  inputs for M0 < N (S.111), see :func:`kfac_alpha` for the bias variants;
+  inputs for M0 < N (S.111), see :func:`kfac_alpha` for the folded bias;
 * unit-wise NGD (C = 1): α = Σ_{l<L} γ_l M_l with γ_l = P(φ′(u) ≠ 0), u ~ N(0, q_l)
   (Lemma C.2, S.128, S.140–S.141; S.157 for the shifted ReLU).
 
@@ -157,39 +157,28 @@ def tridiagonal_alpha_closed_form(L: int, a: float = 1.0, b: float = 1.0) -> flo
 # --------------------------------------------------------------------------------------
 # K-FAC (Section 4.3, B.3)
 # --------------------------------------------------------------------------------------
-def kfac_alpha(
-    n_train: int,
-    depth: int,
-    input_dim: int | None = None,
-    bias: str = "none",
-    forster: bool = False,
-) -> float:
+def kfac_alpha(n_train: int, depth: int, input_dim: int | None = None, bias: bool = False, forster: bool = False) -> float:
     """α of K-FAC (C = 1) on the training set.
 
-    * ``bias="none"`` (σ_b = 0): α = N L for M0 >= N (S.107); with ``forster=True`` and
-      M0 < N, α = N(L − 1) + M0 (S.111).
-    * ``bias="folded"`` (bias in the Kronecker factor, S.123 first paragraph): the
-      first-layer inputs are (M0 + 1)-dimensional, α = N L for M0 + 1 >= N.
-    * ``bias="separate"`` (S.123–S.124): α = 2 N L for M0 >= N, N(2L − 1) + M0 with Forster.
-
-    Without ``forster`` and with too few input dimensions, Θ̄ is not isotropic (S.109):
-    NgdrefError. ``input_dim=None`` assumes enough input dimensions.
+    α = N L when the first-layer inputs have d >= N dimensions (d = M0, or M0 + 1 with the
+    bias folded into the Kronecker factor, S.123): S.107. With Forster-transformed inputs,
+    no bias and M0 < N: α = N(L − 1) + M0 (S.111). Otherwise (d < N without Forster) Θ̄ is
+    not isotropic (S.109): NgdrefError. ``input_dim=None`` assumes d >= N.
     """
     n, L = int(n_train), _check_depth(depth)
     if n < 1:
         raise ConfigError(f"n_train must be positive, got {n_train}")
-    if bias not in ("none", "folded", "separate"):
-        raise ConfigError(f"bias must be 'none', 'folded' or 'separate', got {bias!r}")
-    d = None if input_dim is None else int(input_dim) + (1 if bias == "folded" else 0)
-    per_layer = 2 * n if bias == "separate" else n
-    if d is None or d >= n:
-        return float(per_layer * L)
-    if not forster or bias == "folded":
+    if input_dim is None:
+        return float(n * L)
+    d = int(input_dim) + int(bool(bias))
+    if d >= n:
+        return float(n * L)
+    if not forster or bias:
         raise NgdrefError(
             f"K-FAC with {d} first-layer input dimensions < N = {n} is not isotropic (S.109); "
-            "use Forster-transformed inputs (S.110–S.111) without folded bias"
+            "use Forster-transformed inputs without bias (S.110–S.111)"
         )
-    return float(per_layer * (L - 1) + (n if bias == "separate" else 0) + int(input_dim))
+    return float(n * (L - 1) + int(input_dim))
 
 
 # --------------------------------------------------------------------------------------
@@ -242,13 +231,11 @@ def analytic_alpha(
     net,
     n_train: int | None = None,
     sigma=None,
-    bias: str = "folded",
     forster: bool = False,
 ) -> float:
     """α for ``method`` in ngdref.kernels.THETA_BAR_METHODS, matching :func:`ngdref.kernels.analytic_theta_bar`.
 
-    ``n_train`` is needed for "kfac"; ``sigma`` for "layer-wise"; ``bias`` ("folded" or
-    "separate") and ``forster`` for "kfac" when σ_b > 0 / M0 < N.
+    ``n_train`` is needed for "kfac"; ``sigma`` for "layer-wise"; ``forster`` for "kfac" with M0 < N.
     """
     L = net.depth
     if method == "exact":
@@ -264,7 +251,7 @@ def analytic_alpha(
     if method == "kfac":
         if n_train is None:
             raise ConfigError("method 'kfac' needs n_train (α = N L)")
-        return kfac_alpha(n_train, L, net.input_dim, bias if net.has_bias else "none", forster)
+        return kfac_alpha(n_train, L, net.input_dim, net.has_bias, forster)
     if method == "unit-wise":
         return unit_alpha(net)
     raise ConfigError(

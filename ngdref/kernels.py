@@ -28,7 +28,7 @@ activations), or everywhere with ``method="quadrature"``.
 
 Θ̄(x′, x) of the NGD dynamics (Eq. 10) per approximate Fisher:
 exact (Eq. 13), layer-wise with any nonsingular symmetric Σ (Eq. 16), block
-diagonal (Σ = I) and block tri-diagonal (Eq. 19), K-FAC (S.105, S.110, S.123–S.124)
+diagonal (Σ = I) and block tri-diagonal (Eq. 19), K-FAC (S.105, S.110, S.123)
 and unit-wise (training set only, S.137). :func:`predict` gives the trained
 model's kernel-regression prediction (Eq. 14, Section 4.4).
 """
@@ -37,11 +37,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 from numpy.polynomial.hermite_e import hermegauss
 from scipy import linalg as sla
-from scipy.special import ndtr, owens_t
+from scipy.special import ndtr, owens_t, roots_hermitenorm
 
 from .activations import Activation
 from .alpha import layerwise_weights, tridiagonal_sigma
@@ -54,6 +55,7 @@ __all__ = [
     "analytic_kernels",
     "analytic_theta_bar",
     "gaussian_expectation",
+    "gauss_hermite_rule",
     "order_parameters",
     "predict",
     "theta_bar_block_diagonal",
@@ -96,7 +98,8 @@ def _ratio(num, den):
     """num/den with the limits of the degenerate (den = 0) case: ±inf, or 0 for 0/0."""
     with np.errstate(divide="ignore", invalid="ignore"):
         out = num / den
-    return np.where(den > 0, out, np.sign(num) * np.inf)
+    limit = np.where(num > 0, np.inf, np.where(num < 0, -np.inf, 0.0))
+    return np.where(den > 0, out, limit)
 
 
 def _relu_moments(v1, v2, c, which):
@@ -137,7 +140,7 @@ def _shifted_relu_moments(v1, v2, c, which, s):
     pa, pb = _pdf(a), _pdf(b)
     ez1 = pa * f1 + rho * pb * f2
     ez2 = pb * f2 + rho * pa * f1
-    tail = np.where(r > 0, r * _pdf(np.where(np.isfinite(t1), t1, 0.0)), 0.0)
+    tail = r * _pdf(t1)  # r² φ₂(−a, −b; ρ)/φ(a); 0 in the degenerate case
     ez1z2 = rho * p - rho * a * pa * f1 - rho * b * pb * f2 + pa * tail
     er1r2 = s1 * s2 * ez1z2 + s * s1 * ez1 + s * s2 * ez2 + s * s * p
     er1 = s1 * pa + s * ndtr(a)
@@ -157,13 +160,29 @@ def _linear_moments(v1, v2, c, which):
     return np.array(c, dtype=np.float64, copy=True) if which == "phi" else np.ones_like(c, dtype=np.float64)
 
 
+@lru_cache(maxsize=16)
+def gauss_hermite_rule(order: int) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes and weights of the ``order``-point Gauss–Hermite rule for E_{z~N(0,1)}[f(z)] (Σ w = 1).
+
+    ``numpy.polynomial.hermite_e.hermegauss`` up to 150 nodes (it overflows for several
+    hundred), ``scipy.special.roots_hermitenorm`` (asymptotic nodes) above.
+    """
+    order = int(order)
+    z, w = hermegauss(order) if order <= 150 else roots_hermitenorm(order)
+    z.setflags(write=False)
+    w = w / w.sum()  # the weight function is exp(−z²/2), without 1/√(2π)
+    w.setflags(write=False)
+    return z, w
+
+
 def _quadrature_moments(fn, v1, v2, c, order):
     """E[fn(u) fn(u′)] by two-dimensional Gauss–Hermite quadrature (probabilists' weights).
 
     u = √v1 z1, u′ = (c/√v1) z1 + √(v2 − c²/v1) z2 with z1, z2 ~ N(0, 1) i.i.d.
+    Spectral convergence for smooth φ (tanh, erf); only algebraic (~1/order for a kink,
+    ~1/√order for a step) for ReLU-type φ or φ′, which therefore use closed forms.
     """
-    z, w = hermegauss(int(order))
-    w = w / w.sum()  # Σ w = 1 (the weight is exp(−z²/2) without the 1/√(2π))
+    z, w = gauss_hermite_rule(order)
     shape = np.shape(c)
     v1, v2, c = (np.ravel(np.broadcast_to(t, shape)).astype(np.float64) for t in (v1, v2, c))
     s1 = np.sqrt(v1)
@@ -375,7 +394,7 @@ def _spd_factor(mat: np.ndarray, what: str, hint: str = "", rcond: float = DEFAU
     except (np.linalg.LinAlgError, sla.LinAlgError):
         raise NgdrefError(f"{what} on the training set is not positive definite{hint}") from None
     anorm = float(np.max(np.sum(np.abs(mat), axis=0)))
-    rc, info = sla.lapack.dpocon(cf[0], anorm, lower=1)
+    rc, info = sla.lapack.dpocon(cf[0], anorm, uplo="L")
     if info != 0 or not rc > rcond:
         raise NgdrefError(
             f"{what} on the training set is numerically singular (reciprocal condition "
@@ -399,6 +418,10 @@ def _check_pair(cross: AnalyticKernels, train: AnalyticKernels) -> None:
 
 
 def _singular_a0_hint(net: Network, layer: int, n: int) -> str:
+    """Why Θ_1 may be singular. Lemma B.3 (ii) asks for σ_b > 0 or full-rank A_0, but by
+    Oppenheim's inequality det(B_1 ⊙ A_0) >= det B_1 Π (A_0)_nn > 0, so Θ_1 is PD in exact
+    arithmetic whenever B_1 is; with M0 < N and σ_b = 0 it can still be numerically singular
+    (e.g. smooth φ with inputs on a low-dimensional sphere), which is then refused."""
     if layer == 1 and not net.has_bias and net.input_dim < n:
         return (
             f" (A_0 = XXᵀ/M0 has rank M0 = {net.input_dim} < N = {n} and σ_b = 0, Lemma B.3 (ii); "
@@ -452,9 +475,6 @@ def theta_bar_tridiagonal(cross: AnalyticKernels, train: AnalyticKernels, rcond:
     return theta_bar_layerwise(cross, train, tridiagonal_sigma(train.depth), rcond)
 
 
-KFAC_BIAS_MODES = ("folded", "separate")
-
-
 def _kfac_first_layer(cross: AnalyticKernels, train: AnalyticKernels, with_bias: bool, forster: bool, rcond: float):
     """𝒜_0 = P′ P⁺ with P the first-layer inputs a_0 of the training set (rows), P′ of x′.
 
@@ -475,8 +495,8 @@ def _kfac_first_layer(cross: AnalyticKernels, train: AnalyticKernels, with_bias:
     if forster:
         if with_bias:
             raise ConfigError(
-                "the Forster form S.110 applies to the weight factor only: use bias='separate' "
-                "(S.123–S.124) or σ_b² = 0"
+                "the Forster form S.110 is for networks without bias (σ_b² = 0); with the bias folded "
+                "into the Kronecker factor the first-layer inputs are [σ_w x/√M0, σ_b] (S.123)"
             )
         if n <= m0:
             raise ConfigError(f"the Forster form S.110 is for M0 < N, got M0 = {m0} >= N = {n}")
@@ -498,7 +518,6 @@ def _kfac_first_layer(cross: AnalyticKernels, train: AnalyticKernels, with_bias:
 def theta_bar_kfac(
     cross: AnalyticKernels,
     train: AnalyticKernels,
-    bias: str = "folded",
     forster: bool = False,
     rcond: float = DEFAULT_RCOND,
 ) -> np.ndarray:
@@ -506,41 +525,39 @@ def theta_bar_kfac(
 
     𝓑_l = B_l(x′, x) B_l⁻¹ for l < L and 𝓑_L = 11ᵀ (S.106 and Eq. 21 print
     ``B_l(x′,x)⁻¹ B_l``; S.100 shows the inverse is on the training kernel). The factor N
-    follows the paper's convention B*_L = 1/N for the output layer (S.95).
+    follows the paper's convention B*_L = 1/N for the output layer (S.95; the Gram
+    definition δ_Lᵀδ_L/N would give B*_L = 1 and a last term 𝒜_{L−1} without the N).
 
-    * σ_b = 0: 𝒜_l = A_l(x′, x) A_l⁻¹ (l >= 1); α = N L (M0 >= N, S.107).
-    * ``bias="folded"`` (S.123 first paragraph, bias in the Kronecker factor):
-      𝒜_l = Ã_l(x′, x) Ã_l⁻¹ with Ã_l = σ_w² A_l + σ_b² 11ᵀ; α = N L when M0 + 1 >= N.
-    * ``bias="separate"`` (S.123–S.124: K-FAC on the weights, a per-layer bias block
-      σ_b² B*_l/N, our reading of "∇_b f ∇_b fᵀ/N²"): Θ̄ = N Σ_l 𝓑_l ⊙ (𝒜_{l−1} + 11ᵀ)
-      with weight-only 𝒜; α = 2 N L.
-    * First layer: if the first-layer inputs (d = M0, or M0 + 1 folded) number N <= d,
-      𝒜_0 = Ã_0(x′, x) Ã_0⁻¹ (S.104); otherwise the pseudo-inverse limit P′(PᵀP)⁻¹Pᵀ
-      (S.108, not isotropic). ``forster=True`` (σ_b = 0 or ``bias="separate"``, M0 < N)
-      requires the training inputs to be Forster-transformed, X̄ᵀX̄ = (N/M0) I, and uses
-      𝒜_0 = (M0/N) X′X̄ᵀ (S.110): α = N(L−1) + M0 (S.111), or N(2L−1) + M0 with bias="separate".
-      The network must be trained on X̄: compute ``train``/``cross`` from X̄.
+    * σ_b = 0: 𝒜_l = A_l(x′, x) A_l⁻¹ (l >= 1); α = N L for M0 >= N (S.107).
+    * σ_b > 0: the bias is folded into the Kronecker factor (S.123 first paragraph,
+      a_l = [σ_w h_l/√M_l; σ_b]): 𝒜_l = Ã_l(x′, x) Ã_l⁻¹ with Ã_l = σ_w² A_l + σ_b² 11ᵀ;
+      α = N L for M0 + 1 >= N. (The alternative S.123–S.124 — K-FAC weights plus a
+      separate bias block — is not implemented: its output-layer bias term 𝓑_L = 11ᵀ is
+      rank one, so Θ̄ is not isotropic on the training set.)
+    * First layer: with d first-layer input dimensions (M0, or M0 + 1 with bias) and
+      N <= d, 𝒜_0 = Ã_0(x′, x) Ã_0⁻¹ (S.104). For N > d the ρ → 0 limit of the damped
+      factor is the projection P′(PᵀP)⁻¹Pᵀ (S.108; the paper labels it A_0), which is not
+      isotropic (S.109). ``forster=True`` (σ_b = 0, M0 < N) requires the training inputs
+      to be Forster-transformed, X̄ᵀX̄ = (N/M0) I with unit rows (e.g. from
+      ``ngdref.data.forster_transform``), and uses 𝒜_0 = (M0/N) X′X̄ᵀ (S.110), giving
+      α = N(L − 1) + M0 (S.111). The network is trained on X̄: compute ``train`` (and
+      ``cross``) from X̄, and map test inputs with the same transform if desired.
     """
     _check_pair(cross, train)
     net = train.network
     if net.n_outputs != 1:
         raise NgdrefError(f"K-FAC Θ̄ is derived for C = 1 (Section 4.3), got C = {net.n_outputs}")
-    if bias not in KFAC_BIAS_MODES:
-        raise ConfigError(f"bias must be one of {KFAC_BIAS_MODES}, got {bias!r}")
-    fold = net.has_bias and bias == "folded"
-    n, L = train.n, net.depth
+    fold = net.has_bias
     A_cal = [_kfac_first_layer(cross, train, fold, forster, rcond)]
-    for l in range(1, L):
-        cf = _spd_factor(train.feature_gram(l + 1, fold), f"the K-FAC factor A_{l}", "", rcond)
-        A_cal.append(_right_solve(cross.feature_gram(l + 1, fold), cf))
+    for l in range(1, net.depth):
+        cf = _spd_factor(train.feature_gram(l + 1), f"the K-FAC factor Ã_{l}", "", rcond)
+        A_cal.append(_right_solve(cross.feature_gram(l + 1), cf))
     B_cal = []
-    for l in range(1, L):
+    for l in range(1, net.depth):
         cf = _spd_factor(train.B[l - 1], f"B_{l}", "", rcond)
         B_cal.append(_right_solve(cross.B[l - 1], cf))
     B_cal.append(np.ones_like(cross.B[-1]))
-    if net.has_bias and bias == "separate":
-        return n * sum(b * (a + 1.0) for b, a in zip(B_cal, A_cal))  # S.124
-    return n * sum(b * a for b, a in zip(B_cal, A_cal))  # S.105
+    return train.n * sum(b * a for b, a in zip(B_cal, A_cal))  # S.105
 
 
 def theta_bar_unit(net: Network, x_train, x_test=None, include_output_layer: bool = False) -> np.ndarray:
@@ -568,13 +585,12 @@ def analytic_theta_bar(
     x_test=None,
     method: str = "exact",
     sigma=None,
-    bias: str = "folded",
     forster: bool = False,
     order: int = DEFAULT_ORDER,
     rcond: float = DEFAULT_RCOND,
 ) -> np.ndarray:
     """Θ̄(x_test, x_train) (or on the training set when ``x_test`` is None) for ``method`` in
-    :data:`THETA_BAR_METHODS`; ``sigma`` for "layer-wise", ``bias``/``forster`` for "kfac".
+    :data:`THETA_BAR_METHODS`; ``sigma`` for "layer-wise", ``forster`` for "kfac".
     Returns the C = 1 block (N′, N).
     """
     if method not in THETA_BAR_METHODS:
@@ -593,7 +609,7 @@ def analytic_theta_bar(
         if sigma is None:
             raise ConfigError("method 'layer-wise' needs sigma (an L x L symmetric matrix)")
         return theta_bar_layerwise(cross, train, sigma, rcond)
-    return theta_bar_kfac(cross, train, bias, forster, rcond)
+    return theta_bar_kfac(cross, train, forster, rcond)
 
 
 def predict(theta_bar_test, alpha: float, y, f0_train=None, f0_test=None) -> np.ndarray:

@@ -24,7 +24,8 @@ from ..errors import ConfigError
 from .base import FisherApproximation
 from .exact import ExactFisher, GradientDescent
 from .kfac import KFAC
-from .layerwise import BlockDiagonalFisher, LayerWiseFisher, TriDiagonalFisher, sigma_alpha, tridiagonal_sigma
+from ..alpha import layerwise_alpha, tridiagonal_sigma
+from .layerwise import BlockDiagonalFisher, LayerWiseFisher, TriDiagonalFisher
 
 REGISTRY: dict[str, type[FisherApproximation]] = {
     "gd": GradientDescent,
@@ -73,6 +74,6 @@ __all__ = [
     "LayerWiseFisher",
     "TriDiagonalFisher",
     "get_fisher",
-    "sigma_alpha",
+    "layerwise_alpha",
     "tridiagonal_sigma",
 ]

@@ -35,7 +35,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import namespace_of
-from ..errors import ConfigError
+from ..alpha import kfac_alpha
+from ..errors import ConfigError, NgdrefError
 from ..linalg import damped_inverse
 from .base import FisherApproximation
 
@@ -64,10 +65,10 @@ class KFAC(FisherApproximation):
         net = self.network
         if net.n_outputs != 1 or self._separate_bias:
             return None
-        m0 = net.input_dim + int(net.has_bias)
-        if m0 >= n_samples:
-            return float(n_samples * net.depth)  # S.107
-        return float(n_samples * (net.depth - 1) + m0)  # S.111, after the Forster transform
+        try:  # NL (S.107); N(L−1)+M0 with Forster-transformed inputs, no bias (S.111)
+            return kfac_alpha(n_samples, net.depth, net.input_dim, bias=net.has_bias, forster=True)
+        except NgdrefError:  # folded bias with M0 + 1 < N: not isotropic (S.109)
+            return None
 
     def alpha_note(self) -> str:
         if self.network.n_outputs != 1:

@@ -25,6 +25,7 @@ import warnings
 
 import numpy as np
 
+from ..alpha import layerwise_alpha, layerwise_weights, tridiagonal_sigma
 from ..backend import backend_of, namespace_of, to_device, to_host
 from ..errors import ConfigError
 from ..jacobian import layer_vjp
@@ -34,19 +35,6 @@ from .base import FisherApproximation
 from .exact import ExactFisher
 
 
-def tridiagonal_sigma(depth: int) -> np.ndarray:
-    """Σ_ij = 1 for |i − j| ≤ 1, 0 otherwise (Eq. 19)."""
-    return np.eye(depth) + np.eye(depth, k=1) + np.eye(depth, k=-1)
-
-
-def sigma_alpha(sigma: np.ndarray) -> float:
-    """α = 1ᵀ Σ⁻¹ 1 (Theorem 4.1); ConfigError if Σ is singular."""
-    if _is_singular(sigma):
-        raise ConfigError(_singular_message(sigma))
-    ones = np.ones(sigma.shape[0])
-    return float(ones @ np.linalg.solve(sigma, ones))
-
-
 def _is_singular(sigma: np.ndarray) -> bool:
     ev = np.linalg.eigvalsh(sigma)
     return bool(np.min(np.abs(ev)) <= 1e-12 * max(1.0, float(np.max(np.abs(ev)))))
@@ -54,16 +42,6 @@ def _is_singular(sigma: np.ndarray) -> bool:
 
 def _is_all_ones_multiple(sigma: np.ndarray) -> bool:
     return bool(np.allclose(sigma, sigma[0, 0]) and sigma[0, 0] > 0)
-
-
-def _singular_message(sigma: np.ndarray) -> str:
-    depth = sigma.shape[0]
-    if np.array_equal(sigma, tridiagonal_sigma(depth)):
-        return (
-            f"the block tri-diagonal Σ is singular for L = {depth} = 3s+2 (Lemma 4.3): the zero-damping "
-            "limit does not exist; use a damping term ρ > 0 (and expect instability as ρ → 0)"
-        )
-    return "Σ is singular: layer-wise NGD has no zero-damping limit (Theorem 4.1 needs Σ > 0); use a damping ρ > 0"
 
 
 class LayerWiseFisher(FisherApproximation):
@@ -89,9 +67,12 @@ class LayerWiseFisher(FisherApproximation):
         self.is_exact = _is_all_ones_multiple(sigma)
         if self.singular and not self.is_exact:
             if self.damping == 0:
-                raise ConfigError(_singular_message(sigma))
+                layerwise_weights(sigma)  # raises the explanation (Lemma 4.3 for the tri-diagonal Σ)
             warnings.warn(
-                f"{_singular_message(sigma)}; running with ρ = {self.damping}", RuntimeWarning, stacklevel=2
+                f"Σ is singular (Lemma 4.3 for the tri-diagonal Σ at L = 3s+2): no zero-damping limit; "
+                f"running with ρ = {self.damping}",
+                RuntimeWarning,
+                stacklevel=2,
             )
 
     def to_dict(self):
@@ -102,11 +83,11 @@ class LayerWiseFisher(FisherApproximation):
             return 1.0 / float(self.sigma[0, 0])
         if self.singular:
             return None
-        return sigma_alpha(self.sigma)
+        return layerwise_alpha(self.sigma)
 
     def _weights(self):
         """(Σ⁻¹ 1_L)_l of Eq. 16."""
-        return np.linalg.solve(self.sigma, np.ones(self.network.depth))
+        return layerwise_weights(self.sigma)
 
     def _exact_equivalent(self):
         # Σ = c·11ᵀ: G = c JᵀJ/N + ρI, i.e. exact NGD with F scaled by c (S.91)

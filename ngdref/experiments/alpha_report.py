@@ -1,0 +1,30 @@
+"""`ngdref alpha`: analytic α of each approximation (Theorem 4.1, Lemma 4.3, S.107/S.111, S.128/S.157)."""
+
+from __future__ import annotations
+
+from ..alpha import layer_gammas
+from ..fisher import get_fisher
+from ..kernels import order_parameters
+from ..network import Network
+
+
+def alpha_report(network: Network, fim_names, n_train: int, damping: float = 0.0) -> dict:
+    """α per approximation for ``network`` and N = ``n_train``, plus q_l and γ_l per layer (S.138–S.141)."""
+    q = order_parameters(network)
+    gammas = layer_gammas(network) if network.n_outputs == 1 else [network.activation.gamma(v) for v in q[:-1]]
+    layers = [
+        {"layer": l, "width": network.widths[l], "q": q[l - 1], "gamma": gammas[l - 1],
+         "gamma_times_width": gammas[l - 1] * network.widths[l]}
+        for l in range(1, network.depth)
+    ]
+    rows = []
+    for name in fim_names:
+        fim = get_fisher(name, network, damping)
+        alpha = fim.analytic_alpha(n_train)
+        rows.append({
+            "fim": name,
+            "alpha": alpha,
+            "alpha_over_width": None if alpha is None else alpha / network.widths[1],
+            "note": fim.alpha_note(),
+        })
+    return {"network": network.to_dict(), "n_train": n_train, "layers": layers, "rows": rows}
