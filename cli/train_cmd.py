@@ -48,7 +48,8 @@ def _fmt(v, spec=".4g"):
 @click.option("--steps", default=10, show_default=True, type=int, help="Training steps.")
 @click.option("--lr", type=float, default=None, help="Learning rate η (overrides --lr-scale).")
 @click.option("--lr-scale", default=1.0, show_default=True, type=float, help="c in η = c/α (Corollary 4.2); for gd η = c/λ_max(Θ).")
-@click.option("--damping", default=0.0, show_default=True, type=float, help="ρ (0 = pseudo-inverse).")
+@click.option("--damping", default=None, type=float,
+              help="ρ (0 = pseudo-inverse). Default: 0, except 1e-12 for unit (the paper's C.3 value).")
 @click.option("--loss", type=click.Choice(["mse", "ce"]), default="mse", show_default=True, help="Loss (ce: Appendix D).")
 @click.option("--ce-damping", default=1.0, show_default=True, type=float,
               help="ρ̃ added to Λ for cross-entropy (S.159); small ρ̃ makes steps up to 1/ρ̃ larger.")
@@ -102,7 +103,8 @@ def train(settings, fim, steps, lr, lr_scale, damping, loss, ce_damping, lineari
         **result.to_dict(),
     }
     s = result.summary
-    table = Table(title=f"{fim} NGD, η = {s['lr']:.4g} (α = {s['alpha']:.6g}, {s.get('alpha_source', '')})")
+    table = Table(title=f"{fim} NGD, η = {s['lr']:.4g} (α = {s['alpha']:.6g}, {s.get('alpha_source', '')}), "
+                        f"ρ = {s['damping']:g} ({s['damping_source']})")
     cols = ["step", "train loss", "theory (Eq. 10)", "Eq. 24", "test loss", "theory test", "train acc", "test acc",
             "max|f−f_lin| train", "max|f−f_lin| test", "‖θ−θ₀‖"]
     keys = ["step", "train_loss", "theory_train_loss", "isotropic_train_loss", "test_loss", "theory_test_loss",

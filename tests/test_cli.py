@@ -49,7 +49,7 @@ def test_train_defaults_small_and_json_schema(tmp_path):
 
 def test_train_divergence_exit_1_and_record_written(tmp_path):
     out = tmp_path / "run.json"
-    r = CliRunner().invoke(cli, ["train", "--fim", "gd", "--lr-scale", "5", "--steps", "30", "--width", "512",
+    r = CliRunner().invoke(cli, ["train", "--fim", "gd", "--lr-scale", "5", "--steps", "30", "--width", "512", "--sigma-b2", "0",
                                  "--n-train", "20", "--n-test", "20", "--json", str(out)])
     assert r.exit_code == 1
     assert "diverged at step" in r.output

@@ -1,0 +1,397 @@
+"""Entry-wise Fisher approximations of Fig. 3: the diagonal FIM and Ollivier's quasi-diagonal FIM.
+
+Neither is isotropic (Section 5, "Comparison with entry-wise FIMs"): Θ̄ keeps a
+condition number > 1 at any width, so no α is claimed (``analytic_alpha`` is None).
+
+Diagonal FIM (``"diag"``; LeCun, Bottou, Orr & Müller, "Efficient backprop", 1998,
+paper ref. [21])
+    G_ij = (F_ii + ρ) δ_ij with F = JᵀJ/N. With the layer signals (S.64), for layer l
+
+        F_l = Σ_k (δ_l^{(k)} ∘ δ_l^{(k)})ᵀ (a_{l−1} ∘ a_{l−1}) / N       (M_l × fan, θ_l-shaped),
+
+    a GEMM, no Jacobian. Δθ = (Jᵀv/N) / G_ii entry-wise. At ρ = 0 the pseudo-inverse
+    convention of :mod:`ngdref.linalg` applies to the diagonal: entries with
+    F_ii <= rtol · max F (rtol = ``rtol`` or P·eps, NumPy's ``pinv`` rule for the P×P
+    matrix G) get inverse 0 (the global max F costs a first pass over the layers).
+
+Quasi-diagonal FIM (``"quasi-diag"``; Y. Ollivier, "Riemannian metrics for neural networks I:
+feedforward networks", Information and Inference: A Journal of the IMA 4(2):108–153, 2015,
+arXiv:1303.0818 — its quasi-diagonal reduction of a metric — paper ref. [6]; implemented
+from the same data as RMSProp in G. Marceau-Caron & Y. Ollivier, "Practical Riemannian
+neural networks", arXiv:1602.08007, 2016)
+    Per unit θ_i^{(l)} = (w_1, …, w_m, b) (weights, then the bias: the last column of θ_l)
+    keep only the diagonal entries G_jj = F_jj + ρ, G_bb = F_bb + ρ and the bias–weight
+    couplings G_bj = F_bj, and take Ollivier's quasi-diagonal gradient step, a 2×2 solve
+    in (b, w_j) for each incoming weight followed by the bias correction:
+
+        Δw_j = (G_bb g_j − G_bj g_b) / (G_bb G_jj − G_bj²),
+        Δb   = g_b / G_bb − Σ_j (G_bj / G_bb) Δw_j,                   g = ∇_θ L = Jᵀv/N.
+
+    The map g ↦ Δθ is linear, symmetric, and is the *exact inverse* of the metric
+
+        G_qd = diag(D_1, …, D_m, 0) + u uᵀ / G_bb,   u = (G_b1, …, G_bm, G_bb),
+        D_j = G_jj − G_bj² / G_bb,
+
+    which has the same diagonal (G_jj, G_bb) and bias couplings (G_bj) as G and
+    couples two weights of a unit by G_bj G_bk / G_bb: "a rough approximation of the
+    unit-wise FIM in which a certain 1-rank matrix is added to the diagonal entries"
+    (Karakida & Osawa, Section 5). ρ enters the diagonal once. :meth:`explicit_metric`
+    builds G_qd literally (P×P) and the oracle inverts it (``inv`` for ρ > 0, ``pinv``
+    at ρ = 0), so the structured step is checked against an independent computation.
+
+    At ρ = 0, where Ollivier's formula divides by zero (a dead unit, G_bb = 0; a
+    weight whose 2×2 block is singular, D_j <= rtol_pair·G_jj (rtol_pair = ``rtol`` or
+    8·N·eps: sin² of the angle between the two Jacobian columns), e.g. a ReLU unit
+    alive on a single sample), the step is the pseudo-inverse G_qd⁺ g, computed in
+    closed form: with V = {j : D_j > rtol_pair·G_jj} and the remaining coordinates Z
+    (the bias and the degenerate weights), G_qd restricted to span(e_V, ẑ),
+    ẑ = u_Z/ν, ν = ‖u_Z‖, is again "diagonal + rank one" and
+
+        Δ = μ ∘ g − r (ẑ·g) − ẑ (r·g) + κ ẑ (ẑ·g),
+        μ_j = 1/D_j, r_j = u_j/(ν D_j) (j ∈ V; 0 on Z),
+        κ = G_bb/ν² + Σ_{j∈V} u_j²/(ν² D_j),
+
+    which is Ollivier's formula when V holds every weight (ẑ = e_b, ν = G_bb). A unit
+    with G_bb <= rtol·max F is treated as decoupled (diagonal). With σ_b = 0 there is
+    no bias and the quasi-diagonal FIM is the diagonal FIM.
+
+Coefficient matrix (Eq. 11) without the Jacobian: for a per-unit map M_i = diag(μ_i) +
+(low rank in r_i, ẑ_i),
+
+    Θ̄_l(x′, x)[(k,s),(k′,t)] = Σ_i δ′_{k,s,i} δ_{k′,t,i} (a′_s M_i a_tᵀ) / N,
+
+the diagonal part Σ_j a′_{sj} a_{tj} μ_ij is one GEMM (a′_s ∘ a_t)_{(s,t)} @ μᵀ per block of
+sample pairs — N′N·fan·M_l flops per layer, no shortcut exists since μ = 1/F is the
+entry-wise inverse of a rank-N matrix — and the low-rank part is a few (CN′ × CN)
+GEMMs. On the training set only the pairs s <= t are computed (Θ̄ is symmetric).
+Sample-pair blocks are chunked so that one working array stays below max(P/8, 2^20)
+elements, and the maps are built for blocks of units (max(P/32, 2^18) elements), so the
+peak extra memory stays about 2× the parameters.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import backend_of, dtype_name_of, namespace_of, to_device, to_float
+from ..linalg import default_rtol
+from .base import FisherApproximation
+
+_EPS64 = float(np.finfo(np.float64).eps)
+_EPS32 = float(np.finfo(np.float32).eps)
+
+
+def _eps(dtype_name: str) -> float:
+    return _EPS32 if dtype_name == "float32" else _EPS64
+
+
+def squared_signal_fisher(signals, layer: int):
+    """F_l = diag(JᵀJ/N) for layer l as an (M_l, fan) array: Σ_k (δ^{(k)}∘δ^{(k)})ᵀ (a∘a) / N."""
+    xp = namespace_of(signals.f)
+    d, a = signals.delta[layer - 1], signals.a[layer - 1]
+    e = xp.sum(d * d, axis=0)  # (N, M_l)
+    return (e.T @ (a * a)) / signals.n
+
+
+def bias_coupling(signals, layer: int, sigma_b: float):
+    """F_{b,j} = Σ_{k,n} ∂_b f_k(x_n) ∂_{θ_j} f_k(x_n) / N for every column j of θ_l, (M_l, fan)."""
+    xp = namespace_of(signals.f)
+    d, a = signals.delta[layer - 1], signals.a[layer - 1]
+    e = xp.sum(d * d, axis=0)
+    return sigma_b * (e.T @ a) / signals.n
+
+
+class _LayerMap:
+    """Per-layer map M_i = diag(μ_i) − r_i ẑ_iᵀ − ẑ_i r_iᵀ + κ_i ẑ_i ẑ_iᵀ (rows i = units)."""
+
+    __slots__ = ("mu", "r", "z", "kappa")
+
+    def __init__(self, mu, r=None, z=None, kappa=None):
+        self.mu, self.r, self.z, self.kappa = mu, r, z, kappa
+
+    @property
+    def low_rank(self) -> bool:
+        return self.r is not None
+
+    def apply(self, g):
+        """M_i g_i for every unit (row) of the θ_l-shaped gradient g."""
+        out = self.mu * g
+        if not self.low_rank:
+            return out
+        xp = namespace_of(g)
+        zg = xp.sum(self.z * g, axis=1, keepdims=True)
+        rg = xp.sum(self.r * g, axis=1, keepdims=True)
+        return out - self.r * zg - self.z * rg + self.z * (self.kappa * zg)
+
+
+class DiagonalFisher(FisherApproximation):
+    """Entry-wise diagonal FIM G = diag(F_ii + ρ) (Fig. 3; LeCun et al. 1998). Not isotropic."""
+
+    name = "diag"
+    summary = "entry-wise diagonal FIM G_ii = F_ii + ρ (LeCun et al. 1998; Fig. 3); not isotropic"
+    equation = "Fig. 3 (G_ij = (F_ii + ρ)δ_ij)"
+
+    def alpha_note(self) -> str:
+        return (
+            "entry-wise FIMs do not satisfy the isotropic condition (Fig. 3): cond(Θ̄) stays > 1 at "
+            "large width (smaller than cond(NTK)); no α — choose the learning rate from λ_max(Θ̄)"
+        )
+
+    # ---- the map M (Δθ = M ∇L), built block of units by block of units ---------------------------
+    def _row_blocks(self, layer: int) -> list[slice]:
+        """Unit ranges of layer l whose (rows × fan) temporaries stay below max(P/32, 2^18) elements."""
+        m_out, fan = self.network.layer_shape(layer)
+        rows = max(1, max(self.network.n_params // 32, 1 << 18) // fan)
+        return [slice(i, min(m_out, i + rows)) for i in range(0, m_out, rows)]
+
+    @staticmethod
+    def _squared_delta(signals, layer: int, rows: slice):
+        """e = Σ_k δ_k ∘ δ_k for the units ``rows``, (N, rows)."""
+        d = signals.delta[layer - 1][:, :, rows]
+        return namespace_of(d).sum(d * d, axis=0)
+
+    def _fisher_rows(self, signals, layer: int, rows: slice, a2):
+        """F for the units ``rows`` of layer l, (rows, fan); ``a2`` = a_{l−1} ∘ a_{l−1}."""
+        return (self._squared_delta(signals, layer, rows).T @ a2) / signals.n
+
+    def _cut(self, signals) -> float:
+        """Pseudo-inverse cut-off on F_ii at ρ = 0 (rtol · max F, NumPy's pinv rule); 0 for ρ > 0."""
+        if self.damping > 0:
+            return 0.0
+        xp = namespace_of(signals.f)
+        rtol = self.rtol if self.rtol is not None else default_rtol(self.network.n_params, dtype_name_of(signals.f))
+        top = 0.0
+        for l in range(1, self.network.depth + 1):
+            a = signals.a[l - 1]
+            a2 = a * a
+            for rows in self._row_blocks(l):
+                top = max(top, to_float(xp.max(self._fisher_rows(signals, l, rows, a2))))
+        return float(rtol) * top
+
+    def _inverse_diagonal(self, g_diag, cut: float):
+        """1/G_ii, with 0 where G_ii <= cut (ρ = 0 pseudo-inverse)."""
+        xp = namespace_of(g_diag)
+        keep = g_diag > cut
+        safe = xp.where(keep, g_diag, xp.ones_like(g_diag))
+        return xp.where(keep, 1.0 / safe, xp.zeros_like(g_diag))
+
+    def _map_rows(self, signals, layer: int, rows: slice, cut: float, a2) -> _LayerMap:
+        """M_i for the units ``rows`` of layer l (diagonal FIM: μ = 1/(F + ρ))."""
+        return _LayerMap(self._inverse_diagonal(self._fisher_rows(signals, layer, rows, a2) + self.damping, cut))
+
+    def layer_map(self, signals, layer: int) -> _LayerMap:
+        """The whole layer's map M_i (Δθ_{l,i} = M_i ∇_{θ_i^{(l)}} L), for inspection and tests."""
+        cut = self._cut(signals)
+        a = signals.a[layer - 1]
+        return _concat_maps([self._map_rows(signals, layer, r, cut, a * a) for r in self._row_blocks(layer)])
+
+    # ---- structured path -----------------------------------------------------------------
+    def precondition(self, signals, v):
+        """(M ∘ Jᵀv/N) per layer, computed block of units by block (F never held for a whole layer)."""
+        xp = namespace_of(v)
+        c, n = v.shape
+        cut = self._cut(signals)
+        out = []
+        for l in range(1, self.network.depth + 1):
+            a = signals.a[l - 1]
+            a2 = a * a
+            weights = xp.sum(xp.reshape(v, (c, n, 1)) * signals.delta[l - 1], axis=0) / n  # (N, M_l)
+            parts = [
+                self._map_rows(signals, l, rows, cut, a2).apply(weights[:, rows].T @ a)
+                for rows in self._row_blocks(l)
+            ]
+            out.append(parts[0] if len(parts) == 1 else xp.concat(parts, axis=0))
+        return out
+
+    def coefficient(self, signals, signals_prime=None):
+        xp = namespace_of(signals.f)
+        cut = self._cut(signals)
+        sp = signals if signals_prime is None else signals_prime
+        total = None
+        for l in range(1, self.network.depth + 1):
+            a = signals.a[l - 1]
+            a2 = a * a
+            mu, low = [], []
+            for rows in self._row_blocks(l):
+                m = self._map_rows(signals, l, rows, cut, a2)
+                mu.append(m.mu)
+                if m.low_rank:
+                    low.append(_low_rank_factors(sp, signals, l, m))
+            mu = mu[0] if len(mu) == 1 else xp.concat(mu, axis=0)
+            term = _diagonal_part(sp, signals, l, mu, symmetric=signals_prime is None, budget=self._budget())
+            if low:
+                factors = [xp.concat([f[i] for f in low], axis=-1) for i in range(5)]
+                term = term + _low_rank_part(sp, signals, l, *factors)
+            total = term if total is None else total + term
+        return total / signals.n
+
+    def _budget(self) -> int:
+        """Elements per working array of the pair-block GEMM (P/8, at least 2^20)."""
+        return max(self.network.n_params // 8, 1 << 20)
+
+    # ---- explicit oracle -----------------------------------------------------------------
+    def _explicit_fisher_diagonal(self, params, x, signals=None) -> tuple[np.ndarray, np.ndarray]:
+        """(diag(JᵀJ/N), J) on the host from the explicit Jacobian."""
+        j = self._explicit_jacobian(params, x, signals)
+        return np.sum(j * j, axis=0) / x.shape[0], j
+
+    def explicit_metric(self, params, x, signals=None):
+        self._check_explicit()
+        f, _ = self._explicit_fisher_diagonal(params, x, signals)
+        return np.diag(f + self.damping)
+
+
+class QuasiDiagonalFisher(DiagonalFisher):
+    """Ollivier's quasi-diagonal FIM (2015, paper ref. [6]; Fig. 3): diagonal + bias couplings per unit."""
+
+    name = "quasi-diag"
+    summary = (
+        "Ollivier's quasi-diagonal FIM (diag + bias–weight couplings per unit, a rank-one "
+        "completion of the diagonal; Fig. 3, ref. [6]); not isotropic"
+    )
+    equation = "Fig. 3; Ollivier (2015) quasi-diagonal reduction"
+
+    def _pair_rtol(self, dtype_name: str, n: int) -> float:
+        """Cut-off on sin² = D_j/G_jj (the 2×2 block (b, w_j) is singular below it) at ρ = 0."""
+        if self.damping > 0:
+            return 0.0
+        return float(self.rtol) if self.rtol is not None else 8.0 * max(n, 1) * _eps(dtype_name)
+
+    def _map_rows(self, signals, layer: int, rows: slice, cut: float, a2) -> _LayerMap:
+        net = self.network
+        if not net.has_bias:
+            return super()._map_rows(signals, layer, rows, cut, a2)
+        xp = namespace_of(a2)
+        e = self._squared_delta(signals, layer, rows)  # (N, rows)
+        fisher = (e.T @ a2) / signals.n
+        coupling = net.sigma_b * (e.T @ signals.a[layer - 1][:, :-1]) / signals.n  # G_bj = F_bj, (rows, m)
+        pair_rtol = self._pair_rtol(dtype_name_of(a2), signals.n)
+        return _quasi_map(xp, fisher + self.damping, coupling, cut, pair_rtol)
+
+    def explicit_metric(self, params, x, signals=None):
+        """G_qd (P×P) literally: per unit diag(D_1…D_m, 0) + u uᵀ/G_bb, damping included."""
+        self._check_explicit()
+        net = self.network
+        f, j = self._explicit_fisher_diagonal(params, x, signals)
+        g_diag = f + self.damping
+        if not net.has_bias:
+            return np.diag(g_diag)
+        n = x.shape[0]
+        rtol = self.rtol if self.rtol is not None else net.n_params * _EPS64
+        cut = 0.0 if self.damping > 0 else rtol * float(np.max(f))
+        g = np.zeros((net.n_params, net.n_params))
+        for l in range(1, net.depth + 1):
+            for i in range(net.widths[l]):
+                sl = net.unit_slice(l, i)
+                ju = j[:, sl]
+                gu = g_diag[sl]
+                gb = gu[-1]
+                if gb <= cut:  # dead unit: no coupling is defined
+                    g[sl, sl] = np.diag(gu)
+                    continue
+                c = ju[:, :-1].T @ ju[:, -1] / n  # F_{b j}
+                u = np.concatenate([c, [gb]])
+                dvec = np.concatenate([gu[:-1] - c * c / gb, [0.0]])
+                g[sl, sl] = np.diag(dvec) + np.outer(u, u) / gb
+        return g
+
+
+def _quasi_map(xp, g_diag, coupling, cut: float, pair_rtol: float) -> _LayerMap:
+    """Closed-form (pseudo-)inverse of G_qd for a block of units (see the module docstring).
+
+    ``g_diag``: (rows, m+1) diagonal of G (bias last); ``coupling``: (rows, m) G_bj. A dead
+    unit (G_bb <= cut) gets c = 0, hence D_j = G_jj and the diagonal pseudo-inverse.
+    """
+    gw, gb = g_diag[:, :-1], g_diag[:, -1:]  # (rows, m), (rows, 1)
+    alive = gb > cut
+    inv_gb = xp.where(alive, 1.0 / xp.where(alive, gb, xp.ones_like(gb)), xp.zeros_like(gb))
+    c = coupling * xp.astype(alive, coupling.dtype)
+    c2 = c * c
+    dvec = gw - c2 * inv_gb  # D_j (dead unit: G_jj)
+    regular = (dvec > pair_rtol * gw) & (gw > cut)  # V
+    inv_d = xp.where(regular, 1.0 / xp.where(regular, dvec, xp.ones_like(dvec)), xp.zeros_like(dvec))
+    c_z = xp.where(regular, xp.zeros_like(c), c)  # couplings of the degenerate weights
+    nu2 = xp.sum(c_z * c_z, axis=1, keepdims=True) + gb * gb  # ν² = ‖u_Z‖²
+    inv_nu = xp.where(alive, 1.0 / xp.sqrt(xp.where(alive, nu2, xp.ones_like(nu2))), xp.zeros_like(nu2))
+    kappa = (gb + xp.sum(c2 * inv_d, axis=1, keepdims=True)) * (inv_nu * inv_nu)
+    zero_b = xp.zeros_like(gb)
+    mu = xp.concat([inv_d, zero_b], axis=1)
+    r = xp.concat([c * inv_d * inv_nu, zero_b], axis=1)
+    z = xp.concat([c_z * inv_nu, gb * inv_nu], axis=1)
+    return _LayerMap(mu, r, z, kappa)
+
+
+# ---- coefficient pieces ---------------------------------------------------------------------
+def _diagonal_part(sp, s, layer: int, mu, symmetric: bool, budget: int):
+    """Σ_i δ′_{k,s,i} δ_{k′,t,i} Σ_j a′_{sj} a_{tj} μ_ij as a (CN′, CN) matrix (not divided by N)."""
+    xp = namespace_of(mu)
+    a_p, a = sp.a[layer - 1], s.a[layer - 1]
+    d_p, d = sp.delta[layer - 1], s.delta[layer - 1]  # (C, N′, M), (C, N, M)
+    c, n_p, m = d_p.shape
+    n, fan = a.shape[0], a.shape[1]
+    mu_t = mu.T  # (fan, M)
+    rows = max(1, budget // max(1, n * max(fan, m)))
+    blocks = []
+    starts = list(range(0, n_p, rows))
+    for s0 in starts:
+        s1 = min(n_p, s0 + rows)
+        t0 = s0 if symmetric else 0
+        nt = n - t0
+        pair = xp.reshape(a_p[s0:s1, None, :] * a[None, t0:, :], ((s1 - s0) * nt, fan))
+        y = xp.reshape(pair @ mu_t, (s1 - s0, nt, m))  # Σ_j a′_sj a_tj μ_ij
+        per_k = []
+        for k in range(c):
+            w = d_p[k, s0:s1, None, :] * y  # (r, nt, M)
+            per_k.append(xp.stack([xp.sum(w * d[kk, None, t0:, :], axis=-1) for kk in range(c)], axis=1))
+        blk = xp.stack(per_k, axis=0)  # (C, r, C, nt)
+        if t0:
+            blk = xp.concat([xp.zeros((c, s1 - s0, c, t0), dtype=blk.dtype), blk], axis=3)
+        blocks.append(blk)
+    full = xp.reshape(xp.concat(blocks, axis=1), (c * n_p, c * n))
+    if not symmetric:
+        return full
+    # mirror the upper block triangle: Θ̄ = T + Tᵀ − T ∘ [same sample block]
+    block_id = np.arange(n) // rows
+    same = np.tile((block_id[:, None] == block_id[None, :]).astype(np.float64), (c, c))
+    mask = to_device(same, backend_of(full))
+    return full + full.T - full * mask
+
+
+def _low_rank_factors(sp, s, layer: int, m: _LayerMap) -> tuple:
+    """a′ rᵀ, a′ ẑᵀ (N′, rows), a rᵀ, a ẑᵀ (N, rows) and κ (1, rows) for a block of units.
+
+    ẑ lives on the bias (the last column, where a = σ_b) and on the degenerate weights of
+    ρ = 0; the weight part is usually empty and its GEMM is skipped.
+    """
+    xp = namespace_of(m.mu)
+    a_p, a = sp.a[layer - 1], s.a[layer - 1]
+    z_w, z_b = m.z[:, :-1], xp.reshape(m.z[:, -1], (1, -1))
+    dense = to_float(xp.max(xp.abs(z_w))) > 0.0 if z_w.shape[1] else False
+
+    def onto_z(feat):
+        out = feat[:, -1:] * z_b
+        return out + feat[:, :-1] @ z_w.T if dense else out
+
+    return a_p @ m.r.T, onto_z(a_p), a @ m.r.T, onto_z(a), xp.reshape(m.kappa, (1, -1))
+
+
+def _low_rank_part(sp, s, layer: int, p1, z1, p2, z2, kappa):
+    """The −r ẑᵀ − ẑ rᵀ + κ ẑ ẑᵀ part of a′_s M_i a_tᵀ summed over units with δ′δ, (CN′, CN)."""
+    xp = namespace_of(p1)
+    c = sp.delta[layer - 1].shape[0]
+    dp, d = sp.delta_matrix(layer), s.delta_matrix(layer)  # (CN′, M), (CN, M)
+    p1, z1, p2, z2 = (xp.tile(t, (c, 1)) for t in (p1, z1, p2, z2))
+    left_z = dp * z1
+    return -((dp * p1) @ (d * z2).T) - (left_z @ (d * p2).T) + ((left_z * kappa) @ (d * z2).T)
+
+
+def _concat_maps(maps: list) -> _LayerMap:
+    if len(maps) == 1:
+        return maps[0]
+    xp = namespace_of(maps[0].mu)
+    if not maps[0].low_rank:
+        return _LayerMap(xp.concat([m.mu for m in maps], axis=0))
+    return _LayerMap(*(xp.concat([getattr(m, k) for m in maps], axis=0) for k in ("mu", "r", "z", "kappa")))
+
+
+__all__ = ["DiagonalFisher", "QuasiDiagonalFisher", "bias_coupling", "squared_signal_fisher"]

@@ -1,0 +1,306 @@
+"""Unit-wise (Eq. 23), diagonal and quasi-diagonal (Fig. 3) Fisher approximations.
+
+Structured path vs the explicit P×P oracle, the exact zero-damping identity S.137, a
+per-unit least-squares oracle at N > 64 (the blocked solve), the strict backend, the
+isotropy of unit-wise NGD against the analytic α (S.128) and the Fig. 3 comparison of the
+entry-wise FIMs with the NTK.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ngdref import Network, to_device, to_host, unit_jacobian
+from ngdref.alpha import unit_alpha
+from ngdref.diagnostics import isotropy
+from ngdref.fisher import DiagonalFisher, QuasiDiagonalFisher, UnitWiseFisher, get_fisher
+from ngdref.fisher.diagonal import bias_coupling, squared_signal_fisher
+from ngdref.fisher.unitwise import LAPACK_BLOCK, _spd_solve
+
+from .conftest import unit_rows
+
+NAMES = ["unit", "diag", "quasi-diag"]
+# tiny nets, N = 5 samples (fan-in >= N except the last config, whose first layer has
+# M0 + 1 = 4 < N and takes the unit-wise pseudo-inverse fallback); depths 2-4, C = 1, 2
+CONFIGS = [
+    ((6, 10, 1), "tanh", 0.0),
+    ((6, 12, 10, 1), "relu", 0.5),
+    ((5, 10, 9, 2), "tanh", 0.3),
+    ((6, 9, 10, 9, 1), "erf", 0.2),
+    ((7, 8, 9, 2), "relu", 0.4),
+    ((3, 8, 9, 1), "relu", 0.5),
+]
+
+
+def _setup(widths, act, sb2, seed=0, n=5, n_test=3):
+    rng = np.random.default_rng(seed)
+    net = Network(widths, act, 2.0, sb2)
+    x, xt = unit_rows(rng, n, widths[0]), unit_rows(rng, n_test, widths[0])
+    return net, net.init(seed + 1), x, xt, rng.standard_normal((n, widths[-1]))
+
+
+def _rel(a, b):
+    return float(np.max(np.abs(np.asarray(a) - b)) / np.max(np.abs(b)))
+
+
+def _tolerance(fim, params, x):
+    """1e-9, widened to 50·eps·κ(G) for an ill-conditioned G.
+
+    The oracle inverts (or pseudo-inverts) the explicit P×P matrix G, whose accuracy is
+    ~eps·κ(G); the structured paths work with N×N systems (unit-wise: κ(K_SS), not κ(G);
+    e.g. the erf net has units with tiny δ, κ(G) ~ 1e8, and the oracle is the less
+    accurate side).
+    """
+    ev = np.linalg.eigvalsh(fim.explicit_metric(params, x))
+    kept = ev[ev > ev.size * np.finfo(float).eps * ev.max()]
+    return max(1e-9, 50 * np.finfo(float).eps * kept.max() / kept.min())
+
+
+# ---- structured path vs explicit oracle ----------------------------------------------------
+@pytest.mark.parametrize("widths,act,sb2", CONFIGS)
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("rho", [0.0, 1e-2])
+def test_structured_matches_explicit_oracle(widths, act, sb2, name, rho):
+    net, p, x, xt, y = _setup(widths, act, sb2)
+    fim = get_fisher(name, net, rho)
+    tol = _tolerance(fim, p, x)
+    assert _rel(to_host(net.flatten(fim.direction(p, x, y))), fim.explicit_direction(p, x, y)) < tol
+    assert _rel(fim.coefficient_matrix(p, x, xt), fim.explicit_coefficient(p, x, xt)) < tol
+    assert _rel(fim.coefficient_matrix(p, x), fim.explicit_coefficient(p, x)) < tol
+    if name == "unit":  # the general formula on x′ = x (no closed form)
+        s = net.signals(p, x)
+        assert _rel(fim.coefficient(s, s), fim.explicit_coefficient(p, x)) < tol
+
+
+def test_registry_names():
+    net = Network((4, 6, 1), "relu", 2.0, 0.1)
+    assert isinstance(get_fisher("unit", net), UnitWiseFisher)
+    assert isinstance(get_fisher("diag", net), DiagonalFisher)
+    assert isinstance(get_fisher("quasi_diag", net), QuasiDiagonalFisher)
+
+
+# ---- unit-wise: the exact zero-damping limit (S.132–S.137) ------------------------------------
+def _dead_relu_setup():
+    """ReLU net whose units are dead on some, all or none of the samples (biases pull u_l apart)."""
+    net = Network((8, 12, 10, 1), "relu", 2.0, 1.5)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((6, 8))
+    return net, net.init(4), x, rng.standard_normal((3, 8)), rng.standard_normal((6, 1))
+
+
+def test_unit_wise_relu_dead_units_satisfy_s137_exactly():
+    net, p, x, xt, y = _dead_relu_setup()
+    s = net.signals(p, x)
+    hidden = np.concatenate([to_host(d)[0] for d in s.delta[:-1]], axis=1)  # (N, Σ M_l)
+    alive = hidden != 0
+    per_unit = alive.sum(axis=0)
+    assert np.any(per_unit == 0) and np.any((per_unit > 0) & (per_unit < x.shape[0]))  # dead & partly dead
+    fim = UnitWiseFisher(net, 0.0)
+    s137 = np.diag(alive.sum(axis=1) + 1.0)  # Σ_{l<L,i} diag(1[δ ≠ 0]) + the output unit
+    assert np.array_equal(to_host(fim.coefficient(s)), s137)  # closed form: exactly
+    assert _rel(to_host(fim.coefficient(s, s)), s137) < 1e-10  # general formula
+    assert _rel(fim.explicit_coefficient(p, x), s137) < 1e-9  # oracle: J G⁺ Jᵀ / N
+    assert _rel(to_host(net.flatten(fim.direction(p, x, y))), fim.explicit_direction(p, x, y)) < 1e-9
+    assert _rel(fim.coefficient_matrix(p, x, xt), fim.explicit_coefficient(p, x, xt)) < 1e-9
+
+
+def test_unit_wise_multi_output_training_blocks():
+    """C > 1: per-sample C×C blocks Σ_i δ_iδ_iᵀ/‖δ_i‖² (rank-one projectors), zero across samples."""
+    net, p, x, _, _ = _setup((6, 12, 10, 3), "tanh", 0.2)
+    s = net.signals(p, x)
+    theta = to_host(UnitWiseFisher(net, 0.0).coefficient(s)).reshape(3, 5, 3, 5)
+    off = theta.copy()
+    for n in range(5):
+        off[:, n, :, n] = 0.0
+    assert np.max(np.abs(off)) == 0.0
+    trace = sum(np.trace(theta[:, n, :, n]) for n in range(5)) / 5
+    assert trace == pytest.approx(12 + 10 + 3, rel=1e-12)  # each unit's projector has trace 1
+
+
+def _per_unit_reference(s, layer, unit, v, rho):
+    """G_{l,i}⁻¹ J_{l,i}ᵀ v / N from the unit's own Jacobian: min-norm least squares at ρ = 0."""
+    j = np.asarray(unit_jacobian(s, layer, unit))
+    vec = np.asarray(v).reshape(-1)
+    if rho == 0:
+        return np.linalg.lstsq(j, vec, rcond=None)[0]
+    n = s.n
+    return np.linalg.solve(j.T @ j / n + rho * np.eye(j.shape[1]), j.T @ vec / n)
+
+
+@pytest.mark.parametrize("act,rho", [("relu", 0.0), ("tanh", 0.0), ("relu", 1e-3), ("tanh", 1e-3)])
+def test_unit_wise_per_unit_oracle_beyond_lapack_block(act, rho):
+    """N = 72 > 64 samples: the compacted/blocked batched solves against each unit's own least squares."""
+    rng = np.random.default_rng(7)
+    n = 72
+    net = Network((80, 96, 96, 1), act, 2.0, 0.5)
+    p = net.init(8)
+    x = rng.standard_normal((n, 80))
+    s = net.signals(p, x)
+    v = (s.f - rng.standard_normal((n, 1))).T
+    out = UnitWiseFisher(net, rho).precondition(s, v)
+    worst = 0.0
+    for layer in (1, 2, 3):
+        for unit in rng.choice(net.widths[layer], size=min(8, net.widths[layer]), replace=False):
+            ref = _per_unit_reference(s, layer, int(unit), v, rho)
+            worst = max(worst, _rel(out[layer - 1][unit], ref))
+    assert worst < 1e-9
+
+
+def test_blocked_spd_solve():
+    rng = np.random.default_rng(0)
+    p = 2 * LAPACK_BLOCK + 19
+    b = rng.standard_normal((4, p, p + 5))
+    a = b @ np.swapaxes(b, 1, 2) + 0.1 * np.eye(p)
+    r = rng.standard_normal((4, p, 3))
+    assert _rel(_spd_solve(a, r), np.linalg.solve(a, r)) < 1e-10
+
+
+# ---- quasi-diagonal: Ollivier's formula and its special cases ----------------------------------
+def test_quasi_diagonal_is_ollivier_update():
+    """Δw_j = (G_bb g_j − G_bj g_b)/(G_bb G_jj − G_bj²), Δb = g_b/G_bb − Σ_j (G_bj/G_bb) Δw_j."""
+    net, p, x, _, y = _setup((5, 10, 9, 1), "tanh", 0.3)
+    rho = 1e-3
+    fim = QuasiDiagonalFisher(net, rho)
+    s = net.signals(p, x)
+    j = np.asarray(to_host(fim._explicit_jacobian(p, x, s)))
+    grad = j.T @ np.asarray(to_host(s.f - y)).T.reshape(-1) / x.shape[0]
+    got = to_host(net.flatten(fim.direction(p, x, y)))
+    for layer in (1, 2, 3):
+        for unit in range(net.widths[layer]):
+            sl = net.unit_slice(layer, unit)
+            ju, g = j[:, sl], grad[sl]
+            gdiag = np.sum(ju * ju, axis=0) / x.shape[0] + rho
+            gbj = ju[:, :-1].T @ ju[:, -1] / x.shape[0]
+            gbb = gdiag[-1]
+            dw = (gbb * g[:-1] - gbj * g[-1]) / (gbb * gdiag[:-1] - gbj**2)
+            db = g[-1] / gbb - np.sum(gbj / gbb * dw)
+            assert _rel(got[sl], np.concatenate([dw, [db]])) < 1e-10
+    # its metric: the diagonal and the bias couplings of F + ρI, plus the rank-one completion
+    gq = fim.explicit_metric(p, x, s)
+    f = j.T @ j / x.shape[0] + rho * np.eye(j.shape[1])
+    sl = net.unit_slice(2, 4)
+    assert np.allclose(np.diag(gq)[sl], np.diag(f)[sl], rtol=1e-12)
+    assert np.allclose(gq[sl, sl][-1], f[sl, sl][-1], rtol=1e-12)
+    gb = f[sl, sl][-1]
+    assert np.allclose(gq[sl, sl][0, 1], gb[0] * gb[1] / gb[-1], rtol=1e-12)
+
+
+def test_quasi_diagonal_degenerate_relu_units_match_pseudo_inverse():
+    """ρ = 0 with units alive on a single sample (singular 2×2 blocks): G_qd⁺, not a division by 0."""
+    net = Network((4, 10, 8, 1), "relu", 2.0, 0.5)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 4))
+    y = rng.standard_normal((3, 1))
+    p = net.init(2)
+    s = net.signals(p, x)
+    alive = np.concatenate([to_host(d)[0] != 0 for d in s.delta[:-1]], axis=1).sum(axis=0)
+    assert np.any(alive == 1) and np.any(alive == 0)
+    fim = QuasiDiagonalFisher(net, 0.0)
+    d = to_host(net.flatten(fim.direction(p, x, y)))
+    assert np.all(np.isfinite(d))
+    assert _rel(d, fim.explicit_direction(p, x, y)) < 1e-9
+    assert _rel(fim.coefficient_matrix(p, x), fim.explicit_coefficient(p, x)) < 1e-9
+
+
+def test_quasi_diagonal_without_bias_is_diagonal():
+    net, p, x, xt, y = _setup((6, 12, 10, 2), "relu", 0.0)
+    q, d = QuasiDiagonalFisher(net, 0.0), DiagonalFisher(net, 0.0)
+    for a, b in zip(q.direction(p, x, y), d.direction(p, x, y)):
+        assert np.array_equal(to_host(a), to_host(b))
+    assert np.array_equal(q.coefficient_matrix(p, x, xt), d.coefficient_matrix(p, x, xt))
+
+
+def test_diagonal_fisher_from_squared_signals():
+    net, p, x, _, _ = _setup((5, 10, 9, 2), "tanh", 0.3)
+    s = net.signals(p, x)
+    j = np.asarray(to_host(DiagonalFisher(net)._explicit_jacobian(p, x, s)))
+    flat = np.concatenate([to_host(squared_signal_fisher(s, l)).reshape(-1) for l in (1, 2, 3)])
+    assert _rel(flat, np.sum(j * j, axis=0) / x.shape[0]) < 1e-13
+    sl = net.unit_slice(2, 3)  # F_{b j} of one unit: the bias column of its Fisher block
+    block = j[:, sl].T @ j[:, sl] / x.shape[0]
+    assert _rel(to_host(bias_coupling(s, 2, net.sigma_b))[3], block[-1]) < 1e-13
+
+
+# ---- backends and dtypes ----------------------------------------------------------------------
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("widths,act,sb2,rho", [((6, 12, 10, 1), "relu", 0.5, 0.0), ((3, 8, 9, 2), "tanh", 0.5, 1e-2)])
+def test_structured_path_runs_on_backend(name, widths, act, sb2, rho, backend):
+    net, p, x, xt, y = _setup(widths, act, sb2)
+    fim = get_fisher(name, net, rho)
+    ref_d = to_host(net.flatten(fim.direction(p, x, y)))
+    ref_c, ref_0 = fim.coefficient_matrix(p, x, xt), fim.coefficient_matrix(p, x)
+    pb, xb, xtb, yb = net.init(1, backend), to_device(x, backend), to_device(xt, backend), to_device(y, backend)
+    assert _rel(to_host(net.flatten(fim.direction(pb, xb, yb))), ref_d) < 1e-12
+    assert _rel(to_host(fim.coefficient_matrix(pb, xb, xtb)), ref_c) < 1e-12
+    assert _rel(to_host(fim.coefficient_matrix(pb, xb)), ref_0) < 1e-12
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("rho", [0.0, 1e-2])
+def test_float32_stays_float32(name, rho):
+    net, _, x, xt, y = _setup((6, 12, 10, 2), "relu", 0.5)
+    p = net.init(1, dtype="float32")
+    x32, xt32, y32 = (a.astype(np.float32) for a in (x, xt, y))
+    fim = get_fisher(name, net, rho)
+    assert all(d.dtype == np.float32 for d in fim.direction(p, x32, y32))
+    assert fim.coefficient_matrix(p, x32, xt32).dtype == np.float32
+    assert fim.coefficient_matrix(p, x32).dtype == np.float32
+
+
+# ---- α and isotropy ---------------------------------------------------------------------------
+def test_analytic_alpha_and_notes():
+    net = Network((20, 64, 48, 1), "relu", 2.0, 0.5)
+    unit = UnitWiseFisher(net)
+    assert unit.analytic_alpha(10) == pytest.approx(64 / 2 + 48 / 2 + 1)
+    assert unit.analytic_alpha(10) == pytest.approx(unit_alpha(net, include_output_layer=True))
+    assert UnitWiseFisher(Network((20, 64, 48, 2), "relu", 2.0, 0.5)).analytic_alpha(10) is None
+    for cls in (DiagonalFisher, QuasiDiagonalFisher):
+        fim = cls(net)
+        assert fim.analytic_alpha(10) is None and "isotropic" in fim.alpha_note()
+    assert "S.128" in unit.alpha_note()
+
+
+def _gaussian_setup(width, act, n=40, m0=100, seed=0):
+    rng = np.random.default_rng(seed)
+    net = Network.build(m0, width, 3, 1, act, sigma_w2=2.0, sigma_b2=0.5)
+    return net, net.init(seed + 1), rng.standard_normal((n, m0))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("act", ["relu", "tanh"])
+def test_unit_wise_isotropy_matches_analytic_alpha(act):
+    conds = []
+    for width in (64, 768):
+        net, p, x = _gaussian_setup(width, act)
+        fim = UnitWiseFisher(net, 0.0)
+        iso = isotropy(fim.coefficient_matrix(p, x))
+        conds.append(iso["condition_number"])
+        if width == 768:
+            alpha = fim.analytic_alpha(x.shape[0])
+            assert iso["mean_diagonal"] == pytest.approx(alpha, rel=0.03)
+    if act == "tanh":  # φ′ ≠ 0: every unit is alive on every sample, Θ̄ = (Σ M_l + 1) I
+        assert conds == pytest.approx([1.0, 1.0], abs=1e-12)
+    else:
+        assert 1.0 < conds[1] < conds[0] and conds[1] < 1.15
+
+
+@pytest.mark.slow
+def test_unit_wise_damped_path_converges_to_zero_damping_limit():
+    """ρ = 1e-12 (Fig. S.2's setting) goes through the damped solves; Θ̄(ρ) → Θ̄(0) linearly in ρ."""
+    net, p, x = _gaussian_setup(256, "relu", n=30)
+    exact = to_host(UnitWiseFisher(net, 0.0).coefficient_matrix(p, x))
+    dev = [_rel(to_host(UnitWiseFisher(net, rho).coefficient_matrix(p, x)), exact) for rho in (1e-12, 1e-14)]
+    assert dev[0] < 1e-3 and dev[1] < dev[0] / 20
+
+
+@pytest.mark.slow
+def test_entrywise_fims_are_better_than_ntk_but_not_isotropic():
+    """Fig. 3 (C.3.1, small): L = 3, Gaussian inputs M0 = 100, N = 60, σ_w² = 2, σ_b² = 0.5, ρ = 1e-12."""
+    net, p, x = _gaussian_setup(384, "relu", n=60)
+    s = net.signals(p, x)
+    cond = {name: isotropy(get_fisher(name, net, 0.0 if name == "gd" else 1e-12).coefficient(s))["condition_number"]
+            for name in ("gd", "unit", "diag", "quasi-diag")}
+    assert cond["unit"] < 1.2
+    for name in ("diag", "quasi-diag"):
+        assert 2.0 < cond[name] < cond["gd"] / 2
