@@ -9,9 +9,11 @@ from .common import (
     UserError,
     build_network,
     consoles,
+    data_options,
     emit_json,
     handle_errors,
     json_option,
+    load_data,
     network_options,
     parse_str_list,
 )
@@ -57,3 +59,43 @@ def alpha(settings, fims, n_train, input_dim, outputs, depth, width, activation,
     con.print(t1)
     con.print(t2)
     emit_json(json_path, {"command": "alpha", **rep})
+
+
+@click.command()
+@click.option("--fim", "fims", default="exact,bd,tridiag,kfac", show_default=True, help="Comma-separated approximations.")
+@click.option("--kernel", type=click.Choice(["analytic", "empirical"]), default="analytic", show_default=True,
+              help="Θ̄ from the infinite-width kernels or from a finite network.")
+@click.option("--seeds", default=10, show_default=True, type=int, help="Initialisations (f_0 draws).")
+@click.option("--damping", default=None, type=float,
+              help="ρ for --kernel empirical (default: 0, 1e-12 for unit as in `train`).")
+@network_options(default_sigma_b2=0.0)
+@data_options(default_n_train=800, default_n_test=200)
+@json_option
+@click.pass_obj
+@handle_errors
+def predict(settings, fims, kernel, seeds, damping, depth, width, activation, shift, sigma_w2, sigma_b2, data, classes,
+            n_train, n_test, input_dim, json_path):
+    """Test accuracy of the trained model's kernel-regression prediction f_∞ (Section 4.4, Fig. 2)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ngdref.experiments.prediction import prediction_study
+
+    names = parse_str_list(fims)
+    _check_fims(names)
+    ds = load_data(data, classes, n_train, n_test, input_dim, settings.seed)
+    net = build_network(ds, width, depth, activation, shift, sigma_w2, sigma_b2)
+    backend = settings.backend() if kernel == "empirical" else None
+    with Progress(TextColumn("[bold]predict"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=consoles("-"), transient=True) as bar:
+        task = bar.add_task("", total=seeds)
+        rep = prediction_study(net, ds, names, kernel, seeds, backend, damping, progress=lambda k: bar.advance(task))
+    con = consoles(json_path)
+    table = Table(title=f"Test accuracy of f_∞, {kernel} Θ̄, {ds.name} classes {list(ds.classes)}, "
+                        f"N = {ds.n_train}, N' = {ds.n_test}, {seeds} initialisations")
+    for c in ("fim", "mean", "± std", "f_0 = 0", "note"):
+        table.add_column(c, justify="right" if c != "note" else "left")
+    for r in rep["rows"]:
+        fmt = (lambda v: "—" if v is None else f"{v:.4f}")
+        table.add_row(r["fim"], fmt(r["mean"]), fmt(r["std"]), fmt(r["f0_zero"]), r.get("error", ""))
+    con.print(table)
+    emit_json(json_path, {"command": "predict", "data": ds.to_dict(), "network": net.to_dict(), **rep})

@@ -511,8 +511,10 @@ def _kfac_first_layer(cross: AnalyticKernels, train: AnalyticKernels, with_bias:
     if n <= d:
         cf = _spd_factor(p @ p.T, "the first-layer K-FAC factor Ã_0", " (inputs linearly dependent)", rcond)
         return _right_solve(p_test @ p.T, cf)  # S.104
-    cf = _spd_factor(p.T @ p, "PᵀP of the first-layer inputs", " (inputs do not span the input space)", rcond)
-    return p_test @ sla.cho_solve(cf, p.T)  # S.108
+    # S.108: P′(PᵀP)⁻¹Pᵀ, which is P′P⁺; the pseudo-inverse also covers inputs that do not
+    # span the input space (MNIST's always-zero border pixels), the ρ → 0 limit of the damped
+    # factor there, with SciPy's default cut-off max(N, d)·eps·σ_max.
+    return p_test @ sla.pinv(p)
 
 
 def theta_bar_kfac(
@@ -536,7 +538,7 @@ def theta_bar_kfac(
       rank one, so Θ̄ is not isotropic on the training set.)
     * First layer: with d first-layer input dimensions (M0, or M0 + 1 with bias) and
       N <= d, 𝒜_0 = Ã_0(x′, x) Ã_0⁻¹ (S.104). For N > d the ρ → 0 limit of the damped
-      factor is the projection P′(PᵀP)⁻¹Pᵀ (S.108; the paper labels it A_0), which is not
+      factor is the projection P′(PᵀP)⁻¹Pᵀ = P′P⁺ (S.108; the paper labels it A_0), which is not
       isotropic (S.109). ``forster=True`` (σ_b = 0, M0 < N) requires the training inputs
       to be Forster-transformed, X̄ᵀX̄ = (N/M0) I with unit rows (e.g. from
       ``ngdref.data.forster_transform``), and uses 𝒜_0 = (M0/N) X′X̄ᵀ (S.110), giving

@@ -92,3 +92,28 @@ def test_isotropy_table_and_json():
     rows = json.loads(r.stdout)["rows"]
     assert [(x["fim"], x["width"]) for x in rows] == [("exact", 32), ("bd", 32), ("exact", 64), ("bd", 64)]
     assert all(abs(x["measured_over_analytic"] - 1) < 1e-8 for x in rows)
+
+
+def test_alpha_command_paper_values():
+    for act, want in (("tanh", 2.0), ("relu", 1.0), ("shifted-relu", 1.723)):
+        r = run(["alpha", "--fim", "unit,bd", "--activation", act, "--shift", "1", "--json", "-"])
+        assert r.exit_code == 0
+        rec = json.loads(r.stdout)
+        unit = next(x for x in rec["rows"] if x["fim"] == "unit")
+        assert abs(unit["alpha_over_width"] - want) < 2e-3  # Fig. S.1 (+1/M for the output unit)
+        assert next(x for x in rec["rows"] if x["fim"] == "bd")["alpha"] == 3.0
+
+
+def test_predict_command_analytic_and_empirical():
+    r = run(["predict", "--seeds", "2", "--n-train", "60", "--n-test", "40", "--json", "-"])
+    assert r.exit_code == 0
+    rows = {x["fim"]: x for x in json.loads(r.stdout)["rows"]}
+    assert set(rows) == {"exact", "bd", "tridiag", "kfac"}
+    assert all(rows[k]["mean"] > 0.9 and len(rows[k]["per_seed"]) == 2 for k in rows)
+    r = run(["predict", "--kernel", "empirical", "--fim", "exact,unit", "--width", "128", "--seeds", "1",
+             "--n-train", "30", "--n-test", "30", "--json", "-"])
+    assert r.exit_code == 0
+    rows = {x["fim"]: x for x in json.loads(r.stdout)["rows"]}
+    assert rows["unit"]["mean"] > 0.8
+    r = CliRunner().invoke(cli, ["predict", "--fim", "unit", "--seeds", "1", "--n-train", "20", "--n-test", "10", "--json", "-"])
+    assert r.exit_code == 0 and "S.156" in r.output

@@ -1,0 +1,167 @@
+"""Test-set predictions of the trained model (Section 4.4, Fig. 2): kernel regression with Θ̄.
+
+The trained network's output on test inputs is (Eq. 10 at t → ∞, Eq. 14)
+
+    f_∞(x′) = f_0(x′) + Θ̄(x′, x) Θ̄⁻¹ (y − f_0(x)),
+
+which under the isotropic condition is f_0(x′) + α⁻¹ Θ̄(x′, x)(y − f_0(x)). With
+``kernel="analytic"`` Θ̄ comes from the infinite-width kernels (:mod:`ngdref.kernels`) and
+f_0 is drawn from the infinite-width output Gaussian process, covariance σ_w² A_{L−1} + σ_b²
+(the spread over random initialisations); seed ``None`` means f_0 = 0, the mean prediction
+α⁻¹Θ̄(x′, x) y. With ``kernel="empirical"`` Θ̄ is the structured Θ̄ of a finite network
+initialised with that seed, and f_0 its own output.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import kernels as K
+from ..backend import Backend, to_device, to_host
+from ..data import Dataset
+from ..errors import ConfigError, NgdrefError
+from ..fisher import get_fisher
+from ..network import Network
+
+#: approximation → analytic Θ̄ function of ngdref.kernels (gd's f_∞ equals exact NGD's, Eq. 14)
+ANALYTIC = {
+    "exact": K.theta_bar_exact,
+    "gd": K.theta_bar_exact,
+    "bd": K.theta_bar_block_diagonal,
+    "tridiag": K.theta_bar_tridiagonal,
+    "kfac": K.theta_bar_kfac,
+}
+
+
+def _accuracy(pred: np.ndarray, y: np.ndarray) -> float:
+    if y.shape[1] == 1:  # targets ±0.5: the sign decides
+        return float(np.mean(np.sign(pred[:, 0]) == np.sign(y[:, 0])))
+    return float(np.mean(np.argmax(pred, axis=1) == np.argmax(y, axis=1)))
+
+
+class AnalyticPredictor:
+    """Seed-independent part of the analytic predictions: one regression matrix per approximation
+    and the Cholesky factor of the joint train/test covariance of f_0."""
+
+    def __init__(self, network: Network, dataset: Dataset, fim_names):
+        self.network, self.dataset = network, dataset
+        net1 = Network(network.widths[:-1] + (1,), network.activation, network.sigma_w2, network.sigma_b2)
+        train = K.analytic_kernels(net1, dataset.x_train)
+        cross = K.analytic_kernels(net1, dataset.x_test, dataset.x_train)
+        n, c = dataset.n_train, dataset.n_outputs
+        self.methods: dict = {}
+        for name in fim_names:
+            if name not in ANALYTIC:
+                self.methods[name] = {"error": f"no analytic Θ̄(x′, x) for '{name}' (unit-wise: S.156 has none; "
+                                               "entry-wise: none in the paper); use --kernel empirical"}
+                continue
+            if name == "kfac" and c > 1:
+                self.methods[name] = {"error": "K-FAC's Θ̄ is given for C = 1 only (Section 4.3)"}
+                continue
+            try:
+                tb_train, tb_cross = ANALYTIC[name](train, train), ANALYTIC[name](cross, train)
+            except NgdrefError as err:
+                self.methods[name] = {"error": str(err)}
+                continue
+            alpha = get_fisher(name, network).analytic_alpha(n) if name != "gd" else 1.0
+            dev = None if alpha is None else float(np.max(np.abs(tb_train / alpha - np.eye(n))))
+            if alpha is not None and dev < 1e-6:
+                reg, formula = tb_cross / alpha, "α⁻¹ Θ̄(x′,x) (isotropic, Section 4.4)"
+            else:
+                reg, formula = np.linalg.solve(tb_train.T, tb_cross.T).T, "Θ̄(x′,x) Θ̄⁻¹ (Eq. 10, t → ∞)"
+            self.methods[name] = {"reg": reg, "alpha": alpha, "isotropy_deviation": dev, "formula": formula}
+        last = network.depth
+        k_train, k_cross = train.feature_gram(last), cross.feature_gram(last)
+        k_test = K.analytic_kernels(net1, dataset.x_test).feature_gram(last)
+        cov = np.block([[k_train, k_cross.T], [k_cross, k_test]])
+        cov = 0.5 * (cov + cov.T)
+        scale = float(np.mean(np.diag(cov)))
+        self.chol, self.jitter = None, 0.0
+        for exponent in range(-12, -3):
+            try:
+                self.jitter = scale * 10.0**exponent
+                self.chol = np.linalg.cholesky(cov + self.jitter * np.eye(cov.shape[0]))
+                break
+            except np.linalg.LinAlgError:
+                continue
+        if self.chol is None:
+            raise NgdrefError("the covariance of f_0 is not positive definite even with jitter 1e-4·mean diagonal")
+
+    def sample_f0(self, seed: int | None):
+        """(f_0(x), f_0(x′)) for one initialisation (GP sample), or zeros for ``seed=None``."""
+        ds = self.dataset
+        if seed is None:
+            return np.zeros_like(ds.y_train), np.zeros_like(ds.y_test)
+        z = np.random.default_rng(seed).standard_normal((self.chol.shape[0], ds.n_outputs))
+        f = self.chol @ z
+        return f[: ds.n_train], f[ds.n_train :]
+
+    def accuracies(self, seed: int | None) -> dict:
+        f0, f0t = self.sample_f0(seed)
+        y, yt = np.asarray(self.dataset.y_train), np.asarray(self.dataset.y_test)
+        return {name: (None if "error" in st else _accuracy(f0t + st["reg"] @ (y - f0), yt))
+                for name, st in self.methods.items()}
+
+    def info(self) -> dict:
+        return {name: {k: v for k, v in st.items() if k != "reg"} for name, st in self.methods.items()}
+
+
+def empirical_accuracies(network: Network, dataset: Dataset, fim_names, seed: int, backend: Backend,
+                         damping: float | None = None) -> dict:
+    """Test accuracy of f_∞ with the finite network's own Θ̄ and f_0 (initialisation ``seed``);
+    ``damping`` None takes each approximation's default (:data:`ngdref.train.DEFAULT_DAMPING`)."""
+    from ..train import resolve_damping
+
+    params = network.init(seed, backend)
+    x, xt = to_device(dataset.x_train, backend), to_device(dataset.x_test, backend)
+    s, st = network.signals(params, x), network.signals(params, xt)
+    f0 = np.asarray(to_host(s.f)).T.reshape(-1)
+    f0t = np.asarray(to_host(st.f)).T.reshape(-1)
+    y = np.asarray(dataset.y_train).T.reshape(-1)
+    c = dataset.n_outputs
+    out = {}
+    for name in fim_names:
+        fim = get_fisher(name, network, resolve_damping(name, damping)[0])
+        tb = np.asarray(to_host(fim.coefficient(s)))
+        tb_cross = np.asarray(to_host(fim.coefficient(s, st)))
+        pred = f0t + tb_cross @ np.linalg.lstsq(tb, y - f0, rcond=None)[0]
+        out[name] = _accuracy(pred.reshape(c, -1).T, np.asarray(dataset.y_test))
+    return out
+
+
+def prediction_study(network: Network, dataset: Dataset, fim_names, kernel: str = "analytic", seeds: int = 10,
+                     backend: Backend | None = None, damping: float | None = None, progress=None) -> dict:
+    """Accuracy of f_∞ on the test set per approximation: mean ± std over ``seeds`` initialisations
+    (and, for analytic kernels, the f_0 = 0 mean prediction)."""
+    if dataset.n_test < 1:
+        raise ConfigError("predictions need test samples (--n-test >= 1)")
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {seeds}")
+    per_seed, info, mean_pred = [], {}, None
+    if kernel == "analytic":
+        predictor = AnalyticPredictor(network, dataset, fim_names)
+        info = predictor.info()
+        mean_pred = predictor.accuracies(None)
+        for k in range(seeds):
+            per_seed.append(predictor.accuracies(k))
+            if progress:
+                progress(k)
+    elif kernel == "empirical":
+        for k in range(seeds):
+            per_seed.append(empirical_accuracies(network, dataset, fim_names, k, backend, damping))
+            if progress:
+                progress(k)
+    else:
+        raise ConfigError(f"unknown --kernel {kernel!r}; use analytic or empirical")
+    rows = []
+    for name in fim_names:
+        accs = [a[name] for a in per_seed if a.get(name) is not None]
+        rows.append({
+            "fim": name,
+            "mean": float(np.mean(accs)) if accs else None,
+            "std": float(np.std(accs)) if accs else None,
+            "f0_zero": None if mean_pred is None else mean_pred.get(name),
+            "per_seed": [a.get(name) for a in per_seed],
+            **({"error": info[name]["error"]} if "error" in info.get(name, {}) else {}),
+        })
+    return {"kernel": kernel, "seeds": seeds, "rows": rows, "methods": info}
