@@ -131,6 +131,11 @@ def train(
     damping, damping_source = resolve_damping(config.fim, config.damping)
     fim = get_fisher(config.fim, network, damping, **config.fim_options)
     ce = config.loss == "ce"
+    if config.fim == "kfac" and network.n_outputs > 1 and config.lr is None:
+        raise ConfigError(
+            "K-FAC with C > 1 has no isotropic condition (Section 4.3 covers C = 1), so η = c/α is "
+            "undefined; give the learning rate with --lr"
+        )
     y_host = _one_hot(dataset.labels_train, dataset.classes) if ce else dataset.y_train
     yt_host = _one_hot(dataset.labels_test, dataset.classes) if ce else dataset.y_test
     if y_host.shape[1] != network.n_outputs:

@@ -68,6 +68,7 @@ def test_train_divergence_exit_1_and_record_written(tmp_path):
         (["train", "--damping", "-1", *SMALL], "damping"),
         (["train", "--fim", "tridiag", "--depth", "5", *SMALL], "Lemma 4.3"),
         (["train", "--fim", "kfac", "--loss", "ce", *SMALL], "MSE loss only"),
+        (["train", "--fim", "kfac", "--classes", "0,1,2", *SMALL], "--lr"),
         (["--backend", "cupy", "ntk", *SMALL], "cupy"),
         (["ntk", "--width", "4096", "--depth", "3", "--n-train", "100", "--explicit", "yes"], "limit"),
         (["isotropy", "--fim", "bd,foo", "--widths", "32"], "unknown --fim"),
