@@ -131,17 +131,17 @@ def train(
     damping, damping_source = resolve_damping(config.fim, config.damping)
     fim = get_fisher(config.fim, network, damping, **config.fim_options)
     ce = config.loss == "ce"
-    if config.fim == "kfac" and network.n_outputs > 1 and config.lr is None:
-        raise ConfigError(
-            "K-FAC with C > 1 has no isotropic condition (Section 4.3 covers C = 1), so η = c/α is "
-            "undefined; give the learning rate with --lr"
-        )
     y_host = _one_hot(dataset.labels_train, dataset.classes) if ce else dataset.y_train
     yt_host = _one_hot(dataset.labels_test, dataset.classes) if ce else dataset.y_test
     if y_host.shape[1] != network.n_outputs:
         raise ConfigError(f"the network has {network.n_outputs} outputs but the targets have {y_host.shape[1]}")
     if ce:
         fim.set_output_metric(None)  # raises a clear error if unsupported
+    if config.fim == "kfac" and network.n_outputs > 1 and config.lr is None:
+        raise ConfigError(
+            "K-FAC with C > 1 has no isotropic condition (Section 4.3 covers C = 1), so η = c/α is "
+            "undefined; give the learning rate with --lr"
+        )
     x, y = to_device(dataset.x_train, backend), to_device(y_host, backend)
     has_test = dataset.n_test > 0
     xt = to_device(dataset.x_test, backend) if has_test else None
