@@ -66,10 +66,15 @@ def ntk(settings, depth, width, activation, shift, sigma_w2, sigma_b2, data, cla
     emit_json(json_path, report)
 
 
+from .kernel_cmd import alpha, predict  # noqa: E402
 from .train_cmd import isotropy, train  # noqa: E402
 
 cli.add_command(train)
 cli.add_command(isotropy)
+cli.add_command(alpha)
+cli.add_command(predict)
+from .reproduce_cmd import reproduce  # noqa: E402
+cli.add_command(reproduce)
 
 
 def main():  # console script entry point

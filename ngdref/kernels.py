@@ -491,7 +491,6 @@ def _kfac_first_layer(cross: AnalyticKernels, train: AnalyticKernels, with_bias:
         return np.concatenate([a, np.full((x.shape[0], 1), net.sigma_b)], axis=1) if with_bias else a
 
     p, p_test = feats(train.x1), feats(cross.x1)
-    d = p.shape[1]
     if forster:
         if with_bias:
             raise ConfigError(
@@ -508,12 +507,10 @@ def _kfac_first_layer(cross: AnalyticKernels, train: AnalyticKernels, with_bias:
                 f"max deviation {dev:.2g}); pass X̄ = ngdref.data.forster_transform(x) as the training inputs"
             )
         return (m0 / n) * cross.x1 @ x.T  # S.110
-    if n <= d:
-        cf = _spd_factor(p @ p.T, "the first-layer K-FAC factor Ã_0", " (inputs linearly dependent)", rcond)
-        return _right_solve(p_test @ p.T, cf)  # S.104
-    # S.108: P′(PᵀP)⁻¹Pᵀ, which is P′P⁺; the pseudo-inverse also covers inputs that do not
-    # span the input space (MNIST's always-zero border pixels), the ρ → 0 limit of the damped
-    # factor there, with SciPy's default cut-off max(N, d)·eps·σ_max.
+    # ρ → 0 limit of the damped factor in every case: P′P⁺, which is Ã_0(x′,x)Ã_0⁻¹ for N <= d
+    # with independent inputs (S.104) and P′(PᵀP)⁻¹Pᵀ for N > d (S.108). The pseudo-inverse
+    # (SciPy's default cut-off max(N, d)·eps·σ_max) also covers inputs that are dependent or do
+    # not span the input space (MNIST's always-zero border pixels), as the structured K-FAC does.
     return p_test @ sla.pinv(p)
 
 

@@ -107,11 +107,6 @@ def _one_hot(labels: np.ndarray, classes) -> np.ndarray:
     return out
 
 
-def _params_finite(params) -> bool:
-    xp = namespace_of(params[0])
-    return all(bool(to_float(xp.sum(xp.astype(~xp.isfinite(p), p.dtype))) == 0) for p in params)
-
-
 def _distance(params, params0) -> float:
     xp = namespace_of(params[0])
     return math.sqrt(sum(to_float(xp.sum((p - q) * (p - q))) for p, q in zip(params, params0)))
@@ -191,7 +186,6 @@ def train(
 
     y_vec_h = np.asarray(to_host(function_vector(y)))
     yt_vec_h = np.asarray(to_host(function_vector(yt))) if has_test else None
-    c = network.n_outputs
     lin_delta = [p * 0.0 for p in params0] if (config.linearized and not ce) else None
     records: list = []
     status, message = "ok", f"trained {config.steps} steps"

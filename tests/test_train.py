@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ngdref import Network, get_backend, jacobian, to_host
+from ngdref import Network, get_backend, jacobian
 from ngdref.data import load_dataset
 from ngdref.dynamics import isotropic_trajectory, linearized_trajectory, resolvent_factor
 from ngdref.errors import ConfigError

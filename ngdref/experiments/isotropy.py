@@ -18,6 +18,8 @@ def isotropy_row(network: Network, fim_name: str, x_host: np.ndarray, seed: int,
     params = network.init(seed, backend)
     x = to_device(x_host, backend)
     t0 = time.perf_counter()
+    if fim_name == "gd":  # G = I has nothing to damp (Fig. 3's ρ applies to the Fisher approximations)
+        damping = 0.0
     fim = get_fisher(fim_name, network, damping, **(fim_options or {}))
     signals = network.signals(params, x)
     stats = isotropy(fim.coefficient(signals))

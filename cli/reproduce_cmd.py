@@ -1,0 +1,103 @@
+"""``ngdref reproduce FIGURE``: regenerate a figure of the paper (thin: options, progress, printing)."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import click
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.markup import escape
+from rich.table import Table
+
+from .common import UserError, consoles, emit_json, handle_errors, json_option
+
+FIGURE_CHOICES = ("fig1a", "fig1b", "fig2", "fig3", "figS1", "figS2", "all")
+
+
+def _mark(holds):
+    return {True: "[green]✓[/green]", False: "[red]✗[/red]"}.get(holds, "—")
+
+
+@click.command()
+@click.argument("figure", type=click.Choice(FIGURE_CHOICES))
+@click.option("--quick", is_flag=True, help="Shrink widths, sizes and steps so the figure runs in seconds.")
+@click.option("--out", "out", default=None, metavar="DIR",
+              help="Output folder (default out/<figure>; with 'all', DIR/<figure> for each figure).")
+@click.option("--data", default=None, metavar="PATH",
+              help="fig2 only: a folder with MNIST IDX files or CIFAR-10 python batches (default: bundled MNIST subset).")
+@click.option("--jobs", "-j", default=1, show_default=True, type=int, help="Run the sweep's cells in N local processes.")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Run the cells on a Dask distributed cluster (needs: pip install 'ngdref[dask]').")
+@click.option("--fresh", is_flag=True, help="Recompute every cell (default: reuse the finished cells in DIR/cells).")
+@json_option
+@click.pass_obj
+@handle_errors
+def reproduce(settings, figure, quick, out, data, jobs, scheduler, fresh, json_path):
+    """Regenerate FIGURE of Karakida & Osawa (2020): data (CSV, JSON), plot (PNG) and the claim it tests.
+
+    \b
+    fig1a  BD-NGD / exact NGD / GD on MNIST 0/7 vs the NTK dynamics (Eq. 10)
+    fig1b  block tri-diagonal NGD, L = 4 and 5, damping ρ → 0 (Lemma 4.3)
+    fig2   test accuracy of the kernel-regression prediction (analytic Θ̄)
+    fig3   condition number of Θ̄ against width (NTK, BD, unit-wise, diagonal, quasi-diagonal)
+    figS1  unit-wise NGD vs Eq. 24 (tanh, ReLU, shifted ReLU)
+    figS2  α/M of unit-wise NGD with shifted ReLU vs S.157
+    all    every figure above
+    """
+    from ngdref.experiments.figures import FIGURES, TITLES, run_figure
+    from ngdref.experiments.sweep import describe_executor, make_executor
+
+    if jobs < 1:
+        raise UserError(f"--jobs must be >= 1, got {jobs}")
+    if data is not None and data != "mnist" and not Path(data).is_dir():
+        raise UserError(f"--data {data!r} is not a folder (expected MNIST IDX files or CIFAR-10 python batches)")
+    names = list(FIGURES) if figure == "all" else [figure]
+    backend = settings.backend()  # validates --backend/--dtype before any work
+    con = consoles(json_path)
+    err = consoles("-")
+    records = []
+    with make_executor(jobs, scheduler) as executor:
+        for name in names:
+            if out is None:
+                folder = Path("out") / name
+            else:
+                folder = Path(out) / name if figure == "all" else Path(out)
+            args = ["ngdref"]
+            if settings.seed:
+                args += ["--seed", str(settings.seed)]
+            if backend.name != "numpy" or backend.dtype_name != "float64":
+                args += ["--backend", backend.name, "--dtype", backend.dtype_name]
+            args += ["reproduce", name] + (["--quick"] if quick else []) + (["--data", data] if data and name == "fig2" else [])
+            with Progress(TextColumn(f"[bold]{name}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[last]}"),
+                          TimeElapsedColumn(), console=err, transient=True) as bar:
+                task = bar.add_task(name, total=None, last="")
+
+                def progress(done, total, outcome, bar=bar, task=task):
+                    tag = "cached" if outcome.cached else f"{outcome.seconds:.1f}s"
+                    bar.update(task, total=total, completed=done, last=f"{outcome.key} ({tag})")
+
+                try:
+                    rec = run_figure(name, folder, quick=quick, data=data, backend=backend.name, dtype=backend.dtype_name,
+                                     seed=settings.seed, executor=executor, executor_name=describe_executor(jobs, scheduler),
+                                     fresh=fresh, progress=progress, command=shlex.join(args))
+                except KeyboardInterrupt:
+                    err.print(f"[yellow]interrupted[/yellow]: the finished cells are in {folder / 'cells'}; "
+                              "run the same command again to resume")
+                    raise SystemExit(130) from None
+            records.append(rec)
+            table = Table(title=TITLES[name] + (" [quick]" if quick else ""), title_justify="left")
+            for col, kw in (("claim", {"ratio": 3}), ("measured", {"ratio": 3}), ("paper", {"ratio": 2}), ("", {})):
+                table.add_column(col, overflow="fold", **kw)
+            for c in rec["claims"]:
+                table.add_row(escape(c["claim"]), escape(c["measured"]), escape(c["paper"]), _mark(c["holds"]))
+            con.print(table)
+            cells = rec["cells"]
+            con.print(f"{name}: wall time {rec['wall_seconds']:.1f} s, cells {cells['computed']} computed + "
+                      f"{cells['cached']} reused ({rec['executor']}); files in {folder}/")
+            if rec["plot"] != "ok":
+                con.print(f"[yellow]{escape(rec['plot'])}[/yellow]")
+            note = rec["config"].get("data_note")
+            if note:
+                con.print(f"data: {escape(note)}")
+    emit_json(json_path, records[0] if len(records) == 1 else {"figures": records})

@@ -1,0 +1,292 @@
+"""`ngdref reproduce`: every figure end to end at the quick size, executors agree, sweeps resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from ngdref.experiments.figures import FIGURES, build_cells, figure_config
+from ngdref.experiments.sweep import InProcessExecutor, make_executor, run_cells
+from ngdref_cli.main import cli
+
+
+def invoke(args, **kw):
+    return CliRunner().invoke(cli, args, catch_exceptions=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    """Run each figure once in --quick mode (lazily) and return its JSON record."""
+    root = tmp_path_factory.mktemp("reproduce")
+    cache: dict = {}
+
+    def get(name):
+        if name not in cache:
+            out = root / name
+            r = invoke(["reproduce", name, "--quick", "--out", str(out)])
+            assert r.exit_code == 0, r.output
+            rec = json.loads((out / f"{name}.json").read_text())
+            cache[name] = (out, rec, r.output)
+        return cache[name]
+
+    return get
+
+
+def _claim(rec, start):
+    hits = [c for c in rec["claims"] if c["claim"].startswith(start)]
+    assert hits, [c["claim"] for c in rec["claims"]]
+    return hits[0]
+
+
+@pytest.mark.parametrize("name", FIGURES)
+def test_quick_figure_writes_its_files(quick, name):
+    out, rec, output = quick(name)
+    for ext in ("csv", "json", "png"):
+        path = out / f"{name}.{ext}"
+        assert path.is_file() and path.stat().st_size > 0, path
+    assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = list(csv.DictReader((out / f"{name}.csv").open()))
+    assert len(rows) == len(rec["rows"]) > 0
+    assert rec["config"]["quick"] is True and rec["software"]["numpy"]
+    assert rec["command"] == f"ngdref reproduce {name} --quick"
+    assert rec["cells"]["total"] == len(list((out / "cells").glob("*.json")))
+    assert rec["claims"] and all({"claim", "measured", "paper", "holds"} <= set(c) for c in rec["claims"])
+    assert "wall time" in output and rec["wall_seconds"] > 0
+
+
+def test_fig1a_one_step_convergence(quick):
+    _, rec, _ = quick("fig1a")
+    assert _claim(rec, "BD c=1")["value"] < 0.1
+    assert _claim(rec, "exact c=1")["value"] < 0.1
+    assert _claim(rec, "BD c=0.25 vs GD")["holds"]
+    assert _claim(rec, "network vs NTK")["value"] < 0.05
+
+
+def test_fig1b_depth_and_damping(quick):
+    _, rec, _ = quick("fig1b")
+    assert _claim(rec, "L=4, ρ=0: loss after")["value"] < 1e-3
+    assert _claim(rec, "L=4: max_t")["holds"]  # closer to ρ = 0 as ρ decreases
+    runs = {(r["depth"], r["damping"]): r for r in rec["summary"]["runs"]}
+    rhos = sorted(rec["config"]["dampings"], reverse=True)
+    rebound5 = [runs[(5, r)]["rebound"] for r in rhos]
+    assert rebound5[0] < 2 and max(rebound5[1:]) > 10  # L = 5: the loss explodes once ρ is small
+    assert _claim(rec, "L=5: max_t")["holds"]
+    assert _claim(rec, "L=5, ρ=0")["measured"].startswith("refused")
+
+
+def test_fig2_accuracies(quick):
+    _, rec, _ = quick("fig2")
+    two = rec["summary"]["two-class"]["methods"]
+    assert set(two) == {"exact", "bd", "tridiag", "kfac"}
+    assert all(m["mean"] > 0.8 and m["f0_zero"] > 0.8 for m in two.values())
+    ten = rec["summary"]["ten-class"]["methods"]
+    assert set(ten) == {"exact", "bd", "tridiag"} and all(m["mean"] > 0.5 for m in ten.values())
+    assert rec["summary"]["two-class"]["methods"]["exact"]["formula"].startswith("α⁻¹")
+
+
+def test_fig3_isotropy(quick):
+    _, rec, _ = quick("fig3")
+    stats = rec["summary"]["condition_number"]
+    w = str(rec["config"]["widths"][-1])
+    cond = {f: stats[f][w]["mean"] for f in stats}
+    assert abs(cond["bd"] - 1) < 1e-6
+    assert cond["unit"] - 1 < 0.5 * (cond["diag"] - 1)
+    assert cond["diag"] < cond["gd"] and cond["quasi-diag"] < cond["gd"]
+
+
+def test_figS1_unit_wise_converges(quick):
+    _, rec, _ = quick("figS1")
+    for lab, s in rec["summary"].items():
+        assert s["one_step_ratio"] < 0.1, lab
+        assert abs(s["alpha_measured"] / s["alpha_analytic"] - 1) < 0.05, lab
+
+
+def test_figS2_alpha_matches_s157(quick):
+    _, rec, _ = quick("figS2")
+    assert rec["claims"][0]["value"] < 0.03
+
+
+# ---------------------------------------------------------------------------------------
+# executors and resume
+# ---------------------------------------------------------------------------------------
+def _small_fig3_cells():
+    cfg = figure_config("fig3", quick=True)
+    cfg.update(widths=[32, 128], seeds=[0], fims=["gd", "bd", "unit", "quasi-diag"])
+    return build_cells(cfg)
+
+
+def _strip(outcomes):
+    return [{k: v for k, v in o.result.items() if k != "seconds"} for o in outcomes]
+
+
+def test_executors_agree():
+    cells = _small_fig3_cells()
+    reference = _strip(run_cells(cells, InProcessExecutor()))
+    with make_executor(jobs=2) as pool:
+        assert _strip(run_cells(cells, pool)) == reference
+    distributed = pytest.importorskip("dask.distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as lc:
+        with make_executor(scheduler=lc.scheduler_address) as dask_executor:
+            assert _strip(run_cells(cells, dask_executor)) == reference
+
+
+def test_cli_scheduler_and_jobs(tmp_path):
+    distributed = pytest.importorskip("dask.distributed")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as lc:
+        r = invoke(["reproduce", "figS2", "--quick", "--out", str(tmp_path / "d"), "--scheduler", lc.scheduler_address])
+    assert r.exit_code == 0, r.output
+    r2 = invoke(["reproduce", "figS2", "--quick", "--out", str(tmp_path / "p"), "--jobs", "2"])
+    assert r2.exit_code == 0, r2.output
+    a, b = (json.loads((tmp_path / d / "figS2.json").read_text()) for d in ("d", "p"))
+    assert a["executor"].startswith("dask") and b["executor"].startswith("process pool")
+    assert [x["alpha_measured_over_M"] for x in a["rows"]] == [x["alpha_measured_over_M"] for x in b["rows"]]
+
+
+def test_resume_recomputes_only_missing_cells(tmp_path):
+    out = tmp_path / "s2"
+    args = ["reproduce", "figS2", "--quick", "--out", str(out)]
+    assert invoke(args).exit_code == 0
+    first = json.loads((out / "figS2.json").read_text())
+    files = sorted((out / "cells").glob("*.json"))
+    assert first["cells"]["computed"] == len(files) == first["cells"]["total"]
+    victim = files[1]
+    mtimes = {f: f.stat().st_mtime_ns for f in files if f != victim}
+    victim.unlink()
+    assert invoke(args).exit_code == 0
+    second = json.loads((out / "figS2.json").read_text())
+    assert second["cells"]["computed"] == 1 and second["cells"]["cached"] == len(files) - 1
+    assert victim.is_file()
+    assert all(f.stat().st_mtime_ns == t for f, t in mtimes.items())
+    assert second["rows"] == first["rows"]
+    assert invoke(args + ["--fresh"]).exit_code == 0
+    third = json.loads((out / "figS2.json").read_text())
+    assert third["cells"]["computed"] == len(files)
+
+
+def test_changed_settings_do_not_reuse_cells(tmp_path):
+    out = tmp_path / "s2"
+    assert invoke(["reproduce", "figS2", "--quick", "--out", str(out)]).exit_code == 0
+    assert invoke(["--seed", "1", "reproduce", "figS2", "--quick", "--out", str(out)]).exit_code == 0
+    rec = json.loads((out / "figS2.json").read_text())
+    assert rec["cells"]["cached"] == 0 and rec["seed"] == 1
+    assert rec["command"] == "ngdref --seed 1 reproduce figS2 --quick"
+
+
+def test_without_matplotlib_data_still_written(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    out = tmp_path / "s2"
+    r = invoke(["reproduce", "figS2", "--quick", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "pip install 'ngdref[plot]'" in " ".join(r.output.split())
+    assert (out / "figS2.csv").is_file() and (out / "figS2.json").is_file()
+    assert not (out / "figS2.png").exists()
+
+
+def test_missing_dask_is_one_line_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "dask.distributed", None)
+    r = CliRunner().invoke(cli, ["reproduce", "figS2", "--quick", "--out", str(tmp_path), "--scheduler", "tcp://x:1"])
+    assert r.exit_code == 2
+    lines = [ln for ln in r.output.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "pip install 'ngdref[dask]'" in lines[0]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["reproduce", "figS2", "--jobs", "0"], "--jobs"),
+    (["reproduce", "fig2", "--data", "/nonexistent/folder"], "not a folder"),
+])
+def test_user_errors(args, needle, tmp_path):
+    r = CliRunner().invoke(cli, args + ["--out", str(tmp_path)])
+    assert r.exit_code == 2 and needle in r.output and "Traceback" not in r.output
+
+
+CALLS: list = []
+
+
+def _count(p):
+    CALLS.append(p["i"])
+    return {"square": p["i"] ** 2}
+
+
+def test_run_cells_skips_stored_and_recomputes_corrupt(tmp_path):
+    from ngdref.experiments.sweep import Cell
+
+    cells = [Cell.make("t", _count, {"i": i}) for i in range(4)]
+    CALLS.clear()
+    first = run_cells(cells, cell_dir=tmp_path)
+    assert CALLS == [0, 1, 2, 3] and [o.result["square"] for o in first] == [0, 1, 4, 9]
+    (tmp_path / f"{cells[2].key}.json").write_text("{ half-written")
+    (tmp_path / f"{cells[3].key}.json").unlink()
+    CALLS.clear()
+    second = run_cells(cells, cell_dir=tmp_path)
+    assert sorted(CALLS) == [2, 3] and [o.cached for o in second] == [True, True, False, False]
+    CALLS.clear()
+    run_cells(cells, cell_dir=tmp_path, fresh=True)
+    assert CALLS == [0, 1, 2, 3]
+
+
+def _idx(arr):
+    import struct
+
+    return struct.pack(">I", 0x0800 + arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.tobytes()
+
+
+def test_fig2_on_a_user_folder(tmp_path):
+    """--data PATH: MNIST IDX files (here written from the bundled subset) drive fig2."""
+    from ngdref.data import _bundled_mnist
+
+    import numpy as np
+
+    images, labels = _bundled_mnist()
+    order = np.random.default_rng(0).permutation(labels.size)  # the subset is stored class by class
+    images, labels = images[order], labels[order]
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    split = {"train": slice(0, 4000), "t10k": slice(4000, 5000)}
+    for prefix, sl in split.items():
+        (folder / f"{prefix}-images-idx3-ubyte").write_bytes(_idx(images[sl].reshape(-1, 28, 28)))
+        (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(_idx(labels[sl].astype("uint8")))
+    out = tmp_path / "fig2"
+    r = invoke(["reproduce", "fig2", "--quick", "--data", str(folder), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    rec = json.loads((out / "fig2.json").read_text())
+    assert rec["command"] == f"ngdref reproduce fig2 --quick --data {folder}"
+    two = rec["summary"]["two-class"]
+    assert two["data"]["name"] == str(folder) and two["data"]["n_train"] == 100
+    assert all(m["mean"] > 0.8 for m in two["methods"].values())
+
+
+def test_ctrl_c_keeps_finished_cells(tmp_path):
+    """SIGINT in the middle of a sweep: exit 130, a hint to rerun, every finished cell stored intact."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    out = tmp_path / "s2"
+    cmd = [sys.executable, "-c", "from ngdref_cli.main import main; main()", "reproduce", "figS2", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
+    deadline = time.time() + 60
+    while time.time() < deadline and not list((out / "cells").glob("*.json")):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, output
+    assert "run the same command again to resume" in output
+    files = list((out / "cells").glob("*.json"))
+    assert 0 < len(files) < 39
+    assert all(json.loads(f.read_text())["result"]["alpha_measured"] > 0 for f in files)
+
+
+def test_cells_on_a_device_backend_return_host_values():
+    """The strict backend (a CPU stand-in for a GPU) through the cells: JSON-able host results, same numbers."""
+    cfg = figure_config("figS2", quick=True)
+    cfg.update(shifts=[1.0], seeds=[0])
+    host = run_cells(build_cells(cfg, "numpy"))[0].result
+    dev = run_cells(build_cells(cfg, "strict"))[0].result
+    json.dumps(dev)
+    assert abs(dev["alpha_measured"] / host["alpha_measured"] - 1) < 1e-10
