@@ -48,7 +48,8 @@ def unit_jacobian(signals: Signals, layer: int, unit: int):
 def jacobian(network: Network, params, x, signals: Signals | None = None):
     """The full explicit Jacobian J(x) = ∇_θ f(x), (CN, P) (Eq. 6)."""
     signals = signals if signals is not None else network.signals(params, x)
-    check_alloc((network.n_outputs * x.shape[0], network.n_params), _itemsize(x), "explicit Jacobian J")
+    # the per-layer blocks and their concatenation coexist: twice the bytes of J
+    check_alloc((network.n_outputs * x.shape[0], network.n_params), _itemsize(x), "explicit Jacobian J", count=2)
     xp = namespace_of(x)
     return xp.concat([layer_jacobian(signals, l) for l in range(1, network.depth + 1)], axis=1)
 

@@ -108,8 +108,9 @@ def _one_hot(labels: np.ndarray, classes) -> np.ndarray:
 
 
 def _distance(params, params0) -> float:
+    """‖θ − θ_0‖₂ over all layers (one temporary per layer)."""
     xp = namespace_of(params[0])
-    return math.sqrt(sum(to_float(xp.sum((p - q) * (p - q))) for p, q in zip(params, params0)))
+    return math.sqrt(sum(to_float(xp.linalg.vector_norm(p - q)) ** 2 for p, q in zip(params, params0)))
 
 
 def train(

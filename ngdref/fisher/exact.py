@@ -34,7 +34,7 @@ class GradientDescent(FisherApproximation):
         return "GD is not isotropic; its learning rate comes from λ_max(Θ) (LeCun et al.)"
 
     def precondition(self, signals, v):
-        return [g / signals.n for g in vjp(signals, v)]
+        return vjp(signals, v / signals.n)  # scale the CN vector, not P parameters
 
     def coefficient(self, signals, signals_prime=None):
         return ntk_from_signals(signals, signals_prime)
@@ -73,7 +73,7 @@ class ExactFisher(FisherApproximation):
                 z = damped_solve(theta, xp.linalg.solve(w, vec), 0.0, self.rtol)
         else:
             z = damped_solve(theta, vec, self.damping, self.rtol)
-        return [g / n for g in vjp(signals, xp.reshape(z, (c, n)))]
+        return vjp(signals, xp.reshape(z, (c, n)) / n)
 
     def coefficient(self, signals, signals_prime=None):
         theta = ntk_from_signals(signals)

@@ -1,0 +1,144 @@
+"""Wall time and peak memory of one call.
+
+Protocol of :func:`measure`:
+
+1. one warm-up call, run under the memory probe: for NumPy the **tracemalloc
+   peak** of that call (NumPy reports its data buffers to tracemalloc; arrays that
+   were alive before the call — parameters, inputs, signals passed in — are not
+   counted, the call's own result is); for CuPy the growth of the default memory
+   pool (emptied before the call; an upper bound of the device peak);
+2. ``repeats`` timed calls (``time.perf_counter``, device synchronised after each
+   call on CuPy), tracemalloc off, a ``gc.collect()`` before the series;
+3. the median is the reported time; all samples are kept.
+
+If the warm-up shows that the repeats would exceed ``budget_s``, fewer repeats are
+run: ``min_repeats`` as long as they fit in three budgets, otherwise one (a case
+whose single call takes longer than that is timed once); the number actually run
+is recorded with every case.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+import tracemalloc
+from dataclasses import dataclass, field
+from typing import Callable
+
+MEMORY_NUMPY = "tracemalloc peak (NumPy allocations) of the warm-up call; arrays alive before the call not counted"
+MEMORY_CUPY = "CuPy default memory pool growth over the warm-up call (pool emptied before; upper bound of the device peak)"
+
+
+@dataclass
+class Measurement:
+    times_s: list = field(default_factory=list)
+    warmup_s: float = 0.0
+    peak_bytes: int | None = None
+    memory_probe: str = ""
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.times_s)
+
+    @property
+    def min_s(self) -> float:
+        return min(self.times_s)
+
+    @property
+    def max_s(self) -> float:
+        return max(self.times_s)
+
+    def to_dict(self) -> dict:
+        return {
+            "repeats": len(self.times_s),
+            "times_s": self.times_s,
+            "median_s": self.median_s,
+            "min_s": self.min_s,
+            "max_s": self.max_s,
+            "warmup_s": self.warmup_s,
+            "peak_bytes": self.peak_bytes,
+            "memory_probe": self.memory_probe,
+        }
+
+
+def synchronizer(backend_name: str) -> Callable[[], None]:
+    if backend_name == "cupy":
+        import cupy  # type: ignore[import-not-found]
+
+        return cupy.cuda.Device().synchronize
+    return lambda: None
+
+
+def _probe_numpy(fn) -> tuple[float, int]:
+    gc.collect()
+    was_tracing = tracemalloc.is_tracing()
+    if not was_tracing:
+        tracemalloc.start()
+    tracemalloc.reset_peak()
+    base, _ = tracemalloc.get_traced_memory()
+    t0 = time.perf_counter()
+    result = fn()
+    elapsed = time.perf_counter() - t0
+    _, peak = tracemalloc.get_traced_memory()
+    del result
+    if not was_tracing:
+        tracemalloc.stop()
+    return elapsed, max(0, peak - base)
+
+
+def _probe_cupy(fn, sync) -> tuple[float, int]:
+    import cupy  # type: ignore[import-not-found]
+
+    pool = cupy.get_default_memory_pool()
+    sync()
+    gc.collect()
+    pool.free_all_blocks()
+    before = pool.total_bytes()
+    t0 = time.perf_counter()
+    result = fn()
+    sync()
+    elapsed = time.perf_counter() - t0
+    peak = pool.total_bytes() - before
+    del result
+    return elapsed, max(0, int(peak))
+
+
+def measure(
+    fn: Callable[[], object],
+    repeats: int = 5,
+    backend_name: str = "numpy",
+    budget_s: float | None = None,
+    min_repeats: int = 1,
+    memory: bool = True,
+) -> Measurement:
+    """Warm-up (with the memory probe), then ``repeats`` timed calls; see the module docstring."""
+    sync = synchronizer(backend_name)
+    m = Measurement()
+    if memory and backend_name == "cupy":
+        m.warmup_s, m.peak_bytes = _probe_cupy(fn, sync)
+        m.memory_probe = MEMORY_CUPY
+    elif memory:
+        m.warmup_s, m.peak_bytes = _probe_numpy(fn)
+        m.memory_probe = MEMORY_NUMPY
+    else:
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        m.warmup_s = time.perf_counter() - t0
+        m.memory_probe = "not measured"
+    n = max(1, int(repeats))
+    if budget_s is not None and m.warmup_s > 0:
+        fit = int(budget_s / m.warmup_s)
+        if fit < min_repeats:
+            # slow case: ``min_repeats`` if that stays within 3 budgets, else a single timed call
+            fit = min_repeats if m.warmup_s * min_repeats <= 3 * budget_s else 1
+        n = max(1, min(n, fit))
+    gc.collect()
+    for _ in range(n):
+        t0 = time.perf_counter()
+        result = fn()
+        sync()
+        m.times_s.append(time.perf_counter() - t0)
+        del result
+    return m
