@@ -27,6 +27,10 @@ neural networks", arXiv:1602.08007, 2016)
         Δw_j = (G_bb g_j − G_bj g_b) / (G_bb G_jj − G_bj²),
         Δb   = g_b / G_bb − Σ_j (G_bj / G_bb) Δw_j,                   g = ∇_θ L = Jᵀv/N.
 
+    This is the update of the authors' own implementation (Marceau-Caron & Ollivier,
+    ``nnx.QDRiemaNNLinear`` in torch/nnx: numerator g_j M_00 − M_0j g_0 over
+    M_jj M_00 − M_0j², then the bias (g_0 − Σ_j M_0j Δw_j)/M_00), checked line by line.
+
     The map g ↦ Δθ is linear, symmetric, and is the *exact inverse* of the metric
 
         G_qd = diag(D_1, …, D_m, 0) + u uᵀ / G_bb,   u = (G_b1, …, G_bm, G_bb),
