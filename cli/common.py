@@ -84,6 +84,16 @@ def parse_int_list(text: str, what: str) -> list[int]:
     return values
 
 
+def check_fim_names(names) -> list[str]:
+    """UserError unless every name is in the Fisher registry; returns the names."""
+    from ngdref.fisher import FISHER_NAMES
+
+    bad = [n for n in names if n not in FISHER_NAMES]
+    if bad:
+        raise UserError(f"unknown --fim {', '.join(bad)}; choose from {', '.join(FISHER_NAMES)}")
+    return list(names)
+
+
 def parse_str_list(text: str) -> list[str]:
     return [v for v in str(text).replace(" ", "").split(",") if v]
 

@@ -6,8 +6,8 @@ import click
 from rich.table import Table
 
 from .common import (
-    UserError,
     build_network,
+    check_fim_names,
     consoles,
     data_options,
     emit_json,
@@ -17,14 +17,6 @@ from .common import (
     network_options,
     parse_str_list,
 )
-
-
-def _check_fims(names):
-    from ngdref.fisher import FISHER_NAMES
-
-    bad = [n for n in names if n not in FISHER_NAMES]
-    if bad:
-        raise UserError(f"unknown --fim {', '.join(bad)}; choose from {', '.join(FISHER_NAMES)}")
 
 
 @click.command()
@@ -41,7 +33,7 @@ def alpha(settings, fims, n_train, input_dim, outputs, depth, width, activation,
     from ngdref.experiments.alpha_report import alpha_report
 
     names = parse_str_list(fims)
-    _check_fims(names)
+    check_fim_names(names)
     net = build_network(input_dim, width, depth, activation, shift, sigma_w2, sigma_b2, outputs)
     rep = alpha_report(net, names, n_train)
     con = consoles(json_path)
@@ -81,7 +73,7 @@ def predict(settings, fims, kernel, seeds, damping, depth, width, activation, sh
     from ngdref.experiments.prediction import prediction_study
 
     names = parse_str_list(fims)
-    _check_fims(names)
+    check_fim_names(names)
     ds = load_data(data, classes, n_train, n_test, input_dim, settings.seed)
     net = build_network(ds, width, depth, activation, shift, sigma_w2, sigma_b2)
     backend = settings.backend() if kernel == "empirical" else None

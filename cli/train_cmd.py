@@ -11,6 +11,7 @@ from rich.table import Table
 from .common import (
     UserError,
     build_network,
+    check_fim_names,
     consoles,
     data_options,
     emit_json,
@@ -21,12 +22,6 @@ from .common import (
     parse_int_list,
     parse_str_list,
 )
-
-
-def _fim_names():
-    from ngdref.fisher import FISHER_NAMES
-
-    return FISHER_NAMES
 
 
 def _parse_sigma(text):
@@ -69,8 +64,7 @@ def train(settings, fim, steps, lr, lr_scale, damping, loss, ce_damping, lineari
     from ngdref.train import TrainConfig, config_dict
     from ngdref.train import train as run_train
 
-    if fim not in _fim_names():
-        raise UserError(f"unknown --fim {fim!r}; choose one of {', '.join(_fim_names())}")
+    check_fim_names([fim])
     ds = load_data(data, classes, n_train, n_test, input_dim, settings.seed)
     if forster:
         from ngdref.experiments.transforms import forster_dataset
@@ -140,9 +134,7 @@ def isotropy(settings, fims, widths, damping, depth, width, activation, shift, s
     from ngdref.experiments.isotropy import isotropy_sweep
 
     names = parse_str_list(fims)
-    unknown = [n for n in names if n not in _fim_names()]
-    if unknown:
-        raise UserError(f"unknown --fim {', '.join(unknown)}; choose from {', '.join(_fim_names())}")
+    check_fim_names(names)
     ds = load_data(data, classes, n_train, n_test, input_dim, settings.seed)
     backend = settings.backend()
     widths_list = parse_int_list(widths, "--widths")

@@ -148,7 +148,8 @@ def train(
     params = list(params0)
     s0 = network.signals(params, x)
     f0 = function_vector(s0.f)
-    f0t = function_vector(network.output(params, xt)) if has_test else None
+    s0t = network.signals(params, xt) if (has_test and not ce) else None  # for Θ̄(x′, x)
+    f0t = function_vector(s0t.f if s0t is not None else network.output(params, xt)) if has_test else None
     loss_fn = cross_entropy_loss if ce else mse_loss
 
     summary: dict = {"fim": fim.to_dict(), "n_params": network.n_params, "damping": damping,
@@ -178,7 +179,7 @@ def train(
         else:
             eta = config.lr_scale / alpha
             summary["lr_source"] = f"c / α ({summary['alpha_source']})"
-        theta_bar_test = fim.coefficient(s0, network.signals(params, xt)) if has_test else None
+        theta_bar_test = fim.coefficient(s0, s0t) if has_test else None
         theory, test_theory = linearized_trajectory(
             theta_bar, f0, function_vector(y), eta, config.steps, theta_bar_test, f0t
         )
@@ -193,7 +194,12 @@ def train(
     loss0 = None
     for t in range(config.steps + 1):
         s = s0 if t == 0 else network.signals(params, x)
-        ft = network.output(params, xt) if has_test else None
+        if not has_test:
+            ft = None
+        elif t == 0:  # the initial test outputs are already known (no second forward pass)
+            ft = s0t.f if s0t is not None else network.output(params, xt)
+        else:
+            ft = network.output(params, xt)
         rec = {"step": t, "train_loss": loss_fn(s.f, y)}
         rec["train_accuracy"] = accuracy(s.f, y)
         if has_test:
