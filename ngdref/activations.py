@@ -55,7 +55,7 @@ def _step(x, threshold: float):
 
 def relu() -> Activation:
     """φ(x) = max(x, 0), φ′(x) = 1[x > 0]."""
-    return Activation("relu", lambda x: _step(x, 0.0) * x, lambda x: _step(x, 0.0), dead_below=0.0)
+    return Activation("relu", lambda x: namespace_of(x).maximum(x, 0.0), lambda x: _step(x, 0.0), dead_below=0.0)
 
 
 def shifted_relu(shift: float = 1.0) -> Activation:

@@ -211,10 +211,14 @@ class Network:
     def scaled_input(self, h):
         """a = [σ_w h/√M, σ_b 1]: the layer input whose product with θ_lᵀ gives u_l (Eq. 1)."""
         xp = namespace_of(h)
-        a = (self.sigma_w / math.sqrt(h.shape[1])) * h
+        scale = self.sigma_w / math.sqrt(h.shape[1])
         if not self.has_bias:
-            return a
-        return xp.concat([a, xp.full((h.shape[0], 1), self.sigma_b, dtype=h.dtype)], axis=1)
+            return scale * h
+        # One copy (concat) and one in-place pass, instead of scale·h and then a second copy.
+        a = xp.concat([h, xp.ones((h.shape[0], 1), dtype=h.dtype)], axis=1)
+        a *= scale
+        a[:, -1] = self.sigma_b
+        return a
 
     def forward(self, params, x) -> "Signals":
         """Forward pass (Eq. 1) keeping u_l, h_l and the scaled inputs a_{l−1}; δ not yet computed."""

@@ -27,18 +27,47 @@ def delta_gram(s1: Signals, s2: Signals, layer: int):
     return s1.delta_matrix(layer) @ s2.delta_matrix(layer).T
 
 
+def _hadamard_with_features(b, gram, c: int):
+    """B ⊙ (1_C 1_Cᵀ ⊗ gram) without tiling gram: B (CN′, CN) viewed as (C, N′, C, N).
+
+    Overwrites and returns ``b`` (a fresh product owned by the caller)."""
+    xp = namespace_of(b)
+    if c == 1:
+        b *= gram
+        return b
+    n1, n2 = gram.shape
+    b4 = xp.reshape(b, (c, n1, c, n2))
+    return xp.reshape(b4 * xp.reshape(gram, (1, n1, 1, n2)), (c * n1, c * n2))
+
+
+def _layer_ntk_unnormalised(s1: Signals, s2: Signals, layer: int):
+    """N · Θ_l(x′, x) = (δ_l δ_lᵀ) ⊙ (1 1ᵀ ⊗ a_{l−1} a_{l−1}ᵀ) (S.68 times N)."""
+    return _hadamard_with_features(delta_gram(s1, s2, layer), feature_gram(s1, s2, layer), s1.f.shape[1])
+
+
 def layer_ntk(s1: Signals, s2: Signals | None, layer: int):
     """Θ_l(x′, x) from signals (S.68), (CN′, CN), divided by N = len(x)."""
     s2 = s1 if s2 is None else s2
-    xp = namespace_of(s1.f)
-    c = s1.f.shape[1]
-    gram = feature_gram(s1, s2, layer)
-    return delta_gram(s1, s2, layer) * xp.tile(gram, (c, c)) / s2.n
+    out = _layer_ntk_unnormalised(s1, s2, layer)
+    out /= float(s2.n)
+    return out
 
 
 def layer_ntks(s1: Signals, s2: Signals | None = None) -> list:
     """[Θ_1, …, Θ_L] from signals."""
     return [layer_ntk(s1, s2, l) for l in range(1, s1.network.depth + 1)]
+
+
+def structured_ntk(s1: Signals, s2: Signals | None = None):
+    """Θ(x′, x) = Σ_l Θ_l(x′, x) from signals (Eq. 6 via S.68), (CN′, CN).
+
+    Accumulates in place and divides by N once (the sum of :func:`layer_ntks`)."""
+    s2 = s1 if s2 is None else s2
+    total = _layer_ntk_unnormalised(s1, s2, 1)
+    for l in range(2, s1.network.depth + 1):
+        total += _layer_ntk_unnormalised(s1, s2, l)
+    total /= float(s2.n)
+    return total
 
 
 def empirical_ntk(network: Network, params, x1, x2=None, method: str = "structured"):
@@ -49,7 +78,7 @@ def empirical_ntk(network: Network, params, x1, x2=None, method: str = "structur
     s1 = network.signals(params, x1)
     s2 = s1 if x2 is None else network.signals(params, x2)
     if method == "structured":
-        return sum(layer_ntks(s1, s2))
+        return structured_ntk(s1, s2)
     if method == "explicit":
         j1 = jacobian(network, params, x1, s1)
         j2 = j1 if x2 is None else jacobian(network, params, x2, s2)
