@@ -4,7 +4,7 @@ Run as a standalone script by :mod:`benchmarks.peer` — possibly under another
 interpreter (a throwaway virtual environment that has ``jax`` and
 ``neural_tangents``), so it imports nothing from ngdref::
 
-    python benchmarks/peer_nt.py IN.npz OUT.json [repeats] [max_jacobian_bytes]
+    python benchmarks/peer_nt.py IN.npz OUT.json [repeats] [max_jacobian_bytes] [budget_s]
 
 ``IN.npz`` holds ``x`` (N, M0), ``widths``, ``sigma_w2``, ``sigma_b2`` and
 ``theta_1 … theta_L`` (ngdref's augmented [W | b] blocks). The stax network is
@@ -12,7 +12,8 @@ interpreter (a throwaway virtual environment that has ``jax`` and
 layers, which is ngdref's Eq. 1 exactly; NT's kernel is J Jᵀ, ngdref's J Jᵀ/N, so
 the kernel is divided by N before it is written (for the agreement check).
 Float64 (``jax_enable_x64``). Each NtkImplementation is jit-compiled, warmed up
-once (compilation), then timed ``repeats`` times (median); implementations that
+once (compilation), then timed ``repeats`` times, cut so that one implementation takes
+about ``budget_s`` seconds but at least 3 (median); implementations that
 would materialise the full Jacobian above ``max_jacobian_bytes`` are skipped.
 """
 
@@ -28,6 +29,7 @@ def main(argv: list[str]) -> int:
     src, dst = argv[1], argv[2]
     repeats = int(argv[3]) if len(argv) > 3 else 3
     max_jac = float(argv[4]) if len(argv) > 4 else 4 * 1024**3
+    budget_s = float(argv[5]) if len(argv) > 5 else float("inf")
     import numpy as np
 
     data = np.load(src)
@@ -83,8 +85,11 @@ def main(argv: list[str]) -> int:
             k = fn(x, None, params)
             k.block_until_ready()
             warm = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            fn(x, None, params).block_until_ready()  # one compiled call sizes the repeats
+            one = time.perf_counter() - t0
             times = []
-            for _ in range(repeats):
+            for _ in range(max(3, min(repeats, int(budget_s / max(one, 1e-9))))):
                 t0 = time.perf_counter()
                 fn(x, None, params).block_until_ready()
                 times.append(time.perf_counter() - t0)

@@ -90,7 +90,8 @@ class SuiteConfig:
     peer: str = "auto"  # "auto" | "off"
     peer_python: str | None = None
     peer_widths: tuple = (256, 1024, 2048)
-    peer_repeats: int = 3
+    peer_repeats: int = 200  # at most; cut to about peer_budget_s of calls (and at least 3)
+    peer_budget_s: float = 3.0
     cli_train: bool = True
     cli_timeout_s: float = 180.0
     gemm_sizes: dict = field(default_factory=lambda: {"numpy": (2048,), "cupy": (2048, 8192)})

@@ -246,8 +246,10 @@ class Network:
         delta = [xp.broadcast_to(xp.reshape(eye, (c, 1, c)), (c, n, c))]  # δ_L^{(k)} = e_k
         for l in range(self.depth - 1, 0, -1):
             w_next = params[l][:, : self.widths[l]]  # W_{l+1}, (M_{l+1}, M_l)
-            back = (self.sigma_w / math.sqrt(self.widths[l])) * (delta[0] @ w_next)
-            delta.insert(0, self.activation.dphi(s.u[l - 1]) * back)
+            back = delta[0] @ w_next  # a fresh (C, N, M_l) product: scaled in place below
+            back *= self.activation.dphi(s.u[l - 1])
+            back *= self.sigma_w / math.sqrt(self.widths[l])
+            delta.insert(0, back)
         s.delta = delta
         return s
 
