@@ -14,7 +14,8 @@ Groups of cases
               and is covered by bd and tridiag): Θ̄(x, x) from signals (``coefficient``), one
               NGD direction from signals (``direction``), one training step
               (``step`` = signals + direction + in-place update θ ← θ − ηΔθ, done as
-              ``Δθ *= η; θ -= Δθ`` so the update allocates nothing)
+              ``Δθ *= η; θ -= Δθ`` so the update allocates nothing; η = 0 by default so that
+              every repeat times the same network)
 ``explicit``  a tiny network where the P×P oracles fit: structured vs explicit time and memory
 ``train``     ``ngdref.train.train`` with 1 step (includes its setup: Θ̄, theory lines), if present
 ``analytic``  ``ngdref.kernels.analytic_kernels(...).ntk`` (ReLU closed forms) at N = 1,000 / 5,000
@@ -77,7 +78,7 @@ class SuiteConfig:
     sigma_b2: float = 0.5
     damping: float = 0.0
     fallback_damping: float = 1e-6  # used only when an approximation refuses `damping`
-    lr: float = 1e-3
+    lr: float = 0.0  # the step case multiplies by η = 0 (see run_width): same work, θ unchanged
     seed: int = 0
     fims: tuple | None = None  # None: everything in REGISTRY at run time, except "layer"
     explicit_jacobian_bytes: int = 4 * GiB
@@ -421,6 +422,10 @@ class Runner:
             self.case({**base, "case": "direction"}, lambda: fim.direction(params, x, y, sig), fl, model, pbytes,
                       extra=extra)
             work = [q.copy() for q in params]
+            # η = cfg.lr = 0 by default: the update's arithmetic is done in full (g *= 0; θ -= g) but θ stays at its
+            # initial value, so every repeat times the same network. With η > 0 at ρ = 0 the
+            # repeats drift (unit-wise at ρ = 0 moves θ by ~1e9 per step) and time a different,
+            # blown-up network each call.
             lr = cfg.lr
 
             def step(work=work, fim=fim):
