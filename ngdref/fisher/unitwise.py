@@ -47,7 +47,7 @@ naive padded N×N stack, and sizes at which a threaded BLAS does not lose time.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -70,8 +70,21 @@ class _Layer:
     e: object  # Σ_k δ², (U, N)
     alive: object  # e > 0, (U, N) bool
     kernel: object  # K = a aᵀ, (N, N)
-    inv_kernel: object | None  # K⁻¹ (exact mode)
     alive_host: np.ndarray  # (U, N) bool
+    _padded: dict = field(default_factory=dict, repr=False)
+
+    def padded(self, which: str):
+        """K ⊕ I_N or K⁻¹ ⊕ I_N, (2N, 2N): gathering it at the compacted indices of a unit, with
+        padding slot j mapped to N + j, gives [[K_SS, 0], [0, I]] with no masking pass."""
+        if which not in self._padded:
+            xp = namespace_of(self.kernel)
+            mat = self.kernel if which == "kernel" else xp.linalg.inv(symmetrize(self.kernel))
+            zero = xp.zeros_like(mat)
+            eye = xp.eye(self.n, dtype=mat.dtype)
+            self._padded[which] = xp.concat(
+                [xp.concat([mat, zero], axis=1), xp.concat([zero, eye], axis=1)], axis=0
+            )
+        return self._padded[which]
 
     @property
     def n(self) -> int:
@@ -115,17 +128,17 @@ class UnitWiseFisher(FisherApproximation):
         m_out, fan = self.network.layer_shape(layer)
         return max(m_out * fan // 4, 1 << 21)
 
-    def _kernel_mode(self, kernel) -> tuple[str, object | None]:
+    def _kernel_mode(self, kernel) -> str:
         if self.damping > 0:
-            return _DAMPED, None
+            return _DAMPED
         xp = namespace_of(kernel)
         n = kernel.shape[0]
         ev = xp.linalg.eigvalsh(symmetrize(kernel))
         lo, hi = to_float(ev[0]), to_float(ev[-1])
         rtol = self.rtol if self.rtol is not None else default_rtol(n, dtype_name_of(kernel))
         if hi > 0 and lo > rtol * hi:
-            return _EXACT, xp.linalg.inv(symmetrize(kernel))
-        return _PINV, None
+            return _EXACT
+        return _PINV
 
     def _layer(self, signals, layer: int) -> _Layer:
         xp = namespace_of(signals.f)
@@ -133,9 +146,9 @@ class UnitWiseFisher(FisherApproximation):
         d = signals.delta[layer - 1]
         e = xp.sum(d * d, axis=0).T  # (U, N)
         kernel = a @ a.T
-        mode, inv = self._kernel_mode(kernel)
+        mode = self._kernel_mode(kernel)
         alive = e > 0.0
-        return _Layer(layer, mode, a, d, e, alive, kernel, inv, np.asarray(to_host(alive), dtype=bool))
+        return _Layer(layer, mode, a, d, e, alive, kernel, np.asarray(to_host(alive), dtype=bool))
 
     # ---- the batched per-unit solve ------------------------------------------------------------
     def _solve_units(self, lay: _Layer, rhs, consume, n_rhs: int) -> None:
@@ -176,55 +189,66 @@ class UnitWiseFisher(FisherApproximation):
                 p = int(size[ids[stop - 1]])
                 chunk = ids[start:stop]
                 units = to_device(chunk, backend, "int64")
-                idx = to_device(order_idx[chunk, :p], backend, "int64")
+                idx_host = order_idx[chunk, :p]
+                valid_host = np.arange(p)[None, :] < size[chunk][:, None]
+                # padding slot j of the compacted set points at N + j of the padded matrices
+                idx_mat_host = np.where(valid_host, idx_host, n + np.arange(p)[None, :])
+                idx = to_device(idx_host, backend, "int64")
+                idx_mat = to_device(idx_mat_host, backend, "int64")
                 inv = to_device(np.argsort(order_idx[chunk], axis=1, kind="stable"), backend, "int64")
-                valid_host = (np.arange(p)[None, :] < size[chunk][:, None]).astype(np.float64)
-                valid = to_device(valid_host, backend, lay.a.dtype)
+                valid = to_device(valid_host.astype(np.float64), backend, lay.a.dtype)
                 r = rhs(units)
                 if group:
-                    z = self._phi_dead(lay, units, r, idx, inv, valid)
+                    z = self._phi_dead(lay, units, r, idx, idx_mat, inv, valid)
                 else:
-                    z = self._phi_alive(lay, units, r, idx, inv, valid)
+                    z = self._phi_alive(lay, units, r, idx, idx_mat, inv, valid)
                 consume(units, z)
                 start = stop
 
-    def _phi_alive(self, lay: _Layer, units, r, idx, inv, valid):
-        """Φ on the compacted alive set: solve A_i on S_i (identity/zero padded)."""
+    def _phi_alive(self, lay: _Layer, units, r, idx, idx_mat, inv, valid):
+        """Φ on the compacted alive set: solve A_i on S_i, padded to a block [[A_i, 0], [0, I]].
+
+        ``idx`` (c, p): the compacted samples (padding slots repeat other samples and are
+        masked by ``valid``); ``idx_mat``: the same with padding slot j → N + j, for gathers
+        from the (2N, 2N) padded kernel. The right-hand side is zero on the padding, so the
+        solution is too.
+        """
         xp = namespace_of(r)
         c, n, q = r.shape
         p = idx.shape[1]
         if p == 0:
             return xp.zeros((c, n, q), dtype=r.dtype)
-        a_c = _gather_sub(lay.kernel, idx)  # (c, p, p)
-        v2 = valid[:, :, None] * valid[:, None, :]
+        a_c = _gather_sub(lay.padded("kernel"), idx_mat)  # [[K_SS, 0], [0, I]], (c, p, p)
         if lay.mode != _EXACT:
-            s = xp.sqrt(xp.take(lay.e, units, axis=0))  # (c, N)
-            s_c = _gather_rows(s[:, :, None], idx)[:, :, 0]  # (c, p)
-            a_c = s_c[:, :, None] * a_c * s_c[:, None, :] / float(n)
+            # D K_SS D / N with D = diag(√e); the padding block becomes pad² I: I (damped, so
+            # that the stack stays positive definite) or 0 (pinv, so the cut-off is unchanged)
+            pad = 0.0 if lay.mode == _PINV else 1.0
+            s = xp.sqrt(xp.take(lay.e, units, axis=0) / float(n))  # (c, N)
+            s_c = _gather_rows(s[:, :, None], idx)[:, :, 0] * valid + pad * (1.0 - valid)  # (c, p)
+            a_c *= s_c[:, :, None]
+            a_c *= s_c[:, None, :]
         r_c = _gather_rows(r, idx) * valid[:, :, None]
-        eye = xp.eye(p, dtype=r.dtype)
         if lay.mode == _PINV:
-            z_c = psd_pinv(a_c * v2, self.rtol) @ r_c
+            z_c = psd_pinv(a_c, self.rtol) @ r_c
+        elif lay.mode == _DAMPED:
+            z_c = _spd_solve(a_c + self.damping * xp.eye(p, dtype=a_c.dtype), r_c)
         else:
-            shift = self.damping if lay.mode == _DAMPED else 0.0
-            a_c = a_c * v2 + (1.0 - v2) * eye + shift * (v2 * eye)
             z_c = _spd_solve(a_c, r_c)
-        return _scatter_rows(z_c * valid[:, :, None], inv, n)
+        return _scatter_rows(z_c, inv, n)
 
-    def _phi_dead(self, lay: _Layer, units, r, idx, inv, valid):
+    def _phi_dead(self, lay: _Layer, units, r, idx, idx_mat, inv, valid):
         """Φ = P_S K_SS⁻¹ P_S through H = K⁻¹: K_SS⁻¹ = H_SS − H_SD H_DD⁻¹ H_DS (exact mode)."""
         xp = namespace_of(r)
         c, n, q = r.shape
         p = idx.shape[1]
         alive = xp.astype(xp.take(lay.alive, units, axis=0), r.dtype)[:, :, None]  # (c, N, 1)
-        h = lay.inv_kernel
+        h_pad = lay.padded("inverse")
+        h = h_pad[:n, :n]
         w = h @ (r * alive)  # (c, N, q)
         if p > 0:
-            v2 = valid[:, :, None] * valid[:, None, :]
-            eye = xp.eye(p, dtype=r.dtype)
-            h_c = _gather_sub(h, idx) * v2 + (1.0 - v2) * eye
+            h_c = _gather_sub(h_pad, idx_mat)  # [[H_DD, 0], [0, I]]
             y_c = _spd_solve(h_c, _gather_rows(w, idx) * valid[:, :, None])
-            w = w - h @ _scatter_rows(y_c * valid[:, :, None], inv, n)
+            w = w - h @ _scatter_rows(y_c, inv, n)
         return w * alive
 
     # ---- structured path ---------------------------------------------------------------------
