@@ -144,7 +144,7 @@ class UnitWiseFisher(FisherApproximation):
         xp = namespace_of(signals.f)
         a = signals.a[layer - 1]
         d = signals.delta[layer - 1]
-        e = xp.sum(d * d, axis=0).T  # (U, N)
+        e = (d[0, ...] * d[0, ...] if d.shape[0] == 1 else xp.sum(d * d, axis=0)).T  # (U, N)
         kernel = a @ a.T
         mode = self._kernel_mode(kernel)
         alive = e > 0.0
@@ -315,6 +315,9 @@ class UnitWiseFisher(FisherApproximation):
         xp = namespace_of(lay.e)
         d = lay.delta  # (C, N, U)
         c, n, _ = d.shape
+        if c == 1:  # δ_i²/e_i = 1 on the alive set: diag(number of units alive on x_n)
+            count = xp.sum(xp.astype(lay.alive, d.dtype), axis=0)  # (N,)
+            return count[:, None] * xp.eye(n, dtype=d.dtype)
         alive = lay.alive.T  # (N, U)
         safe = xp.where(alive, lay.e.T, xp.ones_like(lay.e.T))
         blocks = []
