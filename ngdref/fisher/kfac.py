@@ -84,21 +84,35 @@ class KFAC(FisherApproximation):
             return a[:, : self.network.widths[layer - 1]]
         return a
 
-    def _left(self, signals, layer):
-        """(B_l/N + ρI)⁻¹ (dual, CN × CN) for l < L; for l = L the scalar 1/(1/N + ρ)."""
+    def _left(self, signals, layer, b_gram=None):
+        """(B_l/N + ρI)⁻¹ (dual, CN × CN) for l < L; for l = L the scalar 1/(1/N + ρ).
+
+        ``b_gram``: δ_l δ_lᵀ when the caller already has it."""
         n = signals.n
         if layer == self.network.depth:
             return 1.0 / (1.0 / n + self.damping)
-        d = signals.delta_matrix(layer)
-        return damped_inverse(d @ d.T / n, self.damping, self.rtol)
+        if b_gram is None:
+            d = signals.delta_matrix(layer)
+            b_gram = d @ d.T
+        return damped_inverse(b_gram / n, self.damping, self.rtol)
 
-    def _right(self, abar, n):
-        return damped_inverse(abar @ abar.T / n, self.damping, self.rtol)
+    def _right(self, abar, n, a_gram=None):
+        """(Ā/N + ρI)⁻¹ (dual, N × N), Ā = ā āᵀ (``a_gram`` when the caller already has it)."""
+        return damped_inverse((abar @ abar.T if a_gram is None else a_gram) / n, self.damping, self.rtol)
 
-    def _bias_inverse(self, signals, layer):
+    def _bias_inverse(self, signals, layer, b_gram=None, left=None):
+        """(σ_b² B_l/N² + ρI)⁻¹ (S.123's bias block, dual); ``left`` = (B_l/N)⁺ when already known.
+
+        At ρ = 0 the two pseudo-inverses share one spectrum: (σ_b² B/N²)⁺ = (N/σ_b²)(B/N)⁺
+        (the relative cut-off keeps the same eigenvalues), so no second ``eigh`` is needed.
+        """
         n = signals.n
-        d = signals.delta_matrix(layer)
-        return damped_inverse(self.network.sigma_b2 * (d @ d.T) / n**2, self.damping, self.rtol)
+        if self.damping == 0 and left is not None and not isinstance(left, float):
+            return left * (n / self.network.sigma_b2)
+        if b_gram is None:
+            d = signals.delta_matrix(layer)
+            b_gram = d @ d.T
+        return damped_inverse(self.network.sigma_b2 * b_gram / n**2, self.damping, self.rtol)
 
     # ---- structured path ---------------------------------------------------------------
     def precondition(self, signals, v):
@@ -111,19 +125,22 @@ class KFAC(FisherApproximation):
             abar = self._abar(signals, l)
             right = self._right(abar, n) @ abar  # (Ã/N+ρ)⁻¹ ā, (N, fan)
             left = self._left(signals, l)
+            # Everything is assembled on the small CN-row side and multiplied by δᵀ once, so the
+            # only parameter-sized array is the (M_l, fan_l) result itself (1/N and the bias
+            # column folded in before the product).
             if isinstance(left, float):  # output layer: (B*_L + ρ)⁻¹ = 1/(1/N + ρ)
-                mid = left * xp.reshape(v, (c * n, 1))  # E_v applied below
-                mid_e = xp.reshape(mid, (c, n, 1)) * xp.reshape(right, (1, n, right.shape[1]))
-                dw = d.T @ xp.reshape(mid_e, (c * n, right.shape[1]))
+                mid = (left / n) * xp.reshape(v, (c, n, 1))  # E_v applied below
+                small = xp.reshape(mid * xp.reshape(right, (1, n, right.shape[1])), (c * n, right.shape[1]))
             else:
                 # (B/N+ρ)⁻¹ E_v: column n' = Σ_k L[:, (k, n')] v_k[n']
                 le = xp.sum(xp.reshape(left, (c * n, c, n)) * xp.reshape(v, (1, c, n)), axis=1)  # (CN, N)
-                dw = d.T @ (le @ right)
-            dw = dw / n
+                small = le @ right
+                small /= float(n)
             if self._separate_bias:
-                db = self.network.sigma_b * (d.T @ (self._bias_inverse(signals, l) @ xp.reshape(vec, (c * n, 1)))) / n
-                dw = xp.concat([dw, db], axis=1)
-            out.append(dw)
+                bias_inv = self._bias_inverse(signals, l, left=left)
+                col = (self.network.sigma_b / n) * (bias_inv @ xp.reshape(vec, (c * n, 1)))  # (CN, 1)
+                small = xp.concat([small, col], axis=1)
+            out.append(d.T @ small)
         return out
 
     def coefficient(self, signals, signals_prime=None):
@@ -131,15 +148,20 @@ class KFAC(FisherApproximation):
         xp = namespace_of(signals.f)
         c, n = signals.f.shape[1], signals.n
         total = None
+        same = signals_prime is None or signals_prime is signals
         for l in range(1, self.network.depth + 1):
             d, dp = signals.delta_matrix(l), sp.delta_matrix(l)
             abar, abar_p = self._abar(signals, l), self._abar(sp, l)
-            left = self._left(signals, l)
-            p = (dp @ d.T) * left if isinstance(left, float) else (dp @ d.T) @ left
-            q = (abar_p @ abar.T) @ self._right(abar, n)
+            # each Gram once: B = δδᵀ and Ā = āāᵀ serve the inverses and, when x′ = x, the cross terms
+            b_gram, a_gram = d @ d.T, abar @ abar.T
+            b_cross = b_gram if same else dp @ d.T
+            a_cross = a_gram if same else abar_p @ abar.T
+            left = self._left(signals, l, b_gram)
+            p = b_cross * left if isinstance(left, float) else b_cross @ left
+            q = a_cross @ self._right(abar, n, a_gram)
             term = p * xp.tile(q, (c, c)) / n
             if self._separate_bias:
-                term = term + self.network.sigma_b2 * ((dp @ d.T) @ self._bias_inverse(signals, l)) / n
+                term = term + self.network.sigma_b2 * (b_cross @ self._bias_inverse(signals, l, b_gram, left)) / n
             total = term if total is None else total + term
         return total
 
