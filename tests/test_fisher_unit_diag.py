@@ -248,6 +248,32 @@ def test_float32_stays_float32(name, rho):
     assert fim.coefficient_matrix(p, x32).dtype == np.float32
 
 
+def test_unit_float32_does_small_algebra_in_float64():
+    """On MNIST cond(K) ≈ 1e6–1e8: float32 must still take the exact ρ = 0 path and agree with float64."""
+    from ngdref.data import load_dataset
+    from ngdref.fisher.unitwise import _EXACT
+
+    ds = load_dataset("mnist", n_train=40, n_test=0, seed=0)
+    net = Network((784, 256, 256, 1), "relu", 2.0, 0.5)
+    x64 = np.asarray(ds.x_train, dtype=np.float64)
+    p32 = net.init(3, dtype="float32")
+    p64 = [np.asarray(q, dtype=np.float64) for q in p32]  # the same (float32-rounded) weights
+    x32 = x64.astype(np.float32)
+    s32, s64 = net.signals(p32, x32), net.signals(p64, x64)
+    fim = get_fisher("unit", net, 0.0)
+    k = fim._layer(s32, 2).kernel
+    ev = np.linalg.eigvalsh(k)
+    assert ev[-1] / ev[0] > 1.0 / (40 * np.finfo(np.float32).eps)  # float32's own test would fail
+    assert all(fim._layer(s32, l).mode == _EXACT for l in (2, 3))
+    y = np.asarray(ds.y_train)
+    d32 = net.flatten(fim.direction(p32, x32, y.astype(np.float32), s32))
+    d64 = net.flatten(fim.direction(p64, x64, y, s64))
+    assert d32.dtype == np.float32
+    assert _rel(d32, d64) < 1e-3
+    c32, c64 = fim.coefficient(s32), fim.coefficient(s64)
+    assert c32.dtype == np.float32 and _rel(c32, c64) < 1e-6
+
+
 # ---- α and isotropy ---------------------------------------------------------------------------
 def test_analytic_alpha_and_notes():
     net = Network((20, 64, 48, 1), "relu", 2.0, 0.5)

@@ -28,6 +28,12 @@ N×N and shared by all units of the layer):
   :mod:`ngdref.linalg`. K is tested per layer (λ_min > rtol·λ_max, rtol = ``rtol`` or
   N·eps); only the offending layer takes this path.
 
+Precision. The N×N and per-unit algebra (K, K⁻¹, the compacted solves, e = Σ_k δ²) is
+done in float64 whatever the network's dtype: on MNIST cond(K) is 1e6–1e8, beyond float32
+(its eigenvalue test would send every layer to the pseudo-inverse path, a different, cut-off
+approximation). Only the parameter-sized product a_Sᵀ z runs in the network's dtype, and
+the results are returned in it: a float32 network gets float32 Δθ and Θ̄.
+
 C > 1 needs no pseudo-inverse of the singular 11ᵀ ⊗ K: the reduction above is exact for
 any C (rank J_{l,i} <= N), so the same N×N solves serve.
 
@@ -65,8 +71,9 @@ class _Layer:
 
     layer: int
     mode: str  # _EXACT (ρ = 0, K ≻ 0), _DAMPED (ρ > 0), _PINV (ρ = 0, K singular)
-    a: object  # a_{l−1}, (N, fan)
-    delta: object  # δ_l, (C, N, U)
+    a: object  # a_{l−1}, (N, fan), the network's dtype (for the parameter-sized product)
+    a_work: object  # a_{l−1} in float64 (the same array when the network is float64)
+    delta: object  # δ_l, (C, N, U), float64
     e: object  # Σ_k δ², (U, N)
     alive: object  # e > 0, (U, N) bool
     kernel: object  # K = a aᵀ, (N, N)
@@ -141,14 +148,16 @@ class UnitWiseFisher(FisherApproximation):
         return _PINV
 
     def _layer(self, signals, layer: int) -> _Layer:
+        """Per-layer data; everything N×N-sized or per unit is float64 (see the class docstring)."""
         xp = namespace_of(signals.f)
         a = signals.a[layer - 1]
-        d = signals.delta[layer - 1]
+        a64 = _float64(a)
+        d = _float64(signals.delta[layer - 1])
         e = (d[0, ...] * d[0, ...] if d.shape[0] == 1 else xp.sum(d * d, axis=0)).T  # (U, N)
-        kernel = a @ a.T
+        kernel = a64 @ a64.T
         mode = self._kernel_mode(kernel)
         alive = e > 0.0
-        return _Layer(layer, mode, a, d, e, alive, kernel, np.asarray(to_host(alive), dtype=bool))
+        return _Layer(layer, mode, a, a64, d, e, alive, kernel, np.asarray(to_host(alive), dtype=bool))
 
     # ---- the batched per-unit solve ------------------------------------------------------------
     def _solve_units(self, lay: _Layer, rhs, consume, n_rhs: int) -> None:
@@ -196,7 +205,7 @@ class UnitWiseFisher(FisherApproximation):
                 idx = to_device(idx_host, backend, "int64")
                 idx_mat = to_device(idx_mat_host, backend, "int64")
                 inv = to_device(np.argsort(order_idx[chunk], axis=1, kind="stable"), backend, "int64")
-                valid = to_device(valid_host.astype(np.float64), backend, lay.a.dtype)
+                valid = to_device(valid_host.astype(np.float64), backend, lay.kernel.dtype)
                 r = rhs(units)
                 if group:
                     z = self._phi_dead(lay, units, r, idx, idx_mat, inv, valid)
@@ -270,6 +279,7 @@ class UnitWiseFisher(FisherApproximation):
         """Δθ_{l,i} = a_Sᵀ (post ∘ Φ_i(u_i/σ_i)) per unit (module docstring), θ_l-shaped per layer."""
         xp = namespace_of(v)
         c, n = v.shape
+        v = _float64(v)
         out = []
         for l in range(1, self.network.depth + 1):
             lay = self._layer(signals, l)
@@ -287,8 +297,8 @@ class UnitWiseFisher(FisherApproximation):
                 order.append(units)
 
             self._solve_units(lay, rhs, consume, 1)
-            coef = _unpermute(xp.concat(pieces, axis=0), xp.concat(order, axis=0))  # (U, N)
-            out.append(coef @ lay.a)
+            coef = _unpermute(xp.concat(pieces, axis=0), xp.concat(order, axis=0))  # (U, N), float64
+            out.append(xp.astype(coef, lay.a.dtype) @ lay.a)  # the parameter-sized product in the net's dtype
         return out
 
     def coefficient(self, signals, signals_prime=None):
@@ -299,6 +309,7 @@ class UnitWiseFisher(FisherApproximation):
         per-sample blocks Σ_i δ_i δ_iᵀ/‖δ_i‖²) without any solve. Pass ``signals`` again as
         ``signals_prime`` to evaluate the general formula on the training set instead.
         """
+        xp = namespace_of(signals.f)
         total = None
         for l in range(1, self.network.depth + 1):
             lay = self._layer(signals, l)
@@ -308,7 +319,7 @@ class UnitWiseFisher(FisherApproximation):
                 sp = signals if signals_prime is None else signals_prime
                 term = self._cross_term(lay, sp)
             total = term if total is None else total + term
-        return total
+        return xp.astype(total, signals.f.dtype)
 
     def _training_projector(self, lay: _Layer):
         """S.137: Σ_i diag(1[δ_i ≠ 0]) (C = 1); (k, k′) blocks Σ_i δ_i^{(k)} δ_i^{(k′)}/e_i for C > 1."""
@@ -335,11 +346,11 @@ class UnitWiseFisher(FisherApproximation):
     def _cross_term(self, lay: _Layer, sp):
         """Σ_i δ′_{k,s,i} Y_i[t, s] δ_{k′,t,i}/σ_{t,i}, Y_i = Φ_i(post_i ∘ K(x, x′)) (CN′, CN)."""
         xp = namespace_of(lay.a)
-        a_p = sp.a[lay.layer - 1]
-        d_p = sp.delta[lay.layer - 1]  # (C, N′, U)
+        a_p = _float64(sp.a[lay.layer - 1])
+        d_p = _float64(sp.delta[lay.layer - 1])  # (C, N′, U)
         c, n_p, _ = d_p.shape
         n = lay.n
-        cross = lay.a @ a_p.T  # K(x, x′), (N, N′)
+        cross = lay.a_work @ a_p.T  # K(x, x′), (N, N′)
         denom = (lay.e if lay.mode == _EXACT else xp.sqrt(lay.e)).T  # (N, U)
         alive = lay.alive.T
         safe = xp.where(alive, denom, xp.ones_like(denom))
@@ -378,6 +389,12 @@ class UnitWiseFisher(FisherApproximation):
                 block = j[:, sl]
                 g[sl, sl] = block.T @ block / n
         return g + self.damping * np.eye(net.n_params)
+
+
+def _float64(x):
+    """``x`` in float64 (no copy when it already is)."""
+    xp = namespace_of(x)
+    return x if x.dtype == xp.float64 else xp.astype(x, xp.float64)
 
 
 # ---- batched solves ---------------------------------------------------------------------------
