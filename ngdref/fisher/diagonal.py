@@ -77,7 +77,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import backend_of, dtype_name_of, namespace_of, to_device, to_float
+from ..backend import backend_of, dtype_name_of, namespace_of, to_device, to_float, to_host
 from ..linalg import default_rtol
 from .base import FisherApproximation
 
@@ -331,6 +331,7 @@ def _diagonal_part(sp, s, layer: int, mu, symmetric: bool, budget: int):
     xp = namespace_of(mu)
     a_p, a = sp.a[layer - 1], s.a[layer - 1]
     d_p, d = sp.delta[layer - 1], s.delta[layer - 1]  # (C, N′, M), (C, N, M)
+    a_p, a, d_p, d, mu = _on_training_support(a_p, a, d_p, d, mu)
     c, n_p, m = d_p.shape
     n, fan = a.shape[0], a.shape[1]
     mu_t = mu.T  # (fan, M)
@@ -359,6 +360,27 @@ def _diagonal_part(sp, s, layer: int, mu, symmetric: bool, budget: int):
     same = np.tile((block_id[:, None] == block_id[None, :]).astype(np.float64), (c, c))
     mask = to_device(same, backend_of(full))
     return full + full.T - full * mask
+
+
+def _on_training_support(a_p, a, d_p, d, mu, threshold: float = 0.9):
+    """Drop the units i with δ_i ≡ 0 and the inputs j with a_j ≡ 0 on the training set.
+
+    Their terms δ′_{s,i} δ_{t,i} a′_{sj} a_{tj} μ_ij vanish for every pair (s, t), whatever x′
+    is, so the result is unchanged; with ReLU on MNIST about half the hidden units are dead
+    on all training samples (and the units feeding the next layer likewise), which cuts the
+    pair GEMM of a hidden layer about fourfold. Applied only when it removes ≥ 10 %.
+    """
+    xp = namespace_of(a)
+    keep_u = np.asarray(to_host(xp.any(d != 0.0, axis=(0, 1))), dtype=bool)  # (M,)
+    keep_f = np.asarray(to_host(xp.any(a != 0.0, axis=0)), dtype=bool)  # (fan,)
+    if keep_u.mean() >= threshold and keep_f.mean() >= threshold:
+        return a_p, a, d_p, d, mu
+    backend = backend_of(a)
+    iu = to_device(np.nonzero(keep_u)[0], backend, "int64")
+    jf = to_device(np.nonzero(keep_f)[0], backend, "int64")
+    a_p, a = xp.take(a_p, jf, axis=1), xp.take(a, jf, axis=1)
+    d_p, d = xp.take(d_p, iu, axis=2), xp.take(d, iu, axis=2)
+    return a_p, a, d_p, d, xp.take(xp.take(mu, iu, axis=0), jf, axis=1)
 
 
 def _low_rank_factors(sp, s, layer: int, m: _LayerMap) -> tuple:
