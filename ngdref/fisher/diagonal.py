@@ -155,8 +155,10 @@ class DiagonalFisher(FisherApproximation):
         return namespace_of(d).sum(d * d, axis=0)
 
     def _fisher_rows(self, signals, layer: int, rows: slice, a2):
-        """F for the units ``rows`` of layer l, (rows, fan); ``a2`` = a_{l−1} ∘ a_{l−1}."""
-        return (self._squared_delta(signals, layer, rows).T @ a2) / signals.n
+        """F for the units ``rows`` of layer l, (rows, fan); ``a2`` = a_{l−1} ∘ a_{l−1}.
+
+        1/N is applied to the (N, rows) factor, so the product is the only (rows, fan) array."""
+        return (self._squared_delta(signals, layer, rows) / float(signals.n)).T @ a2
 
     def _cut(self, signals) -> float:
         """Pseudo-inverse cut-off on F_ii at ρ = 0 (rtol · max F, NumPy's pinv rule); 0 for ρ > 0."""
@@ -191,6 +193,31 @@ class DiagonalFisher(FisherApproximation):
 
     # ---- structured path -----------------------------------------------------------------
     def precondition(self, signals, v):
+        """Δθ_ij = g_ij / (F_ij + ρ) with g = Jᵀv/N (0 where F_ij + ρ <= cut, the ρ = 0 pseudo-inverse).
+
+        Per layer the gradient is formed whole and divided in place, one block of units at a
+        time, by F + ρ with the cut entries set to +inf (g/inf = 0): the gradient GEMM's output
+        is the only parameter-sized array (the generic map-then-apply path of
+        :meth:`_precondition_by_maps` makes ≈ 10 parameter-sized passes).
+        """
+        xp = namespace_of(v)
+        c, n = v.shape
+        cut = self._cut(signals)
+        out = []
+        for l in range(1, self.network.depth + 1):
+            a = signals.a[l - 1]
+            a2 = a * a
+            weights = xp.sum(xp.reshape(v, (c, n, 1)) * signals.delta[l - 1], axis=0) / n  # (N, M_l)
+            g = weights.T @ a  # ∇_{θ_l} L, (M_l, fan)
+            for rows in self._row_blocks(l):
+                f = self._fisher_rows(signals, l, rows, a2)
+                if self.damping > 0:
+                    f += self.damping
+                g[rows, :] /= xp.where(f > cut, f, xp.inf)
+            out.append(g)
+        return out
+
+    def _precondition_by_maps(self, signals, v):
         """(M ∘ Jᵀv/N) per layer, computed block of units by block (F never held for a whole layer)."""
         xp = namespace_of(v)
         c, n = v.shape
@@ -260,6 +287,12 @@ class QuasiDiagonalFisher(DiagonalFisher):
         if self.damping > 0:
             return 0.0
         return float(self.rtol) if self.rtol is not None else 8.0 * max(n, 1) * _eps(dtype_name)
+
+    def precondition(self, signals, v):
+        """M_i ∇_{θ_i} L per unit (the rank-one completion's closed form); the diagonal FIM's path without biases."""
+        if not self.network.has_bias:
+            return super().precondition(signals, v)
+        return self._precondition_by_maps(signals, v)
 
     def _map_rows(self, signals, layer: int, rows: slice, cut: float, a2) -> _LayerMap:
         net = self.network
