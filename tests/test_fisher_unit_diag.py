@@ -203,6 +203,27 @@ def test_quasi_diagonal_degenerate_relu_units_match_pseudo_inverse():
     assert _rel(fim.coefficient_matrix(p, x), fim.explicit_coefficient(p, x)) < 1e-9
 
 
+@pytest.mark.parametrize("widths,seed,n", [((4, 10, 8, 1), 2, 3), ((6, 12, 10, 2), 0, 5)])
+def test_quasi_diagonal_direction_equals_its_map(widths, seed, n):
+    """The fused direction (pieces applied in place) is M_i g_i with the assembled map M of Θ̄,
+    including the degenerate-weight terms (units alive on one sample at ρ = 0)."""
+    from ngdref.jacobian import mse_gradient
+
+    net = Network(widths, "relu", 2.0, 0.5)
+    rng = np.random.default_rng(seed)
+    x, y = rng.standard_normal((n, widths[0])), rng.standard_normal((n, widths[-1]))
+    p = net.init(seed)
+    s = net.signals(p, x)
+    fim = QuasiDiagonalFisher(net, 0.0)
+    degenerate = False
+    for l, (d, g) in enumerate(zip(fim.direction(p, x, y, s), mse_gradient(s, y)), start=1):
+        m = fim.layer_map(s, l)
+        degenerate |= bool(np.any(m.z[:, :-1] != 0))
+        assert _rel(d, m.apply(g)) < 1e-12
+    if widths == (4, 10, 8, 1):
+        assert degenerate  # the ẑ_w branch is exercised
+
+
 def test_quasi_diagonal_without_bias_is_diagonal():
     net, p, x, xt, y = _setup((6, 12, 10, 2), "relu", 0.0)
     q, d = QuasiDiagonalFisher(net, 0.0), DiagonalFisher(net, 0.0)

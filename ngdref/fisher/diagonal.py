@@ -197,8 +197,8 @@ class DiagonalFisher(FisherApproximation):
 
         Per layer the gradient is formed whole and divided in place, one block of units at a
         time, by F + ρ with the cut entries set to +inf (g/inf = 0): the gradient GEMM's output
-        is the only parameter-sized array (the generic map-then-apply path of
-        :meth:`_precondition_by_maps` makes ≈ 10 parameter-sized passes).
+        is the only parameter-sized array (building the map M and applying it made ≈ 10
+        parameter-sized passes).
         """
         xp = namespace_of(v)
         c, n = v.shape
@@ -215,23 +215,6 @@ class DiagonalFisher(FisherApproximation):
                     f += self.damping
                 g[rows, :] /= xp.where(f > cut, f, xp.inf)
             out.append(g)
-        return out
-
-    def _precondition_by_maps(self, signals, v):
-        """(M ∘ Jᵀv/N) per layer, computed block of units by block (F never held for a whole layer)."""
-        xp = namespace_of(v)
-        c, n = v.shape
-        cut = self._cut(signals)
-        out = []
-        for l in range(1, self.network.depth + 1):
-            a = signals.a[l - 1]
-            a2 = a * a
-            weights = xp.sum(xp.reshape(v, (c, n, 1)) * signals.delta[l - 1], axis=0) / n  # (N, M_l)
-            parts = [
-                self._map_rows(signals, l, rows, cut, a2).apply(weights[:, rows].T @ a)
-                for rows in self._row_blocks(l)
-            ]
-            out.append(parts[0] if len(parts) == 1 else xp.concat(parts, axis=0))
         return out
 
     def coefficient(self, signals, signals_prime=None):
@@ -289,21 +272,49 @@ class QuasiDiagonalFisher(DiagonalFisher):
         return float(self.rtol) if self.rtol is not None else 8.0 * max(n, 1) * _eps(dtype_name)
 
     def precondition(self, signals, v):
-        """M_i ∇_{θ_i} L per unit (the rank-one completion's closed form); the diagonal FIM's path without biases."""
+        """M_i ∇_{θ_i} L per unit (the closed form of :func:`_quasi_pieces`), written into the
+        layer gradient block of units by block; the diagonal FIM's path without biases."""
         if not self.network.has_bias:
             return super().precondition(signals, v)
-        return self._precondition_by_maps(signals, v)
+        xp = namespace_of(v)
+        c, n = v.shape
+        cut = self._cut(signals)
+        out = []
+        for l in range(1, self.network.depth + 1):
+            a = signals.a[l - 1]
+            a2 = a * a
+            weights = xp.sum(xp.reshape(v, (c, n, 1)) * signals.delta[l - 1], axis=0) / n  # (N, M_l)
+            g = weights.T @ a  # ∇_{θ_l} L, (M_l, fan)
+            for rows in self._row_blocks(l):
+                block = g[rows, :]
+                _apply_quasi_pieces(xp, self._pieces(signals, l, rows, cut, a2), block)
+                g[rows, :] = block  # a no-op where ``block`` is a view (NumPy, CuPy)
+            out.append(g)
+        return out
+
+    def _pieces(self, signals, layer: int, rows: slice, cut: float, a2) -> tuple:
+        e = self._squared_delta(signals, layer, rows) / float(signals.n)  # (N, rows)
+        fisher = e.T @ a2
+        if self.damping > 0:
+            fisher += self.damping
+        coupling = e.T @ signals.a[layer - 1][:, :-1]
+        coupling *= self.network.sigma_b  # G_bj = F_bj, (rows, m)
+        pair_rtol = self._pair_rtol(dtype_name_of(a2), signals.n)
+        return _quasi_pieces(namespace_of(a2), fisher, coupling, cut, pair_rtol)
 
     def _map_rows(self, signals, layer: int, rows: slice, cut: float, a2) -> _LayerMap:
         net = self.network
         if not net.has_bias:
             return super()._map_rows(signals, layer, rows, cut, a2)
+        inv_d, r_w, z_w, z_b, kappa = self._pieces(signals, layer, rows, cut, a2)
         xp = namespace_of(a2)
-        e = self._squared_delta(signals, layer, rows)  # (N, rows)
-        fisher = (e.T @ a2) / signals.n
-        coupling = net.sigma_b * (e.T @ signals.a[layer - 1][:, :-1]) / signals.n  # G_bj = F_bj, (rows, m)
-        pair_rtol = self._pair_rtol(dtype_name_of(a2), signals.n)
-        return _quasi_map(xp, fisher + self.damping, coupling, cut, pair_rtol)
+        zero_b = xp.zeros_like(z_b)
+        return _LayerMap(
+            xp.concat([inv_d, zero_b], axis=1),
+            xp.concat([r_w, zero_b], axis=1),
+            xp.concat([z_w, z_b], axis=1),
+            kappa,
+        )
 
     def explicit_metric(self, params, x, signals=None):
         """G_qd (P×P) literally: per unit diag(D_1…D_m, 0) + u uᵀ/G_bb, damping included."""
@@ -333,11 +344,13 @@ class QuasiDiagonalFisher(DiagonalFisher):
         return g
 
 
-def _quasi_map(xp, g_diag, coupling, cut: float, pair_rtol: float) -> _LayerMap:
+def _quasi_pieces(xp, g_diag, coupling, cut: float, pair_rtol: float) -> tuple:
     """Closed-form (pseudo-)inverse of G_qd for a block of units (see the module docstring).
 
     ``g_diag``: (rows, m+1) diagonal of G (bias last); ``coupling``: (rows, m) G_bj. A dead
     unit (G_bb <= cut) gets c = 0, hence D_j = G_jj and the diagonal pseudo-inverse.
+    Returns (1/D on the weights, r_w, z_w, z_b, κ): M_i = diag(μ) − r ẑᵀ − ẑ rᵀ + κ ẑ ẑᵀ with
+    μ = [1/D, 0], r = [r_w, 0], ẑ = [z_w, z_b].
     """
     gw, gb = g_diag[:, :-1], g_diag[:, -1:]  # (rows, m), (rows, 1)
     alive = gb > cut
@@ -351,11 +364,31 @@ def _quasi_map(xp, g_diag, coupling, cut: float, pair_rtol: float) -> _LayerMap:
     nu2 = xp.sum(c_z * c_z, axis=1, keepdims=True) + gb * gb  # ν² = ‖u_Z‖²
     inv_nu = xp.where(alive, 1.0 / xp.sqrt(xp.where(alive, nu2, xp.ones_like(nu2))), xp.zeros_like(nu2))
     kappa = (gb + xp.sum(c2 * inv_d, axis=1, keepdims=True)) * (inv_nu * inv_nu)
-    zero_b = xp.zeros_like(gb)
-    mu = xp.concat([inv_d, zero_b], axis=1)
-    r = xp.concat([c * inv_d * inv_nu, zero_b], axis=1)
-    z = xp.concat([c_z * inv_nu, gb * inv_nu], axis=1)
-    return _LayerMap(mu, r, z, kappa)
+    r_w = c * inv_d
+    r_w *= inv_nu
+    c_z *= inv_nu
+    return inv_d, r_w, c_z, gb * inv_nu, kappa
+
+
+def _apply_quasi_pieces(xp, pieces: tuple, g) -> None:
+    """g ← M_i g_i for every row of the (rows, m+1) gradient block ``g``, written into ``g``.
+
+    :meth:`_LayerMap.apply` term by term, with μ_b = r_b = 0 used and the ẑ_w terms skipped
+    when no weight is degenerate (the usual case: ẑ lives on the bias only).
+    """
+    inv_d, r_w, z_w, z_b, kappa = pieces
+    gw, gbias = g[:, :-1], g[:, -1:]
+    degenerate = to_float(xp.max(xp.abs(z_w))) > 0.0 if z_w.shape[1] else False
+    zg = z_b * gbias  # ẑ·g
+    if degenerate:
+        zg = zg + xp.sum(z_w * gw, axis=1, keepdims=True)
+    rg = xp.sum(r_w * gw, axis=1, keepdims=True)  # r·g
+    out_w = inv_d * gw
+    out_w -= r_w * zg
+    if degenerate:
+        out_w -= z_w * (rg - kappa * zg)
+    g[:, -1:] = z_b * (kappa * zg - rg)
+    g[:, :-1] = out_w
 
 
 # ---- coefficient pieces ---------------------------------------------------------------------
