@@ -90,7 +90,7 @@ class SuiteConfig:
     train_dtypes: tuple = ("float64",)
     peer: str = "auto"  # "auto" | "off"
     peer_python: str | None = None
-    peer_widths: tuple = (256, 1024, 2048)
+    peer_widths: tuple = (256, 1024, 2048, 4096)
     peer_repeats: int = 200  # at most; cut to about peer_budget_s of calls (and at least 3)
     peer_budget_s: float = 3.0
     cli_train: bool = True
@@ -769,9 +769,13 @@ def evaluate_targets(result: dict) -> dict:
     peer = result.get("peer") or {}
     prow = [r for r in peer.get("rows", []) if r.get("speedup") is not None]
     if prow:
+        # the issue states the target at paper scale (M = target width); other widths are shown
+        at_target = [r for r in prow if r["width"] == w]
+        judged = at_target or prow
         targets["ntk_vs_neural_tangents_3x"] = {
-            "target": "ngdref's empirical NTK ≥ 3× faster than neural-tangents (same network, weights, float64)",
-            "met": all(r["speedup"] >= 3 for r in prow),
+            "target": f"ngdref's empirical NTK ≥ 3× faster than neural-tangents (same network, weights, float64), "
+                      f"judged at M = {w}" + ("" if at_target else " (not in this run: judged at every width)"),
+            "met": all(r["speedup"] >= 3 for r in judged),
             "rows": [{"width": r["width"], "speedup": r["speedup"]} for r in prow],
         }
     else:
