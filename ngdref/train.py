@@ -107,10 +107,20 @@ def _one_hot(labels: np.ndarray, classes) -> np.ndarray:
     return out
 
 
+#: rows per block of :func:`_distance` are chosen so a block has about this many entries
+_DISTANCE_BLOCK = 1 << 16
+
+
 def _distance(params, params0) -> float:
-    """‖θ − θ_0‖₂ over all layers (one temporary per layer)."""
+    """‖θ − θ_0‖₂ over all layers, block of rows by block: the differences stay cache-sized
+    (a whole-layer θ − θ_0 allocates and page-faults a parameter-sized temporary each step)."""
     xp = namespace_of(params[0])
-    return math.sqrt(sum(to_float(xp.linalg.vector_norm(p - q)) ** 2 for p, q in zip(params, params0)))
+    total = 0.0
+    for p, q in zip(params, params0):
+        rows = max(1, _DISTANCE_BLOCK // max(1, p.shape[1]))
+        for r0 in range(0, p.shape[0], rows):
+            total += to_float(xp.sum((p[r0 : r0 + rows, :] - q[r0 : r0 + rows, :]) ** 2))
+    return math.sqrt(total)
 
 
 def train(
@@ -243,7 +253,11 @@ def train(
             step_dir = fim.precondition(s, (softmax(s.f) - y).T)
         else:
             step_dir = fim.precondition(s, (s.f - y).T)
-        params = [p - eta * d for p, d in zip(params, step_dir)]
+        if t == 0:  # θ_0 is kept (distance, Eq. 22): the first update makes new arrays ...
+            params = [p - eta * d for p, d in zip(params, step_dir)]
+        else:  # ... which later updates overwrite in place (one temporary, not two, per layer)
+            for p, d in zip(params, step_dir):
+                p -= eta * d
         if lin_delta is not None:
             f_lin_model = s0.f + jvp(s0, lin_delta).T
             lin_step = fim.precondition(s0, (f_lin_model - y).T)
