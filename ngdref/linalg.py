@@ -24,8 +24,11 @@ def symmetrize(k):
     return (k + namespace_of(k).linalg.matrix_transpose(k)) / 2.0
 
 
-def psd_pinv(k, rtol: float | None = None):
-    """Pseudo-inverse of a symmetric PSD matrix (or a stack of them) by ``eigh`` with relative cut-off."""
+def psd_pinv(k, rtol: float | None = None, with_rank: bool = False):
+    """Pseudo-inverse of a symmetric PSD matrix (or a stack of them) by ``eigh`` with relative cut-off.
+
+    ``with_rank=True`` also returns the number of eigenvalues kept (per matrix), so a caller
+    that needs to know whether K was singular does not decompose it a second time."""
     xp = namespace_of(k)
     n = k.shape[-1]
     rtol = default_rtol(n, _dtype_name(k)) if rtol is None else float(rtol)
@@ -34,7 +37,10 @@ def psd_pinv(k, rtol: float | None = None):
     keep = w > rtol * lam_max
     safe = xp.where(keep, w, xp.ones_like(w))
     inv_w = xp.where(keep, 1.0 / safe, xp.zeros_like(w))
-    return (v * inv_w[..., None, :]) @ xp.linalg.matrix_transpose(v)
+    pinv = (v * inv_w[..., None, :]) @ xp.linalg.matrix_transpose(v)
+    if with_rank:
+        return pinv, xp.sum(xp.astype(keep, xp.int64), axis=-1)
+    return pinv
 
 
 def damped_inverse(k, damping: float, rtol: float | None = None):

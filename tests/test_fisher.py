@@ -176,6 +176,20 @@ def test_tridiag_alpha_and_singular_sigma():
     np.testing.assert_array_equal(tridiagonal_sigma(3), [[1, 1, 0], [1, 1, 1], [0, 1, 1]])
 
 
+def test_layerwise_warns_on_a_singular_layer_kernel_only_for_non_diagonal_sigma():
+    """Θ_3 = a_2 a_2ᵀ has rank ≤ M + 1 = 5 < N = 10: S.89 with Θ_3⁺ is not G⁺∇L for tridiag (warn),
+    while for BD (Σ = I) it still is (no warning)."""
+    rng = np.random.default_rng(0)
+    net = Network((6, 8, 4, 1), "tanh", 2.0, 0.3)
+    p, x = net.init(0), unit_rows(rng, 10, 6)
+    y = rng.standard_normal((10, 1))
+    with pytest.warns(RuntimeWarning, match="Θ_3 is singular"):
+        get_fisher("tridiag", net, 0.0).direction(p, x, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        get_fisher("bd", net, 0.0).direction(p, x, y)
+
+
 def test_bad_input_errors():
     net = Network((4, 6, 1), "tanh")
     with pytest.raises(ConfigError, match="damping"):

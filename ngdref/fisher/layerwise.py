@@ -107,9 +107,15 @@ class LayerWiseFisher(FisherApproximation):
         if self.damping == 0 and not self.singular:
             w = self._weights()
             inv_metric = None if metric is None else xp.linalg.inv(metric)
-            if np.count_nonzero(self.sigma - np.diag(np.diag(self.sigma))):  # Σ diagonal: G⁺ exactly
-                _warn_if_singular(kernels, self.rtol)
-            blocks = [float(w[l]) * psd_pinv(kernels[l], self.rtol) for l in range(depth)]
+            blocks, singular = [], []
+            for l in range(depth):
+                pinv, rank = psd_pinv(kernels[l], self.rtol, with_rank=True)
+                blocks.append(float(w[l]) * pinv)
+                if int(rank) < m:
+                    singular.append(l + 1)
+            # Σ diagonal: G⁺ exactly; otherwise a singular Θ_l makes S.89 differ from G⁺∇L
+            if singular and np.count_nonzero(self.sigma - np.diag(np.diag(self.sigma))):
+                _warn_singular(singular[0])
             return blocks if inv_metric is None else [b @ inv_metric for b in blocks]
         sig = to_device(self.sigma, backend_of(kernels[0]))
         if metric is not None:
@@ -158,23 +164,15 @@ class LayerWiseFisher(FisherApproximation):
         return g + self.damping * np.eye(j.shape[1])
 
 
-def _warn_if_singular(kernels, rtol) -> None:
+def _warn_singular(layer: int) -> None:
     """S.89–S.90 assume every Θ_l invertible; with a singular Θ_l the per-layer pseudo-inverse used
     here is no longer G⁺ (it still is for Σ = I, where G is block diagonal). Say so."""
-    from ..diagnostics import eigenvalues
-    from ..linalg import default_rtol
-
-    for l, k in enumerate(kernels, start=1):
-        ev = eigenvalues(k)
-        tol = (rtol if rtol is not None else default_rtol(k.shape[0], "float64")) * max(ev[-1], 0.0)
-        if ev[0] <= tol:
-            warnings.warn(
-                f"layer kernel Θ_{l} is singular: the zero-damping layer-wise step uses Θ_l⁺ (S.89), which "
-                "equals G⁺∇L only for invertible Θ_l (S.90) or Σ = I; consider a damping ρ > 0",
-                RuntimeWarning,
-                stacklevel=4,
-            )
-            return
+    warnings.warn(
+        f"layer kernel Θ_{layer} is singular: the zero-damping layer-wise step uses Θ_l⁺ (S.89), which "
+        "equals G⁺∇L only for invertible Θ_l (S.90) or Σ = I; consider a damping ρ > 0",
+        RuntimeWarning,
+        stacklevel=4,
+    )
 
 
 def _damped_nonsym_solve(omega, rhs, damping):
