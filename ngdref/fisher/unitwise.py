@@ -253,11 +253,11 @@ class UnitWiseFisher(FisherApproximation):
         alive = xp.astype(xp.take(lay.alive, units, axis=0), r.dtype)[:, :, None]  # (c, N, 1)
         h_pad = lay.padded("inverse")
         h = h_pad[:n, :n]
-        w = h @ (r * alive)  # (c, N, q)
+        w = _shared_left_product(h, r * alive)  # H R_i, (c, N, q)
         if p > 0:
             h_c = _gather_sub(h_pad, idx_mat)  # [[H_DD, 0], [0, I]]
             y_c = _spd_solve(h_c, _gather_rows(w, idx) * valid[:, :, None])
-            w = w - h @ _scatter_rows(y_c, inv, n)
+            w = w - _shared_left_product(h, _scatter_rows(y_c, inv, n))
         return w * alive
 
     # ---- structured path ---------------------------------------------------------------------
@@ -284,7 +284,7 @@ class UnitWiseFisher(FisherApproximation):
         for l in range(1, self.network.depth + 1):
             lay = self._layer(signals, l)
             u = xp.sum(xp.reshape(v, (c, n, 1)) * lay.delta, axis=0).T  # (U, N): Σ_k δ_k v_k
-            rhs_all = self._weights(lay, u)
+            rhs_all = _row_major(self._weights(lay, u))  # gathered unit by unit below
             pieces, order = [], []
 
             def rhs(units, rhs_all=rhs_all):
@@ -391,6 +391,13 @@ class UnitWiseFisher(FisherApproximation):
         return g + self.damping * np.eye(net.n_params)
 
 
+def _row_major(x):
+    """``x`` (a transposed view) laid out row by row: per-unit rows are then gathered contiguously.
+    A reshape to 1-D copies in C order on every backend; the second reshape is a view."""
+    xp = namespace_of(x)
+    return xp.reshape(xp.reshape(x, (-1,)), x.shape)
+
+
 def _float64(x):
     """``x`` in float64 (no copy when it already is)."""
     xp = namespace_of(x)
@@ -420,6 +427,14 @@ def _spd_solve(a, b):
     x12, x1b = x[..., :, : p - h], x[..., :, p - h :]
     z2 = _spd_solve(a22 - a21 @ x12, b[..., h:, :] - a21 @ x1b)
     return xp.concat([x1b - x12 @ z2, z2], axis=-2)
+
+
+def _shared_left_product(h, stack):
+    """h @ stack[u] for every u, as one (N, N) × (N, c·q) GEMM instead of c small products."""
+    xp = namespace_of(stack)
+    c, n, q = stack.shape
+    flat = xp.reshape(xp.permute_dims(stack, (1, 0, 2)), (n, c * q))
+    return xp.permute_dims(xp.reshape(h @ flat, (n, c, q)), (1, 0, 2))
 
 
 # ---- gather / scatter helpers (array API: 1-D ``take`` on flattened arrays) -----------------------
