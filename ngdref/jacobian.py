@@ -45,13 +45,31 @@ def unit_jacobian(signals: Signals, layer: int, unit: int):
     return xp.reshape(xp.reshape(d, (c, n, 1)) * xp.reshape(a, (1, n, a.shape[1])), (c * n, a.shape[1]))
 
 
+#: entries per temporary block when :func:`jacobian` fills J (a few units of a layer at a time)
+_FILL_BLOCK = 1 << 22
+
+
 def jacobian(network: Network, params, x, signals: Signals | None = None):
-    """The full explicit Jacobian J(x) = ∇_θ f(x), (CN, P) (Eq. 6)."""
+    """The full explicit Jacobian J(x) = ∇_θ f(x), (CN, P) (Eq. 6).
+
+    J is allocated once and filled a few units at a time (each unit's columns are
+    δ_{l,i}^{(k)}(x_n) a_{l−1}(x_n), contiguous in the flat order), so the peak is J plus a
+    block of at most ``_FILL_BLOCK`` entries — which is what the memory check counts."""
     signals = signals if signals is not None else network.signals(params, x)
-    # the per-layer blocks and their concatenation coexist: twice the bytes of J
-    check_alloc((network.n_outputs * x.shape[0], network.n_params), _itemsize(x), "explicit Jacobian J", count=2)
+    c, n = network.n_outputs, x.shape[0]
+    check_alloc((c * n, network.n_params), _itemsize(x), "explicit Jacobian J")
     xp = namespace_of(x)
-    return xp.concat([layer_jacobian(signals, l) for l in range(1, network.depth + 1)], axis=1)
+    j = xp.empty((c * n, network.n_params), dtype=x.dtype)
+    for l in range(1, network.depth + 1):
+        d, a = signals.delta[l - 1], signals.a[l - 1]
+        m, fan = d.shape[2], a.shape[1]
+        start = network.layer_offsets[l - 1]
+        units = max(1, _FILL_BLOCK // max(1, c * n * fan))
+        for i0 in range(0, m, units):
+            i1 = min(m, i0 + units)
+            block = xp.reshape(d[:, :, i0:i1], (c, n, i1 - i0, 1)) * xp.reshape(a, (1, n, 1, fan))
+            j[:, start + i0 * fan : start + i1 * fan] = xp.reshape(block, (c * n, (i1 - i0) * fan))
+    return j
 
 
 def jvp(signals: Signals, direction):

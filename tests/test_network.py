@@ -175,3 +175,22 @@ def test_memory_guard_refuses_before_allocating(rng):
         empirical_ntk(net, p, x)  # the structured path is unaffected
     finally:
         set_max_bytes(None)
+
+
+def test_jacobian_peak_is_one_jacobian_and_equals_the_layer_blocks(rng, monkeypatch):
+    """J is filled in place: its allocation peak is J plus one small block (the memory check counts J once)."""
+    import tracemalloc
+
+    import ngdref.jacobian as jac
+
+    monkeypatch.setattr(jac, "_FILL_BLOCK", 1 << 12)
+    net = Network((30, 200, 150, 2), "relu", 2.0, 0.3)
+    p = net.init(0)
+    x = unit_rows(rng, 12, 30)
+    s = net.signals(p, x)
+    tracemalloc.start()
+    j = jacobian(net, p, x, s)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 1.1 * j.nbytes
+    np.testing.assert_array_equal(j, np.concatenate([layer_jacobian(s, l) for l in (1, 2, 3)], axis=1))

@@ -34,7 +34,7 @@ def ntk_report(network: Network, x_host: np.ndarray, seed: int, backend: Backend
         return out
     itemsize = 4 if backend.dtype_name == "float32" else 8
     try:
-        check_alloc((network.n_outputs * x_host.shape[0], network.n_params), itemsize, "explicit Jacobian J", count=2)
+        check_alloc((network.n_outputs * x_host.shape[0], network.n_params), itemsize, "explicit Jacobian J")
     except MemoryLimitError as err:
         if explicit == "yes":
             raise
