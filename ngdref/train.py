@@ -111,15 +111,18 @@ def _one_hot(labels: np.ndarray, classes) -> np.ndarray:
 _DISTANCE_BLOCK = 1 << 16
 
 
-def _distance(params, params0) -> float:
-    """‖θ − θ_0‖₂ over all layers, block of rows by block: the differences stay cache-sized
-    (a whole-layer θ − θ_0 allocates and page-faults a parameter-sized temporary each step)."""
+def _distance(params, params0, shift=None) -> float:
+    """‖θ − θ_0 (− shift)‖₂ over all layers, block of rows by block: the differences stay
+    cache-sized (a whole-layer θ − θ_0 allocates and page-faults a parameter-sized temporary)."""
     xp = namespace_of(params[0])
     total = 0.0
-    for p, q in zip(params, params0):
+    for l, (p, q) in enumerate(zip(params, params0)):
         rows = max(1, _DISTANCE_BLOCK // max(1, p.shape[1]))
         for r0 in range(0, p.shape[0], rows):
-            total += to_float(xp.sum((p[r0 : r0 + rows, :] - q[r0 : r0 + rows, :]) ** 2))
+            diff = p[r0 : r0 + rows, :] - q[r0 : r0 + rows, :]
+            if shift is not None:
+                diff -= shift[l][r0 : r0 + rows, :]
+            total += to_float(xp.sum(diff * diff))
     return math.sqrt(total)
 
 
@@ -266,7 +269,7 @@ def train(
     if not ce and status == "ok" and config.steps > 0:
         predicted = parameter_displacement(fim, s0, theta_bar, f0, function_vector(y), eta, config.steps)
         xp = namespace_of(predicted[0])
-        diff = math.sqrt(sum(to_float(xp.sum((p - q - d) ** 2)) for p, q, d in zip(params, params0, predicted)))
+        diff = _distance(params, params0, predicted)
         norm = math.sqrt(sum(to_float(xp.sum(d * d)) for d in predicted))
         summary["eq22_relative_error"] = diff / norm if norm > 0 else float("nan")
     summary["seconds"] = time.perf_counter() - t_start
