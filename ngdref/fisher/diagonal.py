@@ -210,12 +210,19 @@ class DiagonalFisher(FisherApproximation):
             weights = xp.sum(xp.reshape(v, (c, n, 1)) * signals.delta[l - 1], axis=0) / n  # (N, M_l)
             g = weights.T @ a  # ∇_{θ_l} L, (M_l, fan)
             for rows in self._row_blocks(l):
-                f = self._fisher_rows(signals, l, rows, a2)
-                if self.damping > 0:
-                    f += self.damping
-                g[rows, :] /= xp.where(f > cut, f, xp.inf)
+                # a no-op copy where ``g[rows, :]`` is a view that was updated in place (NumPy, CuPy)
+                g[rows, :] = self._precondition_rows(signals, l, rows, cut, a2, g[rows, :])
             out.append(g)
         return out
+
+    def _precondition_rows(self, signals, layer: int, rows: slice, cut: float, a2, g_rows):
+        """M_i g_i for the units ``rows`` (may update ``g_rows`` in place): g / (F + ρ), cut → 0."""
+        xp = namespace_of(g_rows)
+        f = self._fisher_rows(signals, layer, rows, a2)
+        if self.damping > 0:
+            f += self.damping
+        g_rows /= xp.where(f > cut, f, xp.inf)
+        return g_rows
 
     def coefficient(self, signals, signals_prime=None):
         xp = namespace_of(signals.f)
@@ -271,26 +278,12 @@ class QuasiDiagonalFisher(DiagonalFisher):
             return 0.0
         return float(self.rtol) if self.rtol is not None else 8.0 * max(n, 1) * _eps(dtype_name)
 
-    def precondition(self, signals, v):
-        """M_i ∇_{θ_i} L per unit (the closed form of :func:`_quasi_pieces`), written into the
-        layer gradient block of units by block; the diagonal FIM's path without biases."""
+    def _precondition_rows(self, signals, layer: int, rows: slice, cut: float, a2, g_rows):
+        """M_i g_i by the closed form of :func:`_quasi_pieces` (the diagonal FIM's without biases)."""
         if not self.network.has_bias:
-            return super().precondition(signals, v)
-        xp = namespace_of(v)
-        c, n = v.shape
-        cut = self._cut(signals)
-        out = []
-        for l in range(1, self.network.depth + 1):
-            a = signals.a[l - 1]
-            a2 = a * a
-            weights = xp.sum(xp.reshape(v, (c, n, 1)) * signals.delta[l - 1], axis=0) / n  # (N, M_l)
-            g = weights.T @ a  # ∇_{θ_l} L, (M_l, fan)
-            for rows in self._row_blocks(l):
-                block = g[rows, :]
-                _apply_quasi_pieces(xp, self._pieces(signals, l, rows, cut, a2), block)
-                g[rows, :] = block  # a no-op where ``block`` is a view (NumPy, CuPy)
-            out.append(g)
-        return out
+            return super()._precondition_rows(signals, layer, rows, cut, a2, g_rows)
+        _apply_quasi_pieces(namespace_of(g_rows), self._pieces(signals, layer, rows, cut, a2), g_rows)
+        return g_rows
 
     def _pieces(self, signals, layer: int, rows: slice, cut: float, a2) -> tuple:
         e = self._squared_delta(signals, layer, rows) / float(signals.n)  # (N, rows)
