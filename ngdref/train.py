@@ -115,15 +115,16 @@ def _distance(params, params0, shift=None) -> float:
     """‖θ − θ_0 (− shift)‖₂ over all layers, block of rows by block: the differences stay
     cache-sized (a whole-layer θ − θ_0 allocates and page-faults a parameter-sized temporary)."""
     xp = namespace_of(params[0])
-    total = 0.0
+    total = None  # stays on the device: one transfer at the end, not one per block
     for l, (p, q) in enumerate(zip(params, params0)):
         rows = max(1, _DISTANCE_BLOCK // max(1, p.shape[1]))
         for r0 in range(0, p.shape[0], rows):
             diff = p[r0 : r0 + rows, :] - q[r0 : r0 + rows, :]
             if shift is not None:
                 diff -= shift[l][r0 : r0 + rows, :]
-            total += to_float(xp.sum(diff * diff))
-    return math.sqrt(total)
+            part = xp.sum(diff * diff)
+            total = part if total is None else total + part
+    return math.sqrt(to_float(total))
 
 
 def train(

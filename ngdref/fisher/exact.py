@@ -8,14 +8,14 @@ from ..backend import namespace_of, to_host
 from ..errors import ConfigError
 from ..jacobian import vjp
 from ..linalg import damped_solve
-from ..ntk import layer_ntks
+from ..ntk import structured_ntk
 from .base import FisherApproximation
 
 
 def ntk_from_signals(signals, signals_prime=None):
     """Θ(x′, x) = Σ_l Θ_l(x′, x) from signals (S.68)."""
     sp = signals if signals_prime is None else signals_prime
-    return sum(layer_ntks(sp, signals))
+    return structured_ntk(sp, signals)
 
 
 class GradientDescent(FisherApproximation):
