@@ -148,7 +148,7 @@ class UnitWiseFisher(FisherApproximation):
         return _PINV
 
     def _layer(self, signals, layer: int) -> _Layer:
-        """Per-layer data; everything N×N-sized or per unit is float64 (see the class docstring)."""
+        """Per-layer data; everything N×N-sized or per unit is float64 (see "Precision" in the module docstring)."""
         xp = namespace_of(signals.f)
         a = signals.a[layer - 1]
         a64 = _float64(a)
