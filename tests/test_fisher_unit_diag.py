@@ -274,17 +274,19 @@ def test_float32_stays_float32(name, rho):
 def test_diagonal_coefficient_on_training_support_matches_oracle(name, rho):
     """Inputs with all-zero pixels (as MNIST's borders) and ReLU units dead on every training
     sample: Θ̄ drops them (they contribute exactly 0) and still equals the explicit oracle."""
-    from ngdref.fisher.diagonal import _on_training_support
+    from ngdref.fisher.diagonal import _LayerArrays, _training_support
 
     net, p, x, xt, y = _setup((10, 12, 11, 1), "relu", 0.5, seed=3, n=6)
     x[:, :4] = 0.0
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     s = net.signals(p, x)
     for l in (1, 2):  # the compression does remove something on both hidden layers
-        a, d = s.a[l - 1], s.delta[l - 1]
-        mu = np.ones((d.shape[2], a.shape[1]))
-        a2, _, d2, _, mu2 = _on_training_support(a, a, d, d, mu)
-        assert a2.shape[1] < a.shape[1] or d2.shape[2] < d.shape[2]
+        lay = _LayerArrays.of(s, l)
+        support = _training_support(lay)
+        assert support is not None
+        units, inputs = support
+        assert len(units) < lay.d.shape[2] or len(inputs) < lay.a.shape[1]
+        assert int(inputs[-1]) == lay.a.shape[1] - 1  # the bias column is kept, and last
     fim = get_fisher(name, net, rho)
     tol = _tolerance(fim, p, x)
     assert _rel(fim.coefficient_matrix(p, x, xt), fim.explicit_coefficient(p, x, xt)) < tol

@@ -105,6 +105,20 @@ def bias_coupling(signals, layer: int, sigma_b: float):
     return sigma_b * (e.T @ a) / signals.n
 
 
+class _LayerArrays:
+    """One layer's training-set signals as the maps need them: δ_l (C, N, M), a_{l−1} (N, fan)
+    and a∘a — the whole layer, or its training support (:func:`_training_support`)."""
+
+    __slots__ = ("d", "a", "a2", "n")
+
+    def __init__(self, d, a):
+        self.d, self.a, self.a2, self.n = d, a, a * a, int(a.shape[0])
+
+    @classmethod
+    def of(cls, signals, layer: int) -> "_LayerArrays":
+        return cls(signals.delta[layer - 1], signals.a[layer - 1])
+
+
 class _LayerMap:
     """Per-layer map M_i = diag(μ_i) − r_i ẑ_iᵀ − ẑ_i r_iᵀ + κ_i ẑ_i ẑ_iᵀ (rows i = units)."""
 
@@ -142,23 +156,23 @@ class DiagonalFisher(FisherApproximation):
         )
 
     # ---- the map M (Δθ = M ∇L), built block of units by block of units ---------------------------
-    def _row_blocks(self, layer: int) -> list[slice]:
-        """Unit ranges of layer l whose (rows × fan) temporaries stay below max(P/32, 2^18) elements."""
-        m_out, fan = self.network.layer_shape(layer)
+    def _row_blocks(self, lay: _LayerArrays) -> list[slice]:
+        """Unit ranges whose (rows × fan) temporaries stay below max(P/32, 2^18) elements."""
+        m_out, fan = lay.d.shape[2], lay.a.shape[1]
         rows = max(1, max(self.network.n_params // 32, 1 << 18) // fan)
         return [slice(i, min(m_out, i + rows)) for i in range(0, m_out, rows)]
 
     @staticmethod
-    def _squared_delta(signals, layer: int, rows: slice):
-        """e = Σ_k δ_k ∘ δ_k for the units ``rows``, (N, rows)."""
-        d = signals.delta[layer - 1][:, :, rows]
-        return namespace_of(d).sum(d * d, axis=0)
+    def _squared_delta(lay: _LayerArrays, rows: slice):
+        """e = Σ_k δ_k ∘ δ_k / N for the units ``rows``, (N, rows)."""
+        d = lay.d[:, :, rows]
+        return namespace_of(d).sum(d * d, axis=0) / float(lay.n)
 
-    def _fisher_rows(self, signals, layer: int, rows: slice, a2):
-        """F for the units ``rows`` of layer l, (rows, fan); ``a2`` = a_{l−1} ∘ a_{l−1}.
+    def _fisher_rows(self, lay: _LayerArrays, rows: slice):
+        """F for the units ``rows``, (rows, fan): (Σ_k δ_k∘δ_k / N)ᵀ (a∘a).
 
         1/N is applied to the (N, rows) factor, so the product is the only (rows, fan) array."""
-        return (self._squared_delta(signals, layer, rows) / float(signals.n)).T @ a2
+        return self._squared_delta(lay, rows).T @ lay.a2
 
     def _cut(self, signals) -> float:
         """Pseudo-inverse cut-off on F_ii at ρ = 0 (rtol · max F, NumPy's pinv rule); 0 for ρ > 0."""
@@ -168,10 +182,9 @@ class DiagonalFisher(FisherApproximation):
         rtol = self.rtol if self.rtol is not None else default_rtol(self.network.n_params, dtype_name_of(signals.f))
         top = 0.0
         for l in range(1, self.network.depth + 1):
-            a = signals.a[l - 1]
-            a2 = a * a
-            for rows in self._row_blocks(l):
-                top = max(top, to_float(xp.max(self._fisher_rows(signals, l, rows, a2))))
+            lay = _LayerArrays.of(signals, l)
+            for rows in self._row_blocks(lay):
+                top = max(top, to_float(xp.max(self._fisher_rows(lay, rows))))
         return float(rtol) * top
 
     def _inverse_diagonal(self, g_diag, cut: float):
@@ -181,15 +194,15 @@ class DiagonalFisher(FisherApproximation):
         safe = xp.where(keep, g_diag, xp.ones_like(g_diag))
         return xp.where(keep, 1.0 / safe, xp.zeros_like(g_diag))
 
-    def _map_rows(self, signals, layer: int, rows: slice, cut: float, a2) -> _LayerMap:
-        """M_i for the units ``rows`` of layer l (diagonal FIM: μ = 1/(F + ρ))."""
-        return _LayerMap(self._inverse_diagonal(self._fisher_rows(signals, layer, rows, a2) + self.damping, cut))
+    def _map_rows(self, lay: _LayerArrays, rows: slice, cut: float) -> _LayerMap:
+        """M_i for the units ``rows`` (diagonal FIM: μ = 1/(F + ρ))."""
+        return _LayerMap(self._inverse_diagonal(self._fisher_rows(lay, rows) + self.damping, cut))
 
     def layer_map(self, signals, layer: int) -> _LayerMap:
         """The whole layer's map M_i (Δθ_{l,i} = M_i ∇_{θ_i^{(l)}} L), for inspection and tests."""
         cut = self._cut(signals)
-        a = signals.a[layer - 1]
-        return _concat_maps([self._map_rows(signals, layer, r, cut, a * a) for r in self._row_blocks(layer)])
+        lay = _LayerArrays.of(signals, layer)
+        return _concat_maps([self._map_rows(lay, r, cut) for r in self._row_blocks(lay)])
 
     # ---- structured path -----------------------------------------------------------------
     def precondition(self, signals, v):
@@ -205,44 +218,56 @@ class DiagonalFisher(FisherApproximation):
         cut = self._cut(signals)
         out = []
         for l in range(1, self.network.depth + 1):
-            a = signals.a[l - 1]
-            a2 = a * a
-            weights = xp.sum(xp.reshape(v, (c, n, 1)) * signals.delta[l - 1], axis=0) / n  # (N, M_l)
-            g = weights.T @ a  # ∇_{θ_l} L, (M_l, fan)
-            for rows in self._row_blocks(l):
+            lay = _LayerArrays.of(signals, l)
+            weights = xp.sum(xp.reshape(v, (c, n, 1)) * lay.d, axis=0) / n  # (N, M_l)
+            g = weights.T @ lay.a  # ∇_{θ_l} L, (M_l, fan)
+            for rows in self._row_blocks(lay):
                 # a no-op copy where ``g[rows, :]`` is a view that was updated in place (NumPy, CuPy)
-                g[rows, :] = self._precondition_rows(signals, l, rows, cut, a2, g[rows, :])
+                g[rows, :] = self._precondition_rows(lay, rows, cut, g[rows, :])
             out.append(g)
         return out
 
-    def _precondition_rows(self, signals, layer: int, rows: slice, cut: float, a2, g_rows):
+    def _precondition_rows(self, lay: _LayerArrays, rows: slice, cut: float, g_rows):
         """M_i g_i for the units ``rows`` (may update ``g_rows`` in place): g / (F + ρ), cut → 0."""
         xp = namespace_of(g_rows)
-        f = self._fisher_rows(signals, layer, rows, a2)
+        f = self._fisher_rows(lay, rows)
         if self.damping > 0:
             f += self.damping
         g_rows /= xp.where(f > cut, f, xp.inf)
         return g_rows
 
     def coefficient(self, signals, signals_prime=None):
+        """Θ̄(x′, x) = Σ_l Σ_i J_{l,i}(x′) M_i J_{l,i}(x)ᵀ / N on each layer's training support.
+
+        Units with δ ≡ 0 and inputs with a ≡ 0 on the training set contribute exactly 0 to every
+        term (their F, G_bj and every term of M_i vanish or meet a zero factor of J(x)), so the
+        map and the pair products are built on the support only (:func:`_training_support`)."""
         xp = namespace_of(signals.f)
         cut = self._cut(signals)
         sp = signals if signals_prime is None else signals_prime
+        symmetric = signals_prime is None
         total = None
         for l in range(1, self.network.depth + 1):
-            a = signals.a[l - 1]
-            a2 = a * a
+            lay = _LayerArrays.of(signals, l)
+            a_p, d_p = sp.a[l - 1], sp.delta[l - 1]
+            support = _training_support(lay)
+            if support is not None:
+                iu, jf = support
+                lay = _LayerArrays(xp.take(lay.d, iu, axis=2), xp.take(lay.a, jf, axis=1))
+                a_p, d_p = xp.take(a_p, jf, axis=1), xp.take(d_p, iu, axis=2)
+            if symmetric:
+                a_p, d_p = lay.a, lay.d
             mu, low = [], []
-            for rows in self._row_blocks(l):
-                m = self._map_rows(signals, l, rows, cut, a2)
+            for rows in self._row_blocks(lay):
+                m = self._map_rows(lay, rows, cut)
                 mu.append(m.mu)
                 if m.low_rank:
-                    low.append(_low_rank_factors(sp, signals, l, m))
+                    low.append(_low_rank_factors(a_p, lay.a, m, symmetric))
             mu = mu[0] if len(mu) == 1 else xp.concat(mu, axis=0)
-            term = _diagonal_part(sp, signals, l, mu, symmetric=signals_prime is None, budget=self._budget())
+            term = _diagonal_part(a_p, lay.a, d_p, lay.d, mu, symmetric, self._budget())
             if low:
                 factors = [xp.concat([f[i] for f in low], axis=-1) for i in range(5)]
-                term = term + _low_rank_part(sp, signals, l, *factors)
+                term = term + _low_rank_part(d_p, lay.d, *factors)
             total = term if total is None else total + term
         return total / signals.n
 
@@ -278,29 +303,30 @@ class QuasiDiagonalFisher(DiagonalFisher):
             return 0.0
         return float(self.rtol) if self.rtol is not None else 8.0 * max(n, 1) * _eps(dtype_name)
 
-    def _precondition_rows(self, signals, layer: int, rows: slice, cut: float, a2, g_rows):
+    def _precondition_rows(self, lay: _LayerArrays, rows: slice, cut: float, g_rows):
         """M_i g_i by the closed form of :func:`_quasi_pieces` (the diagonal FIM's without biases)."""
         if not self.network.has_bias:
-            return super()._precondition_rows(signals, layer, rows, cut, a2, g_rows)
-        _apply_quasi_pieces(namespace_of(g_rows), self._pieces(signals, layer, rows, cut, a2), g_rows)
+            return super()._precondition_rows(lay, rows, cut, g_rows)
+        _apply_quasi_pieces(namespace_of(g_rows), self._pieces(lay, rows, cut), g_rows)
         return g_rows
 
-    def _pieces(self, signals, layer: int, rows: slice, cut: float, a2) -> tuple:
-        e = self._squared_delta(signals, layer, rows) / float(signals.n)  # (N, rows)
-        fisher = e.T @ a2
+    def _pieces(self, lay: _LayerArrays, rows: slice, cut: float) -> tuple:
+        """The quasi-diagonal map of the units ``rows``; the bias is a's last column."""
+        e = self._squared_delta(lay, rows)  # (N, rows), divided by N
+        fisher = e.T @ lay.a2
         if self.damping > 0:
             fisher += self.damping
-        coupling = e.T @ signals.a[layer - 1][:, :-1]
+        coupling = e.T @ lay.a[:, :-1]
         coupling *= self.network.sigma_b  # G_bj = F_bj, (rows, m)
-        pair_rtol = self._pair_rtol(dtype_name_of(a2), signals.n)
-        return _quasi_pieces(namespace_of(a2), fisher, coupling, cut, pair_rtol)
+        pair_rtol = self._pair_rtol(dtype_name_of(lay.a), lay.n)
+        return _quasi_pieces(namespace_of(lay.a), fisher, coupling, cut, pair_rtol)
 
-    def _map_rows(self, signals, layer: int, rows: slice, cut: float, a2) -> _LayerMap:
+    def _map_rows(self, lay: _LayerArrays, rows: slice, cut: float) -> _LayerMap:
         net = self.network
         if not net.has_bias:
-            return super()._map_rows(signals, layer, rows, cut, a2)
-        inv_d, r_w, z_w, z_b, kappa = self._pieces(signals, layer, rows, cut, a2)
-        xp = namespace_of(a2)
+            return super()._map_rows(lay, rows, cut)
+        inv_d, r_w, z_w, z_b, kappa = self._pieces(lay, rows, cut)
+        xp = namespace_of(lay.a)
         zero_b = xp.zeros_like(z_b)
         return _LayerMap(
             xp.concat([inv_d, zero_b], axis=1),
@@ -385,12 +411,11 @@ def _apply_quasi_pieces(xp, pieces: tuple, g) -> None:
 
 
 # ---- coefficient pieces ---------------------------------------------------------------------
-def _diagonal_part(sp, s, layer: int, mu, symmetric: bool, budget: int):
-    """Σ_i δ′_{k,s,i} δ_{k′,t,i} Σ_j a′_{sj} a_{tj} μ_ij as a (CN′, CN) matrix (not divided by N)."""
+def _diagonal_part(a_p, a, d_p, d, mu, symmetric: bool, budget: int):
+    """Σ_i δ′_{k,s,i} δ_{k′,t,i} Σ_j a′_{sj} a_{tj} μ_ij as a (CN′, CN) matrix (not divided by N).
+
+    a′ (N′, fan), a (N, fan), δ′ (C, N′, M), δ (C, N, M), μ (M, fan)."""
     xp = namespace_of(mu)
-    a_p, a = sp.a[layer - 1], s.a[layer - 1]
-    d_p, d = sp.delta[layer - 1], s.delta[layer - 1]  # (C, N′, M), (C, N, M)
-    a_p, a, d_p, d, mu = _on_training_support(a_p, a, d_p, d, mu)
     c, n_p, m = d_p.shape
     n, fan = a.shape[0], a.shape[1]
     mu_t = mu.T  # (fan, M)
@@ -421,35 +446,34 @@ def _diagonal_part(sp, s, layer: int, mu, symmetric: bool, budget: int):
     return full + full.T - full * mask
 
 
-def _on_training_support(a_p, a, d_p, d, mu, threshold: float = 0.9):
-    """Drop the units i with δ_i ≡ 0 and the inputs j with a_j ≡ 0 on the training set.
+def _training_support(lay: _LayerArrays, threshold: float = 0.9):
+    """Indices (units, inputs) of a layer where δ ≢ 0, resp. a ≢ 0, on the training set.
 
-    Their terms δ′_{s,i} δ_{t,i} a′_{sj} a_{tj} μ_ij vanish for every pair (s, t), whatever x′
-    is, so the result is unchanged; with ReLU on MNIST about half the hidden units are dead
-    on all training samples (and the units feeding the next layer likewise), which cuts the
-    pair GEMM of a hidden layer about fourfold. Applied only when it removes ≥ 10 %.
+    Every term of Θ̄_{l,i}(x′, x) = Σ_jk δ′_i a′_j (M_i)_jk a_k δ_i carries a factor δ_i(x_t) and,
+    for j, k ≠ bias, a_k(x_t) of the training set; for a dead unit (δ_i ≡ 0) or a zero input
+    (a_k ≡ 0, whose F, G_bk, 1/D_k-part and r_k, ẑ_k are all 0) the term vanishes whatever
+    x′ is. With ReLU on MNIST about half the hidden units are dead on all training samples
+    (hence half the next layer's inputs are zero) and 40 % of the pixels are zero on all of
+    them, so the map and the pair GEMM shrink about fourfold on a hidden layer. The bias
+    column (σ_b ≠ 0) is always kept and stays last. ``None`` when it would remove < 10 %.
     """
-    xp = namespace_of(a)
-    keep_u = np.asarray(to_host(xp.any(d != 0.0, axis=(0, 1))), dtype=bool)  # (M,)
-    keep_f = np.asarray(to_host(xp.any(a != 0.0, axis=0)), dtype=bool)  # (fan,)
+    xp = namespace_of(lay.a)
+    keep_u = np.asarray(to_host(xp.any(lay.d != 0.0, axis=(0, 1))), dtype=bool)  # (M,)
+    keep_f = np.asarray(to_host(xp.any(lay.a != 0.0, axis=0)), dtype=bool)  # (fan,)
     if keep_u.mean() >= threshold and keep_f.mean() >= threshold:
-        return a_p, a, d_p, d, mu
-    backend = backend_of(a)
-    iu = to_device(np.nonzero(keep_u)[0], backend, "int64")
-    jf = to_device(np.nonzero(keep_f)[0], backend, "int64")
-    a_p, a = xp.take(a_p, jf, axis=1), xp.take(a, jf, axis=1)
-    d_p, d = xp.take(d_p, iu, axis=2), xp.take(d, iu, axis=2)
-    return a_p, a, d_p, d, xp.take(xp.take(mu, iu, axis=0), jf, axis=1)
+        return None
+    backend = backend_of(lay.a)
+    return to_device(np.nonzero(keep_u)[0], backend, "int64"), to_device(np.nonzero(keep_f)[0], backend, "int64")
 
 
-def _low_rank_factors(sp, s, layer: int, m: _LayerMap) -> tuple:
+def _low_rank_factors(a_p, a, m: _LayerMap, symmetric: bool) -> tuple:
     """a′ rᵀ, a′ ẑᵀ (N′, rows), a rᵀ, a ẑᵀ (N, rows) and κ (1, rows) for a block of units.
 
     ẑ lives on the bias (the last column, where a = σ_b) and on the degenerate weights of
-    ρ = 0; the weight part is usually empty and its GEMM is skipped.
+    ρ = 0; the weight part is usually empty and its GEMM is skipped. With x′ = x
+    (``symmetric``) the x′ factors are the x factors.
     """
     xp = namespace_of(m.mu)
-    a_p, a = sp.a[layer - 1], s.a[layer - 1]
     z_w, z_b = m.z[:, :-1], xp.reshape(m.z[:, -1], (1, -1))
     dense = to_float(xp.max(xp.abs(z_w))) > 0.0 if z_w.shape[1] else False
 
@@ -457,14 +481,18 @@ def _low_rank_factors(sp, s, layer: int, m: _LayerMap) -> tuple:
         out = feat[:, -1:] * z_b
         return out + feat[:, :-1] @ z_w.T if dense else out
 
-    return a_p @ m.r.T, onto_z(a_p), a @ m.r.T, onto_z(a), xp.reshape(m.kappa, (1, -1))
+    p2, z2 = a @ m.r.T, onto_z(a)
+    if symmetric:
+        return p2, z2, p2, z2, xp.reshape(m.kappa, (1, -1))
+    return a_p @ m.r.T, onto_z(a_p), p2, z2, xp.reshape(m.kappa, (1, -1))
 
 
-def _low_rank_part(sp, s, layer: int, p1, z1, p2, z2, kappa):
+def _low_rank_part(d_p, d, p1, z1, p2, z2, kappa):
     """The −r ẑᵀ − ẑ rᵀ + κ ẑ ẑᵀ part of a′_s M_i a_tᵀ summed over units with δ′δ, (CN′, CN)."""
     xp = namespace_of(p1)
-    c = sp.delta[layer - 1].shape[0]
-    dp, d = sp.delta_matrix(layer), s.delta_matrix(layer)  # (CN′, M), (CN, M)
+    c = d_p.shape[0]
+    dp = xp.reshape(d_p, (c * d_p.shape[1], d_p.shape[2]))  # (CN′, M)
+    d = xp.reshape(d, (c * d.shape[1], d.shape[2]))  # (CN, M)
     p1, z1, p2, z2 = (xp.tile(t, (c, 1)) for t in (p1, z1, p2, z2))
     left_z = dp * z1
     return -((dp * p1) @ (d * z2).T) - (left_z @ (d * p2).T) + ((left_z * kappa) @ (d * z2).T)
