@@ -44,6 +44,10 @@ from .backend import Backend, get_backend, namespace_of, to_device
 from .errors import ConfigError
 
 
+#: entries per block when :meth:`Network.init` draws W_l
+_INIT_BLOCK = 1 << 20
+
+
 @dataclass(frozen=True)
 class Network:
     """A fully connected NTK-parameterised network (Eq. 1) of widths ``(M_0, …, M_{L−1}, C)``."""
@@ -164,9 +168,15 @@ class Network:
         params = []
         for l in range(1, self.depth + 1):
             m_out, m_in = self.widths[l], self.widths[l - 1]
-            w = rng.standard_normal((m_out, m_in))
-            b = rng.standard_normal((m_out, 1))
-            host = np.concatenate([w, b], axis=1) if self.has_bias else w
+            host = np.empty((m_out, m_in + int(self.has_bias)))
+            # W_l drawn straight into θ_l a block of rows at a time (the stream is the same as one
+            # (m_out, m_in) draw), so no second parameter-sized array exists while building θ_l
+            rows = max(1, _INIT_BLOCK // max(1, m_in))
+            for r0 in range(0, m_out, rows):
+                host[r0 : r0 + rows, :m_in] = rng.standard_normal((min(rows, m_out - r0), m_in))
+            b = rng.standard_normal(m_out)  # drawn with or without biases: one stream for every σ_b
+            if self.has_bias:
+                host[:, m_in] = b
             params.append(to_device(host, backend))
         return params
 

@@ -257,11 +257,14 @@ def train(
             step_dir = fim.precondition(s, (softmax(s.f) - y).T)
         else:
             step_dir = fim.precondition(s, (s.f - y).T)
+        for d in step_dir:  # precondition returns fresh arrays: scale them in place
+            d *= eta
         if t == 0:  # θ_0 is kept (distance, Eq. 22): the first update makes new arrays ...
-            params = [p - eta * d for p, d in zip(params, step_dir)]
-        else:  # ... which later updates overwrite in place (one temporary, not two, per layer)
+            params = [p - d for p, d in zip(params, step_dir)]
+        else:  # ... which later updates overwrite in place
             for p, d in zip(params, step_dir):
-                p -= eta * d
+                p -= d
+        del step_dir
         if lin_delta is not None:
             f_lin_model = s0.f + jvp(s0, lin_delta).T
             lin_step = fim.precondition(s0, (f_lin_model - y).T)

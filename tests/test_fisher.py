@@ -202,3 +202,17 @@ def test_bad_input_errors():
         LayerWiseFisher(net, sigma=[[1.0, 2.0], [0.0, 1.0]])
     with pytest.raises(ConfigError, match="bias"):
         KFAC(net, bias="merged")
+
+
+@pytest.mark.parametrize("name", ["gd", "exact", "bd", "tridiag", "kfac", "unit", "diag", "quasi-diag"])
+def test_directions_are_fresh_arrays(name):
+    """train() scales and applies Δθ in place: no direction may share memory with θ or the signals."""
+    rng = np.random.default_rng(0)
+    net = Network((5, 9, 8, 1), "relu", 2.0, 0.5)
+    p, x = net.init(0), unit_rows(rng, 6, 5)
+    s = net.signals(p, x)
+    inputs = list(p) + list(s.a) + list(s.h) + list(s.u) + [np.asarray(d) for d in s.delta]
+    d1 = get_fisher(name, net, 0.0 if name == "gd" else 1e-3).direction(p, x, rng.standard_normal((6, 1)), s)
+    for d in d1:
+        assert not any(np.shares_memory(d, other) for other in inputs)
+    assert len({id(d) for d in d1}) == len(d1)

@@ -195,3 +195,22 @@ def test_jacobian_peak_is_one_jacobian_and_equals_the_layer_blocks(rng, monkeypa
     tracemalloc.stop()
     assert peak < 1.1 * j.nbytes
     np.testing.assert_array_equal(j, np.concatenate([layer_jacobian(s, l) for l in (1, 2, 3)], axis=1))
+
+
+def test_init_stream_does_not_depend_on_the_draw_block(monkeypatch):
+    """θ_0 is W_l (row-major) then b_l per layer from default_rng(seed), however init blocks the draws."""
+    import importlib
+
+    netmod = importlib.import_module("ngdref.network")
+    net = Network((7, 50, 30, 2), "relu", 2.0, 0.5)
+    rng = np.random.default_rng(3)
+    ref = []
+    for l in (1, 2, 3):
+        w = rng.standard_normal((net.widths[l], net.widths[l - 1]))
+        ref.append(np.concatenate([w, rng.standard_normal((net.widths[l], 1))], axis=1))
+    for block in (1 << 20, 13):
+        monkeypatch.setattr(netmod, "_INIT_BLOCK", block)
+        assert all(np.array_equal(p, r) for p, r in zip(net.init(3), ref))
+    no_bias = Network((7, 5, 4, 1), "relu", 2.0, 0.0)  # b_l still drawn (and dropped): same W as with biases
+    with_bias = Network((7, 5, 4, 1), "relu", 2.0, 0.5)
+    assert all(np.array_equal(p, q[:, :-1]) for p, q in zip(no_bias.init(1), with_bias.init(1)))

@@ -78,7 +78,10 @@ class FisherApproximation:
 
     # ---- structured path ---------------------------------------------------------------
     def precondition(self, signals: Signals, v) -> list:
-        """G⁻¹ Jᵀ v / N for a function-space vector v of shape (C, N); per-layer θ_l-shaped arrays."""
+        """G⁻¹ Jᵀ v / N for a function-space vector v of shape (C, N); per-layer θ_l-shaped arrays.
+
+        The arrays returned are new (no views of signals or of cached state): callers such as
+        :func:`ngdref.train.train` scale and apply them in place."""
         raise NotImplementedError
 
     def direction(self, params, x, y, signals: Signals | None = None) -> list:
