@@ -271,7 +271,7 @@ def test_float32_stays_float32(name, rho):
 
 @pytest.mark.parametrize("name", ["diag", "quasi-diag"])
 @pytest.mark.parametrize("rho", [0.0, 1e-2])
-def test_diagonal_coefficient_on_training_support_matches_oracle(name, rho):
+def test_diagonal_coefficient_on_training_support_matches_oracle(name, rho, backend):
     """Inputs with all-zero pixels (as MNIST's borders) and ReLU units dead on every training
     sample: Θ̄ drops them (they contribute exactly 0) and still equals the explicit oracle."""
     from ngdref.fisher.diagonal import _LayerArrays, _training_support
@@ -289,8 +289,9 @@ def test_diagonal_coefficient_on_training_support_matches_oracle(name, rho):
         assert int(inputs[-1]) == lay.a.shape[1] - 1  # the bias column is kept, and last
     fim = get_fisher(name, net, rho)
     tol = _tolerance(fim, p, x)
-    assert _rel(fim.coefficient_matrix(p, x, xt), fim.explicit_coefficient(p, x, xt)) < tol
-    assert _rel(fim.coefficient_matrix(p, x), fim.explicit_coefficient(p, x)) < tol
+    pb, xb, xtb = net.init(4, backend), to_device(x, backend), to_device(xt, backend)  # init(4) is p
+    assert _rel(to_host(fim.coefficient_matrix(pb, xb, xtb)), fim.explicit_coefficient(p, x, xt)) < tol
+    assert _rel(to_host(fim.coefficient_matrix(pb, xb)), fim.explicit_coefficient(p, x)) < tol
 
 
 def test_unit_float32_does_small_algebra_in_float64():
