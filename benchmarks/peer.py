@@ -81,7 +81,8 @@ def run_peer(runner, ds) -> dict:
 
         before = mine_now()
         k_mine = np.asarray(to_host(empirical_ntk(net, params, x, method="structured")))
-        row: dict = {"width": width, "n_params": net.n_params}
+        row: dict = {"width": width, "n_params": net.n_params, "ngdref_times_s": before.times_s,
+                     "ngdref_median_before_s": before.median_s, "ngdref_median_s": before.median_s}
         with tempfile.TemporaryDirectory(prefix="ngdref-peer-") as tmp:
             src = os.path.join(tmp, "in.npz")
             dst = os.path.join(tmp, "out.json")
