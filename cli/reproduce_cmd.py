@@ -29,11 +29,14 @@ def _mark(holds):
 @click.option("--jobs", "-j", default=1, show_default=True, type=int, help="Run the sweep's cells in N local processes.")
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="Run the cells on a Dask distributed cluster (needs: pip install 'ngdref[dask]').")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1),
+              help="BLAS threads per cell, the same in every executor, so results are bit-identical "
+                   "whichever executor runs them (in-process on a many-core machine: raise it).")
 @click.option("--fresh", is_flag=True, help="Recompute every cell (default: reuse the finished cells in DIR/cells).")
 @json_option
 @click.pass_obj
 @handle_errors
-def reproduce(settings, figure, quick, out, data, jobs, scheduler, fresh, json_path):
+def reproduce(settings, figure, quick, out, data, jobs, scheduler, threads, fresh, json_path):
     """Regenerate FIGURE of Karakida & Osawa (2020): data (CSV, JSON), plot (PNG) and the claim it tests.
 
     \b
@@ -68,7 +71,7 @@ def reproduce(settings, figure, quick, out, data, jobs, scheduler, fresh, json_p
                 args += ["--seed", str(settings.seed)]
             if backend.name != "numpy" or backend.dtype_name != "float64":
                 args += ["--backend", backend.name, "--dtype", backend.dtype_name]
-            args += ["reproduce", name] + (["--quick"] if quick else []) + (["--data", data] if data and name == "fig2" else [])
+            args += ["reproduce", name] + (["--quick"] if quick else []) + (["--threads", str(threads)] if threads != 1 else []) + (["--data", data] if data and name == "fig2" else [])
             with Progress(TextColumn(f"[bold]{name}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[last]}"),
                           TimeElapsedColumn(), console=err, transient=True) as bar:
                 task = bar.add_task(name, total=None, last="")
@@ -80,7 +83,7 @@ def reproduce(settings, figure, quick, out, data, jobs, scheduler, fresh, json_p
                 try:
                     rec = run_figure(name, folder, quick=quick, data=data, backend=backend.name, dtype=backend.dtype_name,
                                      seed=settings.seed, executor=executor, executor_name=describe_executor(jobs, scheduler),
-                                     fresh=fresh, progress=progress, command=shlex.join(args))
+                                     fresh=fresh, progress=progress, command=shlex.join(args), threads=threads)
                 except KeyboardInterrupt:
                     err.print(f"[yellow]interrupted[/yellow]: the finished cells are in {folder / 'cells'}; "
                               "run the same command again to resume")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import csv
 import json
 import sys
@@ -135,15 +136,55 @@ def test_executors_agree():
 
 
 def test_cli_scheduler_and_jobs(tmp_path):
+    """In-process, a 2-process pool and a Dask cluster whose worker runs 2 cells at once in one
+    process give bit-identical rows and CSV files: every cell runs with the same pinned BLAS
+    thread count whatever the executor and the machine's core count."""
     distributed = pytest.importorskip("dask.distributed")
     with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as lc:
         r = invoke(["reproduce", "figS2", "--quick", "--out", str(tmp_path / "d"), "--scheduler", lc.scheduler_address])
     assert r.exit_code == 0, r.output
     r2 = invoke(["reproduce", "figS2", "--quick", "--out", str(tmp_path / "p"), "--jobs", "2"])
     assert r2.exit_code == 0, r2.output
-    a, b = (json.loads((tmp_path / d / "figS2.json").read_text()) for d in ("d", "p"))
-    assert a["executor"].startswith("dask") and b["executor"].startswith("process pool")
-    assert [x["alpha_measured_over_M"] for x in a["rows"]] == [x["alpha_measured_over_M"] for x in b["rows"]]
+    r3 = invoke(["reproduce", "figS2", "--quick", "--out", str(tmp_path / "i")])
+    assert r3.exit_code == 0, r3.output
+    a, b, c = (json.loads((tmp_path / d / "figS2.json").read_text()) for d in ("d", "p", "i"))
+    assert a["executor"].startswith("dask") and b["executor"].startswith("process pool") and c["executor"] == "in-process"
+    assert a["threads_per_cell"] == b["threads_per_cell"] == c["threads_per_cell"] == 1
+    assert a["rows"] == b["rows"] == c["rows"]
+    csvs = {(tmp_path / d / "figS2.csv").read_bytes() for d in ("d", "p", "i")}
+    assert len(csvs) == 1
+
+
+def _blas_threads_probe(params):
+    from threadpoolctl import threadpool_info
+
+    return {"threads": sorted({p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"})}
+
+
+def test_cells_run_with_the_pinned_thread_count_and_restore_it(tmp_path):
+    from threadpoolctl import threadpool_info
+
+    from ngdref.experiments.sweep import Cell
+
+    before = [p["num_threads"] for p in threadpool_info()]
+    cells = [Cell.make("probe", _blas_threads_probe, {"i": i}) for i in range(2)]
+    assert [o.result["threads"] for o in run_cells(cells, threads=1)] == [[1], [1]]
+    assert [o.result["threads"] for o in run_cells(cells, threads=2)] == [[2], [2]]
+    assert [p["num_threads"] for p in threadpool_info()] == before
+    with make_executor(jobs=2) as pool:
+        assert [o.result["threads"] for o in run_cells(cells, pool, threads=1)] == [[1], [1]]
+    # worker threads after the main thread pinned and released (a Dask worker's situation:
+    # threadpoolctl lets one thread control a shared OpenBLAS pool and ignores the others)
+    with concurrent.futures.ThreadPoolExecutor(2) as threads_pool:
+        assert [o.result["threads"] for o in run_cells(cells, threads_pool, threads=1)] == [[1], [1]]
+    assert [p["num_threads"] for p in threadpool_info()] == before
+    # a stored cell computed with another thread count is recomputed, never mixed into the sweep
+    first = run_cells(cells, cell_dir=tmp_path, threads=1)
+    assert not any(o.cached for o in first)
+    assert all(o.cached for o in run_cells(cells, cell_dir=tmp_path, threads=1))
+    again = run_cells(cells, cell_dir=tmp_path, threads=2)
+    assert not any(o.cached for o in again) and [o.result["threads"] for o in again] == [[2], [2]]
+    assert all(json.loads((tmp_path / f"{c.key}.json").read_text())["threads"] == 2 for c in cells)
 
 
 def test_resume_recomputes_only_missing_cells(tmp_path):

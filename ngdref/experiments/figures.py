@@ -43,7 +43,7 @@ import numpy as np
 
 from ..errors import ConfigError, NgdrefError
 from ..io import software_versions, write_atomic, write_json
-from .sweep import Cell, CellOutcome, run_cells
+from .sweep import DEFAULT_CELL_THREADS, Cell, CellOutcome, run_cells
 
 FIGURES = ("fig1a", "fig1b", "fig2", "fig3", "figS1", "figS2")
 
@@ -651,6 +651,7 @@ def run_figure(
     progress: Callable[[int, int, CellOutcome], None] | None = None,
     command: str | None = None,
     plot: bool = True,
+    threads: int = DEFAULT_CELL_THREADS,
 ) -> dict:
     """Run figure ``name`` (cells through ``executor``), write CSV/JSON/PNG into ``out_dir``; return the record."""
     t0 = time.perf_counter()
@@ -658,7 +659,7 @@ def run_figure(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cells = build_cells(config, backend, dtype)
-    outcomes = run_cells(cells, executor, out / "cells", fresh, progress)
+    outcomes = run_cells(cells, executor, out / "cells", fresh, progress, threads)
     rows, claims, extra = ANALYSES[name](config, outcomes)
     files = {"csv": str(out / f"{name}.csv"), "json": str(out / f"{name}.json")}
     write_atomic(files["csv"], rows_to_csv(rows))
@@ -679,6 +680,7 @@ def run_figure(
         "dtype": dtype,
         "seed": seed,
         "executor": executor_name,
+        "threads_per_cell": threads,
         "software": software_versions(),
         "cells": {"total": len(outcomes), "computed": sum(not o.cached for o in outcomes),
                   "cached": sum(o.cached for o in outcomes),

@@ -3,13 +3,16 @@
 A cell is a pure function of its parameters: ``func(params) -> dict`` where ``func``
 is a module-level function (picklable by reference) and ``params`` and the result
 are JSON-able (host Python numbers, strings and lists; no device arrays). The same
-parameters give the same result whichever executor runs it.
+parameters give bit-identical results whichever executor runs them: every cell runs
+with its BLAS/OpenMP thread pools pinned to the same count (``threads``, default 1;
+:func:`pinned_threads`, through threadpoolctl), because a threaded BLAS splits sums
+differently for different thread counts and the results then differ in the last bits.
 
 Executors (:func:`make_executor`):
 
 * in-process (default): :class:`InProcessExecutor`, runs each cell when submitted;
 * ``jobs=N`` (N > 1): a local :class:`concurrent.futures.ProcessPoolExecutor` with
-  ``spawn`` workers, each limited to ``cpu_count // N`` BLAS threads;
+  ``spawn`` workers;
 * ``scheduler=ADDRESS``: a Dask distributed cluster, ``Client(ADDRESS).get_executor()``
   (``pip install 'ngdref[dask]'``; the workers must be able to import ``ngdref``).
 
@@ -17,7 +20,8 @@ Resume (:func:`run_cells`): every finished cell is written atomically to
 ``cell_dir/<key>.json`` together with its parameters; on the next run a cell whose
 file exists with the same parameters is loaded instead of recomputed (``fresh=True``
 recomputes everything). Keys carry a hash of the parameters, so changing a setting
-never silently reuses an old result.
+never silently reuses an old result; a stored cell computed with another thread count
+is recomputed, so a resumed sweep never mixes cells computed two ways.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,8 +48,12 @@ __all__ = [
     "cell_key",
     "describe_executor",
     "make_executor",
+    "pinned_threads",
     "run_cells",
 ]
+
+#: BLAS/OpenMP threads per cell unless the caller says otherwise (``--threads``).
+DEFAULT_CELL_THREADS = 1
 
 
 def _canonical(params: dict) -> dict:
@@ -98,21 +107,60 @@ class InProcessExecutor(cf.Executor):
         return future
 
 
-@contextlib.contextmanager
-def _thread_env(threads: int) -> Iterator[None]:
-    """Limit BLAS/OpenMP threads of processes started inside this block (spawned workers)."""
-    names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
-    old = {n: os.environ.get(n) for n in names}
+_PIN_LOCK = threading.Lock()
+_pin_state: dict = {"depth": 0, "threads": None, "limiter": None}
+
+
+def _process_wide(action):
+    """Run ``action`` as the thread that controls a process-wide (pthreads) OpenBLAS pool.
+
+    threadpoolctl lets only one "controlling" thread change a shared OpenBLAS pool and
+    silently ignores the others; the first cell of a Dask worker need not run in the
+    thread that sets the limit last. Take control, act, and give control back.
+    """
+    from threadpoolctl import OpenBLASController
+
+    OpenBLASController.clear_controlling_thread(force=True)
     try:
-        for n in names:
-            os.environ[n] = str(threads)
-        yield
+        return action()
     finally:
-        for n, v in old.items():
-            if v is None:
-                os.environ.pop(n, None)
-            else:
-                os.environ[n] = v
+        OpenBLASController.clear_controlling_thread(force=True)
+
+
+@contextlib.contextmanager
+def pinned_threads(threads: int) -> Iterator[None]:
+    """Run the block with every BLAS/OpenMP pool it uses limited to ``threads`` (threadpoolctl).
+
+    Two kinds of pools: a pthreads OpenBLAS pool is shared by the whole process, so concurrent
+    cells of one process (a Dask worker with several threads) share its limit — the first cell
+    to enter sets it, the last to leave restores the previous limits, and a cell asking for a
+    different count while another runs is refused rather than silently computed with the
+    wrong one; OpenMP pools (OpenMP-built OpenBLAS, MKL) are per calling thread, so each cell
+    also limits its own thread.
+    """
+    from threadpoolctl import threadpool_limits
+
+    threads = int(threads)
+    if threads < 1:
+        raise ConfigError(f"threads per cell must be >= 1, got {threads}")
+    with _PIN_LOCK:
+        if _pin_state["depth"] == 0:
+            _pin_state["limiter"] = _process_wide(lambda: threadpool_limits(limits=threads))
+            _pin_state["threads"] = threads
+        elif _pin_state["threads"] != threads:
+            raise ConfigError(
+                f"cells with {threads} and {_pin_state['threads']} BLAS threads cannot run at once in one process"
+            )
+        _pin_state["depth"] += 1
+    try:
+        with threadpool_limits(limits=threads):  # this thread's own (OpenMP) pools
+            yield
+    finally:
+        with _PIN_LOCK:
+            _pin_state["depth"] -= 1
+            if _pin_state["depth"] == 0:
+                _process_wide(_pin_state["limiter"].restore_original_limits)
+                _pin_state["limiter"] = _pin_state["threads"] = None
 
 
 def describe_executor(jobs: int | None = None, scheduler: str | None = None) -> str:
@@ -148,34 +196,33 @@ def make_executor(jobs: int | None = None, scheduler: str | None = None) -> Iter
     if jobs and jobs > 1:
         import multiprocessing
 
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-        with _thread_env(threads):
-            pool = cf.ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
-            try:
-                yield pool
-            except BaseException:
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
-            else:
-                pool.shutdown(wait=True)
+        pool = cf.ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+        try:
+            yield pool
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        else:
+            pool.shutdown(wait=True)
         return
     yield InProcessExecutor()
 
 
-def _load(path: Path, params: dict) -> CellOutcome | None:
+def _load(path: Path, params: dict, threads: int) -> CellOutcome | None:
     try:
         rec = json.loads(path.read_text())
     except (OSError, ValueError):
         return None  # unreadable or half-written by something else: recompute
-    if rec.get("params") != params or "result" not in rec:
+    if rec.get("params") != params or "result" not in rec or rec.get("threads") != threads:
         return None
     return CellOutcome(rec.get("key", path.stem), params, rec["result"], float(rec.get("seconds", 0.0)), True)
 
 
-def _timed(func, params):
-    t0 = time.perf_counter()
-    result = func(params)
-    return result, time.perf_counter() - t0
+def _timed(func, params, threads):
+    with pinned_threads(threads):
+        t0 = time.perf_counter()
+        result = func(params)
+        return result, time.perf_counter() - t0
 
 
 def run_cells(
@@ -184,14 +231,19 @@ def run_cells(
     cell_dir: str | os.PathLike | None = None,
     fresh: bool = False,
     progress: Callable[[int, int, CellOutcome], None] | None = None,
+    threads: int = DEFAULT_CELL_THREADS,
 ) -> list[CellOutcome]:
     """Run ``cells`` (skipping those already stored in ``cell_dir``) and return their outcomes in order.
 
     ``progress(done, total, outcome)`` is called after every finished (or loaded) cell.
     Each computed cell is written atomically as soon as it finishes, so an interrupted
     sweep resumes where it stopped. A cell that raises stops the sweep (after the cells
-    already finished were written) and the exception propagates.
+    already finished were written) and the exception propagates. Every cell runs with
+    ``threads`` BLAS/OpenMP threads (:func:`pinned_threads`), in every executor.
     """
+    if isinstance(threads, bool) or int(threads) != threads or threads < 1:
+        raise ConfigError(f"threads per cell must be a positive integer, got {threads!r}")
+    threads = int(threads)
     keys = [c.key for c in cells]
     if len(set(keys)) != len(keys):
         raise ConfigError("duplicate cell keys in a sweep")
@@ -201,7 +253,7 @@ def run_cells(
     total, done = len(cells), 0
     todo: list[Cell] = []
     for cell in cells:
-        hit = None if (fresh or folder is None) else _load(folder / f"{cell.key}.json", cell.params)
+        hit = None if (fresh or folder is None) else _load(folder / f"{cell.key}.json", cell.params, threads)
         if hit is None:
             todo.append(cell)
             continue
@@ -217,7 +269,7 @@ def run_cells(
         if folder is not None:
             write_json(folder / f"{cell.key}.json",
                        {"key": cell.key, "function": f"{cell.func.__module__}.{cell.func.__qualname__}",
-                        "params": cell.params, "seconds": seconds, "result": result})
+                        "params": cell.params, "threads": threads, "seconds": seconds, "result": result})
         outcomes[cell.key] = outcome
         done += 1
         if progress is not None:
@@ -225,9 +277,9 @@ def run_cells(
 
     if isinstance(executor, InProcessExecutor):
         for cell in todo:  # in order, each finished cell written before the next starts
-            finish(cell, executor.submit(_timed, cell.func, cell.params))
+            finish(cell, executor.submit(_timed, cell.func, cell.params, threads))
     else:
-        futures = {executor.submit(_timed, cell.func, cell.params): cell for cell in todo}
+        futures = {executor.submit(_timed, cell.func, cell.params, threads): cell for cell in todo}
         try:
             for future in cf.as_completed(futures):
                 finish(futures[future], future)
