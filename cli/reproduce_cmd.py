@@ -10,16 +10,26 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.markup import escape
 from rich.table import Table
 
+from ngdref.experiments.figures.registry import REGISTRY
+
 from .common import UserError, consoles, emit_json, handle_errors, json_option
 
-FIGURE_CHOICES = ("fig1a", "fig1b", "fig2", "fig3", "figS1", "figS2", "all")
+FIGURE_CHOICES = (*REGISTRY, "all")
+
+HELP = "\n".join([
+    "Regenerate FIGURE of Karakida & Osawa (2020): data (CSV, JSON), plot (PNG) and the claim it tests.",
+    "",
+    "\b",
+    *(f"{name:<6} {figure.summary}" for name, figure in REGISTRY.items()),
+    f"{'all':<6} every figure above",
+])
 
 
 def _mark(holds):
     return {True: "[green]✓[/green]", False: "[red]✗[/red]"}.get(holds, "—")
 
 
-@click.command()
+@click.command(help=HELP)
 @click.argument("figure", type=click.Choice(FIGURE_CHOICES))
 @click.option("--quick", is_flag=True, help="Shrink widths, sizes and steps so the figure runs in seconds.")
 @click.option("--out", "out", default=None, metavar="DIR",
@@ -37,25 +47,15 @@ def _mark(holds):
 @click.pass_obj
 @handle_errors
 def reproduce(settings, figure, quick, out, data, jobs, scheduler, threads, fresh, json_path):
-    """Regenerate FIGURE of Karakida & Osawa (2020): data (CSV, JSON), plot (PNG) and the claim it tests.
-
-    \b
-    fig1a  BD-NGD / exact NGD / GD on MNIST 0/7 vs the NTK dynamics (Eq. 10)
-    fig1b  block tri-diagonal NGD, L = 4 and 5, damping ρ → 0 (Lemma 4.3)
-    fig2   test accuracy of the kernel-regression prediction (analytic Θ̄)
-    fig3   condition number of Θ̄ against width (NTK, BD, unit-wise, diagonal, quasi-diagonal)
-    figS1  unit-wise NGD vs Eq. 24 (tanh, ReLU, shifted ReLU)
-    figS2  α/M of unit-wise NGD with shifted ReLU vs S.157
-    all    every figure above
-    """
-    from ngdref.experiments.figures import FIGURES, TITLES, run_figure
+    """Regenerate FIGURE (the help text, HELP, comes from the figure registry)."""
+    from ngdref.experiments.figures.run import run_figure
     from ngdref.experiments.sweep import describe_executor, make_executor
 
     if jobs < 1:
         raise UserError(f"--jobs must be >= 1, got {jobs}")
     if data is not None and data != "mnist" and not Path(data).is_dir():
         raise UserError(f"--data {data!r} is not a folder (expected MNIST IDX files or CIFAR-10 python batches)")
-    names = list(FIGURES) if figure == "all" else [figure]
+    names = list(REGISTRY) if figure == "all" else [figure]
     backend = settings.backend()  # validates --backend/--dtype before any work
     con = consoles(json_path)
     err = consoles("-")
@@ -89,7 +89,7 @@ def reproduce(settings, figure, quick, out, data, jobs, scheduler, threads, fres
                               "run the same command again to resume")
                     raise SystemExit(130) from None
             records.append(rec)
-            table = Table(title=TITLES[name] + (" [quick]" if quick else ""), title_justify="left")
+            table = Table(title=REGISTRY[name].title + (" [quick]" if quick else ""), title_justify="left")
             for col, kw in (("claim", {"ratio": 3}), ("measured", {"ratio": 3}), ("paper", {"ratio": 2}), ("", {})):
                 table.add_column(col, overflow="fold", **kw)
             for c in rec["claims"]:

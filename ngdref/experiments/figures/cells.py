@@ -1,0 +1,114 @@
+"""Cell functions shared by several figures, and the helpers every cell uses.
+
+A cell is a module-level function of JSON parameters (backend name, dtype and seeds
+included) returning host Python values only (:mod:`ngdref.experiments.sweep`), so it
+pickles by reference into spawn process pools and Dask workers.
+
+* :func:`train_cell`: one NGD training run (Eq. 7) beside its Eq. 10 / Eq. 24 predictions
+  (Fig. 1(a), Fig. 1(b), Fig. S.1);
+* :func:`isotropy_cell`: cond(Θ̄(x, x)) and its mean diagonal α (Eq. 11–12), optionally
+  beside S.157 (Fig. 3, Fig. S.2).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import warnings
+
+from ...errors import NgdrefError
+
+RECORD_KEYS = (
+    "step", "train_loss", "theory_train_loss", "isotropic_train_loss", "test_loss", "theory_test_loss",
+    "train_accuracy", "test_accuracy", "max_abs_f_minus_flin_train", "max_abs_f_minus_flin_test", "param_distance",
+)
+
+
+def with_backend(p: dict, backend: str, dtype: str) -> dict:
+    """Cell parameters ``p`` with the array backend and dtype they run on."""
+    return {**p, "backend": backend, "dtype": dtype}
+
+
+def backend_of(p: dict):
+    from ...backend import get_backend
+
+    return get_backend(p.get("backend", "numpy"), p.get("dtype", "float64"))
+
+
+@functools.lru_cache(maxsize=4)
+def _dataset_cached(key: str):
+    from ...data import load_dataset
+
+    d = json.loads(key)
+    return load_dataset(d["source"], tuple(d["classes"]), d["n_train"], d["n_test"], d["seed"], d["input_dim"])
+
+
+def dataset(d: dict):
+    """The dataset of a config's ``data`` entry (cached per process)."""
+    return _dataset_cached(json.dumps(d, sort_keys=True))
+
+
+def network(n: dict, input_dim: int, n_outputs: int = 1, width: int | None = None, **override):
+    """The :class:`~ngdref.network.Network` of a config's ``network`` entry (``override`` replaces entries)."""
+    from ...network import Network
+
+    n = {**n, **override}
+    return Network.build(input_dim, n["width"] if width is None else width, n["depth"], n_outputs, n["activation"],
+                         n["shift"], n["sigma_w2"], n["sigma_b2"])
+
+
+def finite(v):
+    """``v`` as a float, or None when missing or not finite (JSON has no NaN/inf)."""
+    if v is None:
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def train_cell(p: dict) -> dict:
+    """One NGD training run (Eq. 7) beside its Eq. 10 / Eq. 24 predictions; records per step."""
+    from ...train import TrainConfig, train
+
+    ds = dataset(p["data"])
+    net = network(p["network"], ds.input_dim, ds.n_outputs)
+    t = p["train"]
+    config = TrainConfig(fim=t["fim"], steps=t["steps"], lr=t.get("lr"), lr_scale=t.get("lr_scale", 1.0),
+                         damping=t.get("damping", 0.0))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        try:
+            result = train(net, ds, config, backend_of(p), p["seed"])
+        except NgdrefError as err:
+            if not p.get("refusal_expected"):
+                raise
+            return {"status": "refused", "message": str(err), "records": [], "summary": {}, "warnings": []}
+    records = [{k: finite(r.get(k)) if k != "step" else int(r["step"]) for k in RECORD_KEYS} for r in result.records]
+    s = result.summary
+    summary = {
+        "alpha": finite(s.get("alpha")), "lr": finite(s.get("lr")), "alpha_source": s.get("alpha_source"),
+        "lr_source": s.get("lr_source"), "seconds": finite(s.get("seconds")), "n_params": s.get("n_params"),
+        "eq22_relative_error": finite(s.get("eq22_relative_error")),
+    }
+    if "theta_bar_train" in s:
+        summary["theta_bar_train"] = {k: finite(v) for k, v in s["theta_bar_train"].items()}
+    notes = sorted({str(w.message) for w in caught})
+    return {"status": result.status, "message": result.message, "records": records, "summary": summary,
+            "warnings": notes}
+
+
+def isotropy_cell(p: dict) -> dict:
+    """cond(Θ̄(x, x)) and its mean diagonal for one approximation, width and seed (Fig. 3, Fig. S.2)."""
+    from ..isotropy import isotropy_row
+
+    ds = dataset(p["data"])
+    net = network(p["network"], ds.input_dim, 1, width=p["width"])
+    row = isotropy_row(net, p["fim"], ds.x_train, p["seed"], backend_of(p), p["damping"])
+    out = {k: (finite(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)
+           for k, v in row.items() if k != "alpha_note"}
+    if p.get("s157"):
+        from ...alpha import shifted_relu_unit_alpha
+
+        out["s157"] = shifted_relu_unit_alpha(net)
+        out["s157_with_output_unit"] = shifted_relu_unit_alpha(net, include_output_layer=True)
+    return out
