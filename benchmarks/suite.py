@@ -10,8 +10,8 @@ Groups of cases
 ``gemm``      the machine's large-GEMM rate per backend and dtype (the floor's denominator)
 ``core``      forward+backward signals; empirical NTK structured and explicit (J Jᵀ/N,
               only where J fits ``explicit_jacobian_bytes``)
-``fisher``    per approximation in ``ngdref.fisher.REGISTRY`` (all but ``layer``, which needs Σ
-              and is covered by bd and tridiag): Θ̄(x, x) from signals (``coefficient``), one
+``fisher``    per approximation in ``ngdref.fisher.REGISTRY`` (all but those with a required
+              option, ``layer``'s Σ, covered by bd and tridiag): Θ̄(x, x) from signals (``coefficient``), one
               NGD direction from signals (``direction``), one training step
               (``step`` = signals + direction + in-place update θ ← θ − ηΔθ, done as
               ``Δθ *= η; θ -= Δθ`` so the update allocates nothing; η = 0 by default so that
@@ -25,8 +25,6 @@ Groups of cases
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import math
 import os
 import shutil
@@ -174,14 +172,16 @@ def fisher_names(cfg: SuiteConfig) -> list[str]:
 
     if cfg.fims is not None:
         return [n for n in cfg.fims if n in REGISTRY]
-    return [n for n in REGISTRY if n != "layer"]
+    return [n for n, cls in REGISTRY.items() if not any(o.required for o in cls.spec.options)]
 
 
 def make_fisher(name: str, network, damping: float, fallback: float):
-    """The approximation at ``damping``; if it refuses that damping, at ``fallback`` (recorded)."""
+    """The approximation at ``damping`` (0 where G has no damping term, its spec says); if it refuses
+    that damping, at ``fallback`` (recorded)."""
     from ngdref.errors import ConfigError
-    from ngdref.fisher import get_fisher
+    from ngdref.fisher import fisher_class, get_fisher
 
+    damping = fisher_class(name).spec.applicable_damping(damping)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -353,7 +353,7 @@ class Runner:
 
     # -- groups --------------------------------------------------------------------------
     def run_gemm(self, backend: str, dtype: str) -> None:
-        from ngdref.backend import get_backend
+        from ngdref.backend import get_backend, to_device
 
         be = get_backend(backend, dtype)
         xp = be.xp
@@ -361,8 +361,8 @@ class Runner:
         rows = []
         for n in self.cfg.gemm_sizes.get(backend, (2048,)):
             rng = np.random.default_rng(self.cfg.seed)
-            a = be.asarray(rng.standard_normal((n, n)))
-            b = be.asarray(rng.standard_normal((n, n)))
+            a = to_device(rng.standard_normal((n, n)), be)
+            b = to_device(rng.standard_normal((n, n)), be)
             m = measure(lambda: a @ b, repeats=3, backend_name=backend, memory=False)
             rate = F.gemm(n) / m.median_s
             best = max(best, rate)
@@ -442,9 +442,11 @@ class Runner:
         del sig, params
 
     def run_explicit(self) -> None:
-        """Tiny network: the structured path against the explicit P×P oracles (NumPy, float64)."""
+        """Tiny network: the structured path against the explicit P×P oracles of the test suite
+        (``tests/oracles.py``, literal transcriptions of the paper; NumPy, float64)."""
         from ngdref.backend import get_backend, to_device
         from ngdref.ntk import empirical_ntk
+        from tests.oracles import oracle as explicit_oracle
 
         cfg, tiny = self.cfg, self.cfg.tiny
         if not tiny:
@@ -491,7 +493,8 @@ class Runner:
                           _keep(got, "cs", lambda: fim.coefficient(sig)), fl, model, pbytes, extra=dict(extra))
                 fl, model = F.explicit_coefficient(name, shape)
                 self.case({**common, "case": "coefficient", "fim": name, "path": "explicit"},
-                          _keep(got, "ce", lambda: fim.explicit_coefficient(params, x)), fl, model, pbytes,
+                          _keep(got, "ce", lambda: explicit_oracle(name, net, params, x, damping).theta_bar()),
+                          fl, model, pbytes,
                           extra=dict(extra), min_repeats=1)
                 fl, model = F.direction(name, shape, damping)
                 self.case({**common, "case": "direction", "fim": name, "path": "structured"},
@@ -499,7 +502,8 @@ class Runner:
                           extra=dict(extra))
                 fl, model = F.explicit_direction(name, shape)
                 self.case({**common, "case": "direction", "fim": name, "path": "explicit"},
-                          _keep(got, "de", lambda: fim.explicit_direction(params, x, y)), fl, model, pbytes,
+                          _keep(got, "de", lambda: explicit_oracle(name, net, params, x, damping).direction(y)),
+                          fl, model, pbytes,
                           extra=dict(extra), min_repeats=1)
                 for case, a, b in (("coefficient", "cs", "ce"), ("direction", "ds", "de")):
                     if a in got and b in got:
@@ -512,15 +516,9 @@ class Runner:
     def run_train(self, backend: str, dtype: str, width: int, ds) -> None:
         """``ngdref.train.train`` for one step per approximation, if the module exists."""
         base = {"backend": backend, "dtype": dtype, "width": width, "group": "train", "case": "train(steps=1)"}
-        if importlib.util.find_spec("ngdref.train") is None:
-            self._record(base, "not available", "ngdref.train does not exist (yet)")
-            return
-        try:
-            from ngdref.backend import get_backend
-            from ngdref.train import TrainConfig, train
-        except Exception as exc:
-            self._record(base, "not available", f"ngdref.train not importable: {exc}")
-            return
+        from ngdref.backend import get_backend
+        from ngdref.train import TrainConfig, train
+
         cfg = self.cfg
         be = get_backend(backend, dtype)
         net = self._network(cfg.input_dim, width)
@@ -547,17 +545,9 @@ class Runner:
                 rec["train_seconds"] = summ.get("seconds")
 
     def run_analytic(self) -> None:
+        from ngdref.kernels import analytic_kernels
+
         base = {"backend": "numpy", "dtype": "float64", "group": "analytic", "case": "analytic_kernels"}
-        if importlib.util.find_spec("ngdref.kernels") is None:
-            for n in self.cfg.analytic_n:
-                self._record({**base, "n": n}, "not available", "ngdref.kernels does not exist (yet)")
-            return
-        try:
-            from ngdref.kernels import analytic_kernels
-        except Exception as exc:
-            for n in self.cfg.analytic_n:
-                self._record({**base, "n": n}, "not available", f"ngdref.kernels.analytic_kernels not importable: {exc}")
-            return
         m0 = self.cfg.analytic_input_dim
         net = self._network(m0, max(self.cfg.widths))
         for n in self.cfg.analytic_n:
@@ -577,15 +567,6 @@ class Runner:
     def run_cli(self) -> None:
         base = {"backend": "numpy", "dtype": "float64", "group": "cli", "case": "ngdref train --fim unit"}
         exe = shutil.which("ngdref")
-        try:
-            from ngdref_cli.main import cli as _cli
-
-            has_train = "train" in _cli.commands
-        except Exception:
-            has_train = False
-        if not has_train:
-            self._record(base, "not available", "the `ngdref train` command does not exist (yet)")
-            return
         cmd = [exe, "train", "--fim", "unit"] if exe else [sys.executable, "-c",
                                                            "from ngdref_cli.main import main; main()", "train",
                                                            "--fim", "unit"]

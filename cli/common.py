@@ -85,13 +85,39 @@ def parse_int_list(text: str, what: str) -> list[int]:
 
 
 def check_fim_names(names) -> list[str]:
-    """UserError unless every name is in the Fisher registry; returns the names."""
-    from ngdref.fisher import FISHER_NAMES
+    """The registered names of ``names`` (aliases resolved); UserError for an unknown one or none."""
+    from ngdref.fisher import fisher_class, fisher_names
 
-    bad = [n for n in names if n not in FISHER_NAMES]
+    names = list(names)
+    if not names:
+        raise UserError(f"--fim needs at least one approximation; choose from {', '.join(fisher_names())}")
+    bad = []
+    out = []
+    for n in names:
+        try:
+            out.append(fisher_class(n).spec.name)
+        except NgdrefError:
+            bad.append(n)
     if bad:
-        raise UserError(f"unknown --fim {', '.join(bad)}; choose from {', '.join(FISHER_NAMES)}")
-    return list(names)
+        raise UserError(f"unknown --fim {', '.join(bad)}; choose from {', '.join(fisher_names())}")
+    return out
+
+
+def fim_options(name: str, given: dict) -> dict:
+    """The approximation's constructor options from the command line (its spec parses them)."""
+    from ngdref.fisher import fisher_class
+
+    try:
+        return fisher_class(name).spec.parse_options(given)
+    except NgdrefError as err:
+        raise UserError(str(err)) from None
+
+
+def fim_help(prefix: str) -> str:
+    """``--fim`` help: the registered approximations, each with its title (read from the specs)."""
+    from ngdref.fisher import REGISTRY
+
+    return prefix + " " + "; ".join(f"{name} ({cls.spec.title})" for name, cls in REGISTRY.items()) + "."
 
 
 def parse_str_list(text: str) -> list[str]:

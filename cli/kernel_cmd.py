@@ -8,6 +8,7 @@ from rich.table import Table
 from .common import (
     build_network,
     check_fim_names,
+    fim_help,
     consoles,
     data_options,
     emit_json,
@@ -20,7 +21,8 @@ from .common import (
 
 
 @click.command()
-@click.option("--fim", "fims", default="exact,bd,tridiag,kfac,unit", show_default=True, help="Comma-separated approximations.")
+@click.option("--fim", "fims", default="exact,bd,tridiag,kfac,unit", show_default=True,
+              help=fim_help("Comma-separated approximations:"))
 @click.option("--n-train", default=100, show_default=True, type=int, help="N (K-FAC's α depends on it).")
 @click.option("--input-dim", default=784, show_default=True, type=int, help="M0.")
 @click.option("--outputs", default=1, show_default=True, type=int, help="C.")
@@ -32,8 +34,7 @@ def alpha(settings, fims, n_train, input_dim, outputs, depth, width, activation,
     """Analytic α of the isotropic condition Θ̄ = αI per approximation, with q_l and γ_l (S.128–S.141)."""
     from ngdref.experiments.alpha_report import alpha_report
 
-    names = parse_str_list(fims)
-    check_fim_names(names)
+    names = check_fim_names(parse_str_list(fims))
     net = build_network(input_dim, width, depth, activation, shift, sigma_w2, sigma_b2, outputs)
     rep = alpha_report(net, names, n_train)
     con = consoles(json_path)
@@ -54,7 +55,8 @@ def alpha(settings, fims, n_train, input_dim, outputs, depth, width, activation,
 
 
 @click.command()
-@click.option("--fim", "fims", default="exact,bd,tridiag,kfac", show_default=True, help="Comma-separated approximations.")
+@click.option("--fim", "fims", default="exact,bd,tridiag,kfac", show_default=True,
+              help=fim_help("Comma-separated approximations:"))
 @click.option("--kernel", type=click.Choice(["analytic", "empirical"]), default="analytic", show_default=True,
               help="Θ̄ from the infinite-width kernels or from a finite network.")
 @click.option("--seeds", default=10, show_default=True, type=int, help="Initialisations (f_0 draws).")
@@ -72,8 +74,7 @@ def predict(settings, fims, kernel, seeds, damping, depth, width, activation, sh
 
     from ngdref.experiments.prediction import prediction_study
 
-    names = parse_str_list(fims)
-    check_fim_names(names)
+    names = check_fim_names(parse_str_list(fims))
     ds = load_data(data, classes, n_train, n_test, input_dim, settings.seed)
     net = build_network(ds, width, depth, activation, shift, sigma_w2, sigma_b2)
     backend = settings.backend() if kernel == "empirical" else None

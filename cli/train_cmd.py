@@ -12,6 +12,8 @@ from .common import (
     UserError,
     build_network,
     check_fim_names,
+    fim_help,
+    fim_options,
     consoles,
     data_options,
     emit_json,
@@ -24,33 +26,23 @@ from .common import (
 )
 
 
-def _parse_sigma(text):
-    if text is None:
-        return None
-    try:
-        return [[float(v) for v in row.split(",")] for row in text.split(";")]
-    except ValueError:
-        raise UserError(f"--sigma must look like '1,0,0;0,1,0;0,0,1', got {text!r}") from None
-
-
 def _fmt(v, spec=".4g"):
     return "—" if v is None else format(v, spec)
 
 
 @click.command()
-@click.option("--fim", default="unit", show_default=True, help="Fisher approximation: " + ", ".join(
-    ["gd", "exact", "bd", "tridiag", "layer", "kfac", "unit", "diag", "quasi-diag"]))
+@click.option("--fim", default="unit", show_default=True, help=fim_help("Fisher approximation:"))
 @click.option("--steps", default=10, show_default=True, type=int, help="Training steps.")
 @click.option("--lr", type=float, default=None, help="Learning rate η (overrides --lr-scale).")
 @click.option("--lr-scale", default=1.0, show_default=True, type=float, help="c in η = c/α (Corollary 4.2); for gd η = c/λ_max(Θ).")
 @click.option("--damping", default=None, type=float,
-              help="ρ (0 = pseudo-inverse). Default: 0, except 1e-12 for unit (the paper's C.3 value).")
+              help="ρ (0 = pseudo-inverse). Default: each approximation's own (0; 1e-12 for unit, the paper's C.3 value).")
 @click.option("--loss", type=click.Choice(["mse", "ce"]), default="mse", show_default=True, help="Loss (ce: Appendix D).")
 @click.option("--ce-damping", default=1.0, show_default=True, type=float,
               help="ρ̃ added to Λ for cross-entropy (S.159); small ρ̃ makes steps up to 1/ρ̃ larger.")
 @click.option("--linearized/--no-linearized", default=False, show_default=True, help="Also train the linearised model with G_0 fixed (S.23–S.24).")
-@click.option("--sigma", default=None, help="Σ for --fim layer, rows separated by ';' (Eq. 15).")
-@click.option("--kfac-bias", type=click.Choice(["separate", "folded"]), default="separate", show_default=True, help="K-FAC bias handling (S.123).")
+@click.option("--sigma", default=None, help="option sigma: Σ for --fim layer, rows separated by ';' (Eq. 15).")
+@click.option("--kfac-bias", default=None, help="option bias: K-FAC bias handling, separate (default) or folded (S.123).")
 @click.option("--forster/--no-forster", default=False, show_default=True, help="Forster-transform the training inputs (B.3.1(ii)); for K-FAC with M0 < N.")
 @network_options()
 @data_options()
@@ -64,7 +56,8 @@ def train(settings, fim, steps, lr, lr_scale, damping, loss, ce_damping, lineari
     from ngdref.train import TrainConfig, config_dict
     from ngdref.train import train as run_train
 
-    check_fim_names([fim])
+    (fim,) = check_fim_names([fim])
+    options = fim_options(fim, {"sigma": sigma, "bias": kfac_bias})
     ds = load_data(data, classes, n_train, n_test, input_dim, settings.seed)
     if forster:
         from ngdref.experiments.transforms import forster_dataset
@@ -72,11 +65,6 @@ def train(settings, fim, steps, lr, lr_scale, damping, loss, ce_damping, lineari
         ds = forster_dataset(ds)
     n_outputs = len(ds.classes) if loss == "ce" else ds.n_outputs
     net = build_network(ds.input_dim, width, depth, activation, shift, sigma_w2, sigma_b2, n_outputs)
-    options = {}
-    if fim == "layer":
-        options["sigma"] = _parse_sigma(sigma)
-    if fim == "kfac":
-        options["bias"] = kfac_bias
     config = TrainConfig(fim=fim, steps=steps, lr=lr, lr_scale=lr_scale, damping=damping, loss=loss,
                          ce_damping=ce_damping, linearized=linearized, fim_options=options)
     backend = settings.backend()
@@ -120,7 +108,8 @@ def train(settings, fim, steps, lr, lr_scale, damping, loss, ce_damping, lineari
 
 
 @click.command()
-@click.option("--fim", "fims", default="gd,bd,unit,diag,quasi-diag", show_default=True, help="Comma-separated approximations.")
+@click.option("--fim", "fims", default="gd,bd,unit,diag,quasi-diag", show_default=True,
+              help=fim_help("Comma-separated approximations:"))
 @click.option("--widths", default="256,512,1024,2048,4096", show_default=True, help="Comma-separated hidden widths.")
 @click.option("--damping", default=0.0, show_default=True, type=float, help="ρ (Fig. 3 uses 1e-12).")
 @network_options()
@@ -133,8 +122,7 @@ def isotropy(settings, fims, widths, damping, depth, width, activation, shift, s
     """cond(Θ̄), measured and analytic α per approximation and width (Eq. 12, Fig. 3)."""
     from ngdref.experiments.isotropy import isotropy_sweep
 
-    names = parse_str_list(fims)
-    check_fim_names(names)
+    names = check_fim_names(parse_str_list(fims))
     ds = load_data(data, classes, n_train, n_test, input_dim, settings.seed)
     backend = settings.backend()
     widths_list = parse_int_list(widths, "--widths")

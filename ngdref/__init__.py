@@ -13,7 +13,7 @@ from .activations import ACTIVATIONS, Activation, get_activation
 from .backend import Backend, get_backend, namespace_of, to_device, to_host
 from .errors import ConfigError, MemoryLimitError, NgdrefError
 from .jacobian import jacobian, jvp, layer_jacobian, mse_gradient, unit_jacobian, vjp
-from .network import Network, Signals, function_matrix, function_vector
+from .network import Network, Signals, function_vector
 from .ntk import empirical_ntk, layer_ntk, layer_ntks
 
 __version__ = "0.1.0"
@@ -28,7 +28,6 @@ __all__ = [
     "NgdrefError",
     "Signals",
     "empirical_ntk",
-    "function_matrix",
     "function_vector",
     "get_activation",
     "get_backend",

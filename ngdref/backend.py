@@ -95,13 +95,6 @@ class Backend:
     def dtype(self):
         return getattr(self.xp, self.dtype_name)
 
-    def asarray(self, host, dtype=None):
-        """Move a host array (or nested list) to this backend in ``dtype`` (default: backend dtype)."""
-        return to_device(host, self, dtype)
-
-    def to_host(self, array) -> np.ndarray:
-        return to_host(array)
-
 
 def get_backend(name: str | None = None, dtype: str = "float64") -> Backend:
     """Return the backend ``name`` (default: ``$NGDREF_BACKEND`` or ``numpy``)."""
@@ -207,8 +200,3 @@ def erf(x):
     from scipy.special import erf as _erf
 
     return xp.asarray(_erf(to_host(x)), dtype=x.dtype)
-
-
-def eye(n: int, like) -> Any:
-    xp = namespace_of(like)
-    return xp.eye(n, dtype=like.dtype)

@@ -16,13 +16,13 @@ input a of :mod:`ngdref.network`). Structured products never form J:
 
 from __future__ import annotations
 
-from .backend import namespace_of
+from .backend import dtype_name_of, namespace_of
 from .memory import check_alloc
 from .network import Network, Signals
 
 
 def _itemsize(x) -> int:
-    return 4 if "32" in str(x.dtype) else 8
+    return 4 if dtype_name_of(x) == "float32" else 8
 
 
 def layer_jacobian(signals: Signals, layer: int):

@@ -26,11 +26,11 @@ Owen's T), erf (Williams 1997) and linear — and two-dimensional Gauss–Hermit
 quadrature (``numpy.polynomial.hermite_e.hermegauss``) otherwise (tanh, custom
 activations), or everywhere with ``method="quadrature"``.
 
-Θ̄(x′, x) of the NGD dynamics (Eq. 10) per approximate Fisher:
-exact (Eq. 13), layer-wise with any nonsingular symmetric Σ (Eq. 16), block
-diagonal (Σ = I) and block tri-diagonal (Eq. 19), K-FAC (S.105, S.110, S.123)
-and unit-wise (training set only, S.137). :func:`predict` gives the trained
-model's kernel-regression prediction (Eq. 14, Section 4.4).
+This module holds the kernels shared by every approximation (the order parameters q_l,
+γ_l, and A_l, Ξ_l, B_l, Θ_l) and the small linear algebra on them; each approximation's
+infinite-width Θ̄(x′, x) lives with the approximation
+(``get_fisher(name, net).analytic_theta_bar(cross, train)``, :mod:`ngdref.fisher`).
+:func:`predict` gives the trained model's kernel-regression prediction (Eq. 14, Section 4.4).
 """
 
 from __future__ import annotations
@@ -45,33 +45,28 @@ from scipy import linalg as sla
 from scipy.special import ndtr, owens_t, roots_hermitenorm
 
 from .activations import Activation
-from .alpha import layerwise_weights, tridiagonal_sigma
 from .errors import ConfigError, NgdrefError
 from .network import Network
 
 __all__ = [
     "AnalyticKernels",
-    "THETA_BAR_METHODS",
     "analytic_kernels",
-    "analytic_theta_bar",
+    "check_pair",
     "gaussian_expectation",
     "gauss_hermite_rule",
+    "layer_gammas",
+    "layer_projections",
     "order_parameters",
     "predict",
-    "theta_bar_block_diagonal",
-    "theta_bar_exact",
-    "theta_bar_kfac",
-    "theta_bar_layerwise",
-    "theta_bar_tridiagonal",
-    "theta_bar_unit",
+    "right_solve",
+    "singular_input_hint",
+    "spd_factor",
     "validate_unit_inputs",
 ]
 
 DEFAULT_ORDER = 64
 #: Activations with closed-form A and Ξ (``method="auto"``); all others use quadrature.
 CLOSED_FORM_ACTIVATIONS = ("relu", "shifted-relu", "erf", "linear")
-#: Methods accepted by :func:`analytic_theta_bar`.
-THETA_BAR_METHODS = ("exact", "block-diagonal", "tri-diagonal", "layer-wise", "kfac", "unit-wise")
 #: Reciprocal condition number below which a training-set kernel is treated as singular.
 DEFAULT_RCOND = 1e-10
 #: Elements per quadrature work array (bounds memory to ~64 MiB per array).
@@ -256,6 +251,12 @@ def order_parameters(net: Network, method: str = "auto", order: int = DEFAULT_OR
     return q
 
 
+def layer_gammas(net: Network, method: str = "auto", order: int = DEFAULT_ORDER) -> list[float]:
+    """[γ_1, …, γ_{L−1}], γ_l = P(φ′(u) ≠ 0) for u ~ N(0, q_l) (S.140–S.141), via ``Activation.gamma``."""
+    q = order_parameters(net, method=method, order=order)
+    return [float(net.activation.gamma(q[l - 1])) for l in range(1, net.depth)]
+
+
 def validate_unit_inputs(x, input_dim: int, name: str = "x", atol: float = 1e-6) -> np.ndarray:
     """(N, M0) float64 array of finite, unit-norm rows (Assumption 2), else ConfigError."""
     arr = np.asarray(x, dtype=np.float64)
@@ -386,7 +387,7 @@ def analytic_kernels(
 # --------------------------------------------------------------------------------------
 # Linear algebra helpers
 # --------------------------------------------------------------------------------------
-def _spd_factor(mat: np.ndarray, what: str, hint: str = "", rcond: float = DEFAULT_RCOND):
+def spd_factor(mat: np.ndarray, what: str, hint: str = "", rcond: float = DEFAULT_RCOND):
     """Cholesky factor of a training-set kernel, or NgdrefError if it is (numerically) singular."""
     mat = 0.5 * (mat + mat.T)
     try:
@@ -403,12 +404,12 @@ def _spd_factor(mat: np.ndarray, what: str, hint: str = "", rcond: float = DEFAU
     return cf
 
 
-def _right_solve(cross: np.ndarray, cf) -> np.ndarray:
+def right_solve(cross: np.ndarray, cf) -> np.ndarray:
     """cross · K⁻¹ for SPD K given its Cholesky factor (K symmetric: (K⁻¹ crossᵀ)ᵀ)."""
     return sla.cho_solve(cf, cross.T).T
 
 
-def _check_pair(cross: AnalyticKernels, train: AnalyticKernels) -> None:
+def check_pair(cross: AnalyticKernels, train: AnalyticKernels) -> None:
     if not train.symmetric:
         raise ConfigError("train must be analytic_kernels(net, x_train) (the training-set Gram kernels)")
     if cross.network != train.network:
@@ -417,7 +418,7 @@ def _check_pair(cross: AnalyticKernels, train: AnalyticKernels) -> None:
         raise ConfigError("cross kernels must be computed against the training inputs: analytic_kernels(net, x_test, x_train)")
 
 
-def _singular_a0_hint(net: Network, layer: int, n: int) -> str:
+def singular_input_hint(net: Network, layer: int, n: int) -> str:
     """Why Θ_1 may be singular. Lemma B.3 (ii) asks for σ_b > 0 or full-rank A_0, but by
     Oppenheim's inequality det(B_1 ⊙ A_0) >= det B_1 Π (A_0)_nn > 0, so Θ_1 is PD in exact
     arithmetic whenever B_1 is; with M0 < N and σ_b = 0 it can still be numerically singular
@@ -430,185 +431,13 @@ def _singular_a0_hint(net: Network, layer: int, n: int) -> str:
     return ""
 
 
-def _layer_projections(cross: AnalyticKernels, train: AnalyticKernels, rcond: float) -> list:
+def layer_projections(cross: AnalyticKernels, train: AnalyticKernels, rcond: float = DEFAULT_RCOND) -> list:
     """[Θ_l(x′, x) Θ_l⁻¹ for l = 1 … L]."""
     out = []
     for l, (tc, tt) in enumerate(zip(cross.layer_ntks, train.layer_ntks), start=1):
-        cf = _spd_factor(tt, f"Θ_{l}", _singular_a0_hint(train.network, l, train.n), rcond)
-        out.append(_right_solve(tc, cf))
+        cf = spd_factor(tt, f"Θ_{l}", singular_input_hint(train.network, l, train.n), rcond)
+        out.append(right_solve(tc, cf))
     return out
-
-
-# --------------------------------------------------------------------------------------
-# Θ̄(x′, x) per approximate Fisher
-# --------------------------------------------------------------------------------------
-def theta_bar_exact(cross: AnalyticKernels, train: AnalyticKernels, rcond: float = DEFAULT_RCOND) -> np.ndarray:
-    """Exact NGD: Θ̄(x′, x) = Θ(x′, x) Θ⁻¹ (Eq. 13), α = 1. C = 1 block (I_C ⊗ for C outputs)."""
-    _check_pair(cross, train)
-    hint = _singular_a0_hint(train.network, 1, train.n)
-    cf = _spd_factor(train.ntk, "Θ (NTK)", hint, rcond)
-    return _right_solve(cross.ntk, cf)
-
-
-def theta_bar_layerwise(
-    cross: AnalyticKernels, train: AnalyticKernels, sigma, rcond: float = DEFAULT_RCOND
-) -> np.ndarray:
-    """Layer-wise NGD (Eq. 15): Θ̄(x′, x) = Σ_l (Σ⁻¹1)_l Θ_l(x′, x) Θ_l⁻¹ (Eq. 16, S.71), α = 1ᵀΣ⁻¹1.
-
-    ``sigma`` is any symmetric nonsingular L × L matrix (Theorem 4.1 says "positive
-    definite", but the derivation S.72–S.74 only inverts Σ — the tri-diagonal Σ of
-    Eq. 19 is indefinite for every L >= 3). C = 1 block (I_C ⊗ for C outputs).
-    """
-    _check_pair(cross, train)
-    weights = layerwise_weights(sigma, train.depth)
-    projections = _layer_projections(cross, train, rcond)
-    return sum(w * p for w, p in zip(weights, projections))
-
-
-def theta_bar_block_diagonal(cross: AnalyticKernels, train: AnalyticKernels, rcond: float = DEFAULT_RCOND) -> np.ndarray:
-    """BD-NGD (Section 4.1, Σ = I): Θ̄ = Σ_l Θ_l(x′, x) Θ_l⁻¹ (Eq. 18), α = L."""
-    return theta_bar_layerwise(cross, train, np.eye(train.depth), rcond)
-
-
-def theta_bar_tridiagonal(cross: AnalyticKernels, train: AnalyticKernels, rcond: float = DEFAULT_RCOND) -> np.ndarray:
-    """Block tri-diagonal NGD (Section 4.2, Σ of Eq. 19); NgdrefError for L = 3s + 2 (Lemma 4.3)."""
-    return theta_bar_layerwise(cross, train, tridiagonal_sigma(train.depth), rcond)
-
-
-def _kfac_first_layer(cross: AnalyticKernels, train: AnalyticKernels, with_bias: bool, forster: bool, rcond: float):
-    """𝒜_0 = P′ P⁺ with P the first-layer inputs a_0 of the training set (rows), P′ of x′.
-
-    This is a_0(x′)ᵀ (A*_0)⁺ a_0(x) / N, i.e. the ρ → 0 limit of the damped K-FAC factor:
-    for N <= d (d = number of columns of P) it is Ã_0(x′, x) Ã_0⁻¹ (S.104); for N > d it is
-    P′ (PᵀP)⁻¹ Pᵀ (S.108), which for Forster-transformed inputs (X̄ᵀX̄ = (N/M0) I, no
-    bias) is (M0/N) X′ X̄ᵀ (S.110).
-    """
-    net = train.network
-    n, m0 = train.n, net.input_dim
-
-    def feats(x):
-        a = net.sigma_w * x / math.sqrt(m0)
-        return np.concatenate([a, np.full((x.shape[0], 1), net.sigma_b)], axis=1) if with_bias else a
-
-    p, p_test = feats(train.x1), feats(cross.x1)
-    if forster:
-        if with_bias:
-            raise ConfigError(
-                "the Forster form S.110 is for networks without bias (σ_b² = 0); with the bias folded "
-                "into the Kronecker factor the first-layer inputs are [σ_w x/√M0, σ_b] (S.123)"
-            )
-        if n <= m0:
-            raise ConfigError(f"the Forster form S.110 is for M0 < N, got M0 = {m0} >= N = {n}")
-        x = train.x1
-        dev = np.max(np.abs(x.T @ x * (m0 / n) - np.eye(m0)))
-        if dev > 1e-8:
-            raise ConfigError(
-                "training inputs are not Forster-transformed (need X̄ᵀX̄ = (N/M0) I with unit rows, "
-                f"max deviation {dev:.2g}); pass X̄ = ngdref.data.forster_transform(x) as the training inputs"
-            )
-        return (m0 / n) * cross.x1 @ x.T  # S.110
-    # ρ → 0 limit of the damped factor in every case: P′P⁺, which is Ã_0(x′,x)Ã_0⁻¹ for N <= d
-    # with independent inputs (S.104) and P′(PᵀP)⁻¹Pᵀ for N > d (S.108). The pseudo-inverse
-    # (SciPy's default cut-off max(N, d)·eps·σ_max) also covers inputs that are dependent or do
-    # not span the input space (MNIST's always-zero border pixels), as the structured K-FAC does.
-    return p_test @ sla.pinv(p)
-
-
-def theta_bar_kfac(
-    cross: AnalyticKernels,
-    train: AnalyticKernels,
-    forster: bool = False,
-    rcond: float = DEFAULT_RCOND,
-) -> np.ndarray:
-    """K-FAC (Eq. 20–21, C = 1): Θ̄(x′, x) = N Σ_l 𝓑_l ⊙ 𝒜_{l−1} (S.105).
-
-    𝓑_l = B_l(x′, x) B_l⁻¹ for l < L and 𝓑_L = 11ᵀ (S.106 and Eq. 21 print
-    ``B_l(x′,x)⁻¹ B_l``; S.100 shows the inverse is on the training kernel). The factor N
-    follows the paper's convention B*_L = 1/N for the output layer (S.95; the Gram
-    definition δ_Lᵀδ_L/N would give B*_L = 1 and a last term 𝒜_{L−1} without the N).
-
-    * σ_b = 0: 𝒜_l = A_l(x′, x) A_l⁻¹ (l >= 1); α = N L for M0 >= N (S.107).
-    * σ_b > 0: the bias is folded into the Kronecker factor (S.123 first paragraph,
-      a_l = [σ_w h_l/√M_l; σ_b]): 𝒜_l = Ã_l(x′, x) Ã_l⁻¹ with Ã_l = σ_w² A_l + σ_b² 11ᵀ;
-      α = N L for M0 + 1 >= N. (The alternative S.123–S.124 — K-FAC weights plus a
-      separate bias block — is not implemented: its output-layer bias term 𝓑_L = 11ᵀ is
-      rank one, so Θ̄ is not isotropic on the training set.)
-    * First layer: with d first-layer input dimensions (M0, or M0 + 1 with bias) and
-      N <= d, 𝒜_0 = Ã_0(x′, x) Ã_0⁻¹ (S.104). For N > d the ρ → 0 limit of the damped
-      factor is the projection P′(PᵀP)⁻¹Pᵀ = P′P⁺ (S.108; the paper labels it A_0), which is not
-      isotropic (S.109). ``forster=True`` (σ_b = 0, M0 < N) requires the training inputs
-      to be Forster-transformed, X̄ᵀX̄ = (N/M0) I with unit rows (e.g. from
-      ``ngdref.data.forster_transform``), and uses 𝒜_0 = (M0/N) X′X̄ᵀ (S.110), giving
-      α = N(L − 1) + M0 (S.111). The network is trained on X̄: compute ``train`` (and
-      ``cross``) from X̄, and map test inputs with the same transform if desired.
-    """
-    _check_pair(cross, train)
-    net = train.network
-    if net.n_outputs != 1:
-        raise NgdrefError(f"K-FAC Θ̄ is derived for C = 1 (Section 4.3), got C = {net.n_outputs}")
-    fold = net.has_bias
-    A_cal = [_kfac_first_layer(cross, train, fold, forster, rcond)]
-    for l in range(1, net.depth):
-        cf = _spd_factor(train.feature_gram(l + 1), f"the K-FAC factor Ã_{l}", "", rcond)
-        A_cal.append(_right_solve(cross.feature_gram(l + 1), cf))
-    B_cal = []
-    for l in range(1, net.depth):
-        cf = _spd_factor(train.B[l - 1], f"B_{l}", "", rcond)
-        B_cal.append(_right_solve(cross.B[l - 1], cf))
-    B_cal.append(np.ones_like(cross.B[-1]))
-    return train.n * sum(b * a for b, a in zip(B_cal, A_cal))  # S.105
-
-
-def theta_bar_unit(net: Network, x_train, x_test=None, include_output_layer: bool = False) -> np.ndarray:
-    """Unit-wise NGD (Section 5): Θ̄ = α I on the training set only (S.137, Lemma C.2).
-
-    No analytic Θ̄(x′, x) is known for test inputs (S.156 remark): NgdrefError unless
-    ``x_test`` is None or equals ``x_train``.
-    """
-    from .alpha import unit_alpha
-
-    x = validate_unit_inputs(x_train, net.input_dim, "x_train")
-    if x_test is not None:
-        xt = np.asarray(x_test, dtype=np.float64)
-        if xt.shape != x.shape or not np.array_equal(xt, x):
-            raise NgdrefError(
-                "unit-wise NGD has no analytic Θ̄(x′, x) for test inputs x′ ≠ x (Section C.2.2, S.156); "
-                "only Θ̄ = α I on the training set (S.137) is known"
-            )
-    return unit_alpha(net, include_output_layer=include_output_layer) * np.eye(x.shape[0])
-
-
-def analytic_theta_bar(
-    net: Network,
-    x_train,
-    x_test=None,
-    method: str = "exact",
-    sigma=None,
-    forster: bool = False,
-    order: int = DEFAULT_ORDER,
-    rcond: float = DEFAULT_RCOND,
-) -> np.ndarray:
-    """Θ̄(x_test, x_train) (or on the training set when ``x_test`` is None) for ``method`` in
-    :data:`THETA_BAR_METHODS`; ``sigma`` for "layer-wise", ``forster`` for "kfac".
-    Returns the C = 1 block (N′, N).
-    """
-    if method not in THETA_BAR_METHODS:
-        raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(THETA_BAR_METHODS)}")
-    if method == "unit-wise":
-        return theta_bar_unit(net, x_train, x_test)
-    train = analytic_kernels(net, x_train, order=order)
-    cross = train if x_test is None else analytic_kernels(net, x_test, train.x1, order=order)
-    if method == "exact":
-        return theta_bar_exact(cross, train, rcond)
-    if method == "block-diagonal":
-        return theta_bar_block_diagonal(cross, train, rcond)
-    if method == "tri-diagonal":
-        return theta_bar_tridiagonal(cross, train, rcond)
-    if method == "layer-wise":
-        if sigma is None:
-            raise ConfigError("method 'layer-wise' needs sigma (an L x L symmetric matrix)")
-        return theta_bar_layerwise(cross, train, sigma, rcond)
-    return theta_bar_kfac(cross, train, forster, rcond)
 
 
 def predict(theta_bar_test, alpha: float, y, f0_train=None, f0_test=None) -> np.ndarray:
@@ -636,3 +465,47 @@ def predict(theta_bar_test, alpha: float, y, f0_train=None, f0_test=None) -> np.
     if f0_test is not None:
         out = out + np.asarray(f0_test, dtype=np.float64).reshape(out.shape)
     return out
+
+
+def __getattr__(name):  # TRANSITIONAL: Θ̄ per approximation moved to ngdref.fisher
+    from .fisher import get_fisher
+
+    def make(fim, **opts):
+        def theta_bar(cross, train, *args, **kw):
+            kw.pop("rcond", None)
+            if fim == "layer":
+                sigma = args[0] if args else kw.pop("sigma")
+                return get_fisher("layer", train.network, sigma=sigma).analytic_theta_bar(cross, train)
+            return get_fisher(fim, train.network, **opts).analytic_theta_bar(cross, train, *args, **kw)
+        return theta_bar
+
+    table = {"theta_bar_exact": make("exact"), "theta_bar_block_diagonal": make("bd"),
+             "theta_bar_tridiagonal": make("tridiag"), "theta_bar_layerwise": make("layer"),
+             "theta_bar_kfac": make("kfac", bias="folded")}
+    if name in table:
+        return table[name]
+    if name == "theta_bar_unit":
+        def theta_bar_unit(net, x_train, x_test=None, include_output_layer=False):
+            tr = analytic_kernels(net, x_train)
+            cr = tr if x_test is None else analytic_kernels(net, x_test, tr.x1)
+            out = get_fisher("unit", net).analytic_theta_bar(cr, tr)
+            return out + (np.eye(out.shape[0]) if include_output_layer else 0.0)
+        return theta_bar_unit
+    if name == "analytic_theta_bar":
+        names = {"exact": "exact", "block-diagonal": "bd", "tri-diagonal": "tridiag", "layer-wise": "layer",
+                 "kfac": "kfac", "unit-wise": "unit"}
+
+        def analytic_theta_bar(net, x_train, x_test=None, method="exact", sigma=None, forster=False,
+                               order=DEFAULT_ORDER, rcond=DEFAULT_RCOND):
+            if method not in names:
+                raise ConfigError(f"unknown method {method!r}")
+            tr = analytic_kernels(net, x_train, order=order)
+            cr = tr if x_test is None else analytic_kernels(net, x_test, tr.x1, order=order)
+            opts = {"sigma": sigma} if method == "layer-wise" else ({"bias": "folded"} if method == "kfac" else {})
+            if method == "layer-wise" and sigma is None:
+                raise ConfigError("method 'layer-wise' needs sigma")
+            return get_fisher(names[method], net, **opts).analytic_theta_bar(cr, tr, forster=forster)
+        return analytic_theta_bar
+    if name == "THETA_BAR_METHODS":
+        return ("exact", "block-diagonal", "tri-diagonal", "layer-wise", "kfac", "unit-wise")
+    raise AttributeError(name)

@@ -8,16 +8,20 @@ matrix size): 2.2e-14 for n = 100 in float64, 1.2e-5 in float32.
 
 from __future__ import annotations
 
-from .backend import namespace_of
+from .backend import dtype_name_of, namespace_of
+
+#: machine epsilon per dtype name (the one table of ngdref's cut-off conventions)
+EPS = {"float32": 1.1920928955078125e-07, "float64": 2.220446049250313e-16}
+
+
+def eps(dtype_name: str) -> float:
+    """Machine epsilon of ``dtype_name`` ("float32" or "float64")."""
+    return EPS[dtype_name]
 
 
 def default_rtol(n: int, dtype_name: str) -> float:
-    eps = 1.1920929e-07 if "32" in dtype_name else 2.220446049250313e-16
-    return float(max(n, 1)) * eps
-
-
-def _dtype_name(x) -> str:
-    return "float32" if "32" in str(x.dtype) else "float64"
+    """NumPy's ``pinv`` cut-off for an n×n matrix: n·eps."""
+    return float(max(n, 1)) * eps(dtype_name)
 
 
 def symmetrize(k):
@@ -31,7 +35,7 @@ def psd_pinv(k, rtol: float | None = None, with_rank: bool = False):
     that needs to know whether K was singular does not decompose it a second time."""
     xp = namespace_of(k)
     n = k.shape[-1]
-    rtol = default_rtol(n, _dtype_name(k)) if rtol is None else float(rtol)
+    rtol = default_rtol(n, dtype_name_of(k)) if rtol is None else float(rtol)
     w, v = xp.linalg.eigh(symmetrize(k))
     lam_max = xp.max(xp.abs(w), axis=-1, keepdims=True)
     keep = w > rtol * lam_max

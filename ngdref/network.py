@@ -284,11 +284,6 @@ class Signals:
     def n(self) -> int:
         return int(self.f.shape[0])
 
-    def f_vector(self):
-        """f as a CN vector in output-major order (row k·N + n)."""
-        xp = namespace_of(self.f)
-        return xp.reshape(self.f.T, (-1,))
-
     def delta_matrix(self, layer: int):
         """δ_l stacked over outputs: (C·N, M_l), rows in output-major order."""
         d = self.delta[layer - 1]
@@ -300,9 +295,3 @@ def function_vector(f_nc):
     """(N, C) outputs → CN vector, output-major (row k·N + n)."""
     xp = namespace_of(f_nc)
     return xp.reshape(f_nc.T, (-1,))
-
-
-def function_matrix(vec, n_outputs: int):
-    """CN vector (output-major) → (N, C)."""
-    xp = namespace_of(vec)
-    return xp.reshape(vec, (n_outputs, -1)).T

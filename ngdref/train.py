@@ -30,30 +30,14 @@ import numpy as np
 from .backend import Backend, namespace_of, to_device, to_float, to_host
 from .data import Dataset
 from .diagnostics import isotropy
-from .dynamics import gd_learning_rate, isotropic_trajectory, linearized_trajectory, parameter_displacement
+from .dynamics import isotropic_trajectory, linearized_trajectory, parameter_displacement
 from .errors import ConfigError
-from .fisher import get_fisher
+from .fisher import REGISTRY, get_fisher
 from .jacobian import jvp
 from .losses import accuracy, cross_entropy_loss, cross_entropy_metric, mse_loss
 from .network import Network, function_vector
 
 LOSSES = ("mse", "ce")
-
-#: Damping used when none is given. Unit-wise NGD at ρ = 0 divides by arbitrarily small
-#: δ_{l,i}(x_n) (S.134–S.137): Θ̄ is exactly diag(#alive units) but a finite network's step
-#: leaves the linear regime (measured at M = 4096, N = 100: ‖θ_1 − θ_0‖ = 2e5 and the loss
-#: grows). The paper's own unit-wise experiments use ρ = 1e-12 (C.3); so does ngdref.
-DEFAULT_DAMPING = {"unit": 1e-12}
-
-
-def resolve_damping(fim: str, damping: float | None) -> tuple[float, str]:
-    """The damping to use and where it came from."""
-    if damping is not None:
-        return float(damping), "given"
-    if fim in DEFAULT_DAMPING:
-        return DEFAULT_DAMPING[fim], f"default for {fim} (ρ = 0 leaves the linear regime at finite width; paper C.3 uses 1e-12)"
-    return 0.0, "default (pseudo-inverse)"
-
 
 @dataclass
 class TrainConfig:
@@ -63,7 +47,7 @@ class TrainConfig:
     steps: int = 10
     lr: float | None = None
     lr_scale: float = 1.0
-    damping: float | None = None  # None: DEFAULT_DAMPING, else 0 (pseudo-inverse)
+    damping: float | None = None  # None: the approximation's default (its spec)
     loss: str = "mse"
     ce_damping: float = 1.0
     linearized: bool = False
@@ -138,20 +122,20 @@ def train(
     """Train ``network`` on ``dataset`` with NGD (Eq. 7) and record it beside the theory."""
     config.validate()
     t_start = time.perf_counter()
-    damping, damping_source = resolve_damping(config.fim, config.damping)
-    fim = get_fisher(config.fim, network, damping, **config.fim_options)
+    fim = get_fisher(config.fim, network, config.damping, **config.fim_options)
+    damping, damping_source = fim.damping, fim.damping_source
     ce = config.loss == "ce"
     y_host = _one_hot(dataset.labels_train, dataset.classes) if ce else dataset.y_train
     yt_host = _one_hot(dataset.labels_test, dataset.classes) if ce else dataset.y_test
     if y_host.shape[1] != network.n_outputs:
         raise ConfigError(f"the network has {network.n_outputs} outputs but the targets have {y_host.shape[1]}")
-    if ce:
-        fim.set_output_metric(None)  # raises a clear error if unsupported
-    if config.fim == "kfac" and network.n_outputs > 1 and config.lr is None:
-        raise ConfigError(
-            "K-FAC with C > 1 has no isotropic condition (Section 4.3 covers C = 1), so η = c/α is "
-            "undefined; give the learning rate with --lr"
-        )
+    if ce and not fim.spec.cross_entropy:
+        supported = ", ".join(n for n, cls in REGISTRY.items() if cls.spec.cross_entropy)
+        raise ConfigError(f"'{fim.name}' is implemented for the MSE loss only; the cross-entropy FIM "
+                          f"(Appendix D) is available for {supported}")
+    reason = fim.step_needs_learning_rate()
+    if reason and config.lr is None:
+        raise ConfigError(f"{reason}, so η = c/α is undefined; give the learning rate with --lr")
     x, y = to_device(dataset.x_train, backend), to_device(y_host, backend)
     has_test = dataset.n_test > 0
     xt = to_device(dataset.x_test, backend) if has_test else None
@@ -187,13 +171,10 @@ def train(
         if config.lr is not None:
             eta = config.lr
             summary["lr_source"] = "given"
-        elif config.fim == "gd":
-            eta = config.lr_scale * gd_learning_rate(theta_bar)
-            summary["lr_source"] = "c / λ_max(Θ) (LeCun et al.)"
         else:
-            eta = config.lr_scale / alpha
-            summary["lr_source"] = f"c / α ({summary['alpha_source']})"
-        theta_bar_test = fim.coefficient(s0, s0t) if has_test else None
+            eta, rule = fim.learning_rate(config.lr_scale, alpha, theta_bar)
+            summary["lr_source"] = f"{rule} ({summary['alpha_source']})" if rule == "c / α" else rule
+        theta_bar_test = fim.coefficient(s0t, s0) if has_test else None
         theory, test_theory = linearized_trajectory(
             theta_bar, f0, function_vector(y), eta, config.steps, theta_bar_test, f0t
         )
@@ -251,10 +232,9 @@ def train(
             break
         # the NGD update, G_t recomputed from the current parameters
         if ce:
-            fim.set_output_metric(cross_entropy_metric(s.f, config.ce_damping))
             from .losses import softmax
 
-            step_dir = fim.precondition(s, (softmax(s.f) - y).T)
+            step_dir = fim.precondition(s, (softmax(s.f) - y).T, cross_entropy_metric(s.f, config.ce_damping))
         else:
             step_dir = fim.precondition(s, (s.f - y).T)
         for d in step_dir:  # precondition returns fresh arrays: scale them in place

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from ..alpha import layer_gammas
-from ..fisher import get_fisher
-from ..kernels import order_parameters
+from ..fisher import fisher_class
+from ..kernels import layer_gammas, order_parameters
 from ..network import Network
 
 
@@ -19,7 +18,8 @@ def alpha_report(network: Network, fim_names, n_train: int, damping: float = 0.0
     ]
     rows = []
     for name in fim_names:
-        fim = get_fisher(name, network, damping)
+        cls = fisher_class(name)
+        fim = cls(network, cls.spec.applicable_damping(damping))
         alpha = fim.analytic_alpha(n_train)
         rows.append({
             "fim": name,

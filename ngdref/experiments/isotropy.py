@@ -8,7 +8,7 @@ import numpy as np
 
 from ..backend import Backend, to_device
 from ..diagnostics import isotropy
-from ..fisher import get_fisher
+from ..fisher import fisher_class
 from ..network import Network
 
 
@@ -18,9 +18,9 @@ def isotropy_row(network: Network, fim_name: str, x_host: np.ndarray, seed: int,
     params = network.init(seed, backend)
     x = to_device(x_host, backend)
     t0 = time.perf_counter()
-    if fim_name == "gd":  # G = I has nothing to damp (Fig. 3's ρ applies to the Fisher approximations)
-        damping = 0.0
-    fim = get_fisher(fim_name, network, damping, **(fim_options or {}))
+    cls = fisher_class(fim_name)
+    damping = cls.spec.applicable_damping(damping)  # Fig. 3's ρ applies where G has a damping term
+    fim = cls(network, damping, **(fim_options or {}))
     signals = network.signals(params, x)
     stats = isotropy(fim.coefficient(signals))
     seconds = time.perf_counter() - t0

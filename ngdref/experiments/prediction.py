@@ -20,18 +20,8 @@ from .. import kernels as K
 from ..backend import Backend, to_device, to_host
 from ..data import Dataset
 from ..errors import ConfigError, NgdrefError
-from ..fisher import get_fisher
+from ..fisher import fisher_class, get_fisher
 from ..network import Network
-
-#: approximation → analytic Θ̄ function of ngdref.kernels (gd's f_∞ equals exact NGD's, Eq. 14)
-ANALYTIC = {
-    "exact": K.theta_bar_exact,
-    "gd": K.theta_bar_exact,
-    "bd": K.theta_bar_block_diagonal,
-    "tridiag": K.theta_bar_tridiagonal,
-    "kfac": K.theta_bar_kfac,
-}
-
 
 def _accuracy(pred: np.ndarray, y: np.ndarray) -> float:
     if y.shape[1] == 1:  # targets ±0.5: the sign decides
@@ -51,19 +41,13 @@ class AnalyticPredictor:
         n, c = dataset.n_train, dataset.n_outputs
         self.methods: dict = {}
         for name in fim_names:
-            if name not in ANALYTIC:
-                self.methods[name] = {"error": f"no analytic Θ̄(x′, x) for '{name}' (unit-wise: S.156 has none; "
-                                               "entry-wise: none in the paper); use --kernel empirical"}
-                continue
-            if name == "kfac" and c > 1:
-                self.methods[name] = {"error": "K-FAC's Θ̄ is given for C = 1 only (Section 4.3)"}
-                continue
-            try:
-                tb_train, tb_cross = ANALYTIC[name](train, train), ANALYTIC[name](cross, train)
+            fim = get_fisher(name, network)
+            try:  # the approximation's infinite-width Θ̄ (C = 1 block), Section 4 / Appendix E
+                tb_train, tb_cross = fim.analytic_theta_bar(train, train), fim.analytic_theta_bar(cross, train)
             except NgdrefError as err:
                 self.methods[name] = {"error": str(err)}
                 continue
-            alpha = get_fisher(name, network).analytic_alpha(n) if name != "gd" else 1.0
+            alpha = fim.analytic_alpha(n)
             dev = None if alpha is None else float(np.max(np.abs(tb_train / alpha - np.eye(n))))
             if alpha is not None and dev < 1e-6:
                 reg, formula = tb_cross / alpha, "α⁻¹ Θ̄(x′,x) (isotropic, Section 4.4)"
@@ -109,9 +93,7 @@ class AnalyticPredictor:
 def empirical_accuracies(network: Network, dataset: Dataset, fim_names, seed: int, backend: Backend,
                          damping: float | None = None) -> dict:
     """Test accuracy of f_∞ with the finite network's own Θ̄ and f_0 (initialisation ``seed``);
-    ``damping`` None takes each approximation's default (:data:`ngdref.train.DEFAULT_DAMPING`)."""
-    from ..train import resolve_damping
-
+    ``damping`` None takes each approximation's default (its spec)."""
     params = network.init(seed, backend)
     x, xt = to_device(dataset.x_train, backend), to_device(dataset.x_test, backend)
     s, st = network.signals(params, x), network.signals(params, xt)
@@ -121,9 +103,10 @@ def empirical_accuracies(network: Network, dataset: Dataset, fim_names, seed: in
     c = dataset.n_outputs
     out = {}
     for name in fim_names:
-        fim = get_fisher(name, network, resolve_damping(name, damping)[0])
+        cls = fisher_class(name)
+        fim = cls(network, None if damping is None else cls.spec.applicable_damping(damping))
         tb = np.asarray(to_host(fim.coefficient(s)))
-        tb_cross = np.asarray(to_host(fim.coefficient(s, st)))
+        tb_cross = np.asarray(to_host(fim.coefficient(st, s)))
         pred = f0t + tb_cross @ np.linalg.lstsq(tb, y - f0, rcond=None)[0]
         out[name] = _accuracy(pred.reshape(c, -1).T, np.asarray(dataset.y_test))
     return out

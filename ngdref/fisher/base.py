@@ -1,145 +1,160 @@
 """The shared interface of every Fisher approximation G (Eq. 7–8, 11).
 
-Every approximation offers two paths that must agree:
+Every approximation is one class with a declarative :class:`~ngdref.fisher.spec.FisherSpec`
+(name, equations, damping policy, options, FLOP model) and the **structured path**:
 
-* the **structured path** (:meth:`FisherApproximation.precondition`,
-  :meth:`direction`, :meth:`coefficient`) that works from the signals δ_l, a_{l−1}
-  (S.64–S.68) with N×N or CN×CN matrices and never forms G (P×P) nor the full
-  Jacobian J (CN×P);
-* the **explicit oracle** (:meth:`explicit_metric`, :meth:`explicit_direction`,
-  :meth:`explicit_coefficient`) that builds G literally from the explicit Jacobian
-  and applies the formula: ``G⁺`` (``numpy.linalg.pinv``) at zero damping, a
-  linear solve with ``G`` otherwise. Tiny networks only; it refuses (clear
-  :class:`~ngdref.errors.MemoryLimitError`) before allocating what won't fit.
+* :meth:`FisherApproximation.precondition` — G⁻¹ Jᵀ v / N for a function-space v, from the
+  signals δ_l, a_{l−1} (S.64–S.68) with N×N or CN×CN matrices, never forming G (P×P) nor
+  the full Jacobian J (CN×P);
+* :meth:`FisherApproximation.coefficient` — Θ̄(x′, x) = J(x′) G⁻¹ J(x)ᵀ / N (Eq. 11);
+* its α where the paper gives one (:meth:`analytic_alpha`, Eq. 12) and its infinite-width
+  Θ̄(x′, x) from the analytic kernels (:meth:`analytic_theta_bar`, Section 4, Appendix E).
+
+The explicit P×P twins that check every structured path live in the tests
+(``tests/oracles.py``), not here.
 
 Conventions: the MSE loss L = ‖y − f‖²/(2N) (Eq. 3), so ∇_θL = Jᵀ(f − y)/N; the
 natural-gradient direction is Δθ = G⁻¹∇_θL (Eq. 7) and the coefficient matrix
-Θ̄(x′, x) = J(x′) G⁻¹ J(x)ᵀ / N (Eq. 11). Function-space vectors are (C, N)
-arrays (output-major when flattened). ``damping`` ρ ≥ 0 enters G exactly once, as
-in Eq. 8 (G = F + ρI) or as the paper's definition of the approximation says
-(K-FAC, Eq. 20); ρ = 0 is the pseudo-inverse (zero-damping limit) with the
-cut-off of :mod:`ngdref.linalg`.
+Θ̄(x′, x) = J(x′) G⁻¹ J(x)ᵀ / N (Eq. 11), x′ first as in :mod:`ngdref.ntk` and
+:mod:`ngdref.kernels`. Function-space vectors are (C, N) arrays (output-major when
+flattened). ``damping`` ρ ≥ 0 enters G exactly once, as in Eq. 8 (G = F + ρI) or as the
+paper's definition of the approximation says (K-FAC, Eq. 20); ρ = 0 is the
+pseudo-inverse (zero-damping limit) with the cut-off of :mod:`ngdref.linalg`. An object
+holds no state beyond its network, damping and options: the cross-entropy output metric
+Λ̃ (S.159) is an argument of :meth:`precondition`.
 """
 
 from __future__ import annotations
 
-import math
+import abc
 from typing import ClassVar
 
-import numpy as np
-
-from ..backend import namespace_of, to_host
-from ..errors import ConfigError
-from ..jacobian import jacobian, jvp
-from ..memory import check_alloc
+from ..backend import namespace_of
+from ..errors import NgdrefError
+from ..jacobian import jvp
 from ..network import Network, Signals
+from .spec import FisherSpec
 
 
-class FisherApproximation:
-    """Base class. Subclasses implement :meth:`precondition`, :meth:`coefficient` and :meth:`explicit_metric`."""
+class FisherApproximation(abc.ABC):
+    """One approximation G. Subclasses define ``spec`` and implement :meth:`precondition`
+    (and usually :meth:`_theta_bar`, which otherwise applies :meth:`precondition` column by column)."""
 
-    name: ClassVar[str] = ""
-    summary: ClassVar[str] = ""
-    #: equation of the approximation in the paper
-    equation: ClassVar[str] = ""
+    spec: ClassVar[FisherSpec]
 
-    def __init__(self, network: Network, damping: float = 0.0, rtol: float | None = None):
-        damping = float(damping)
-        if not math.isfinite(damping) or damping < 0:
-            raise ConfigError(f"damping must be a finite number >= 0, got {damping}")
+    def __init__(self, network: Network, damping: float | None = None, rtol: float | None = None):
         self.network = network
-        self.damping = damping
+        self.damping, self.damping_source = self.spec.resolve_damping(damping)
         self.rtol = rtol
-        #: Λ̃ = Λ(σ) + ρ̃I (CN × CN) for the cross-entropy FIM (S.159, S.164); None for MSE
-        self.output_metric = None
 
-    #: whether the approximation supports the cross-entropy FIM (Appendix D)
-    supports_cross_entropy: ClassVar[bool] = False
-
-    def set_output_metric(self, metric) -> None:
-        """Use G = Jᵀ Λ̃ J/N + ρI (S.159) instead of the MSE FIM, with Λ̃ given as a (CN × CN) array."""
-        if not self.supports_cross_entropy:
-            raise ConfigError(
-                f"'{self.name}' is implemented for the MSE loss only; the cross-entropy FIM "
-                "(Appendix D) is available for exact and layer-wise approximations"
-            )
-        self.output_metric = metric
+    @property
+    def name(self) -> str:
+        return self.spec.name
 
     # ---- description -------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return {"name": self.name, "damping": self.damping, "equation": self.equation, "summary": self.summary}
+        return {"name": self.spec.name, "damping": self.damping, "damping_source": self.damping_source,
+                "equation": self.spec.equations, "summary": self.spec.summary}
 
     def analytic_alpha(self, n_samples: int) -> float | None:
-        """α of the isotropic condition Θ̄ = αI (Eq. 12) from the paper, or ``None`` where none is given."""
+        """α of the isotropic condition Θ̄(x, x) = αI (Eq. 12) for this finite network, or ``None``
+        where the paper gives none (the reason: :meth:`alpha_note`)."""
         return None
 
     def alpha_note(self) -> str:
         return ""
 
+    def step_needs_learning_rate(self) -> str | None:
+        """Why η = c/α (with the measured mean diagonal of Θ̄ where the paper gives no α) is no
+        usable step for this network, so a learning rate must be given; ``None`` if it is."""
+        return None
+
+    def learning_rate(self, lr_scale: float, alpha: float, theta_bar) -> tuple[float, str]:
+        """The step η = c/α of Corollary 4.2 (0 < c < 2 converges) and how it was chosen."""
+        return lr_scale / alpha, "c / α"
+
     # ---- structured path ---------------------------------------------------------------
-    def precondition(self, signals: Signals, v) -> list:
+    @abc.abstractmethod
+    def precondition(self, signals: Signals, v, output_metric=None) -> list:
         """G⁻¹ Jᵀ v / N for a function-space vector v of shape (C, N); per-layer θ_l-shaped arrays.
 
-        The arrays returned are new (no views of signals or of cached state): callers such as
-        :func:`ngdref.train.train` scale and apply them in place."""
-        raise NotImplementedError
+        ``output_metric`` Λ̃ (CN × CN) gives the cross-entropy FIM G = JᵀΛ̃J/N + ρI (S.159)
+        where ``spec.cross_entropy``; ``None`` is the MSE FIM. The arrays returned are new (no
+        views of the signals or of cached state): callers scale and apply them in place."""
 
     def direction(self, params, x, y, signals: Signals | None = None) -> list:
         """Δθ = G⁻¹ ∇_θ L = G⁻¹ Jᵀ (f − y)/N (Eq. 7), per layer; ``y`` is (N, C)."""
         s = signals if signals is not None else self.network.signals(params, x)
         return self.precondition(s, (s.f - y).T)
 
-    def coefficient(self, signals: Signals, signals_prime: Signals | None = None):
-        """Θ̄(x′, x) = J(x′) G⁻¹ J(x)ᵀ / N (Eq. 11), (CN′, CN); x′ = x when ``signals_prime`` is None."""
-        return self._coefficient_by_columns(signals, signals_prime)
+    def coefficient(self, signals_1: Signals, signals_2: Signals | None = None):
+        """Θ̄(x_1, x_2) = J(x_1) G⁻¹ J(x_2)ᵀ / N (Eq. 11), (CN_1, CN_2), with G built on x_2.
 
-    def coefficient_matrix(self, params, x, x_prime=None):
-        """Convenience: Θ̄(x′, x) from parameters and inputs."""
-        s = self.network.signals(params, x)
-        sp = None if x_prime is None else self.network.signals(params, x_prime)
-        return self.coefficient(s, sp)
+        x′ first, as :func:`ngdref.ntk.structured_ntk`: ``coefficient(s)`` is Θ̄(x, x) on the
+        training set, ``coefficient(s_test, s_train)`` is Θ̄(x′, x).
+        """
+        if signals_2 is None:
+            return self._theta_bar(signals_1, None)
+        return self._theta_bar(signals_2, signals_1)
 
-    def _coefficient_by_columns(self, signals: Signals, signals_prime: Signals | None):
-        """Generic Θ̄ from CN preconditioned columns: Θ̄[:, j] = J(x′) G⁻¹ J(x)ᵀ e_j / N."""
-        sp = signals if signals_prime is None else signals_prime
-        xp = namespace_of(signals.f)
-        c, n = signals.f.shape[1], signals.n
+    def _theta_bar(self, train: Signals, test: Signals | None):
+        """Θ̄(test, train) (test None: train), generically from CN preconditioned columns:
+        Θ̄[:, j] = J(x′) G⁻¹ J(x)ᵀ e_j / N."""
+        sp = train if test is None else test
+        xp = namespace_of(train.f)
+        c, n = train.f.shape[1], train.n
         cols = []
         for j in range(c * n):
-            e = xp.reshape(xp.astype(xp.arange(c * n) == j, signals.f.dtype), (c, n))
-            cols.append(xp.reshape(jvp(sp, self.precondition(signals, e)), (-1,)))
+            e = xp.reshape(xp.astype(xp.arange(c * n) == j, train.f.dtype), (c, n))
+            cols.append(xp.reshape(jvp(sp, self.precondition(train, e)), (-1,)))
         return xp.stack(cols, axis=1)
 
-    # ---- explicit oracle ---------------------------------------------------------------
+    # ---- infinite width ----------------------------------------------------------------
+    def analytic_theta_bar(self, cross, train, forster: bool = False):
+        """Θ̄(x′, x) at infinite width from the analytic kernels (:func:`ngdref.kernels.analytic_kernels`):
+        ``cross`` = kernels(x′, x), ``train`` = kernels(x, x); the C = 1 block (N′, N).
+        NgdrefError where the paper derives none."""
+        raise NgdrefError(f"no analytic Θ̄(x′, x) for {self.spec.title} in the paper; use the empirical kernel "
+                          "(--kernel empirical)")
+
+    # ---- TEMPORARY: explicit oracles, until every test uses tests/oracles.py -----------------
     def explicit_metric(self, params, x, signals: Signals | None = None):
-        """G (P×P) built literally, damping included (host NumPy float64)."""
         raise NotImplementedError
 
     def _check_explicit(self) -> None:
+        from ..memory import check_alloc
+
         p = self.network.n_params
         check_alloc((p, p), 8, f"explicit metric G of '{self.name}'", count=3)
 
-    def _explicit_jacobian(self, params, x, signals=None) -> np.ndarray:
+    def _explicit_jacobian(self, params, x, signals=None):
+        import numpy as np
+
+        from ..backend import to_host
+        from ..jacobian import jacobian
+
         return np.asarray(to_host(jacobian(self.network, params, x, signals)), dtype=np.float64)
 
-    def explicit_inverse(self, params, x, signals: Signals | None = None) -> np.ndarray:
-        """G⁻¹ (ρ > 0) or G⁺ (ρ = 0), literally."""
+    def explicit_inverse(self, params, x, signals: Signals | None = None):
+        import numpy as np
+
         g = self.explicit_metric(params, x, signals)
         if self.damping > 0:
             return np.linalg.inv(g)
         rtol = self.rtol if self.rtol is not None else g.shape[0] * np.finfo(np.float64).eps
         return np.linalg.pinv(g, rtol=rtol, hermitian=True)
 
-    def explicit_direction(self, params, x, y) -> np.ndarray:
-        """G⁻¹ ∇_θ L as a flat host vector, from the explicit G and J."""
+    def explicit_direction(self, params, x, y):
+        import numpy as np
+
+        from ..backend import to_host
+
         s = self.network.signals(params, x)
         j = self._explicit_jacobian(params, x, s)
         resid = np.asarray(to_host(s.f - y), dtype=np.float64).T.reshape(-1)
-        grad = j.T @ resid / s.n
-        return self.explicit_inverse(params, x, s) @ grad
+        return self.explicit_inverse(params, x, s) @ (j.T @ resid / s.n)
 
-    def explicit_coefficient(self, params, x, x_prime=None) -> np.ndarray:
-        """Θ̄(x′, x) = J(x′) G⁻¹ J(x)ᵀ / N, literally."""
+    def explicit_coefficient(self, params, x, x_prime=None):
         s = self.network.signals(params, x)
         j = self._explicit_jacobian(params, x, s)
         jp = j if x_prime is None else self._explicit_jacobian(params, x_prime)

@@ -78,16 +78,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import backend_of, dtype_name_of, namespace_of, to_device, to_float, to_host
-from ..linalg import default_rtol
+from ..linalg import default_rtol, eps
+from . import cost
 from .base import FisherApproximation
-
-_EPS64 = float(np.finfo(np.float64).eps)
-_EPS32 = float(np.finfo(np.float32).eps)
-
-
-def _eps(dtype_name: str) -> float:
-    return _EPS32 if dtype_name == "float32" else _EPS64
-
+from .spec import FisherSpec, register
 
 def squared_signal_fisher(signals, layer: int):
     """F_l = diag(JᵀJ/N) for layer l as an (M_l, fan) array: Σ_k (δ^{(k)}∘δ^{(k)})ᵀ (a∘a) / N."""
@@ -142,12 +136,40 @@ class _LayerMap:
         return out - self.r * zg - self.z * rg + self.z * (self.kappa * zg)
 
 
+def _flops(quasi: bool):
+    """F_l = Σ_k(δ∘δ)ᵀ(a∘a)/N (2N·M_l·fan_l), the gradient (a vjp) and the O(P) map; quasi-diag
+    adds the bias coupling F_bj (another 2N·M_l·fan_l) and ≈ 20 O(P) passes. Θ̄: the maps, then per
+    layer the sample-pair GEMM (a′_s∘a_t) μᵀ on the N(N+1)/2 pairs (2·fan·M_l each), forming the
+    pairs (fan each), and the δ′δ contraction (≈ 3·M_l per pair and output pair); quasi-diag adds
+    the low-rank part (four N×fan×M_l products and three (CN)²·M_l products)."""
+
+    def model(s: cost.Shape, damping: float) -> dict:
+        per = sum(2.0 * s.n * s.m(l) * s.fan(l) for l in s.layers)
+        maps = 2.0 * per + 20.0 * s.n_params if quasi else per + 3.0 * s.n_params
+        pairs = s.n * (s.n + 1) / 2.0
+        theta = maps
+        for l in s.layers:
+            m, fan = s.m(l), s.fan(l)
+            theta += pairs * (2.0 * fan * m + fan + 3.0 * s.c**2 * m)
+            if quasi:
+                theta += 8.0 * s.n * fan * m + 6.0 * s.cn**2 * m
+        direction = ("2 squared-signal GEMMs (F_ii, F_bj) + vjp + ≈20P element-wise" if quasi
+                     else "squared-signal GEMM (δ²)ᵀ(a²) + vjp + O(P) element-wise")
+        return cost.model((maps + cost.vjp(s), direction),
+                          (theta, "maps + sample-pair GEMM N(N+1)/2·2·fan·M_l + pair contraction (+ low rank)"))
+
+    return model
+
+
+@register
 class DiagonalFisher(FisherApproximation):
     """Entry-wise diagonal FIM G = diag(F_ii + ρ) (Fig. 3; LeCun et al. 1998). Not isotropic."""
 
-    name = "diag"
-    summary = "entry-wise diagonal FIM G_ii = F_ii + ρ (LeCun et al. 1998; Fig. 3); not isotropic"
-    equation = "Fig. 3 (G_ij = (F_ii + ρ)δ_ij)"
+    spec = FisherSpec(
+        name="diag", title="diagonal",
+        summary="entry-wise diagonal FIM G_ii = F_ii + ρ (LeCun et al. 1998; Fig. 3); not isotropic",
+        equations="Fig. 3 (G_ij = (F_ii + ρ)δ_ij)", aliases=("diagonal",), isotropic=False, flops=_flops(False),
+    )
 
     def alpha_note(self) -> str:
         return (
@@ -205,13 +227,12 @@ class DiagonalFisher(FisherApproximation):
         return _concat_maps([self._map_rows(lay, r, cut) for r in self._row_blocks(lay)])
 
     # ---- structured path -----------------------------------------------------------------
-    def precondition(self, signals, v):
+    def precondition(self, signals, v, output_metric=None):
         """Δθ_ij = g_ij / (F_ij + ρ) with g = Jᵀv/N (0 where F_ij + ρ <= cut, the ρ = 0 pseudo-inverse).
 
         Per layer the gradient is formed whole and divided in place, one block of units at a
         time, by F + ρ with the cut entries set to +inf (g/inf = 0): the gradient GEMM's output
-        is the only parameter-sized array (building the map M and applying it made ≈ 10
-        parameter-sized passes).
+        is the only parameter-sized array.
         """
         xp = namespace_of(v)
         c, n = v.shape
@@ -236,7 +257,7 @@ class DiagonalFisher(FisherApproximation):
         g_rows /= xp.where(f > cut, f, xp.inf)
         return g_rows
 
-    def coefficient(self, signals, signals_prime=None):
+    def _theta_bar(self, signals, signals_prime):
         """Θ̄(x′, x) = Σ_l Σ_i J_{l,i}(x′) M_i J_{l,i}(x)ᵀ / N on each layer's training support.
 
         Units with δ ≡ 0 and inputs with a ≡ 0 on the training set contribute exactly 0 to every
@@ -287,21 +308,23 @@ class DiagonalFisher(FisherApproximation):
         return np.diag(f + self.damping)
 
 
+@register
 class QuasiDiagonalFisher(DiagonalFisher):
     """Ollivier's quasi-diagonal FIM (2015, paper ref. [6]; Fig. 3): diagonal + bias couplings per unit."""
 
-    name = "quasi-diag"
-    summary = (
-        "Ollivier's quasi-diagonal FIM (diag + bias–weight couplings per unit, a rank-one "
-        "completion of the diagonal; Fig. 3, ref. [6]); not isotropic"
+    spec = FisherSpec(
+        name="quasi-diag", title="quasi-diagonal",
+        summary="Ollivier's quasi-diagonal FIM (diag + bias–weight couplings per unit, a rank-one "
+                "completion of the diagonal; Fig. 3, ref. [6]); not isotropic",
+        equations="Fig. 3; Ollivier (2015) quasi-diagonal reduction", aliases=("quasidiag", "quasi-diagonal"),
+        isotropic=False, flops=_flops(True),
     )
-    equation = "Fig. 3; Ollivier (2015) quasi-diagonal reduction"
 
     def _pair_rtol(self, dtype_name: str, n: int) -> float:
         """Cut-off on sin² = D_j/G_jj (the 2×2 block (b, w_j) is singular below it) at ρ = 0."""
         if self.damping > 0:
             return 0.0
-        return float(self.rtol) if self.rtol is not None else 8.0 * max(n, 1) * _eps(dtype_name)
+        return float(self.rtol) if self.rtol is not None else 8.0 * max(n, 1) * eps(dtype_name)
 
     def _precondition_rows(self, lay: _LayerArrays, rows: slice, cut: float, g_rows):
         """M_i g_i by the closed form of :func:`_quasi_pieces` (the diagonal FIM's without biases)."""
@@ -344,7 +367,7 @@ class QuasiDiagonalFisher(DiagonalFisher):
         if not net.has_bias:
             return np.diag(g_diag)
         n = x.shape[0]
-        rtol = self.rtol if self.rtol is not None else net.n_params * _EPS64
+        rtol = self.rtol if self.rtol is not None else net.n_params * eps("float64")
         cut = 0.0 if self.damping > 0 else rtol * float(np.max(f))
         g = np.zeros((net.n_params, net.n_params))
         for l in range(1, net.depth + 1):

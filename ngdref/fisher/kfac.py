@@ -32,23 +32,120 @@ isotropy is claimed (α = None).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+from scipy import linalg as sla
 
 from ..backend import namespace_of
-from ..alpha import kfac_alpha
 from ..errors import ConfigError, NgdrefError
+from ..kernels import check_pair, right_solve, spd_factor
 from ..linalg import damped_inverse
+from . import cost
 from .base import FisherApproximation
+from .spec import FisherOption, FisherSpec, register
 
 BIAS_MODES = ("separate", "folded")
 
 
-class KFAC(FisherApproximation):
-    name = "kfac"
-    summary = "K-FAC (B*+ρI)⊗(A*+ρI) per layer (S.95); biases by the FIM block (S.123)"
-    equation = "Eq. 20-21, S.95-S.124"
+def kfac_alpha(n_train: int, depth: int, input_dim: int | None = None, bias: bool = False, forster: bool = False) -> float:
+    """α of K-FAC (C = 1) on the training set.
 
-    def __init__(self, network, damping: float = 0.0, rtol=None, bias: str = "separate"):
+    α = N L when the first-layer inputs have d >= N dimensions (d = M0, or M0 + 1 with the
+    bias folded into the Kronecker factor, S.123): S.107. With Forster-transformed inputs,
+    no bias and M0 < N: α = N(L − 1) + M0 (S.111). Otherwise (d < N without Forster) Θ̄ is
+    not isotropic (S.109): NgdrefError. ``input_dim=None`` assumes d >= N.
+    """
+    n, L = int(n_train), int(depth)
+    if n < 1:
+        raise ConfigError(f"n_train must be positive, got {n_train}")
+    if input_dim is None:
+        return float(n * L)
+    d = int(input_dim) + int(bool(bias))
+    if d >= n:
+        return float(n * L)
+    if not forster or bias:
+        raise NgdrefError(
+            f"K-FAC with {d} first-layer input dimensions < N = {n} is not isotropic (S.109); "
+            "use Forster-transformed inputs without bias (S.110–S.111)"
+        )
+    return float(n * (L - 1) + int(input_dim))
+
+
+# --------------------------------------------------------------------------------------
+# Infinite width (S.104–S.111, S.123)
+# --------------------------------------------------------------------------------------
+def _first_layer_factor(cross, train, with_bias: bool, forster: bool):
+    """𝒜_0 = P′ P⁺ with P the first-layer inputs a_0 of the training set (rows), P′ of x′.
+
+    This is a_0(x′)ᵀ (A*_0)⁺ a_0(x) / N, i.e. the ρ → 0 limit of the damped K-FAC factor:
+    for N <= d (d = number of columns of P) it is Ã_0(x′, x) Ã_0⁻¹ (S.104); for N > d it is
+    P′ (PᵀP)⁻¹ Pᵀ (S.108), which for Forster-transformed inputs (X̄ᵀX̄ = (N/M0) I, no
+    bias) is (M0/N) X′ X̄ᵀ (S.110).
+    """
+    net = train.network
+    n, m0 = train.n, net.input_dim
+
+    def feats(x):
+        a = net.sigma_w * x / math.sqrt(m0)
+        return np.concatenate([a, np.full((x.shape[0], 1), net.sigma_b)], axis=1) if with_bias else a
+
+    p, p_test = feats(train.x1), feats(cross.x1)
+    if forster:
+        if with_bias:
+            raise ConfigError(
+                "the Forster form S.110 is for networks without bias (σ_b² = 0); with the bias folded "
+                "into the Kronecker factor the first-layer inputs are [σ_w x/√M0, σ_b] (S.123)"
+            )
+        if n <= m0:
+            raise ConfigError(f"the Forster form S.110 is for M0 < N, got M0 = {m0} >= N = {n}")
+        x = train.x1
+        dev = np.max(np.abs(x.T @ x * (m0 / n) - np.eye(m0)))
+        if dev > 1e-8:
+            raise ConfigError(
+                "training inputs are not Forster-transformed (need X̄ᵀX̄ = (N/M0) I with unit rows, "
+                f"max deviation {dev:.2g}); pass X̄ = ngdref.data.forster_transform(x) as the training inputs"
+            )
+        return (m0 / n) * cross.x1 @ x.T  # S.110
+    # ρ → 0 limit of the damped factor in every case: P′P⁺, which is Ã_0(x′,x)Ã_0⁻¹ for N <= d
+    # with independent inputs (S.104) and P′(PᵀP)⁻¹Pᵀ for N > d (S.108). The pseudo-inverse
+    # (SciPy's default cut-off max(N, d)·eps·σ_max) also covers inputs that are dependent or do
+    # not span the input space (MNIST's always-zero border pixels), as the structured K-FAC does.
+    return p_test @ sla.pinv(p)
+
+
+def _kfac_layer_flops(s: cost.Shape, l: int, with_left: bool) -> float:
+    """One K-FAC layer: δ-Gram + pinv (CN), ā-Gram + pinv (N)."""
+    cn, n, fan, m = s.cn, s.n, s.fan(l), s.m(l)
+    left = (2.0 * cn**2 * m + cost.pinv(cn)) if with_left else 0.0
+    return left + 2.0 * n**2 * fan + cost.pinv(n)
+
+
+def _flops(s: cost.Shape, damping: float) -> dict:
+    cn, n, L = s.cn, s.n, s.depth
+    direction = coefficient = 0.0
+    for l in s.layers:
+        fan, m = s.fan(l), s.m(l)
+        grams = _kfac_layer_flops(s, l, l < L)
+        # (Ã/N)⁺ ā, (B/N)⁺E_v · right, δᵀ (…)
+        direction += grams + 2.0 * n**2 * fan + 2.0 * cn * n * fan + 2.0 * cn * m * fan
+        coefficient += grams + 2.0 * cn**3 + 2.0 * n**3 + cn**2
+    return cost.model(
+        (direction, "per layer: δ-Gram + pinv(CN) + ā-Gram + pinv(N) + products of S.96–S.103"),
+        (coefficient, "per layer: Grams + pinvs + two N³ products"),
+    )
+
+
+@register
+class KFAC(FisherApproximation):
+    spec = FisherSpec(
+        name="kfac", title="K-FAC", summary="K-FAC (B*+ρI)⊗(A*+ρI) per layer (S.95); biases by the FIM block (S.123)",
+        equations="Eq. 20-21, S.95-S.124", flops=_flops,
+        options=(FisherOption("bias", "bias handling: 'separate' FIM blocks (S.123) or 'folded' into the Kronecker "
+                              "factor", choices=BIAS_MODES),),
+    )
+
+    def __init__(self, network, damping: float | None = None, rtol=None, bias: str = "separate"):
         super().__init__(network, damping, rtol)
         if bias not in BIAS_MODES:
             raise ConfigError(f"unknown K-FAC bias handling {bias!r}; choose one of {', '.join(BIAS_MODES)}")
@@ -69,6 +166,11 @@ class KFAC(FisherApproximation):
             return kfac_alpha(n_samples, net.depth, net.input_dim, bias=net.has_bias, forster=True)
         except NgdrefError:  # folded bias with M0 + 1 < N: not isotropic (S.109)
             return None
+
+    def step_needs_learning_rate(self) -> str | None:
+        if self.network.n_outputs != 1:
+            return "K-FAC with C > 1 has no isotropic condition (Section 4.3 covers C = 1)"
+        return None
 
     def alpha_note(self) -> str:
         if self.network.n_outputs != 1:
@@ -115,7 +217,7 @@ class KFAC(FisherApproximation):
         return damped_inverse(self.network.sigma_b2 * b_gram / n**2, self.damping, self.rtol)
 
     # ---- structured path ---------------------------------------------------------------
-    def precondition(self, signals, v):
+    def precondition(self, signals, v, output_metric=None):
         xp = namespace_of(v)
         c, n = v.shape
         vec = xp.reshape(v, (c * n,))
@@ -143,7 +245,7 @@ class KFAC(FisherApproximation):
             out.append(d.T @ small)
         return out
 
-    def coefficient(self, signals, signals_prime=None):
+    def _theta_bar(self, signals, signals_prime):
         sp = signals if signals_prime is None else signals_prime
         xp = namespace_of(signals.f)
         c, n = signals.f.shape[1], signals.n
@@ -164,6 +266,43 @@ class KFAC(FisherApproximation):
                 term = term + self.network.sigma_b2 * (b_cross @ self._bias_inverse(signals, l, b_gram, left)) / n
             total = term if total is None else total + term
         return total
+
+    def analytic_theta_bar(self, cross, train, forster=False):
+        """K-FAC (Eq. 20–21, C = 1): Θ̄(x′, x) = N Σ_l 𝓑_l ⊙ 𝒜_{l−1} (S.105).
+
+        𝓑_l = B_l(x′, x) B_l⁻¹ for l < L and 𝓑_L = 11ᵀ (S.106 and Eq. 21 print
+        ``B_l(x′,x)⁻¹ B_l``; S.100 shows the inverse is on the training kernel). The factor N
+        follows the paper's convention B*_L = 1/N for the output layer (S.95).
+
+        * σ_b = 0: 𝒜_l = A_l(x′, x) A_l⁻¹ (l >= 1); α = N L for M0 >= N (S.107).
+        * σ_b > 0 with ``bias="folded"`` (S.123 first paragraph, a_l = [σ_w h_l/√M_l; σ_b]):
+          𝒜_l = Ã_l(x′, x) Ã_l⁻¹ with Ã_l = σ_w² A_l + σ_b² 11ᵀ; α = N L for M0 + 1 >= N.
+          With ``bias="separate"`` (S.123–S.124) the output-layer bias term 𝓑_L = 11ᵀ is rank
+          one, Θ̄ is not isotropic, and no analytic Θ̄ is given here (NgdrefError).
+        * First layer with d first-layer input dimensions (M0, or M0 + 1 with bias): for N <= d,
+          𝒜_0 = Ã_0(x′, x) Ã_0⁻¹ (S.104); for N > d the ρ → 0 limit P′P⁺ (S.108), not isotropic
+          (S.109); ``forster=True`` (σ_b = 0, M0 < N, training inputs Forster-transformed,
+          X̄ᵀX̄ = (N/M0) I with unit rows) uses 𝒜_0 = (M0/N) X′X̄ᵀ (S.110), α = N(L − 1) + M0 (S.111).
+        """
+        check_pair(cross, train)
+        net = train.network
+        if self.network.n_outputs != 1 or net.n_outputs != 1:
+            c = max(self.network.n_outputs, net.n_outputs)
+            raise NgdrefError(f"K-FAC's Θ̄ is derived for C = 1 only (Section 4.3), got C = {c}")
+        if self._separate_bias:
+            raise NgdrefError("K-FAC with separate bias blocks (S.123-S.124) has no isotropic analytic Θ̄ "
+                              "(the output bias adds 11ᵀ); use bias='folded'")
+        fold = net.has_bias
+        a_cal = [_first_layer_factor(cross, train, fold, forster)]
+        for l in range(1, net.depth):
+            cf = spd_factor(train.feature_gram(l + 1), f"the K-FAC factor Ã_{l}")
+            a_cal.append(right_solve(cross.feature_gram(l + 1), cf))
+        b_cal = []
+        for l in range(1, net.depth):
+            cf = spd_factor(train.B[l - 1], f"B_{l}")
+            b_cal.append(right_solve(cross.B[l - 1], cf))
+        b_cal.append(np.ones_like(cross.B[-1]))
+        return train.n * sum(b * a for b, a in zip(b_cal, a_cal))  # S.105
 
     # ---- explicit oracle ---------------------------------------------------------------
     def explicit_metric(self, params, x, signals=None):

@@ -17,6 +17,9 @@ of S.90) and Θ̄ = Σ_l (Σ⁻¹1)_l Θ_l(x′, x) Θ_l⁺ (Eq. 16, α = 1ᵀΣ
 A singular Σ (the tri-diagonal Σ for L = 3s + 2, Lemma 4.3) has no zero-damping
 limit: ρ = 0 is refused, ρ > 0 runs with a warning. Σ ∝ 11ᵀ is the exception of
 S.91 and is handled as exact NGD.
+
+Infinite width (:meth:`LayerWiseFisher.analytic_theta_bar`): Θ̄(x′, x) =
+Σ_l (Σ⁻¹1)_l Θ_l(x′, x) Θ_l⁻¹ from the analytic layer kernels (Eq. 16, S.71).
 """
 
 from __future__ import annotations
@@ -25,14 +28,137 @@ import warnings
 
 import numpy as np
 
-from ..alpha import layerwise_alpha, layerwise_weights, tridiagonal_sigma
-from ..backend import backend_of, namespace_of, to_device, to_host
-from ..errors import ConfigError
+from ..backend import backend_of, namespace_of, to_device
+from ..errors import ConfigError, NgdrefError
 from ..jacobian import layer_vjp
+from ..kernels import check_pair, layer_projections
 from ..linalg import psd_pinv
 from ..ntk import layer_ntks
+from . import cost
 from .base import FisherApproximation
 from .exact import ExactFisher
+from .spec import FisherOption, FisherSpec, register
+
+__all__ = ["BlockDiagonalFisher", "LayerWiseFisher", "TriDiagonalFisher", "layerwise_alpha", "layerwise_weights",
+           "parse_sigma", "tridiagonal_alpha", "tridiagonal_alpha_closed_form", "tridiagonal_sigma"]
+
+
+# --------------------------------------------------------------------------------------
+# Σ and α = 1ᵀΣ⁻¹1 (Theorem 4.1, Lemma 4.3)
+# --------------------------------------------------------------------------------------
+def _check_depth(L) -> int:
+    if isinstance(L, bool) or int(L) != L or int(L) < 1:
+        raise ConfigError(f"depth L must be a positive integer, got {L!r}")
+    return int(L)
+
+
+def tridiagonal_sigma(L: int) -> np.ndarray:
+    """Σ of the block tri-diagonal Fisher (Eq. 19): Σ_ij = 1 for |i − j| <= 1, 0 otherwise (L × L)."""
+    L = _check_depth(L)
+    idx = np.arange(L)
+    return (np.abs(idx[:, None] - idx[None, :]) <= 1).astype(np.float64)
+
+
+def _is_tridiagonal_preset(sigma: np.ndarray) -> bool:
+    return sigma.shape[0] >= 1 and np.array_equal(sigma, tridiagonal_sigma(sigma.shape[0]))
+
+
+def layerwise_weights(sigma, depth: int | None = None) -> np.ndarray:
+    """Σ⁻¹ 1_L, the per-layer weights of Eq. 16, for a symmetric nonsingular Σ.
+
+    Theorem 4.1 assumes Σ positive definite; only invertibility is used by the
+    derivation (S.72–S.74), and the tri-diagonal Σ of Eq. 19 is nonsingular but
+    indefinite (eigenvalues 1 + 2 cos(κπ/(L+1)), S.92). Raises NgdrefError if Σ is
+    singular, with the explanation of Lemma 4.3 for the tri-diagonal Σ at L = 3s + 2.
+    """
+    s = np.asarray(sigma, dtype=np.float64)
+    if s.ndim != 2 or s.shape[0] != s.shape[1] or s.shape[0] == 0:
+        raise ConfigError(f"Σ must be a square L x L matrix, got shape {s.shape}")
+    if depth is not None and s.shape[0] != depth:
+        raise ConfigError(f"Σ is {s.shape[0]} x {s.shape[0]} but the network has depth L = {depth}")
+    if not np.all(np.isfinite(s)):
+        raise ConfigError("Σ contains non-finite entries")
+    if not np.allclose(s, s.T, rtol=0, atol=1e-12 * max(1.0, float(np.max(np.abs(s))))):
+        raise ConfigError("Σ must be symmetric (Eq. 15)")
+    L = s.shape[0]
+    eig = np.linalg.eigvalsh(0.5 * (s + s.T))
+    scale = float(np.max(np.abs(eig)))
+    if scale == 0 or float(np.min(np.abs(eig))) <= 100 * L * np.finfo(np.float64).eps * scale:
+        if _is_tridiagonal_preset(s) and L % 3 == 2:
+            raise NgdrefError(
+                f"the block tri-diagonal Σ (Eq. 19) is singular for L = {L} = 3s + 2 (Lemma 4.3: "
+                f"eigenvalue 1 + 2cos(2(s+1)π/(L+1)) = 0), so Theorem 4.1 does not apply and NGD with "
+                "ρ -> 0 is unstable; use L = 3s or 3s + 1"
+            )
+        raise NgdrefError("Σ is singular; Theorem 4.1 needs an invertible Σ (α = 1ᵀΣ⁻¹1)")
+    return np.linalg.solve(s, np.ones(L))
+
+
+def layerwise_alpha(sigma) -> float:
+    """α = 1ᵀ Σ⁻¹ 1 (Theorem 4.1) for a symmetric nonsingular Σ."""
+    return float(np.sum(layerwise_weights(sigma)))
+
+
+def tridiagonal_alpha(L: int) -> float:
+    """Block tri-diagonal NGD: α = 1ᵀΣ⁻¹1 by a direct solve (NgdrefError for L = 3s + 2)."""
+    return layerwise_alpha(tridiagonal_sigma(L))
+
+
+def tridiagonal_alpha_closed_form(L: int, a: float = 1.0, b: float = 1.0) -> float:
+    """1ᵀΣ⁻¹1 for the L × L tri-diagonal Toeplitz Σ (diagonal a, off-diagonal b), S.93–S.94.
+
+    da Fonseca & Petronilho (2001): with r± = (a ± √(a² − 4b²))/(2b),
+    σ1 = (Σ⁻¹)_11 = (1/b)(r+^L − r−^L)/(r+^{L+1} − r−^{L+1}) and
+    σ2 = (Σ⁻¹)_1L = ((−1)^{L+1}/b)(r+ − r−)/(r+^{L+1} − r−^{L+1}),
+
+        1ᵀΣ⁻¹1 = (L + 2b s)/(a + 2b),   s = (1 + b(σ1 + σ2))/(a + 2b)
+
+    (s is the first column sum of Σ⁻¹). S.93 prints ``σ1 − σ2``; with σ2 = (Σ⁻¹)_1L as in
+    S.94 the sum is required (L = 3, a = b = 1: σ1 = 0, σ2 = −1, α = 1; ``σ1 − σ2`` would
+    give 13/9). For a = b = 1 (Eq. 19), r± = exp(±iπ/3) and α = s for L = 3s, s + 1 for
+    L = 3s + 1 (Lemma 4.3); Σ is singular for L = 3s + 2 (NgdrefError).
+    """
+    L = _check_depth(L)
+    a, b = float(a), float(b)
+    if b == 0:
+        if a == 0:
+            raise NgdrefError("Σ = 0 is singular")
+        return L / a
+    if a + 2 * b == 0:
+        raise NgdrefError("closed form S.93 needs a + 2b != 0")
+    disc = complex(a * a - 4 * b * b)
+    if abs(disc) <= 1e-14 * (a * a + 4 * b * b):  # repeated root r = a/(2b): the limit of S.94
+        r = a / (2 * b)
+        det_ratio = (L + 1) * r**L  # (r+^{L+1} − r−^{L+1})/(r+ − r−)
+        sigma1 = (L * r ** (L - 1)) / (b * det_ratio)
+        sigma2 = (-1) ** (L + 1) / (b * det_ratio)
+    else:
+        root = np.sqrt(disc)
+        rp, rm = (a + root) / (2 * b), (a - root) / (2 * b)
+        den = rp ** (L + 1) - rm ** (L + 1)
+        if abs(den) <= 1e-12 * max(abs(rp), abs(rm)) ** (L + 1):
+            if a == 1 and b == 1:
+                raise NgdrefError(
+                    f"the tri-diagonal Σ (Eq. 19) is singular for L = {L} = 3s + 2 (Lemma 4.3); "
+                    "α = 1ᵀΣ⁻¹1 is undefined"
+                )
+            raise NgdrefError(f"the tri-diagonal Toeplitz Σ (a={a}, b={b}, L={L}) is singular")
+        sigma1 = (rp**L - rm**L) / (b * den)
+        sigma2 = (-1) ** (L + 1) * (rp - rm) / (b * den)
+    s = (1 + b * (sigma1 + sigma2)) / (a + 2 * b)
+    value = (L + 2 * b * s) / (a + 2 * b)
+    return float(np.real(value))
+
+
+def parse_sigma(text: str) -> np.ndarray:
+    """Σ from the command line: rows separated by ';', entries by ',' (e.g. "1,0;0,1")."""
+    try:
+        rows = [[float(v) for v in row.split(",")] for row in str(text).split(";")]
+    except ValueError:
+        raise ConfigError(f"Σ must be numbers, rows separated by ';' and entries by ',' (e.g. '1,0;0,1'), got {text!r}") from None
+    if len({len(r) for r in rows}) != 1:
+        raise ConfigError(f"Σ rows have different lengths: {text!r}")
+    return np.asarray(rows, dtype=np.float64)
 
 
 def _is_singular(sigma: np.ndarray) -> bool:
@@ -44,15 +170,30 @@ def _is_all_ones_multiple(sigma: np.ndarray) -> bool:
     return bool(np.allclose(sigma, sigma[0, 0]) and sigma[0, 0] > 0)
 
 
+def _layer_flops(s: cost.Shape, damping: float) -> dict:
+    cn, L = s.cn, s.depth
+    if damping == 0:
+        solve_cost, extra = L * (cost.pinv(cn) + 2.0 * cn**2), L * (cost.pinv(cn) + 2.0 * cn**3)
+    else:
+        solve_cost, extra = cost.solve(L * cn, cn) + L * 2.0 * cn**2, cost.solve(L * cn, cn) + L * 2.0 * cn**3
+    return cost.model(
+        (cost.layer_kernels(s) + solve_cost + cost.vjp(s), "kernels + L·pinv(CN) + L matvecs + vjp"),
+        (cost.layer_kernels(s) + extra, "kernels + L·(pinv(CN) + Θ_l·R_l)"),
+    )
+
+
+@register
 class LayerWiseFisher(FisherApproximation):
     """Layer-wise FIM with a symmetric L×L matrix Σ (Eq. 15)."""
 
-    name = "layer"
-    summary = "layer-wise FIM Sᵀ(Σ⊗I)S/N (+ρI) with a user-given symmetric Σ"
-    equation = "Eq. 15-16"
-    supports_cross_entropy = True
+    spec = FisherSpec(
+        name="layer", title="layer-wise (Σ)", summary="layer-wise FIM Sᵀ(Σ⊗I)S/N (+ρI) with a user-given symmetric Σ",
+        equations="Eq. 15-16", cross_entropy=True, flops=_layer_flops,
+        options=(FisherOption("sigma", "Σ, L×L symmetric (rows separated by ';', e.g. '1,0;0,1')", parse=parse_sigma,
+                              required=True),),
+    )
 
-    def __init__(self, network, damping: float = 0.0, rtol=None, sigma=None):
+    def __init__(self, network, damping: float | None = None, rtol=None, sigma=None):
         super().__init__(network, damping, rtol)
         if sigma is None:
             raise ConfigError("layer-wise FIM needs Σ (an L×L symmetric matrix); presets: bd, tridiag")
@@ -91,11 +232,9 @@ class LayerWiseFisher(FisherApproximation):
 
     def _exact_equivalent(self):
         # Σ = c·11ᵀ: G = c JᵀJ/N + ρI, i.e. exact NGD with F scaled by c (S.91)
-        exact = ExactFisher(self.network, self.damping / float(self.sigma[0, 0]), self.rtol)
-        exact.output_metric = self.output_metric
-        return exact
+        return ExactFisher(self.network, self.damping / float(self.sigma[0, 0]), self.rtol)
 
-    def _resolvent(self, kernels):
+    def _resolvent(self, kernels, metric=None):
         """(Ω + ρI)⁻¹ (1_L ⊗ I_CN) split into L blocks R_l (each CN × CN).
 
         With a cross-entropy output metric Λ̃ (S.164) the blocks of Ω are Σ_lk Λ̃ Θ_k and
@@ -103,7 +242,6 @@ class LayerWiseFisher(FisherApproximation):
         """
         xp = namespace_of(kernels[0])
         depth, m = len(kernels), kernels[0].shape[0]
-        metric = self.output_metric
         if self.damping == 0 and not self.singular:
             w = self._weights()
             inv_metric = None if metric is None else xp.linalg.inv(metric)
@@ -126,14 +264,14 @@ class LayerWiseFisher(FisherApproximation):
         r = _damped_nonsym_solve(omega, rhs, self.damping)
         return [r[l * m : (l + 1) * m, :] for l in range(depth)]
 
-    def precondition(self, signals, v):
+    def precondition(self, signals, v, output_metric=None):
         if self.is_exact:
-            out = self._exact_equivalent().precondition(signals, v)
+            out = self._exact_equivalent().precondition(signals, v, output_metric)
             return [o / float(self.sigma[0, 0]) for o in out]
         xp = namespace_of(v)
         c, n = v.shape
         kernels = layer_ntks(signals)
-        r = self._resolvent(kernels)
+        r = self._resolvent(kernels, output_metric)
         vec = xp.reshape(v, (c * n, 1))  # Δθ_l = ∇_{θ_l}fᵀ R_l v / N
         out = []
         for l, (rl, _) in enumerate(zip(r, kernels), start=1):
@@ -141,20 +279,32 @@ class LayerWiseFisher(FisherApproximation):
             out.append(layer_vjp(signals, l, z) / n)
         return out
 
-    def coefficient(self, signals, signals_prime=None):
+    def _theta_bar(self, train, test):
         if self.is_exact:
-            return self._exact_equivalent().coefficient(signals, signals_prime) / float(self.sigma[0, 0])
-        kernels = layer_ntks(signals)
-        cross = kernels if signals_prime is None else layer_ntks(signals_prime, signals)
+            return self._exact_equivalent()._theta_bar(train, test) / float(self.sigma[0, 0])
+        kernels = layer_ntks(train)
+        cross = kernels if test is None else layer_ntks(test, train)
         r = self._resolvent(kernels)
         return sum(k @ rl for k, rl in zip(cross, r))
+
+    def analytic_theta_bar(self, cross, train, forster=False):
+        """Θ̄(x′, x) = Σ_l (Σ⁻¹1)_l Θ_l(x′, x) Θ_l⁻¹ (Eq. 16, S.71), α = 1ᵀΣ⁻¹1; C = 1 block.
+
+        Σ may be any symmetric nonsingular matrix (Theorem 4.1 says "positive definite", but the
+        derivation S.72–S.74 only inverts Σ; the tri-diagonal Σ of Eq. 19 is indefinite for every
+        L >= 3). Σ = c·11ᵀ is exact NGD scaled by 1/c (S.91)."""
+        if self.is_exact:
+            return self._exact_equivalent().analytic_theta_bar(cross, train) / float(self.sigma[0, 0])
+        check_pair(cross, train)
+        weights = layerwise_weights(self.sigma, train.depth)
+        return sum(w * p for w, p in zip(weights, layer_projections(cross, train)))
 
     def explicit_metric(self, params, x, signals=None):
         self._check_explicit()
         j = self._explicit_jacobian(params, x, signals)
         off = self.network.layer_offsets
         n = x.shape[0]
-        w = np.eye(j.shape[0]) if self.output_metric is None else np.asarray(to_host(self.output_metric))
+        w = np.eye(j.shape[0])
         g = np.zeros((j.shape[1], j.shape[1]))
         for l in range(self.network.depth):
             for k in range(self.network.depth):
@@ -182,23 +332,28 @@ def _damped_nonsym_solve(omega, rhs, damping):
     return xp.linalg.solve(omega + damping * eye, rhs)
 
 
+@register
 class BlockDiagonalFisher(LayerWiseFisher):
     """Block-diagonal (BD) approximation, Σ = I (Section 4.1, Eq. 18; α = L)."""
 
-    name = "bd"
-    summary = "block-diagonal (one block per layer), Σ = I; α = L"
-    equation = "Eq. 15-18"
+    spec = FisherSpec(
+        name="bd", title="block-diagonal", summary="block-diagonal (one block per layer), Σ = I; α = L",
+        equations="Eq. 15-18", aliases=("block-diagonal",), cross_entropy=True, flops=_layer_flops,
+    )
 
-    def __init__(self, network, damping: float = 0.0, rtol=None):
+    def __init__(self, network, damping: float | None = None, rtol=None):
         super().__init__(network, damping, rtol, sigma=np.eye(network.depth))
 
 
+@register
 class TriDiagonalFisher(LayerWiseFisher):
     """Block tri-diagonal approximation, Σ of Eq. 19 (Section 4.2, Lemma 4.3)."""
 
-    name = "tridiag"
-    summary = "block tri-diagonal, Σ of Eq. 19; α = s (L=3s), s+1 (L=3s+1); singular for L=3s+2"
-    equation = "Eq. 19, Lemma 4.3"
+    spec = FisherSpec(
+        name="tridiag", title="block tri-diagonal",
+        summary="block tri-diagonal, Σ of Eq. 19; α = s (L=3s), s+1 (L=3s+1); singular for L=3s+2",
+        equations="Eq. 19, Lemma 4.3", aliases=("tri-diagonal",), cross_entropy=True, flops=_layer_flops,
+    )
 
-    def __init__(self, network, damping: float = 0.0, rtol=None):
+    def __init__(self, network, damping: float | None = None, rtol=None):
         super().__init__(network, damping, rtol, sigma=tridiagonal_sigma(network.depth))

@@ -53,14 +53,70 @@ naive padded N×N stack, and sizes at which a threaded BLAS does not lose time.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..alpha import unit_alpha
 from ..backend import backend_of, dtype_name_of, namespace_of, to_device, to_float, to_host
+from ..errors import ConfigError, NgdrefError
+from ..kernels import check_pair, layer_gammas, order_parameters
 from ..linalg import default_rtol, psd_pinv, symmetrize
+from . import cost
 from .base import FisherApproximation
+from .spec import FisherSpec, register
+
+__all__ = ["UnitWiseFisher", "shifted_relu_unit_alpha", "unit_alpha"]
+
+
+# --------------------------------------------------------------------------------------
+# α = Σ_{l<L} γ_l M_l (Lemma C.2, S.128, S.157)
+# --------------------------------------------------------------------------------------
+def _check_unit_network(net) -> None:
+    if net.n_outputs != 1:
+        raise ConfigError(f"unit-wise α is derived for C = 1 (Section 5), got C = {net.n_outputs}")
+
+
+def unit_alpha(net, include_output_layer: bool = False, method: str = "auto", order: int = 64) -> float:
+    """Unit-wise NGD: α = Σ_{l=1}^{L−1} γ_l M_l (Lemma C.2, S.128), C = 1.
+
+    A finite network's output layer (one unit, δ_L = 1 ≠ 0 for every sample) adds exactly 1
+    (the l = L term of S.137, negligible at large M); ``include_output_layer=True`` adds it,
+    which is what the diagonal of Θ̄ of a finite network shows.
+    q_l are computed by closed forms where available (ReLU, shifted ReLU, erf, linear) and
+    Gauss–Hermite quadrature of ``order`` nodes otherwise (tanh).
+    """
+    _check_unit_network(net)
+    gammas = layer_gammas(net, method=method, order=order)
+    alpha = sum(g * m for g, m in zip(gammas, net.widths[1:-1]))
+    return float(alpha + (1.0 if include_output_layer else 0.0))
+
+
+def shifted_relu_unit_alpha(net, include_output_layer: bool = False) -> float:
+    """S.157 for φ_s(x) = max(x, −s): α = Σ_{l<L} (1/2 + erf(s/√(2 q_l))/2) M_l (s = 0: Σ M_l/2)."""
+    _check_unit_network(net)
+    if net.activation.name not in ("shifted-relu", "relu"):
+        raise ConfigError(f"S.157 is for the (shifted) ReLU, got {net.activation.name!r}")
+    s = float(net.activation.shift) if net.activation.name == "shifted-relu" else 0.0
+    q = order_parameters(net)
+    alpha = sum((0.5 + 0.5 * math.erf(s / math.sqrt(2.0 * q[l - 1]))) * net.widths[l] for l in range(1, net.depth))
+    return float(alpha + (1.0 if include_output_layer else 0.0))
+
+
+def _flops(s: cost.Shape, damping: float) -> dict:
+    """Per layer K = a aᵀ (2N²fan), eigvalsh + inv of K (≈ 6N³), one compacted solve per unit on
+    ≈ N/2 samples (ReLU: half the samples alive; (2/3)p³ + 2p²), Δθ_{l,i} = a_Sᵀ z_i (2·N·fan per
+    unit); Θ̄(x, x) at ρ = 0 with K ≻ 0 is S.137 in closed form (no per-unit solve)."""
+    n, cn = s.n, s.cn
+    p = max(1, n // 2)
+    direction = sum(2.0 * n**2 * s.fan(l) + 6.0 * n**3 + s.m(l) * cost.solve(p, 1) + 2.0 * n * s.m(l) * s.fan(l)
+                    + 2.0 * cn * s.m(l) for l in s.layers)
+    coefficient = sum(2.0 * n**2 * s.fan(l) + 4.0 * n**3 + 4.0 * cn * s.m(l) for l in s.layers)
+    return cost.model(
+        (direction, "per layer: K = aaᵀ + eig/inv(N) + M_l solves on ≈N/2 samples + a_Sᵀz (2N·M_l·fan)"),
+        (coefficient, "per layer: K = aaᵀ + eigvalsh(N) + O(N·M_l) (closed form S.137 on the training set)"),
+    )
+
 
 _EXACT, _DAMPED, _PINV = "exact", "damped", "pinv"
 
@@ -102,14 +158,23 @@ class _Layer:
         return int(self.e.shape[0])
 
 
+@register
 class UnitWiseFisher(FisherApproximation):
-    """Unit-wise block-diagonal FIM (Eq. 23); ρ = 0 is the exact zero-damping limit of S.132–S.137."""
+    """Unit-wise block-diagonal FIM (Eq. 23); ρ = 0 is the exact zero-damping limit of S.132–S.137.
 
-    name = "unit"
-    summary = (
-        "unit-wise FIM: one block ∇_{θ_i}fᵀ∇_{θ_i}f/N (+ρI) per unit (Eq. 23); α = Σ_{l<L} γ_l M_l + 1"
+    Default damping ρ = 1e-12: at ρ = 0 the step divides by arbitrarily small δ_{l,i}(x_n)
+    (S.134–S.137); Θ̄ is then exactly diag(#alive units) but a finite network's step leaves the
+    linear regime (M = 4096, N = 100: ‖θ_1 − θ_0‖ = 2e5 and the loss grows). The paper's own
+    unit-wise experiments use ρ = 1e-12 (C.3).
+    """
+
+    spec = FisherSpec(
+        name="unit", title="unit-wise",
+        summary="unit-wise FIM: one block ∇_{θ_i}fᵀ∇_{θ_i}f/N (+ρI) per unit (Eq. 23); α = Σ_{l<L} γ_l M_l + 1",
+        equations="Eq. 23-24, S.128-S.137, S.156", aliases=("unit-wise",), default_damping=1e-12,
+        default_damping_reason="default for unit (ρ = 0 leaves the linear regime at finite width; paper C.3 uses 1e-12)",
+        flops=_flops,
     )
-    equation = "Eq. 23-24, S.128-S.137, S.156"
 
     # ---- α -------------------------------------------------------------------------------
     def analytic_alpha(self, n_samples):
@@ -275,7 +340,7 @@ class UnitWiseFisher(FisherApproximation):
         safe = xp.where(lay.alive, denom, xp.ones_like(denom))
         return xp.where(lay.alive, x / safe, xp.zeros_like(x))
 
-    def precondition(self, signals, v):
+    def precondition(self, signals, v, output_metric=None):
         """Δθ_{l,i} = a_Sᵀ (post ∘ Φ_i(u_i/σ_i)) per unit (module docstring), θ_l-shaped per layer."""
         xp = namespace_of(v)
         c, n = v.shape
@@ -301,13 +366,13 @@ class UnitWiseFisher(FisherApproximation):
             out.append(xp.astype(coef, lay.a.dtype) @ lay.a)  # the parameter-sized product in the net's dtype
         return out
 
-    def coefficient(self, signals, signals_prime=None):
+    def _theta_bar(self, signals, signals_prime):
         """Θ̄(x′, x) = Σ_{l,i} J_{l,i}(x′) G_{l,i}⁻¹ J_{l,i}(x)ᵀ/N (S.156); S.137 in closed form on x = x′.
 
-        With ``signals_prime=None`` (x′ = x) and ρ = 0, each layer whose K is positive definite
+        With ``coefficient(s)`` (x′ = x) and ρ = 0, each layer whose K is positive definite
         contributes its exact zero-damping value Σ_i diag(1[δ_i ≠ 0]) (C = 1; for C > 1 the
-        per-sample blocks Σ_i δ_i δ_iᵀ/‖δ_i‖²) without any solve. Pass ``signals`` again as
-        ``signals_prime`` to evaluate the general formula on the training set instead.
+        per-sample blocks Σ_i δ_i δ_iᵀ/‖δ_i‖²) without any solve; ``coefficient(s, s)``
+        evaluates the general formula on the training set instead.
         """
         xp = namespace_of(signals.f)
         total = None
@@ -374,6 +439,18 @@ class UnitWiseFisher(FisherApproximation):
         full = xp.stack(acc, axis=0)  # (C_k′, N′, C_k, N)
         full = xp.permute_dims(full, (2, 1, 0, 3))  # (C_k, N′, C_k′, N)
         return xp.reshape(full, (c * n_p, c * n))
+
+    def analytic_theta_bar(self, cross, train, forster=False):
+        """Θ̄ = α I on the training set only (S.137, Lemma C.2), α = Σ_{l<L} γ_l M_l (S.128) with the
+        network's widths. No analytic Θ̄(x′, x) is known for test inputs (Section C.2.2, S.156):
+        NgdrefError unless ``cross`` is the training set's own kernels."""
+        check_pair(cross, train)
+        if cross.x1.shape != train.x1.shape or not np.array_equal(cross.x1, train.x1):
+            raise NgdrefError(
+                "unit-wise NGD has no analytic Θ̄(x′, x) for test inputs x′ ≠ x (Section C.2.2, S.156); "
+                "only Θ̄ = α I on the training set (S.137) is known"
+            )
+        return unit_alpha(train.network) * np.eye(train.n)
 
     # ---- explicit oracle -----------------------------------------------------------------
     def explicit_metric(self, params, x, signals=None):
