@@ -120,6 +120,19 @@ def fim_help(prefix: str) -> str:
     return prefix + " " + "; ".join(f"{name} ({cls.spec.title})" for name, cls in REGISTRY.items()) + "."
 
 
+class FimOption(click.Option):
+    """``--fim``: its help lists the registry as it is when help is shown (an approximation
+    registered after the CLI was imported appears too); the option's ``help`` is the prefix."""
+
+    def get_help_record(self, ctx):
+        prefix = self.help
+        try:
+            self.help = fim_help(prefix)
+            return super().get_help_record(ctx)
+        finally:
+            self.help = prefix
+
+
 def parse_str_list(text: str) -> list[str]:
     return [v for v in str(text).replace(" ", "").split(",") if v]
 

@@ -8,7 +8,7 @@ from rich.table import Table
 from .common import (
     build_network,
     check_fim_names,
-    fim_help,
+    FimOption,
     consoles,
     data_options,
     emit_json,
@@ -21,8 +21,7 @@ from .common import (
 
 
 @click.command()
-@click.option("--fim", "fims", default="exact,bd,tridiag,kfac,unit", show_default=True,
-              help=fim_help("Comma-separated approximations:"))
+@click.option("--fim", "fims", cls=FimOption, default="exact,bd,tridiag,kfac,unit", show_default=True, help="Comma-separated approximations:")
 @click.option("--n-train", default=100, show_default=True, type=int, help="N (K-FAC's α depends on it).")
 @click.option("--input-dim", default=784, show_default=True, type=int, help="M0.")
 @click.option("--outputs", default=1, show_default=True, type=int, help="C.")
@@ -55,8 +54,7 @@ def alpha(settings, fims, n_train, input_dim, outputs, depth, width, activation,
 
 
 @click.command()
-@click.option("--fim", "fims", default="exact,bd,tridiag,kfac", show_default=True,
-              help=fim_help("Comma-separated approximations:"))
+@click.option("--fim", "fims", cls=FimOption, default="exact,bd,tridiag,kfac", show_default=True, help="Comma-separated approximations:")
 @click.option("--kernel", type=click.Choice(["analytic", "empirical"]), default="analytic", show_default=True,
               help="Θ̄ from the infinite-width kernels or from a finite network.")
 @click.option("--seeds", default=10, show_default=True, type=int, help="Initialisations (f_0 draws).")

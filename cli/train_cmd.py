@@ -12,7 +12,7 @@ from .common import (
     UserError,
     build_network,
     check_fim_names,
-    fim_help,
+    FimOption,
     fim_options,
     consoles,
     data_options,
@@ -31,7 +31,7 @@ def _fmt(v, spec=".4g"):
 
 
 @click.command()
-@click.option("--fim", default="unit", show_default=True, help=fim_help("Fisher approximation:"))
+@click.option("--fim", cls=FimOption, default="unit", show_default=True, help="Fisher approximation:")
 @click.option("--steps", default=10, show_default=True, type=int, help="Training steps.")
 @click.option("--lr", type=float, default=None, help="Learning rate η (overrides --lr-scale).")
 @click.option("--lr-scale", default=1.0, show_default=True, type=float, help="c in η = c/α (Corollary 4.2); for gd η = c/λ_max(Θ).")
@@ -108,8 +108,7 @@ def train(settings, fim, steps, lr, lr_scale, damping, loss, ce_damping, lineari
 
 
 @click.command()
-@click.option("--fim", "fims", default="gd,bd,unit,diag,quasi-diag", show_default=True,
-              help=fim_help("Comma-separated approximations:"))
+@click.option("--fim", "fims", cls=FimOption, default="gd,bd,unit,diag,quasi-diag", show_default=True, help="Comma-separated approximations:")
 @click.option("--widths", default="256,512,1024,2048,4096", show_default=True, help="Comma-separated hidden widths.")
 @click.option("--damping", default=0.0, show_default=True, type=float, help="ρ (Fig. 3 uses 1e-12).")
 @network_options()

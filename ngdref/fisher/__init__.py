@@ -23,7 +23,7 @@ above. Importing this package imports every family module, which registers it.
 from __future__ import annotations
 
 from .base import FisherApproximation
-from .spec import REGISTRY, FisherOption, FisherSpec, fisher_class, fisher_names, get_fisher, register
+from .spec import REGISTRY, FisherOption, FisherSpec, fisher_class, fisher_names, get_fisher, register, unregister
 from .exact import ExactFisher, GradientDescent  # noqa: E402  (registration order = table order)
 from .layerwise import BlockDiagonalFisher, LayerWiseFisher, TriDiagonalFisher, layerwise_alpha, tridiagonal_sigma
 from .kfac import KFAC
@@ -50,4 +50,5 @@ __all__ = [
     "layerwise_alpha",
     "register",
     "tridiagonal_sigma",
+    "unregister",
 ]

@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .base import FisherApproximation
 
 __all__ = ["DAMPING_POLICIES", "FisherOption", "FisherSpec", "REGISTRY", "fisher_class", "fisher_names",
-           "get_fisher", "register"]
+           "get_fisher", "register", "unregister"]
 
 #: "none": G has no damping term (gd, G = I); "optional": ρ >= 0, ρ = 0 the pseudo-inverse
 #: (zero-damping limit); "required": ρ > 0.
@@ -131,6 +131,13 @@ def register(cls):
     for key in (spec.name, *spec.aliases):
         _ALIASES[key] = spec.name
     return cls
+
+
+def unregister(name: str) -> None:
+    """Remove an approximation (and its aliases) from the registry (plug-ins, tests)."""
+    cls = REGISTRY.pop(name)
+    for key in (cls.spec.name, *cls.spec.aliases):
+        _ALIASES.pop(key, None)
 
 
 def fisher_names() -> tuple[str, ...]:

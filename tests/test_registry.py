@@ -1,0 +1,159 @@
+"""One approximation, one class: a new approximation defined here, in one class and with no
+other edit, is checked against its explicit oracle and appears in ``train``, ``isotropy``,
+``predict --kernel empirical``, ``--help`` and the benchmark suite.
+
+The example is the layer-wise FIM with Σ = 2I (Eq. 15): G = 2·blockdiag(∇_{θ_l}fᵀ∇_{θ_l}f)/N,
+so α = 1ᵀΣ⁻¹1 = L/2 (Theorem 4.1) and Θ̄ = (L/2)·I at ρ = 0 on a wide enough network.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from ngdref.backend import get_backend, to_host
+from ngdref.data import load_dataset
+from ngdref.errors import ConfigError
+from ngdref.fisher import REGISTRY, FisherSpec, LayerWiseFisher, fisher_class, get_fisher, register, unregister
+from ngdref.network import Network
+from ngdref_cli.main import cli
+
+from . import oracles
+
+
+class TwiceBlockDiagonal(LayerWiseFisher):
+    """Layer-wise NGD with Σ = 2I (Eq. 15): α = L/2 (Theorem 4.1)."""
+
+    spec = FisherSpec(
+        name="bd2", title="block-diagonal, Σ = 2I", summary="layer-wise FIM with Σ = 2I; α = L/2",
+        equations="Eq. 15-16", aliases=("twice-bd",), flops=LayerWiseFisher.spec.flops,
+    )
+
+    def __init__(self, network, damping=None, rtol=None):
+        super().__init__(network, damping, rtol, sigma=2.0 * np.eye(network.depth))
+
+
+@pytest.fixture
+def bd2():
+    register(TwiceBlockDiagonal)
+    try:
+        yield TwiceBlockDiagonal
+    finally:
+        unregister("bd2")
+
+
+def _run(args):
+    return CliRunner().invoke(cli, args, catch_exceptions=False)
+
+
+def test_new_approximation_matches_its_oracle_and_alpha(bd2):
+    net = Network((6, 9, 7, 1), "tanh", 2.0, 0.5)
+    params = net.init(3, get_backend("numpy"))
+    x = np.random.default_rng(0).standard_normal((5, 6))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    y = np.random.default_rng(1).standard_normal((5, 1))
+    fim = get_fisher("twice-bd", net)  # the alias resolves
+    assert type(fim) is bd2 and fim.analytic_alpha(5) == pytest.approx(1.5)
+    ref = oracles.oracle("layer", net, params, x, 0.0, sigma=2.0 * np.eye(3))
+    s = net.signals(params, x)
+    got = np.asarray(to_host(net.flatten(fim.direction(params, x, y, s))))
+    want = ref.direction(y)
+    assert np.max(np.abs(got - want)) <= 1e-9 * np.max(np.abs(want))
+    theta_bar = np.asarray(to_host(fim.coefficient(s)))
+    assert np.max(np.abs(theta_bar - ref.theta_bar())) <= 1e-9 * np.max(np.abs(theta_bar))
+    # ... and it is a different G from bd's: half of bd's step
+    bd = np.asarray(to_host(net.flatten(get_fisher("bd", net).direction(params, x, y, s))))
+    np.testing.assert_allclose(got, bd / 2.0, rtol=1e-10, atol=0)
+
+
+def test_new_approximation_reaches_every_command(bd2, tmp_path):
+    out = tmp_path / "train.json"
+    r = _run(["train", "--fim", "bd2", "--data", "gaussian", "--n-train", "10", "--n-test", "4", "--input-dim", "12",
+              "--width", "48", "--steps", "2", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    rec = json.loads(out.read_text())
+    assert rec["summary"]["fim"]["name"] == "bd2"
+    assert rec["summary"]["alpha"] == pytest.approx(1.5) and rec["summary"]["alpha_source"] == "analytic"
+    assert rec["records"][-1]["train_loss"] < rec["records"][0]["train_loss"]
+
+    out = tmp_path / "iso.json"
+    r = _run(["isotropy", "--fim", "bd,bd2", "--widths", "32", "--data", "gaussian", "--n-train", "8",
+              "--input-dim", "12", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    rows = {row["fim"]: row for row in json.loads(out.read_text())["rows"]}
+    assert rows["bd2"]["alpha_analytic"] == pytest.approx(1.5)
+    assert rows["bd2"]["alpha_measured"] == pytest.approx(rows["bd"]["alpha_measured"] / 2, rel=1e-10)
+
+    out = tmp_path / "pred.json"
+    r = _run(["predict", "--fim", "bd,bd2", "--kernel", "empirical", "--seeds", "1", "--width", "32",
+              "--data", "gaussian", "--n-train", "8", "--n-test", "4", "--input-dim", "12", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    rows = {row["fim"]: row for row in json.loads(out.read_text())["rows"]}
+    assert rows["bd2"]["mean"] == pytest.approx(rows["bd"]["mean"])  # Θ̄ scales by 1/2: f_∞ is the same
+
+    for command in ("train", "isotropy", "predict"):
+        help_text = " ".join(_run([command, "--help"]).output.split())
+        assert "bd2 (block-diagonal, Σ = 2I)" in help_text, command
+
+
+def test_new_approximation_is_benchmarked(bd2):
+    from benchmarks import run_suite, suite_config
+
+    cfg = suite_config("quick", widths=(16,), repeats=1, min_repeats=1, backends=("numpy",), fims=("bd2",))
+    cfg.tiny = {"width": 4, "input_dim": 4, "n": 4}
+    cfg.analytic_n = ()
+    result = run_suite(cfg)
+    timed = {(c["case"], c.get("path")) for c in result["cases"] if c.get("fim") == "bd2" and c["status"] == "ok"}
+    assert {("coefficient", "structured"), ("direction", "structured"), ("step", "structured")} <= timed
+    flops = [c["flops"] for c in result["cases"] if c.get("fim") == "bd2" and c.get("path") == "structured"]
+    assert flops and all(f and f > 0 for f in flops)
+
+
+def test_registry_refuses_duplicates_and_unknown_names(bd2):
+    class Clash(TwiceBlockDiagonal):
+        spec = FisherSpec(name="clash", title="t", summary="s", equations="e", aliases=("bd",))
+
+    with pytest.raises(ValueError, match="already taken"):
+        register(Clash)
+    assert "clash" not in REGISTRY
+    with pytest.raises(ConfigError, match="unknown Fisher approximation"):
+        fisher_class("newton")
+    r = CliRunner().invoke(cli, ["train", "--fim", "newton"])
+    assert r.exit_code == 2 and "unknown --fim newton" in r.output
+
+
+def test_spec_damping_policies_and_options():
+    net = Network((4, 8, 1), "relu", 2.0, 0.0)
+    assert get_fisher("unit", net).damping == 1e-12  # unit-wise's default lives in its spec (paper C.3)
+    assert get_fisher("exact", net).damping == 0.0
+    with pytest.raises(ConfigError, match="does not apply"):
+        get_fisher("gd", net, 1e-3)
+    assert fisher_class("gd").spec.applicable_damping(1e-3) == 0.0
+    assert fisher_class("bd").spec.applicable_damping(1e-3) == 1e-3
+    with pytest.raises(ConfigError, match="finite number"):
+        get_fisher("exact", net, float("nan"))
+    layer = fisher_class("layer").spec
+    np.testing.assert_array_equal(layer.parse_options({"sigma": "1,0;0,1"})["sigma"], np.eye(2))
+    with pytest.raises(ConfigError, match="needs its option sigma"):
+        layer.parse_options({})
+    with pytest.raises(ConfigError, match="does not apply to --fim bd"):
+        fisher_class("bd").spec.parse_options({"sigma": "1"})
+    with pytest.raises(ConfigError, match="one of separate, folded"):
+        fisher_class("kfac").spec.parse_options({"bias": "both"})
+    assert fisher_class("kfac").spec.parse_options({"bias": "folded"}) == {"bias": "folded"}
+
+
+def test_every_registered_spec_is_complete():
+    from ngdref.fisher.cost import Shape
+
+    shape = Shape((6, 8, 8, 1), 5, True)
+    for name, cls in REGISTRY.items():
+        spec = cls.spec
+        assert spec.name == name and spec.title and spec.summary and spec.equations, name
+        assert spec.flops is not None, f"{name} has no FLOP model"
+        for case in ("direction", "coefficient"):
+            flops, formula = spec.flops(shape, 0.0)[case]
+            assert flops > 0 and formula, (name, case)
