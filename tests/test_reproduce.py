@@ -156,6 +156,9 @@ def test_cli_scheduler_and_jobs(tmp_path):
 
 
 def _blas_threads_probe(params):
+    """The thread counts of every BLAS loaded in this process, SciPy's own OpenBLAS included
+    (which a fresh worker loads only when a cell first calls scipy.linalg)."""
+    import scipy.linalg  # noqa: F401
     from threadpoolctl import threadpool_info
 
     return {"threads": sorted({p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"})}
@@ -166,18 +169,23 @@ def test_cells_run_with_the_pinned_thread_count_and_restore_it(tmp_path):
 
     from ngdref.experiments.sweep import Cell
 
-    before = [p["num_threads"] for p in threadpool_info()]
+    def limits():
+        return {p["filepath"]: p["num_threads"] for p in threadpool_info()}
+
+    import scipy.linalg  # noqa: F401  (every BLAS the cells can load is loaded before "before")
+
+    before = limits()
     cells = [Cell.make("probe", _blas_threads_probe, {"i": i}) for i in range(2)]
     assert [o.result["threads"] for o in run_cells(cells, threads=1)] == [[1], [1]]
     assert [o.result["threads"] for o in run_cells(cells, threads=2)] == [[2], [2]]
-    assert [p["num_threads"] for p in threadpool_info()] == before
+    assert limits() == before
     with make_executor(jobs=2) as pool:
         assert [o.result["threads"] for o in run_cells(cells, pool, threads=1)] == [[1], [1]]
     # worker threads after the main thread pinned and released (a Dask worker's situation:
     # threadpoolctl lets one thread control a shared OpenBLAS pool and ignores the others)
     with concurrent.futures.ThreadPoolExecutor(2) as threads_pool:
         assert [o.result["threads"] for o in run_cells(cells, threads_pool, threads=1)] == [[1], [1]]
-    assert [p["num_threads"] for p in threadpool_info()] == before
+    assert limits() == before
     # a stored cell computed with another thread count is recomputed, never mixed into the sweep
     first = run_cells(cells, cell_dir=tmp_path, threads=1)
     assert not any(o.cached for o in first)

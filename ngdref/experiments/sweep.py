@@ -138,6 +138,8 @@ def pinned_threads(threads: int) -> Iterator[None]:
     wrong one; OpenMP pools (OpenMP-built OpenBLAS, MKL) are per calling thread, so each cell
     also limits its own thread.
     """
+    import numpy  # noqa: F401  threadpoolctl limits only the libraries already loaded: load the
+    import scipy.linalg  # noqa: F401  BLAS/LAPACK the cells use first (a fresh worker has neither)
     from threadpoolctl import threadpool_limits
 
     threads = int(threads)

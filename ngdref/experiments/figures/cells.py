@@ -107,7 +107,7 @@ def isotropy_cell(p: dict) -> dict:
     out = {k: (finite(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)
            for k, v in row.items() if k != "alpha_note"}
     if p.get("s157"):
-        from ...alpha import shifted_relu_unit_alpha
+        from ...fisher.unitwise import shifted_relu_unit_alpha
 
         out["s157"] = shifted_relu_unit_alpha(net)
         out["s157_with_output_unit"] = shifted_relu_unit_alpha(net, include_output_layer=True)

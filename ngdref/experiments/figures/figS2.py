@@ -68,7 +68,7 @@ def analyse(config: dict, outcomes: list[CellOutcome]) -> tuple[list, list, dict
 
 def s157_curve(config: dict, shifts: np.ndarray) -> np.ndarray:
     """S.157 α/M on a grid of shifts (the analytic line of Fig. S.2)."""
-    from ...alpha import shifted_relu_unit_alpha
+    from ...fisher.unitwise import shifted_relu_unit_alpha
 
     n = config["network"]
     out = []
