@@ -34,3 +34,9 @@ def rng():
 def unit_rows(rng, n, d):
     x = rng.standard_normal((n, d))
     return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def theta_bar(fim, s_train, s_test=None):
+    """Θ̄(x′, x) of ``fim`` through its public ``coefficient``, G built on ``s_train``; Θ̄(x, x) when
+    ``s_test`` is None. The one place in the tests that knows coefficient's argument order (x′ first)."""
+    return fim.coefficient(s_train) if s_test is None else fim.coefficient(s_test, s_train)

@@ -1,19 +1,22 @@
-"""gd, exact, layer-wise (bd, tridiag, any Σ) and K-FAC: structured path vs explicit oracle,
-isotropy with the paper's α, special cases and error paths."""
+"""gd, exact, layer-wise (bd, tridiag, any Σ) and K-FAC (both bias modes): the structured path on
+every core backend vs the explicit P×P oracles of tests/oracles.py, isotropy with the paper's α,
+special cases and error paths."""
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import numpy as np
 import pytest
 
 from ngdref import Network, to_device, to_host
+from ngdref.diagnostics import isotropy
 from ngdref.errors import ConfigError, NgdrefError
 from ngdref.fisher import KFAC, LayerWiseFisher, get_fisher, tridiagonal_sigma
-from ngdref.diagnostics import isotropy
 
-from .conftest import unit_rows
+from . import oracles as O
+from .conftest import theta_bar, unit_rows
 
 # well-conditioned tiny nets: N = 4 samples, fan-in >= N
 CONFIGS = [
@@ -23,7 +26,28 @@ CONFIGS = [
     ((6, 9, 10, 9, 1), "erf", 0.0),
     ((5, 9, 8, 9, 10, 2), "tanh", 0.2),
 ]
-NAMES = ["gd", "exact", "bd", "tridiag", "kfac"]
+
+
+def _dense_sigma(depth: int) -> np.ndarray:
+    """A dense, positive definite, non-constant Σ for the general layer-wise FIM (Eq. 15)."""
+    i = np.arange(depth)
+    return 0.5 ** np.abs(i[:, None] - i[None, :]) + np.diag(1.0 + 0.25 * i)
+
+
+# (name, options): every approximation of this file, K-FAC with both S.123 bias modes
+FIMS = [
+    ("gd", {}),
+    ("exact", {}),
+    ("bd", {}),
+    ("tridiag", {}),
+    ("layer", {"sigma": "dense"}),
+    ("kfac", {"bias": "separate"}),
+    ("kfac", {"bias": "folded"}),
+]
+
+
+def _options(opts: dict, depth: int) -> dict:
+    return {k: (_dense_sigma(depth) if v == "dense" else v) for k, v in opts.items()}
 
 
 def _setup(widths, act, sb2, seed=0, n=4, n_test=3):
@@ -32,91 +56,120 @@ def _setup(widths, act, sb2, seed=0, n=4, n_test=3):
     return net, net.init(seed + 1), unit_rows(rng, n, widths[0]), unit_rows(rng, n_test, widths[0]), rng.standard_normal((n, widths[-1]))
 
 
-def _tolerance(fim, p, x):
+def _rel(a, b):
+    return float(np.max(np.abs(np.asarray(a) - b)) / np.max(np.abs(b)))
+
+
+def _tolerance(orc: O.Oracle) -> float:
     """1e-9, widened to 1e4·eps·κ(G) when the pseudo-inverse of an ill-conditioned G is compared
     (products of Kronecker-factor eigenvalues make κ(G) large for K-FAC at ρ = 0)."""
-    ev = np.linalg.eigvalsh(fim.explicit_metric(p, x))
-    kept = ev[ev > ev.size * np.finfo(float).eps * ev.max()]
-    return max(1e-9, 1e4 * np.finfo(float).eps * kept.max() / kept.min())
+    return max(1e-9, 1e4 * O.EPS * orc.condition())
 
 
-def _rel(a, b):
-    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+@functools.lru_cache(maxsize=None)
+def _oracle_case(widths, act, sb2, name, opts_key, rho):
+    """(Δθ, Θ̄(x, x), Θ̄(x′, x), tol) of the oracle, once per case (shared by the backends)."""
+    net, p, x, xt, y = _setup(widths, act, sb2)
+    orc = O.oracle(name, net, p, x, rho, **_options(dict(opts_key), net.depth))
+    return orc.direction(y), orc.theta_bar(), orc.theta_bar(xt), _tolerance(orc)
 
 
+def _structured(fim, net, x, xt, y, backend=None, seed=1):
+    """Δθ (flat), Θ̄(x, x), Θ̄(x′, x) of the structured path on ``backend`` (host arrays back)."""
+    p = net.init(seed, backend)
+    xb, xtb, yb = (a if backend is None else to_device(a, backend) for a in (x, xt, y))
+    s, st = net.signals(p, xb), net.signals(p, xtb)
+    d = to_host(net.flatten(fim.direction(p, xb, yb, s)))
+    return d, to_host(theta_bar(fim, s)), to_host(theta_bar(fim, s, st))
+
+
+# ---- structured path vs explicit oracle ----------------------------------------------------
 @pytest.mark.parametrize("widths,act,sb2", CONFIGS)
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name,opts", FIMS, ids=[f"{n}-{'-'.join(map(str, o.values()))}" for n, o in FIMS])
 @pytest.mark.parametrize("rho", [0.0, 1e-2])
-def test_structured_matches_explicit_oracle(widths, act, sb2, name, rho):
+def test_structured_matches_explicit_oracle(widths, act, sb2, name, opts, rho, backend):
     if name == "gd" and rho:
         pytest.skip("gd has no damping")
-    net, p, x, xt, y = _setup(widths, act, sb2)
+    net, _, x, xt, y = _setup(widths, act, sb2)
     if name == "tridiag" and net.depth % 3 == 2 and net.depth > 2 and rho == 0:
         with pytest.raises(NgdrefError, match="Lemma 4.3"):
             get_fisher(name, net, rho)
         return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        fim = get_fisher(name, net, rho)
-    tol = _tolerance(fim, p, x)
-    assert _rel(to_host(net.flatten(fim.direction(p, x, y))), fim.explicit_direction(p, x, y)) < tol
-    assert _rel(fim.coefficient_matrix(p, x, xt), fim.explicit_coefficient(p, x, xt)) < tol
-    assert _rel(fim.coefficient_matrix(p, x), fim.explicit_coefficient(p, x)) < tol
+        fim = get_fisher(name, net, rho, **_options(opts, net.depth))
+        d, c_train, c_test = _structured(fim, net, x, xt, y, backend)
+    want_d, want_train, want_test, tol = _oracle_case(widths, act, sb2, name, tuple(opts.items()), rho)
+    assert _rel(d, want_d) < tol
+    assert _rel(c_train, want_train) < tol
+    assert _rel(c_test, want_test) < tol
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_structured_path_runs_on_strict_backend(name, backend):
-    net, p, x, xt, y = _setup((6, 12, 10, 1), "relu", 0.5)
+@pytest.mark.parametrize("name", ["gd", "exact", "bd", "tridiag", "kfac"])
+def test_backends_agree_with_numpy(name, backend):
+    """The same structured computation on every core backend agrees to rounding (1e-12)."""
+    net, _, x, xt, y = _setup((6, 12, 10, 1), "relu", 0.5)
     fim = get_fisher(name, net, 0.0)
-    ref_d = net.flatten(fim.direction(p, x, y))
-    ref_c = fim.coefficient_matrix(p, x, xt)
-    pb, xb, xtb, yb = net.init(1, backend), to_device(x, backend), to_device(xt, backend), to_device(y, backend)
-    d = to_host(net.flatten(fim.direction(pb, xb, yb)))
-    c = to_host(fim.coefficient_matrix(pb, xb, xtb))
-    assert _rel(d, ref_d) < 1e-12 and _rel(c, ref_c) < 1e-12
+    ref = _structured(fim, net, x, xt, y)
+    got = _structured(fim, net, x, xt, y, backend)
+    for a, b in zip(got, ref):
+        assert _rel(a, b) < 1e-12
 
 
-def test_layer_with_all_ones_sigma_is_exact():
-    """S.91: Σ = 11ᵀ makes the layer-wise FIM the exact FIM."""
+@pytest.mark.parametrize("c", [1.0, 2.5])
+@pytest.mark.parametrize("rho", [0.0, 0.05])
+def test_layer_with_constant_sigma_matches_oracle(c, rho):
+    """S.91: Σ = c·11ᵀ makes the layer-wise FIM c·F + ρI (the exact FIM scaled); checked against the
+    oracle's masked metric, not against ExactFisher (which the code delegates to)."""
     net, p, x, xt, y = _setup((6, 12, 10, 1), "relu", 0.5)
-    for rho in (0.0, 0.05):
-        layer = LayerWiseFisher(net, rho, sigma=np.ones((3, 3)))
-        exact = get_fisher("exact", net, rho)
-        assert _rel(to_host(net.flatten(layer.direction(p, x, y))), to_host(net.flatten(exact.direction(p, x, y)))) < 1e-12
-        assert _rel(layer.coefficient_matrix(p, x, xt), exact.coefficient_matrix(p, x, xt)) < 1e-12
-        assert _rel(layer.explicit_metric(p, x), exact.explicit_metric(p, x)) < 1e-14
+    sigma = c * np.ones((3, 3))
+    orc = O.oracle("layer", net, p, x, rho, sigma=sigma)
+    d, c_train, c_test = _structured(LayerWiseFisher(net, rho, sigma=sigma), net, x, xt, y)
+    assert _rel(d, orc.direction(y)) < 1e-9
+    assert _rel(c_train, orc.theta_bar()) < 1e-9
+    assert _rel(c_test, orc.theta_bar(xt)) < 1e-9
 
 
 def test_kfac_single_sample_is_block_diagonal():
+    """N = 1: K-FAC's Kronecker blocks are the BD blocks (tests/test_oracles.py); the structured K-FAC
+    step and Θ̄ equal the oracle BD ones."""
     net, p, x, xt, y = _setup((6, 10, 8, 1), "tanh", 0.0, n=1)
-    kfac, bd = get_fisher("kfac", net), get_fisher("bd", net)
-    assert _rel(kfac.explicit_metric(p, x), bd.explicit_metric(p, x)) < 1e-12
-    assert _rel(to_host(net.flatten(kfac.direction(p, x, y))), to_host(net.flatten(bd.direction(p, x, y)))) < 1e-9
+    orc = O.oracle("bd", net, p, x)
+    d, c_train, c_test = _structured(get_fisher("kfac", net, 0.0), net, x, xt, y)
+    assert _rel(d, orc.direction(y)) < 1e-9
+    assert _rel(c_train, orc.theta_bar()) < 1e-9
+    assert _rel(c_test, orc.theta_bar(xt)) < 1e-9
 
 
 def test_gd_is_the_ntk():
-    from ngdref import empirical_ntk
-
+    """G = I: Θ̄(x′, x) = J(x′)J(x)ᵀ/N, the empirical NTK (Eq. 5–6), from the oracle's Jacobian."""
     net, p, x, xt, y = _setup((6, 10, 8, 1), "tanh", 0.3)
-    gd = get_fisher("gd", net)
-    assert _rel(gd.coefficient_matrix(p, x, xt), empirical_ntk(net, p, xt, x, method="explicit")) < 1e-12
+    gd = get_fisher("gd", net, 0.0)
+    s, st = net.signals(p, x), net.signals(p, xt)
+    assert _rel(theta_bar(gd, s, st), O.ntk(net, p, xt, x)) < 1e-12
+    assert _rel(theta_bar(gd, s), O.ntk(net, p, x, x)) < 1e-12
 
 
-def test_no_double_damping():
-    """G + ρI is what is inverted, once: the explicit metric minus ρI equals F."""
-    net, p, x, _, _ = _setup((6, 10, 1), "tanh", 0.0)
-    rho = 0.37
-    for name in ("exact", "bd", "tridiag"):
-        g0 = get_fisher(name, net, 0.0).explicit_metric(p, x)
-        g1 = get_fisher(name, net, rho).explicit_metric(p, x)
-        np.testing.assert_allclose(g1 - g0, rho * np.eye(net.n_params), atol=1e-14)
-    # and the structured coefficient equals J (F + ρI)^{-1} Jᵀ/N built from F alone
-    from ngdref import jacobian
+@pytest.mark.parametrize("name", ["exact", "bd", "tridiag", "layer", "kfac"])
+def test_damping_enters_once(name):
+    """A damping comparable to F (ρ = 0.37): the structured step and Θ̄ equal the oracle's, which adds ρI
+    once (masked FIMs) or once per Kronecker factor (K-FAC, Eq. 20) — a second ρ would show at O(1)."""
+    net, p, x, xt, y = _setup((6, 10, 1) if name != "layer" else (6, 10, 9, 1), "tanh", 0.3)
+    opts = {"sigma": _dense_sigma(net.depth)} if name == "layer" else {}
+    orc = O.oracle(name, net, p, x, 0.37, **opts)
+    d, c_train, c_test = _structured(get_fisher(name, net, 0.37, **opts), net, x, xt, y)
+    assert _rel(d, orc.direction(y)) < 1e-10
+    assert _rel(c_train, orc.theta_bar()) < 1e-10
+    assert _rel(c_test, orc.theta_bar(xt)) < 1e-10
 
-    j = jacobian(net, p, x)
-    f = j.T @ j / 4
-    want = j @ np.linalg.solve(f + rho * np.eye(f.shape[0]), j.T) / 4
-    assert _rel(get_fisher("exact", net, rho).coefficient_matrix(p, x), want) < 1e-10
+
+def test_exact_damped_theta_bar_spectrum():
+    """Exact NGD with ρ > 0: Θ̄(x, x) = Θ(Θ + ρI)⁻¹ has eigenvalues λ/(λ + ρ) for the NTK's eigenvalues λ."""
+    net, p, x, _, _ = _setup((6, 10, 9, 2), "tanh", 0.3)
+    lam = np.linalg.eigvalsh(O.ntk(net, p, x, x))
+    for rho in (1e-3, 0.37, 5.0):
+        tb = to_host(theta_bar(get_fisher("exact", net, rho), net.signals(p, x)))
+        np.testing.assert_allclose(np.linalg.eigvalsh((tb + tb.T) / 2), lam / (lam + rho), rtol=1e-10, atol=1e-13)
 
 
 @pytest.mark.parametrize(
@@ -136,7 +189,7 @@ def test_isotropic_with_papers_alpha(name, widths, sb2, alpha):
     x = unit_rows(rng, 20, widths[0])
     fim = get_fisher(name, net, 0.0)
     assert fim.analytic_alpha(20) == pytest.approx(alpha)
-    d = isotropy(fim.coefficient_matrix(net.init(0), x), alpha)
+    d = isotropy(theta_bar(fim, net.signals(net.init(0), x)), alpha)
     assert d["deviation_from_alpha_I"] < 1e-8
 
 
@@ -148,25 +201,37 @@ def test_kfac_forster_alpha():
     n, m0 = 30, 10
     x = forster_transform(unit_rows(rng, n, m0))
     net = Network((m0, 512, 512, 1), "relu", 2.0, 0.0)
-    fim = get_fisher("kfac", net)
+    fim = get_fisher("kfac", net, 0.0)
     alpha = fim.analytic_alpha(n)
     assert alpha == n * 2 + m0
-    d = isotropy(fim.coefficient_matrix(net.init(0), x), alpha)
+    p = net.init(0)
+    d = isotropy(theta_bar(fim, net.signals(p, x)), alpha)
     assert d["deviation_from_alpha_I"] < 1e-8
-    raw = isotropy(fim.coefficient_matrix(net.init(0), unit_rows(rng, n, m0)), alpha)
+    raw = isotropy(theta_bar(fim, net.signals(p, unit_rows(rng, n, m0))), alpha)
     assert raw["condition_number"] > 1.1  # S.109: not isotropic without the transform
 
 
-def test_kfac_separate_bias_is_not_claimed_isotropic():
-    net = Network((20, 64, 64, 1), "relu", 2.0, 0.5)
-    assert KFAC(net).analytic_alpha(10) is None and "11" in KFAC(net).alpha_note()
-    assert KFAC(net, bias="folded").analytic_alpha(10) == 30
+def test_kfac_bias_modes_alpha_against_oracle():
+    """Folded bias: α = NL and the oracle's Θ̄(x, x) is NL·I; separate bias blocks (S.123): no α is
+    claimed, and indeed the oracle's Θ̄ is N(2L−1)·I + 11ᵀ (the output bias's rank-one term)."""
+    net, p, x, xt, y = _setup((6, 9, 8, 1), "tanh", 0.5)  # tanh: every Gram matrix has full rank
+    n = x.shape[0]
+    folded = KFAC(net, 0.0, bias="folded")
+    assert folded.analytic_alpha(n) == n * 3
+    np.testing.assert_allclose(O.oracle("kfac", net, p, x, bias="folded").theta_bar(), n * 3 * np.eye(n), atol=1e-8)
+    np.testing.assert_allclose(theta_bar(folded, net.signals(p, x)), n * 3 * np.eye(n), atol=1e-8)
+    separate = KFAC(net, 0.0)
+    assert separate.analytic_alpha(n) is None and "11" in separate.alpha_note()
+    want = O.oracle("kfac", net, p, x, bias="separate").theta_bar()
+    np.testing.assert_allclose(want, n * 5 * np.eye(n) + np.ones((n, n)), atol=1e-8)
+    np.testing.assert_allclose(theta_bar(separate, net.signals(p, x)), want, atol=1e-8)
+    assert KFAC(Network((20, 64, 64, 1), "relu", 2.0, 0.5), bias="folded").analytic_alpha(10) == 30
 
 
 def test_tridiag_alpha_and_singular_sigma():
     for depth, alpha in [(3, 1), (4, 2), (6, 2), (7, 3)]:
         net = Network((4,) + (6,) * (depth - 1) + (1,), "tanh")
-        assert get_fisher("tridiag", net).analytic_alpha(4) == pytest.approx(alpha)
+        assert get_fisher("tridiag", net, 0.0).analytic_alpha(4) == pytest.approx(alpha)
     net5 = Network((4, 6, 6, 6, 6, 1), "tanh")
     with pytest.raises(NgdrefError, match="Lemma 4.3"):
         get_fisher("tridiag", net5, 0.0)
@@ -174,11 +239,12 @@ def test_tridiag_alpha_and_singular_sigma():
         fim = get_fisher("tridiag", net5, 1e-3)
     assert fim.analytic_alpha(4) is None
     np.testing.assert_array_equal(tridiagonal_sigma(3), [[1, 1, 0], [1, 1, 1], [0, 1, 1]])
+    np.testing.assert_array_equal(tridiagonal_sigma(6), O.tridiagonal_sigma(6))
 
 
 def test_layerwise_warns_on_a_singular_layer_kernel_only_for_non_diagonal_sigma():
     """Θ_3 = a_2 a_2ᵀ has rank ≤ M + 1 = 5 < N = 10: S.89 with Θ_3⁺ is not G⁺∇L for tridiag (warn),
-    while for BD (Σ = I) it still is (no warning)."""
+    while for BD (Σ = I) it still is (no warning, and it equals the oracle's G⁺∇L)."""
     rng = np.random.default_rng(0)
     net = Network((6, 8, 4, 1), "tanh", 2.0, 0.3)
     p, x = net.init(0), unit_rows(rng, 10, 6)
@@ -187,7 +253,9 @@ def test_layerwise_warns_on_a_singular_layer_kernel_only_for_non_diagonal_sigma(
         get_fisher("tridiag", net, 0.0).direction(p, x, y)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
-        get_fisher("bd", net, 0.0).direction(p, x, y)
+        d = get_fisher("bd", net, 0.0).direction(p, x, y)
+    orc = O.oracle("bd", net, p, x)
+    assert _rel(net.flatten(d), orc.direction(y)) < max(1e-9, 1e4 * O.EPS * orc.condition())
 
 
 def test_bad_input_errors():

@@ -1,24 +1,27 @@
 """Unit-wise (Eq. 23), diagonal and quasi-diagonal (Fig. 3) Fisher approximations.
 
-Structured path vs the explicit P×P oracle, the exact zero-damping identity S.137, a
-per-unit least-squares oracle at N > 64 (the blocked solve), the strict backend, the
-isotropy of unit-wise NGD against the analytic α (S.128) and the Fig. 3 comparison of the
-entry-wise FIMs with the NTK.
+Structured path on every core backend vs the explicit P×P oracles of tests/oracles.py, the
+exact zero-damping identity S.137, a per-unit least-squares oracle at N > 64 (the blocked
+solve), Ollivier's update written out, the isotropy of unit-wise NGD against the analytic α
+(S.128) and the Fig. 3 comparison of the entry-wise FIMs with the NTK.
 """
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
-from ngdref import Network, to_device, to_host, unit_jacobian
+from ngdref import Network, to_device, to_host
 from ngdref.alpha import unit_alpha
 from ngdref.diagnostics import isotropy
 from ngdref.fisher import DiagonalFisher, QuasiDiagonalFisher, UnitWiseFisher, get_fisher
 from ngdref.fisher.diagonal import bias_coupling, squared_signal_fisher
 from ngdref.fisher.unitwise import LAPACK_BLOCK, _spd_solve
 
-from .conftest import unit_rows
+from . import oracles as O
+from .conftest import theta_bar, unit_rows
 
 NAMES = ["unit", "diag", "quasi-diag"]
 # tiny nets, N = 5 samples (fan-in >= N except the last config, whose first layer has
@@ -44,7 +47,7 @@ def _rel(a, b):
     return float(np.max(np.abs(np.asarray(a) - b)) / np.max(np.abs(b)))
 
 
-def _tolerance(fim, params, x):
+def _tolerance(orc: O.Oracle) -> float:
     """1e-9, widened to 50·eps·κ(G) for an ill-conditioned G.
 
     The oracle inverts (or pseudo-inverts) the explicit P×P matrix G, whose accuracy is
@@ -52,25 +55,45 @@ def _tolerance(fim, params, x):
     e.g. the erf net has units with tiny δ, κ(G) ~ 1e8, and the oracle is the less
     accurate side).
     """
-    ev = np.linalg.eigvalsh(fim.explicit_metric(params, x))
-    kept = ev[ev > ev.size * np.finfo(float).eps * ev.max()]
-    return max(1e-9, 50 * np.finfo(float).eps * kept.max() / kept.min())
+    return max(1e-9, 50 * O.EPS * orc.condition())
+
+
+def _on(backend, *arrays):
+    return [a if backend is None else to_device(a, backend) for a in arrays]
+
+
+def _structured(fim, net, x, xt, y, backend=None, seed=1):
+    """Δθ (flat), Θ̄(x, x), Θ̄(x′, x) of the structured path on ``backend`` (host arrays back)."""
+    p = net.init(seed, backend)
+    xb, xtb, yb = _on(backend, x, xt, y)
+    s, st = net.signals(p, xb), net.signals(p, xtb)
+    d = to_host(net.flatten(fim.direction(p, xb, yb, s)))
+    return d, to_host(theta_bar(fim, s)), to_host(theta_bar(fim, s, st))
+
+
+@functools.lru_cache(maxsize=None)
+def _oracle_case(widths, act, sb2, name, rho):
+    """(Δθ, Θ̄(x, x), Θ̄(x′, x), tol) of the oracle, once per case (shared by the backends)."""
+    net, p, x, xt, y = _setup(widths, act, sb2)
+    orc = O.oracle(name, net, p, x, rho)
+    return orc.direction(y), orc.theta_bar(), orc.theta_bar(xt), _tolerance(orc)
 
 
 # ---- structured path vs explicit oracle ----------------------------------------------------
 @pytest.mark.parametrize("widths,act,sb2", CONFIGS)
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("rho", [0.0, 1e-2])
-def test_structured_matches_explicit_oracle(widths, act, sb2, name, rho):
-    net, p, x, xt, y = _setup(widths, act, sb2)
+def test_structured_matches_explicit_oracle(widths, act, sb2, name, rho, backend):
+    net, _, x, xt, y = _setup(widths, act, sb2)
     fim = get_fisher(name, net, rho)
-    tol = _tolerance(fim, p, x)
-    assert _rel(to_host(net.flatten(fim.direction(p, x, y))), fim.explicit_direction(p, x, y)) < tol
-    assert _rel(fim.coefficient_matrix(p, x, xt), fim.explicit_coefficient(p, x, xt)) < tol
-    assert _rel(fim.coefficient_matrix(p, x), fim.explicit_coefficient(p, x)) < tol
+    d, c_train, c_test = _structured(fim, net, x, xt, y, backend)
+    want_d, want_train, want_test, tol = _oracle_case(widths, act, sb2, name, rho)
+    assert _rel(d, want_d) < tol
+    assert _rel(c_train, want_train) < tol
+    assert _rel(c_test, want_test) < tol
     if name == "unit":  # the general formula on x′ = x (no closed form)
-        s = net.signals(p, x)
-        assert _rel(fim.coefficient(s, s), fim.explicit_coefficient(p, x)) < tol
+        s = net.signals(net.init(1, backend), _on(backend, x)[0])
+        assert _rel(to_host(theta_bar(fim, s, s)), want_train) < tol
 
 
 def test_registry_names():
@@ -98,18 +121,19 @@ def test_unit_wise_relu_dead_units_satisfy_s137_exactly():
     assert np.any(per_unit == 0) and np.any((per_unit > 0) & (per_unit < x.shape[0]))  # dead & partly dead
     fim = UnitWiseFisher(net, 0.0)
     s137 = np.diag(alive.sum(axis=1) + 1.0)  # Σ_{l<L,i} diag(1[δ ≠ 0]) + the output unit
-    assert np.array_equal(to_host(fim.coefficient(s)), s137)  # closed form: exactly
-    assert _rel(to_host(fim.coefficient(s, s)), s137) < 1e-10  # general formula
-    assert _rel(fim.explicit_coefficient(p, x), s137) < 1e-9  # oracle: J G⁺ Jᵀ / N
-    assert _rel(to_host(net.flatten(fim.direction(p, x, y))), fim.explicit_direction(p, x, y)) < 1e-9
-    assert _rel(fim.coefficient_matrix(p, x, xt), fim.explicit_coefficient(p, x, xt)) < 1e-9
+    assert np.array_equal(to_host(theta_bar(fim, s)), s137)  # closed form: exactly
+    assert _rel(to_host(theta_bar(fim, s, s)), s137) < 1e-10  # general formula
+    orc = O.oracle("unit", net, p, x)
+    assert _rel(orc.theta_bar(), s137) < 1e-9  # oracle: J G⁺ Jᵀ / N
+    assert _rel(to_host(net.flatten(fim.direction(p, x, y))), orc.direction(y)) < 1e-9
+    assert _rel(theta_bar(fim, s, net.signals(p, xt)), orc.theta_bar(xt)) < 1e-9
 
 
 def test_unit_wise_multi_output_training_blocks():
     """C > 1: per-sample C×C blocks Σ_i δ_iδ_iᵀ/‖δ_i‖² (rank-one projectors), zero across samples."""
     net, p, x, _, _ = _setup((6, 12, 10, 3), "tanh", 0.2)
     s = net.signals(p, x)
-    theta = to_host(UnitWiseFisher(net, 0.0).coefficient(s)).reshape(3, 5, 3, 5)
+    theta = to_host(theta_bar(UnitWiseFisher(net, 0.0), s)).reshape(3, 5, 3, 5)
     off = theta.copy()
     for n in range(5):
         off[:, n, :, n] = 0.0
@@ -118,13 +142,13 @@ def test_unit_wise_multi_output_training_blocks():
     assert trace == pytest.approx(12 + 10 + 3, rel=1e-12)  # each unit's projector has trace 1
 
 
-def _per_unit_reference(s, layer, unit, v, rho):
-    """G_{l,i}⁻¹ J_{l,i}ᵀ v / N from the unit's own Jacobian: min-norm least squares at ρ = 0."""
-    j = np.asarray(unit_jacobian(s, layer, unit))
+def _per_unit_reference(j, unit_cols, v, rho):
+    """G_{l,i}⁻¹ J_{l,i}ᵀ v / N from the unit's own columns of the oracle's J: min-norm least squares at ρ = 0."""
+    j = j[:, unit_cols]
     vec = np.asarray(v).reshape(-1)
     if rho == 0:
         return np.linalg.lstsq(j, vec, rcond=None)[0]
-    n = s.n
+    n = j.shape[0]
     return np.linalg.solve(j.T @ j / n + rho * np.eye(j.shape[1]), j.T @ vec / n)
 
 
@@ -139,10 +163,11 @@ def test_unit_wise_per_unit_oracle_beyond_lapack_block(act, rho):
     s = net.signals(p, x)
     v = (s.f - rng.standard_normal((n, 1))).T
     out = UnitWiseFisher(net, rho).precondition(s, v)
+    j = O.jacobian(O.Net.of(net), p, x)  # (N, P), C = 1
     worst = 0.0
     for layer in (1, 2, 3):
         for unit in rng.choice(net.widths[layer], size=min(8, net.widths[layer]), replace=False):
-            ref = _per_unit_reference(s, layer, int(unit), v, rho)
+            ref = _per_unit_reference(j, net.unit_slice(layer, int(unit)), v, rho)
             worst = max(worst, _rel(out[layer - 1][unit], ref))
     assert worst < 1e-9
 
@@ -158,14 +183,15 @@ def test_blocked_spd_solve():
 
 # ---- quasi-diagonal: Ollivier's formula and its special cases ----------------------------------
 def test_quasi_diagonal_is_ollivier_update():
-    """Δw_j = (G_bb g_j − G_bj g_b)/(G_bb G_jj − G_bj²), Δb = g_b/G_bb − Σ_j (G_bj/G_bb) Δw_j."""
+    """Δw_j = (G_bb g_j − G_bj g_b)/(G_bb G_jj − G_bj²), Δb = g_b/G_bb − Σ_j (G_bj/G_bb) Δw_j
+    (Ollivier's update written out per unit), for the structured step and for the oracle G_qd⁻¹∇L."""
     net, p, x, _, y = _setup((5, 10, 9, 1), "tanh", 0.3)
     rho = 1e-3
     fim = QuasiDiagonalFisher(net, rho)
-    s = net.signals(p, x)
-    j = np.asarray(to_host(fim._explicit_jacobian(p, x, s)))
-    grad = j.T @ np.asarray(to_host(s.f - y)).T.reshape(-1) / x.shape[0]
+    j = O.jacobian(O.Net.of(net), p, x)
+    grad = j.T @ (O.outputs(O.Net.of(net), p, x) - y).T.reshape(-1) / x.shape[0]
     got = to_host(net.flatten(fim.direction(p, x, y)))
+    from_metric = O.oracle("quasi-diag", net, p, x, rho).direction(y)
     for layer in (1, 2, 3):
         for unit in range(net.widths[layer]):
             sl = net.unit_slice(layer, unit)
@@ -175,15 +201,9 @@ def test_quasi_diagonal_is_ollivier_update():
             gbb = gdiag[-1]
             dw = (gbb * g[:-1] - gbj * g[-1]) / (gbb * gdiag[:-1] - gbj**2)
             db = g[-1] / gbb - np.sum(gbj / gbb * dw)
-            assert _rel(got[sl], np.concatenate([dw, [db]])) < 1e-10
-    # its metric: the diagonal and the bias couplings of F + ρI, plus the rank-one completion
-    gq = fim.explicit_metric(p, x, s)
-    f = j.T @ j / x.shape[0] + rho * np.eye(j.shape[1])
-    sl = net.unit_slice(2, 4)
-    assert np.allclose(np.diag(gq)[sl], np.diag(f)[sl], rtol=1e-12)
-    assert np.allclose(gq[sl, sl][-1], f[sl, sl][-1], rtol=1e-12)
-    gb = f[sl, sl][-1]
-    assert np.allclose(gq[sl, sl][0, 1], gb[0] * gb[1] / gb[-1], rtol=1e-12)
+            ollivier = np.concatenate([dw, [db]])
+            assert _rel(got[sl], ollivier) < 1e-10
+            assert _rel(from_metric[sl], ollivier) < 1e-10
 
 
 def test_quasi_diagonal_degenerate_relu_units_match_pseudo_inverse():
@@ -199,8 +219,9 @@ def test_quasi_diagonal_degenerate_relu_units_match_pseudo_inverse():
     fim = QuasiDiagonalFisher(net, 0.0)
     d = to_host(net.flatten(fim.direction(p, x, y)))
     assert np.all(np.isfinite(d))
-    assert _rel(d, fim.explicit_direction(p, x, y)) < 1e-9
-    assert _rel(fim.coefficient_matrix(p, x), fim.explicit_coefficient(p, x)) < 1e-9
+    orc = O.oracle("quasi-diag", net, p, x)
+    assert _rel(d, orc.direction(y)) < 1e-9
+    assert _rel(theta_bar(fim, s), orc.theta_bar()) < 1e-9
 
 
 @pytest.mark.parametrize("widths,seed,n", [((4, 10, 8, 1), 2, 3), ((6, 12, 10, 2), 0, 5)])
@@ -224,18 +245,22 @@ def test_quasi_diagonal_direction_equals_its_map(widths, seed, n):
         assert degenerate  # the ẑ_w branch is exercised
 
 
-def test_quasi_diagonal_without_bias_is_diagonal():
+@pytest.mark.parametrize("rho", [0.0, 1e-2])
+def test_quasi_diagonal_without_bias_is_diagonal(rho):
+    """No bias, no coupling: quasi-diag's step and Θ̄ are the oracle's *diagonal* FIM ones."""
     net, p, x, xt, y = _setup((6, 12, 10, 2), "relu", 0.0)
-    q, d = QuasiDiagonalFisher(net, 0.0), DiagonalFisher(net, 0.0)
-    for a, b in zip(q.direction(p, x, y), d.direction(p, x, y)):
-        assert np.array_equal(to_host(a), to_host(b))
-    assert np.array_equal(q.coefficient_matrix(p, x, xt), d.coefficient_matrix(p, x, xt))
+    orc = O.oracle("diag", net, p, x, rho)
+    d, c_train, c_test = _structured(QuasiDiagonalFisher(net, rho), net, x, xt, y)
+    tol = _tolerance(orc)
+    assert _rel(d, orc.direction(y)) < tol
+    assert _rel(c_train, orc.theta_bar()) < tol
+    assert _rel(c_test, orc.theta_bar(xt)) < tol
 
 
 def test_diagonal_fisher_from_squared_signals():
     net, p, x, _, _ = _setup((5, 10, 9, 2), "tanh", 0.3)
     s = net.signals(p, x)
-    j = np.asarray(to_host(DiagonalFisher(net)._explicit_jacobian(p, x, s)))
+    j = O.jacobian(O.Net.of(net), p, x)
     flat = np.concatenate([to_host(squared_signal_fisher(s, l)).reshape(-1) for l in (1, 2, 3)])
     assert _rel(flat, np.sum(j * j, axis=0) / x.shape[0]) < 1e-13
     sl = net.unit_slice(2, 3)  # F_{b j} of one unit: the bias column of its Fisher block
@@ -249,12 +274,10 @@ def test_diagonal_fisher_from_squared_signals():
 def test_structured_path_runs_on_backend(name, widths, act, sb2, rho, backend):
     net, p, x, xt, y = _setup(widths, act, sb2)
     fim = get_fisher(name, net, rho)
-    ref_d = to_host(net.flatten(fim.direction(p, x, y)))
-    ref_c, ref_0 = fim.coefficient_matrix(p, x, xt), fim.coefficient_matrix(p, x)
-    pb, xb, xtb, yb = net.init(1, backend), to_device(x, backend), to_device(xt, backend), to_device(y, backend)
-    assert _rel(to_host(net.flatten(fim.direction(pb, xb, yb))), ref_d) < 1e-12
-    assert _rel(to_host(fim.coefficient_matrix(pb, xb, xtb)), ref_c) < 1e-12
-    assert _rel(to_host(fim.coefficient_matrix(pb, xb)), ref_0) < 1e-12
+    ref = _structured(fim, net, x, xt, y)
+    got = _structured(fim, net, x, xt, y, backend)
+    for a, b in zip(got, ref):  # the same computation on every core backend agrees to rounding
+        assert _rel(a, b) < 1e-12
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -264,9 +287,10 @@ def test_float32_stays_float32(name, rho):
     p = net.init(1, dtype="float32")
     x32, xt32, y32 = (a.astype(np.float32) for a in (x, xt, y))
     fim = get_fisher(name, net, rho)
-    assert all(d.dtype == np.float32 for d in fim.direction(p, x32, y32))
-    assert fim.coefficient_matrix(p, x32, xt32).dtype == np.float32
-    assert fim.coefficient_matrix(p, x32).dtype == np.float32
+    s32 = net.signals(p, x32)
+    assert all(d.dtype == np.float32 for d in fim.direction(p, x32, y32, s32))
+    assert theta_bar(fim, s32, net.signals(p, xt32)).dtype == np.float32
+    assert theta_bar(fim, s32).dtype == np.float32
 
 
 @pytest.mark.parametrize("name", ["diag", "quasi-diag"])
@@ -288,10 +312,12 @@ def test_diagonal_coefficient_on_training_support_matches_oracle(name, rho, back
         assert len(units) < lay.d.shape[2] or len(inputs) < lay.a.shape[1]
         assert int(inputs[-1]) == lay.a.shape[1] - 1  # the bias column is kept, and last
     fim = get_fisher(name, net, rho)
-    tol = _tolerance(fim, p, x)
+    orc = O.oracle(name, net, p, x, rho)
+    tol = _tolerance(orc)
     pb, xb, xtb = net.init(4, backend), to_device(x, backend), to_device(xt, backend)  # init(4) is p
-    assert _rel(to_host(fim.coefficient_matrix(pb, xb, xtb)), fim.explicit_coefficient(p, x, xt)) < tol
-    assert _rel(to_host(fim.coefficient_matrix(pb, xb)), fim.explicit_coefficient(p, x)) < tol
+    sb = net.signals(pb, xb)
+    assert _rel(to_host(theta_bar(fim, sb, net.signals(pb, xtb))), orc.theta_bar(xt)) < tol
+    assert _rel(to_host(theta_bar(fim, sb)), orc.theta_bar()) < tol
 
 
 def test_unit_float32_does_small_algebra_in_float64():
@@ -316,7 +342,7 @@ def test_unit_float32_does_small_algebra_in_float64():
     d64 = net.flatten(fim.direction(p64, x64, y, s64))
     assert d32.dtype == np.float32
     assert _rel(d32, d64) < 1e-3
-    c32, c64 = fim.coefficient(s32), fim.coefficient(s64)
+    c32, c64 = theta_bar(fim, s32), theta_bar(fim, s64)
     assert c32.dtype == np.float32 and _rel(c32, c64) < 1e-6
 
 
@@ -346,7 +372,7 @@ def test_unit_wise_isotropy_matches_analytic_alpha(act):
     for width in (64, 768):
         net, p, x = _gaussian_setup(width, act)
         fim = UnitWiseFisher(net, 0.0)
-        iso = isotropy(fim.coefficient_matrix(p, x))
+        iso = isotropy(theta_bar(fim, net.signals(p, x)))
         conds.append(iso["condition_number"])
         if width == 768:
             alpha = fim.analytic_alpha(x.shape[0])
@@ -361,8 +387,9 @@ def test_unit_wise_isotropy_matches_analytic_alpha(act):
 def test_unit_wise_damped_path_converges_to_zero_damping_limit():
     """ρ = 1e-12 (Fig. S.2's setting) goes through the damped solves; Θ̄(ρ) → Θ̄(0) linearly in ρ."""
     net, p, x = _gaussian_setup(256, "relu", n=30)
-    exact = to_host(UnitWiseFisher(net, 0.0).coefficient_matrix(p, x))
-    dev = [_rel(to_host(UnitWiseFisher(net, rho).coefficient_matrix(p, x)), exact) for rho in (1e-12, 1e-14)]
+    s = net.signals(p, x)
+    exact = to_host(theta_bar(UnitWiseFisher(net, 0.0), s))
+    dev = [_rel(to_host(theta_bar(UnitWiseFisher(net, rho), s)), exact) for rho in (1e-12, 1e-14)]
     assert dev[0] < 1e-3 and dev[1] < dev[0] / 20
 
 
@@ -371,7 +398,7 @@ def test_entrywise_fims_are_better_than_ntk_but_not_isotropic():
     """Fig. 3 (C.3.1, small): L = 3, Gaussian inputs M0 = 100, N = 60, σ_w² = 2, σ_b² = 0.5, ρ = 1e-12."""
     net, p, x = _gaussian_setup(384, "relu", n=60)
     s = net.signals(p, x)
-    cond = {name: isotropy(get_fisher(name, net, 0.0 if name == "gd" else 1e-12).coefficient(s))["condition_number"]
+    cond = {name: isotropy(theta_bar(get_fisher(name, net, 0.0 if name == "gd" else 1e-12), s))["condition_number"]
             for name in ("gd", "unit", "diag", "quasi-diag")}
     assert cond["unit"] < 1.2
     for name in ("diag", "quasi-diag"):

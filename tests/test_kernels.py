@@ -12,7 +12,7 @@ from scipy.stats import multivariate_normal
 
 from ngdref import Network
 from ngdref.activations import get_activation
-from ngdref.alpha import analytic_alpha, kfac_alpha, tridiagonal_sigma, unit_alpha
+from ngdref.alpha import analytic_alpha, kfac_alpha
 from ngdref.errors import ConfigError, NgdrefError
 from ngdref.kernels import (
     analytic_kernels,
@@ -25,7 +25,6 @@ from ngdref.kernels import (
     theta_bar_kfac,
     theta_bar_layerwise,
     theta_bar_tridiagonal,
-    theta_bar_unit,
 )
 from ngdref.ntk import layer_ntks
 
@@ -486,15 +485,48 @@ def test_singular_a0_without_bias(rng):
         theta_bar_exact(ks, ks)
 
 
-def test_unit_wise_theta_bar(rng):
-    net = Network.build(8, 64, 3, 1, "relu", sigma_b2=0.5)
+def test_unit_wise_theta_bar_of_tanh_is_the_finite_networks(rng):
+    """φ′ ≠ 0 everywhere: the analytic unit-wise Θ̄ (S.128, γ = 1) is (Σ_{l<L} M_l) I, and a finite tanh
+    network's Θ̄ = J G_unit⁺ Jᵀ/N from the explicit oracle (tests/oracles.py) is that plus the output
+    unit's I (S.137), exactly, at any width (K = a aᵀ positive definite: M_{l−1} + 1 >= N)."""
+    from ngdref.fisher import get_fisher
+
+    from . import oracles as O
+
+    net = Network.build(8, [10, 9], 3, 1, "tanh", sigma_w2=2.0, sigma_b2=0.5)
     x = unit_rows(rng, 5, 8)
-    _isotropic(theta_bar_unit(net, x), unit_alpha(net))
-    _isotropic(theta_bar_unit(net, x, x.copy(), include_output_layer=True), unit_alpha(net) + 1)
-    with pytest.raises(NgdrefError, match="no analytic"):
-        theta_bar_unit(net, x, unit_rows(rng, 3, 8))
-    with pytest.raises(NgdrefError, match="no analytic"):
-        analytic_theta_bar(net, x, unit_rows(rng, 3, 8), method="unit-wise")
+    k = analytic_kernels(net, x)
+    fim = get_fisher("unit", net, 0.0)
+    analytic = fim.analytic_theta_bar(k, k)
+    finite = O.oracle("unit", net, net.init(2), x).theta_bar()
+    np.testing.assert_allclose(analytic + np.eye(5), finite, atol=1e-9)
+    np.testing.assert_allclose(analytic, 19.0 * np.eye(5), rtol=1e-12)
+    with pytest.raises(NgdrefError, match="no analytic"):  # S.156: nothing known for x′ ≠ x
+        fim.analytic_theta_bar(analytic_kernels(net, unit_rows(rng, 3, 8), x), k)
+
+
+@pytest.mark.parametrize("act", ["relu", "shifted-relu"])
+def test_unit_wise_theta_bar_counts_alive_units_of_wide_networks(act, rng):
+    """ReLU-like φ: by S.137 a finite network's Θ̄_nn is the number of units with δ_{l,i}(x_n) ≠ 0 (plus
+    the output unit, checked against the oracle in tests/test_oracles.py). Counted in the oracle's
+    literal forward pass of a wide network, it matches the analytic diagonal Σ γ_l M_l (S.128, S.157)
+    within the binomial spread (√(Σ M_l/4) per sample, at most; seen: < 1 %)."""
+    from ngdref.fisher import get_fisher
+
+    from . import oracles as O
+
+    width, n = 2048, 12
+    net = Network.build(40, width, 3, 1, act, shift=1.0, sigma_w2=2.0, sigma_b2=0.5)
+    x = unit_rows(rng, n, 40)
+    k = analytic_kernels(net, x)
+    alpha = float(np.mean(np.diag(get_fisher("unit", net, 0.0).analytic_theta_bar(k, k))))
+    _, _, deltas = O.backward(O.Net.of(net), net.init(5), x)
+    alive = sum(np.count_nonzero(d[0], axis=1) for d in deltas[:-1])  # hidden units, per sample
+    assert abs(np.mean(alive) - alpha) < 2.5 * np.sqrt(2 * width / 4.0)  # 80 of ≈ 2048 (ReLU), 3500
+    if act == "relu":
+        assert alpha == pytest.approx(width)  # γ = 1/2 per hidden layer (S.157, s = 0)
+    else:
+        assert 1.5 * width < alpha < 1.9 * width  # 1/2 + erf(s/√(2q_l))/2 per layer, s = 1
 
 
 # --------------------------------------------------------------------------------------
@@ -557,6 +589,6 @@ def test_theta_bar_pair_checks(rng):
         analytic_theta_bar(net, x, method="diagonal")
     with pytest.raises(ConfigError, match="sigma"):
         analytic_theta_bar(net, x, method="layer-wise")
-    np.testing.assert_allclose(
-        theta_bar_tridiagonal(train, train), theta_bar_layerwise(train, train, tridiagonal_sigma(3))
+    np.testing.assert_allclose(  # Eq. 19 written out, not the library's tridiagonal_sigma
+        theta_bar_tridiagonal(train, train), theta_bar_layerwise(train, train, np.array([[1, 1, 0], [1, 1, 1], [0, 1, 1]]))
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ngdref import Network, get_backend, jacobian
+from ngdref import Network, get_backend, to_device, to_host
 from ngdref.data import load_dataset
 from ngdref.dynamics import isotropic_trajectory, linearized_trajectory, resolvent_factor
 from ngdref.errors import ConfigError
@@ -13,7 +13,8 @@ from ngdref.fisher import get_fisher
 from ngdref.losses import cross_entropy_metric, softmax
 from ngdref.train import TrainConfig, train
 
-from .conftest import unit_rows
+from . import oracles as O
+from .conftest import theta_bar as coefficient, unit_rows
 
 B = get_backend()
 
@@ -71,12 +72,12 @@ def test_min_norm_solution_b4():
     p = net.init(0)
     x = unit_rows(rng, 4, 6)
     y = rng.standard_normal(4)
+    j = O.jacobian(O.Net.of(net), p, x)
     for name in ("bd", "exact", "kfac"):
         fim = get_fisher(name, net, 1e-3)
-        g = fim.explicit_metric(p, x)
-        j = np.asarray(jacobian(net, p, x))
+        g = O.metric(name, net, p, x, 1e-3)  # G_0, the oracle's (tests/oracles.py)
         s = net.signals(p, x)
-        theta_bar = np.asarray(fim.coefficient(s))
+        theta_bar = np.asarray(coefficient(fim, s))
 
         def ridge(lam):
             return np.linalg.solve(lam * g + j.T @ j / 4, j.T @ y / 4)
@@ -99,21 +100,47 @@ def test_closed_forms():
     np.testing.assert_allclose(tr, isotropic_trajectory(f0, y, 2.5, 0.2, 4), atol=1e-14)
 
 
-def test_cross_entropy_matches_oracle_and_decreases_loss():
+def test_cross_entropy_metric_is_s159(rng):
+    """Λ(σ) + ρ̃I: per sample diag(σ_n) − σ_nσ_nᵀ (S.158–S.159), output-major, against the literal one."""
+    f = 3.0 * rng.standard_normal((5, 3))
+    for rho_tilde in (0.0, 0.1):
+        np.testing.assert_allclose(cross_entropy_metric(f, rho_tilde), O.softmax_metric(f, rho_tilde), atol=1e-15)
+
+
+# (name, ρ, options): exact (S.159) and layer-wise (S.164) with Σ = I, Eq. 19 and a dense Σ
+CE_CASES = [
+    ("exact", 0.0, {}),
+    ("exact", 1e-2, {}),
+    ("bd", 0.0, {}),
+    ("bd", 1e-2, {}),
+    ("tridiag", 0.0, {}),
+    ("tridiag", 1e-2, {}),
+    ("layer", 0.0, {"sigma": np.array([[2.0, 0.5, 0.2], [0.5, 1.0, 0.3], [0.2, 0.3, 1.5]])}),
+    ("layer", 1e-2, {"sigma": np.array([[2.0, 0.5, 0.2], [0.5, 1.0, 0.3], [0.2, 0.3, 1.5]])}),
+]
+
+
+@pytest.mark.parametrize("name,rho,opts", CE_CASES, ids=[f"{n}-{r}" + ("-sigma" if o else "") for n, r, o in CE_CASES])
+@pytest.mark.parametrize("rho_tilde", [0.1, 1.0])
+def test_cross_entropy_direction_matches_oracle(name, rho, opts, rho_tilde, backend):
+    """G⁻¹Jᵀ(σ − y)/N with G = Jᵀ(Σ ⊗ Λ̃)J/N + ρI (S.159, S.164) on every core backend, C = 3."""
     rng = np.random.default_rng(1)
     net = Network((6, 10, 9, 3), "tanh", 2.0, 0.2)
     p = net.init(0)
     x = unit_rows(rng, 4, 6)
     y = np.eye(3)[[0, 1, 2, 1]]
-    s = net.signals(p, x)
-    j = np.asarray(jacobian(net, p, x))
-    resid = (softmax(s.f) - y).T
-    for name, rho in (("exact", 0.0), ("exact", 1e-2), ("bd", 0.0), ("tridiag", 1e-2)):
-        fim = get_fisher(name, net, rho)
-        fim.set_output_metric(cross_entropy_metric(s.f, 0.1))
-        want = fim.explicit_inverse(p, x) @ (j.T @ resid.reshape(-1) / 4)
-        got = np.asarray(net.flatten(fim.precondition(s, resid)))
-        assert np.max(np.abs(got - want)) < 1e-8 * np.max(np.abs(want))
+    f = O.outputs(O.Net.of(net), p, x)
+    resid = (softmax(f) - y).T
+    orc = O.oracle(name, net, p, x, rho, output_metric=O.softmax_metric(f, rho_tilde), **opts)
+    want = orc.precondition(resid)
+    pb = net.init(0, backend)
+    s = net.signals(pb, to_device(x, backend))
+    rb = to_device(resid, backend)
+    got = to_host(net.flatten(get_fisher(name, net, rho, **opts).precondition(s, rb, cross_entropy_metric(s.f, rho_tilde))))
+    assert np.max(np.abs(got - want)) < max(1e-9, 1e4 * O.EPS * orc.condition()) * np.max(np.abs(want))
+
+
+def test_cross_entropy_training_decreases_loss():
     ds = load_dataset("mnist", (0, 1, 2), n_train=30, n_test=30, seed=0)
     net = Network.build(784, 256, 3, 3, "relu", sigma_b2=0.5)
     for name in ("exact", "bd"):
@@ -156,4 +183,4 @@ def test_float32_training_stays_float32(mnist20):
     for name in ("exact", "bd", "kfac"):
         d = get_fisher(name, net).direction(p, s.h[0], np.asarray(mnist20.y_train, np.float32), s)
         assert all(a.dtype == np.float32 for a in d)
-        assert get_fisher(name, net).coefficient(s).dtype == np.float32
+        assert coefficient(get_fisher(name, net), s).dtype == np.float32
