@@ -193,6 +193,29 @@ def test_isotropic_with_papers_alpha(name, widths, sb2, alpha):
     assert d["deviation_from_alpha_I"] < 1e-8
 
 
+@pytest.mark.parametrize(
+    "name,widths,opts",
+    [
+        ("exact", (6, 8, 7, 1), {}),
+        ("bd", (6, 8, 7, 1), {}),
+        ("tridiag", (6, 8, 7, 1), {}),
+        ("tridiag", (6, 8, 7, 9, 1), {}),
+        ("layer", (6, 8, 7, 9, 1), {"sigma": "dense"}),
+        ("kfac", (6, 8, 7, 1), {"bias": "folded"}),
+        ("unit", (6, 8, 7, 1), {}),
+    ],
+)
+def test_analytic_alpha_is_the_oracles_isotropy_constant(name, widths, opts):
+    """Where the paper's identities hold exactly at finite width (tanh: every unit alive and every
+    Gram matrix invertible; M0 >= N), the oracle's Θ̄(x, x) is analytic_alpha(N)·I: Eq. 13, Theorem 4.1
+    (1ᵀΣ⁻¹1), Lemma 4.3, S.107 (folded bias), S.128 + the output unit (S.137)."""
+    net, p, x, _, _ = _setup(widths, "tanh", 0.4)
+    n = x.shape[0]
+    opts = _options(opts, net.depth)
+    alpha = get_fisher(name, net, 0.0, **opts).analytic_alpha(n)
+    np.testing.assert_allclose(O.oracle(name, net, p, x, **opts).theta_bar(), alpha * np.eye(n), atol=1e-8 * alpha)
+
+
 def test_kfac_forster_alpha():
     """M0 < N: Forster-transformed inputs give Θ̄ = (N(L−1)+M0) I (S.111)."""
     from ngdref.data import forster_transform
