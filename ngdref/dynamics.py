@@ -25,11 +25,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import to_host
+from .backend import backend_of, to_device, to_host
 
 
 def _host(a) -> np.ndarray:
     return np.asarray(to_host(a), dtype=np.float64)
+
+
+def _eigh(theta_bar):
+    """Eigen-decomposition (λ, V) of the symmetric part of Θ̄, on the host in float64."""
+    tb = _host(theta_bar)
+    return np.linalg.eigh((tb + tb.T) / 2.0)
 
 
 def resolvent_factor(eigenvalues: np.ndarray, eta: float, t: int) -> np.ndarray:
@@ -48,8 +54,7 @@ def linearized_trajectory(theta_bar, f0, y, eta: float, steps: int, theta_bar_te
     ``f0_test`` a CN′ vector. Returns ``(train, test)`` arrays of shape (steps+1, CN)
     and (steps+1, CN′) (``test`` is None without test inputs).
     """
-    tb = _host(theta_bar)
-    lam, vec = np.linalg.eigh((tb + tb.T) / 2.0)
+    lam, vec = _eigh(theta_bar)
     r = vec.T @ (_host(y) - _host(f0))
     f0h = _host(f0)
     train = np.empty((steps + 1, f0h.size))
@@ -74,14 +79,10 @@ def isotropic_trajectory(f0, y, alpha: float, eta: float, steps: int) -> np.ndar
 
 
 def parameter_displacement(fim, signals0, theta_bar, f0, y, eta: float, t: int) -> list:
-    """θ_t − θ_0 predicted by Eq. 22 (general form), per layer, on the backend of ``signals0``.
-
-    Uses the structured G_0⁻¹J_0ᵀ/N of ``fim`` (its ``precondition``).
+    """θ_t − θ_0 = G_0⁻¹J_0ᵀ/N · Θ̄⁻¹(I − (I − ηΘ̄)^t)(y − f_0) (Eq. 22, general form), per layer,
+    on the backend of ``signals0``, with the structured G_0⁻¹J_0ᵀ/N of ``fim`` (its ``precondition``).
     """
-    from .backend import backend_of, to_device
-
-    tb = _host(theta_bar)
-    lam, vec = np.linalg.eigh((tb + tb.T) / 2.0)
+    lam, vec = _eigh(theta_bar)
     v = vec @ (resolvent_factor(lam, eta, t) * (vec.T @ (_host(y) - _host(f0))))
     c, n = signals0.f.shape[1], signals0.n
     v_dev = to_device(v.reshape(c, n), backend_of(signals0.f))

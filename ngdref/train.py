@@ -1,17 +1,20 @@
 """NGD training with any Fisher approximation, beside its closed-form prediction.
 
-θ_{t+1} = θ_t − η G_t⁻¹ ∇L(θ_t) (Eq. 7) with G_t recomputed from the current
-parameters at every step (structured path). Beside the finite network, from the
-initial network:
+The pieces, each usable alone:
 
-* ``theory``: f_t^lin(x′) of Eq. 10 / S.25 with the approximation's Θ̄ (Eq. 5 for gd);
-* ``isotropic``: f_t = y + (1 − αη)^t (f_0 − y) of Eq. 24 on the training set;
-* optionally the linearised model f_0 + J_0(θ_t − θ_0) trained with G_0 fixed (S.23–S.24);
-* at the end, θ_T − θ_0 against Eq. 22.
+* :func:`ngd_step` — θ_{t+1} = θ_t − η G_t⁻¹ ∇L(θ_t) = θ_t − η G_t⁻¹ J_tᵀ r_t / N (Eq. 7), with
+  r = N ∂L/∂f the loss's residual and G_t built from the signals of θ_t (structured path);
+* :func:`linearized_step` — the same step for the linearised model
+  f^lin = f_0 + J_0(θ − θ_0) with G_0 fixed (S.23–S.24), in terms of Δθ = θ − θ_0;
+* observers, which see every step and write the records: :class:`LossRecorder` (losses and
+  accuracies), :class:`TheoryRecorder` (Eq. 10 / S.25 with the approximation's Θ̄ — Eq. 5 for
+  gd — and Eq. 24 f_t = y + (1 − αη)^t (f_0 − y)), :class:`DistanceRecorder` (‖θ_t − θ_0‖),
+  :class:`LinearizedModel` (trains and records f^lin) and :class:`Eq22Check` (θ_T − θ_0 against
+  Eq. 22, at the end). Each copies what it needs to the host once per step.
 
-Learning rate: ``lr`` if given; otherwise ``lr_scale``·/α (Corollary 4.2) with the
-analytic α, or the measured mean diagonal of Θ̄(x, x) where the paper gives no α
-(recorded as ``alpha_source``); for ``gd`` ``lr_scale``/λ_max(Θ) (LeCun et al.).
+:func:`train` composes them. Learning rate: ``lr`` if given; otherwise ``lr_scale``·/α
+(Corollary 4.2) with the analytic α, or the measured mean diagonal of Θ̄(x, x) where the paper
+gives no α (recorded as ``alpha_source``); for ``gd`` ``lr_scale``/λ_max(Θ) (LeCun et al.).
 
 Cross-entropy (Appendix D): softmax outputs with one-hot targets, G = Jᵀ(Λ + ρ̃I)J/N + ρI
 (S.159) for exact and layer-wise approximations (S.164); no closed form is claimed, so
@@ -27,17 +30,17 @@ from typing import Callable
 
 import numpy as np
 
-from .backend import Backend, namespace_of, to_device, to_float, to_host
+from .backend import Backend, namespace_of, to_device, to_host
 from .data import Dataset
 from .diagnostics import isotropy
 from .dynamics import isotropic_trajectory, linearized_trajectory, parameter_displacement
 from .errors import ConfigError
 from .fisher import REGISTRY, get_fisher
+from .fisher.base import FisherApproximation
 from .jacobian import jvp
-from .losses import accuracy, cross_entropy_loss, cross_entropy_metric, mse_loss
-from .network import Network, function_vector
+from .losses import LOSSES, Loss, MSELoss, correct_fraction, get_loss
+from .network import Network, Signals, function_vector
 
-LOSSES = ("mse", "ce")
 
 @dataclass
 class TrainConfig:
@@ -84,6 +87,206 @@ class TrainResult:
         return {"status": self.status, "message": self.message, "summary": self.summary, "records": self.records}
 
 
+# ---- the steps -------------------------------------------------------------------------------
+
+
+def ngd_step(fim: FisherApproximation, params: list, signals: Signals, residual, eta: float,
+             output_metric=None, *, in_place: bool = False) -> list:
+    """θ_{t+1} = θ_t − η G_t⁻¹ J_tᵀ r / N (Eq. 7; ∇_θL = Jᵀr/N), per layer.
+
+    ``signals`` are those of ``params`` (θ_t) on the training inputs, ``residual`` r = N ∂L/∂f
+    of shape (C, N) (:meth:`ngdref.losses.Loss.residual`: (f − y)ᵀ for MSE), ``output_metric``
+    the FIM's Λ̃ (cross-entropy, S.159) or ``None`` (MSE).
+
+    Memory contract: with ``in_place=False`` θ_{t+1} is a new list of new arrays and ``params`` is
+    left as it was (so θ_0 can be kept); with ``in_place=True`` the arrays of ``params`` are
+    overwritten with θ_{t+1} and the same list is returned. Either way the only temporary is the
+    direction returned by ``fim.precondition``, scaled by η in place.
+    """
+    direction = fim.precondition(signals, residual, output_metric)
+    for d in direction:  # fresh arrays (precondition's contract)
+        d *= eta
+    if not in_place:
+        return [p - d for p, d in zip(params, direction)]
+    for p, d in zip(params, direction):
+        p -= d
+    return params
+
+
+def linearized_output(signals0: Signals, delta: list):
+    """f^lin = f_0 + J_0 Δθ (S.23), (N, C), for Δθ = θ − θ_0 given per layer."""
+    return signals0.f + jvp(signals0, delta).T
+
+
+def linearized_step(fim: FisherApproximation, signals0: Signals, delta: list, y, eta: float,
+                    f_lin=None, *, in_place: bool = False) -> list:
+    """Δθ_{t+1} = Δθ_t − η G_0⁻¹ J_0ᵀ (f^lin_t − y)/N (S.24): the MSE NGD step of the linearised
+    model f^lin_t = f_0 + J_0 Δθ_t (S.23), with G_0 and J_0 those of ``signals0`` (θ_0) throughout.
+
+    ``f_lin`` is f^lin_t if already known (else computed); ``in_place`` as in :func:`ngd_step`.
+    """
+    f_lin = linearized_output(signals0, delta) if f_lin is None else f_lin
+    return ngd_step(fim, delta, signals0, (f_lin - y).T, eta, in_place=in_place)
+
+
+# ---- observers -------------------------------------------------------------------------------
+
+
+@dataclass
+class Step:
+    """What observers see at step t: θ_t, its signals on the training inputs and f_t(x′) on the
+    test inputs (``None`` without test data)."""
+
+    t: int
+    params: list
+    signals: Signals
+    test_output: object | None
+
+
+class Observer:
+    """Sees every step (:meth:`observe`: record entries) and the last one (:meth:`finish`: summary
+    entries, called only when training ended normally)."""
+
+    def observe(self, step: Step) -> dict:
+        return {}
+
+    def finish(self, step: Step) -> dict:
+        return {}
+
+
+def fetch(*arrays) -> list:
+    """Copy several arrays of one backend and dtype to the host in one transfer; NumPy arrays of
+    the same shapes, in order."""
+    xp = namespace_of(*arrays)
+    flat = to_host(xp.concat([xp.reshape(a, (-1,)) for a in arrays]))
+    out, start = [], 0
+    for a in arrays:
+        size = math.prod(a.shape)
+        out.append(flat[start : start + size].reshape(tuple(a.shape)))
+        start += size
+    return out
+
+
+class LossRecorder(Observer):
+    """``train_loss``, ``train_accuracy`` (and ``test_loss``, ``test_accuracy``) of f_t."""
+
+    def __init__(self, loss: Loss, y, y_test=None):
+        self.loss, self.y, self.y_test = loss, y, y_test
+
+    def observe(self, step):
+        f, ft = step.signals.f, step.test_output
+        parts = [self.loss.total(f, self.y), correct_fraction(f, self.y)]
+        if ft is not None:
+            parts += [self.loss.total(ft, self.y_test), correct_fraction(ft, self.y_test)]
+        h = [float(v) for v in fetch(*parts)]
+        rec = {"train_loss": h[0] / self.loss.normaliser(f.shape[0]), "train_accuracy": h[1]}
+        if ft is not None:
+            rec.update(test_loss=h[2] / self.loss.normaliser(ft.shape[0]), test_accuracy=h[3])
+        return rec
+
+
+def _half_mean_square(a: np.ndarray, b: np.ndarray, n: int) -> float:
+    return float(np.sum((a - b) ** 2) / (2 * n))
+
+
+class TheoryRecorder(Observer):
+    """The MSE closed forms beside the network: ``theory_train_loss`` of f_t^lin (Eq. 10 / S.25),
+    ``isotropic_train_loss`` of Eq. 24, ``max_abs_f_minus_flin_train`` = max |f_t − f_t^lin|,
+    and on test data ``theory_test_loss`` and ``max_abs_f_minus_flin_test``. ``theory``,
+    ``isotropic`` and ``test_theory`` are host arrays (steps+1, CN) from :mod:`ngdref.dynamics`;
+    ``y``, ``y_test`` host CN vectors."""
+
+    def __init__(self, theory, isotropic, y, test_theory=None, y_test=None):
+        self.theory, self.isotropic, self.y = theory, isotropic, y
+        self.test_theory, self.y_test = test_theory, y_test
+
+    def observe(self, step):
+        f, ft, t = step.signals.f, step.test_output, step.t
+        n = f.shape[0]
+        outputs = fetch(function_vector(f), *([function_vector(ft)] if ft is not None else []))
+        rec = {"theory_train_loss": _half_mean_square(self.theory[t], self.y, n),
+               "isotropic_train_loss": _half_mean_square(self.isotropic[t], self.y, n),
+               "max_abs_f_minus_flin_train": float(np.max(np.abs(outputs[0] - self.theory[t])))}
+        if ft is not None:
+            rec["theory_test_loss"] = _half_mean_square(self.test_theory[t], self.y_test, ft.shape[0])
+            rec["max_abs_f_minus_flin_test"] = float(np.max(np.abs(outputs[1] - self.test_theory[t])))
+        return rec
+
+
+#: rows per block of :func:`squared_distance` are chosen so a block has about this many entries
+_DISTANCE_BLOCK = 1 << 16
+
+
+def squared_distance(params, params0, shift=None):
+    """‖θ − θ_0 (− shift)‖₂² over all layers as a 0-d array, summed a block of rows at a time so
+    the differences stay small (no parameter-sized temporary)."""
+    xp = namespace_of(params[0])
+    total = None
+    for l, (p, q) in enumerate(zip(params, params0)):
+        m = p.shape[0]
+        rows = max(1, _DISTANCE_BLOCK // max(1, p.shape[1]))
+        for r0 in range(0, m, rows):
+            r1 = min(m, r0 + rows)  # explicit: the array API does not clamp out-of-bounds slices
+            diff = p[r0:r1, :] - q[r0:r1, :]
+            if shift is not None:
+                diff -= shift[l][r0:r1, :]
+            part = xp.sum(diff * diff)
+            total = part if total is None else total + part
+    return total
+
+
+class DistanceRecorder(Observer):
+    """``param_distance`` = ‖θ_t − θ_0‖₂."""
+
+    def __init__(self, params0: list):
+        self.params0 = params0
+
+    def observe(self, step):
+        (d2,) = fetch(squared_distance(step.params, self.params0))
+        return {"param_distance": math.sqrt(float(d2))}
+
+
+class Eq22Check(Observer):
+    """At the end (T = ``steps`` > 0): ``eq22_relative_error`` = ‖(θ_T − θ_0) − Δθ^{Eq. 22}‖ /
+    ‖Δθ^{Eq. 22}‖ with Δθ^{Eq. 22} = G_0⁻¹J_0ᵀ/N · Θ̄⁻¹(I − (I − ηΘ̄)^T)(y − f_0)."""
+
+    def __init__(self, fim, signals0: Signals, theta_bar, y_vec, eta: float, params0: list):
+        self.fim, self.signals0, self.theta_bar = fim, signals0, theta_bar
+        self.y_vec, self.eta, self.params0 = y_vec, eta, params0
+
+    def finish(self, step):
+        if step.t == 0:
+            return {}
+        predicted = parameter_displacement(self.fim, self.signals0, self.theta_bar, function_vector(self.signals0.f),
+                                           self.y_vec, self.eta, step.t)
+        xp = namespace_of(predicted[0])
+        h = [float(v) for v in fetch(squared_distance(step.params, self.params0, predicted),
+                                     *[xp.sum(d * d) for d in predicted])]
+        diff, norm = math.sqrt(h[0]), math.sqrt(sum(h[1:]))
+        return {"eq22_relative_error": diff / norm if norm > 0 else float("nan")}
+
+
+class LinearizedModel(Observer):
+    """The linearised model f^lin_t = f_0 + J_0 Δθ_t (S.23) trained by :func:`linearized_step`
+    with G_0 fixed (S.24) beside the network; records ``linearized_model_train_loss`` (MSE)."""
+
+    def __init__(self, fim, signals0: Signals, params0: list, y):
+        xp = namespace_of(signals0.f)
+        self.fim, self.signals0, self.y = fim, signals0, y
+        self.delta = [xp.zeros_like(p) for p in params0]
+        self.f = linearized_output(signals0, self.delta)
+
+    def observe(self, step):
+        return {"linearized_model_train_loss": MSELoss().value(self.f, self.y)}
+
+    def step(self, eta: float) -> None:
+        self.delta = linearized_step(self.fim, self.signals0, self.delta, self.y, eta, self.f, in_place=True)
+        self.f = linearized_output(self.signals0, self.delta)
+
+
+# ---- training --------------------------------------------------------------------------------
+
+
 def _one_hot(labels: np.ndarray, classes) -> np.ndarray:
     idx = np.searchsorted(np.asarray(classes), labels)
     out = np.zeros((labels.size, len(classes)))
@@ -91,24 +294,28 @@ def _one_hot(labels: np.ndarray, classes) -> np.ndarray:
     return out
 
 
-#: rows per block of :func:`_distance` are chosen so a block has about this many entries
-_DISTANCE_BLOCK = 1 << 16
+def _check_setup(fim, loss: Loss, config: TrainConfig, network: Network, y_host) -> None:
+    if y_host.shape[1] != network.n_outputs:
+        raise ConfigError(f"the network has {network.n_outputs} outputs but the targets have {y_host.shape[1]}")
+    if loss.name == "ce" and not fim.spec.cross_entropy:
+        supported = ", ".join(n for n, cls in REGISTRY.items() if cls.spec.cross_entropy)
+        raise ConfigError(f"'{fim.name}' is implemented for the MSE loss only; the cross-entropy FIM "
+                          f"(Appendix D) is available for {supported}")
+    reason = fim.step_needs_learning_rate()
+    if reason and config.lr is None:
+        raise ConfigError(f"{reason}, so η = c/α is undefined; give the learning rate with --lr")
 
 
-def _distance(params, params0, shift=None) -> float:
-    """‖θ − θ_0 (− shift)‖₂ over all layers, block of rows by block: the differences stay
-    cache-sized (a whole-layer θ − θ_0 allocates and page-faults a parameter-sized temporary)."""
-    xp = namespace_of(params[0])
-    total = None  # stays on the device: one transfer at the end, not one per block
-    for l, (p, q) in enumerate(zip(params, params0)):
-        rows = max(1, _DISTANCE_BLOCK // max(1, p.shape[1]))
-        for r0 in range(0, p.shape[0], rows):
-            diff = p[r0 : r0 + rows, :] - q[r0 : r0 + rows, :]
-            if shift is not None:
-                diff -= shift[l][r0 : r0 + rows, :]
-            part = xp.sum(diff * diff)
-            total = part if total is None else total + part
-    return math.sqrt(to_float(total))
+def _stop(t: int, rec: dict, loss0: float, config: TrainConfig, eta: float) -> tuple[str, str] | None:
+    """(status, message) if training must stop after step t's record, else ``None``."""
+    if not math.isfinite(rec["train_loss"]) or not math.isfinite(rec["param_distance"]):
+        return "non-finite", f"non-finite loss or parameters at step {t}; training stopped"
+    if t > 0 and rec["train_loss"] > config.divergence_factor * max(loss0, 1e-12):
+        return "diverged", (
+            f"training diverged at step {t}: loss {rec['train_loss']:.3e} > {config.divergence_factor:g} × "
+            f"initial loss {loss0:.3e} (learning rate {eta:.3e}); try a smaller --lr-scale or a damping"
+        )
+    return None
 
 
 def train(
@@ -123,19 +330,11 @@ def train(
     config.validate()
     t_start = time.perf_counter()
     fim = get_fisher(config.fim, network, config.damping, **config.fim_options)
-    damping, damping_source = fim.damping, fim.damping_source
-    ce = config.loss == "ce"
+    loss = get_loss(config.loss, config.ce_damping)
+    ce = loss.name == "ce"
     y_host = _one_hot(dataset.labels_train, dataset.classes) if ce else dataset.y_train
     yt_host = _one_hot(dataset.labels_test, dataset.classes) if ce else dataset.y_test
-    if y_host.shape[1] != network.n_outputs:
-        raise ConfigError(f"the network has {network.n_outputs} outputs but the targets have {y_host.shape[1]}")
-    if ce and not fim.spec.cross_entropy:
-        supported = ", ".join(n for n, cls in REGISTRY.items() if cls.spec.cross_entropy)
-        raise ConfigError(f"'{fim.name}' is implemented for the MSE loss only; the cross-entropy FIM "
-                          f"(Appendix D) is available for {supported}")
-    reason = fim.step_needs_learning_rate()
-    if reason and config.lr is None:
-        raise ConfigError(f"{reason}, so η = c/α is undefined; give the learning rate with --lr")
+    _check_setup(fim, loss, config, network, y_host)
     x, y = to_device(dataset.x_train, backend), to_device(y_host, backend)
     has_test = dataset.n_test > 0
     xt = to_device(dataset.x_test, backend) if has_test else None
@@ -143,21 +342,20 @@ def train(
     n = dataset.n_train
 
     params0 = network.init(seed, backend)
-    params = list(params0)
-    s0 = network.signals(params, x)
-    f0 = function_vector(s0.f)
-    s0t = network.signals(params, xt) if (has_test and not ce) else None  # for Θ̄(x′, x)
-    f0t = function_vector(s0t.f if s0t is not None else network.output(params, xt)) if has_test else None
-    loss_fn = cross_entropy_loss if ce else mse_loss
+    s0 = network.signals(params0, x)
+    s0t = network.signals(params0, xt) if (has_test and not ce) else None  # for Θ̄(x′, x)
+    ft0 = (s0t.f if s0t is not None else network.output(params0, xt)) if has_test else None
 
-    summary: dict = {"fim": fim.to_dict(), "n_params": network.n_params, "damping": damping,
-                     "damping_source": damping_source}
-    theory = test_theory = iso = None
-    theta_bar = None
+    summary: dict = {"fim": fim.to_dict(), "n_params": network.n_params, "damping": fim.damping,
+                     "damping_source": fim.damping_source}
+    observers: list = [LossRecorder(loss, y, yt)]
+    lin = None
     if ce:
-        alpha = fim.analytic_alpha(n) or 1.0
-        summary["alpha_source"] = "analytic" if fim.analytic_alpha(n) else "none (cross-entropy: 1)"
+        alpha = fim.analytic_alpha(n)
+        summary["alpha_source"] = "analytic" if alpha else "none (cross-entropy: 1)"
+        alpha = alpha or 1.0
         eta = config.lr if config.lr is not None else config.lr_scale / alpha
+        observers.append(DistanceRecorder(params0))
     else:
         theta_bar = fim.coefficient(s0)
         iso_stats = isotropy(theta_bar)
@@ -174,88 +372,47 @@ def train(
         else:
             eta, rule = fim.learning_rate(config.lr_scale, alpha, theta_bar)
             summary["lr_source"] = f"{rule} ({summary['alpha_source']})" if rule == "c / α" else rule
+        f0, y_vec = function_vector(s0.f), function_vector(y)
+        f0t = function_vector(ft0) if has_test else None
         theta_bar_test = fim.coefficient(s0t, s0) if has_test else None
-        theory, test_theory = linearized_trajectory(
-            theta_bar, f0, function_vector(y), eta, config.steps, theta_bar_test, f0t
-        )
-        iso = isotropic_trajectory(f0, function_vector(y), alpha, eta, config.steps)
+        theory, test_theory = linearized_trajectory(theta_bar, f0, y_vec, eta, config.steps, theta_bar_test, f0t)
+        iso = isotropic_trajectory(f0, y_vec, alpha, eta, config.steps)
+        y_h = fetch(y_vec, *([function_vector(yt)] if has_test else []))  # the targets as the backend holds them
+        observers += [TheoryRecorder(theory, iso, y_h[0], test_theory, y_h[1] if has_test else None),
+                      DistanceRecorder(params0)]
+        if config.linearized:
+            lin = LinearizedModel(fim, s0, params0, y)
+            observers.append(lin)
+        observers.append(Eq22Check(fim, s0, theta_bar, y_vec, eta, params0))
     summary.update({"alpha": alpha, "lr": eta, "lr_scale": config.lr_scale, "setup_seconds": time.perf_counter() - t_start})
 
-    y_vec_h = np.asarray(to_host(function_vector(y)))
-    yt_vec_h = np.asarray(to_host(function_vector(yt))) if has_test else None
-    lin_delta = [p * 0.0 for p in params0] if (config.linearized and not ce) else None
     records: list = []
     status, message = "ok", f"trained {config.steps} steps"
-    loss0 = None
+    params = params0
     for t in range(config.steps + 1):
         s = s0 if t == 0 else network.signals(params, x)
-        if not has_test:
-            ft = None
-        elif t == 0:  # the initial test outputs are already known (no second forward pass)
-            ft = s0t.f if s0t is not None else network.output(params, xt)
-        else:
-            ft = network.output(params, xt)
-        rec = {"step": t, "train_loss": loss_fn(s.f, y)}
-        rec["train_accuracy"] = accuracy(s.f, y)
-        if has_test:
-            rec["test_loss"] = loss_fn(ft, yt)
-            rec["test_accuracy"] = accuracy(ft, yt)
-        if not ce:
-            f_h = np.asarray(to_host(function_vector(s.f)))
-            rec["theory_train_loss"] = float(np.sum((theory[t] - y_vec_h) ** 2) / (2 * n))
-            rec["isotropic_train_loss"] = float(np.sum((iso[t] - y_vec_h) ** 2) / (2 * n))
-            rec["max_abs_f_minus_flin_train"] = float(np.max(np.abs(f_h - theory[t])))
-            if has_test:
-                ft_h = np.asarray(to_host(function_vector(ft)))
-                rec["theory_test_loss"] = float(np.sum((test_theory[t] - yt_vec_h) ** 2) / (2 * dataset.n_test))
-                rec["max_abs_f_minus_flin_test"] = float(np.max(np.abs(ft_h - test_theory[t])))
-        rec["param_distance"] = _distance(params, params0)
-        if lin_delta is not None:
-            f_lin_model = s0.f + jvp(s0, lin_delta).T
-            rec["linearized_model_train_loss"] = mse_loss(f_lin_model, y)
+        ft = None if not has_test else (ft0 if t == 0 else network.output(params, xt))
+        step = Step(t, params, s, ft)
+        rec = {"step": t}
+        for obs in observers:
+            rec.update(obs.observe(step))
         records.append(rec)
         if progress is not None:
             progress(t, rec)
-        # failure checks (this step's loss)
-        if not math.isfinite(rec["train_loss"]) or not math.isfinite(rec["param_distance"]):
-            status, message = "non-finite", f"non-finite loss or parameters at step {t}; training stopped"
-            break
-        loss0 = rec["train_loss"] if loss0 is None else loss0
-        if t > 0 and rec["train_loss"] > config.divergence_factor * max(loss0, 1e-12):
-            status = "diverged"
-            message = (
-                f"training diverged at step {t}: loss {rec['train_loss']:.3e} > {config.divergence_factor:g} × "
-                f"initial loss {loss0:.3e} (learning rate {eta:.3e}); try a smaller --lr-scale or a damping"
-            )
+        stop = _stop(t, rec, records[0]["train_loss"], config, eta)
+        if stop is not None:
+            status, message = stop
             break
         if t == config.steps:
             break
-        # the NGD update, G_t recomputed from the current parameters
-        if ce:
-            from .losses import softmax
+        # θ_0 is kept (distance, Eq. 22): the first update makes new arrays, later ones overwrite them
+        params = ngd_step(fim, params, s, loss.residual(s.f, y), eta, loss.output_metric(s.f), in_place=t > 0)
+        if lin is not None:
+            lin.step(eta)
 
-            step_dir = fim.precondition(s, (softmax(s.f) - y).T, cross_entropy_metric(s.f, config.ce_damping))
-        else:
-            step_dir = fim.precondition(s, (s.f - y).T)
-        for d in step_dir:  # precondition returns fresh arrays: scale them in place
-            d *= eta
-        if t == 0:  # θ_0 is kept (distance, Eq. 22): the first update makes new arrays ...
-            params = [p - d for p, d in zip(params, step_dir)]
-        else:  # ... which later updates overwrite in place
-            for p, d in zip(params, step_dir):
-                p -= d
-        del step_dir
-        if lin_delta is not None:
-            f_lin_model = s0.f + jvp(s0, lin_delta).T
-            lin_step = fim.precondition(s0, (f_lin_model - y).T)
-            lin_delta = [d - eta * g for d, g in zip(lin_delta, lin_step)]
-
-    if not ce and status == "ok" and config.steps > 0:
-        predicted = parameter_displacement(fim, s0, theta_bar, f0, function_vector(y), eta, config.steps)
-        xp = namespace_of(predicted[0])
-        diff = _distance(params, params0, predicted)
-        norm = math.sqrt(sum(to_float(xp.sum(d * d)) for d in predicted))
-        summary["eq22_relative_error"] = diff / norm if norm > 0 else float("nan")
+    if status == "ok":
+        for obs in observers:
+            summary.update(obs.finish(step))
     summary["seconds"] = time.perf_counter() - t_start
     summary["train_loss_final"] = records[-1]["train_loss"]
     return TrainResult(status, message, records, summary)
