@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from ngdref import Network, get_backend, to_device, to_host
+from ngdref.backend import dtype_name_of
 from ngdref.data import load_dataset
 from ngdref.dynamics import isotropic_trajectory, linearized_trajectory, resolvent_factor
 from ngdref.errors import ConfigError
@@ -24,14 +25,14 @@ def mnist20():
     return load_dataset("mnist", (0, 7), n_train=20, n_test=20, seed=0)
 
 
-def _run(ds, fim, width, steps=1, sigma_b2=0.0, **kw):
+def _run(ds, fim, width, steps=1, sigma_b2=0.0, backend=B, **kw):
     net = Network.build(ds.input_dim, width, 3, ds.n_outputs, "relu", sigma_b2=sigma_b2)
-    return train(net, ds, TrainConfig(fim=fim, steps=steps, **kw), B, seed=0)
+    return train(net, ds, TrainConfig(fim=fim, steps=steps, **kw), backend, seed=0)
 
 
 @pytest.mark.parametrize("fim", ["exact", "bd", "kfac", "unit"])
-def test_one_step_with_c1_converges_and_tracks_theory_better_when_wider(mnist20, fim):
-    narrow, wide = _run(mnist20, fim, 256), _run(mnist20, fim, 2048)
+def test_one_step_with_c1_converges_and_tracks_theory_better_when_wider(mnist20, fim, backend):
+    narrow, wide = _run(mnist20, fim, 256, backend=backend), _run(mnist20, fim, 2048, backend=backend)
     for r in (narrow, wide):
         assert r.ok
         # Eq. 10 with c = 1: y after one step where Θ̄ = αI exactly (exact, bd, kfac at any width);
@@ -45,8 +46,8 @@ def test_one_step_with_c1_converges_and_tracks_theory_better_when_wider(mnist20,
     assert dev_w < 0.75 * dev_n  # O(1/√M): 2048/256 = 8 → ideally ÷2.8
 
 
-def test_gd_follows_eq5_at_large_width(mnist20):
-    r = _run(mnist20, "gd", 2048, steps=5, sigma_b2=0.5)
+def test_gd_follows_eq5_at_large_width(mnist20, backend):
+    r = _run(mnist20, "gd", 2048, steps=5, sigma_b2=0.5, backend=backend)
     assert r.ok
     for rec in r.records:
         assert abs(rec["train_loss"] - rec["theory_train_loss"]) < 2e-3 * r.records[0]["train_loss"]
@@ -54,13 +55,13 @@ def test_gd_follows_eq5_at_large_width(mnist20):
     assert r.records[-1]["train_loss"] < r.records[0]["train_loss"]
 
 
-def test_eq22_parameter_solution_first_order(mnist20):
-    err = [_run(mnist20, "bd", m, steps=2).summary["eq22_relative_error"] for m in (256, 2048)]
+def test_eq22_parameter_solution_first_order(mnist20, backend):
+    err = [_run(mnist20, "bd", m, steps=2, backend=backend).summary["eq22_relative_error"] for m in (256, 2048)]
     assert err[1] < err[0] and err[1] < 0.3
 
 
-def test_linearized_model_matches_closed_form(mnist20):
-    r = _run(mnist20, "bd", 256, steps=3, linearized=True, lr_scale=0.5)
+def test_linearized_model_matches_closed_form(mnist20, backend):
+    r = _run(mnist20, "bd", 256, steps=3, linearized=True, lr_scale=0.5, backend=backend)
     for rec in r.records:
         assert abs(rec["linearized_model_train_loss"] - rec["theory_train_loss"]) < 1e-10 + 1e-8 * rec["theory_train_loss"]
 
@@ -91,20 +92,21 @@ def test_min_norm_solution_b4():
         assert errs[1] < 0.05 * errs[0]  # O(λ): the ridge-less limit is the NGD solution (Eq. 22, t → ∞)
 
 
-def test_closed_forms():
+def test_closed_forms(backend):
     lam = np.array([0.0, 0.5, 2.0])
     np.testing.assert_allclose(resolvent_factor(lam, 0.1, 3), [0.3, (1 - 0.95**3) / 0.5, (1 - 0.8**3) / 2.0])
-    theta_bar = 2.5 * np.eye(3)
-    f0, y = np.array([0.3, -0.1, 0.2]), np.array([0.5, -0.5, 0.5])
+    theta_bar = to_device(2.5 * np.eye(3), backend)
+    f0, y = to_device(np.array([0.3, -0.1, 0.2]), backend), to_device(np.array([0.5, -0.5, 0.5]), backend)
     tr, _ = linearized_trajectory(theta_bar, f0, y, 0.2, 4)
     np.testing.assert_allclose(tr, isotropic_trajectory(f0, y, 2.5, 0.2, 4), atol=1e-14)
 
 
-def test_cross_entropy_metric_is_s159(rng):
+def test_cross_entropy_metric_is_s159(rng, backend):
     """Λ(σ) + ρ̃I: per sample diag(σ_n) − σ_nσ_nᵀ (S.158–S.159), output-major, against the literal one."""
     f = 3.0 * rng.standard_normal((5, 3))
     for rho_tilde in (0.0, 0.1):
-        np.testing.assert_allclose(cross_entropy_metric(f, rho_tilde), O.softmax_metric(f, rho_tilde), atol=1e-15)
+        got = to_host(cross_entropy_metric(to_device(f, backend), rho_tilde))
+        np.testing.assert_allclose(got, O.softmax_metric(f, rho_tilde), atol=1e-15)
 
 
 # (name, ρ, options): exact (S.159) and layer-wise (S.164) with Σ = I, Eq. 19 and a dense Σ
@@ -140,26 +142,26 @@ def test_cross_entropy_direction_matches_oracle(name, rho, opts, rho_tilde, back
     assert np.max(np.abs(got - want)) < max(1e-9, 1e4 * O.EPS * orc.condition()) * np.max(np.abs(want))
 
 
-def test_cross_entropy_training_decreases_loss():
+def test_cross_entropy_training_decreases_loss(backend):
     ds = load_dataset("mnist", (0, 1, 2), n_train=30, n_test=30, seed=0)
     net = Network.build(784, 256, 3, 3, "relu", sigma_b2=0.5)
     for name in ("exact", "bd"):
-        r = train(net, ds, TrainConfig(fim=name, steps=4, loss="ce"), B)
+        r = train(net, ds, TrainConfig(fim=name, steps=4, loss="ce"), backend)
         losses = [rec["train_loss"] for rec in r.records]
         assert r.ok and losses[-1] < 0.5 * losses[0]
     with pytest.raises(ConfigError, match="MSE loss only"):
         train(net, ds, TrainConfig(fim="kfac", steps=1, loss="ce"), B)
 
 
-def test_divergence_stops_with_step(mnist20):
-    r = _run(mnist20, "gd", 512, steps=20, lr_scale=5.0)  # |1 − c| = 4 on the top mode
+def test_divergence_stops_with_step(mnist20, backend):
+    r = _run(mnist20, "gd", 512, steps=20, lr_scale=5.0, backend=backend)  # |1 − c| = 4 on the top mode
     assert r.status == "diverged" and f"step {r.records[-1]['step']}" in r.message
     assert len(r.records) < 21
 
 
-def test_non_finite_stops_with_step(mnist20):
+def test_non_finite_stops_with_step(mnist20, backend):
     with np.errstate(all="ignore"):
-        r = _run(mnist20, "gd", 64, steps=5, lr=1e300)
+        r = _run(mnist20, "gd", 64, steps=5, lr=1e300, backend=backend)
     assert r.status in ("non-finite", "diverged") and "step 1" in r.message
 
 
@@ -170,17 +172,16 @@ def test_bad_config(mnist20):
             _run(mnist20, "bd", 32, **kw)
 
 
-def test_float32_training_stays_float32(mnist20):
-    b32 = get_backend("numpy", "float32")
+def test_float32_training_stays_float32(mnist20, backend):
+    """(θ_t staying float32 through train: tests/test_train_backends.py.)"""
+    b32 = get_backend(backend.name, "float32")
     net = Network.build(784, 128, 3, 1, "relu", sigma_b2=0.5)
     seen = []
-    from ngdref import train as _t  # noqa: F401
-
     r = train(net, mnist20, TrainConfig(fim="bd", steps=2), b32, progress=lambda t, rec: seen.append(rec))
     assert r.ok and len(seen) == 3
     p = net.init(0, b32)
-    s = net.signals(p, np.asarray(mnist20.x_train, dtype=np.float32))
+    s = net.signals(p, to_device(mnist20.x_train, b32))
     for name in ("exact", "bd", "kfac"):
-        d = get_fisher(name, net).direction(p, s.h[0], np.asarray(mnist20.y_train, np.float32), s)
-        assert all(a.dtype == np.float32 for a in d)
-        assert coefficient(get_fisher(name, net), s).dtype == np.float32
+        d = get_fisher(name, net).direction(p, s.h[0], to_device(mnist20.y_train, b32), s)
+        assert all(dtype_name_of(a) == "float32" for a in d)
+        assert dtype_name_of(coefficient(get_fisher(name, net), s)) == "float32"
