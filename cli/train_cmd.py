@@ -9,7 +9,6 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from .common import (
-    UserError,
     build_network,
     check_fim_names,
     FimOption,

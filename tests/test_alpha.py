@@ -8,22 +8,18 @@ import numpy as np
 import pytest
 
 from ngdref import Network
-from ngdref.alpha import (
-    analytic_alpha,
-    block_diagonal_alpha,
-    exact_alpha,
-    kfac_alpha,
-    layer_gammas,
+from ngdref.errors import ConfigError, NgdrefError
+from ngdref.fisher import get_fisher
+from ngdref.fisher.kfac import kfac_alpha
+from ngdref.fisher.layerwise import (
     layerwise_alpha,
     layerwise_weights,
-    shifted_relu_unit_alpha,
     tridiagonal_alpha,
     tridiagonal_alpha_closed_form,
     tridiagonal_sigma,
-    unit_alpha,
 )
-from ngdref.errors import ConfigError, NgdrefError
-from ngdref.kernels import order_parameters
+from ngdref.fisher.unitwise import shifted_relu_unit_alpha, unit_alpha
+from ngdref.kernels import layer_gammas, order_parameters
 
 from .conftest import unit_rows
 
@@ -111,7 +107,7 @@ def test_tridiagonal_alpha_closed_form_vs_direct(L):
     expected = s if rem == 0 else s + 1  # Lemma 4.3
     assert tridiagonal_alpha(L) == pytest.approx(expected, abs=1e-12)
     assert tridiagonal_alpha_closed_form(L) == pytest.approx(tridiagonal_alpha(L), abs=1e-10)
-    assert analytic_alpha("tri-diagonal", Network.build(4, 4, L)) == pytest.approx(expected, abs=1e-12)
+    assert get_fisher("tridiag", Network.build(4, 4, L)).analytic_alpha(4) == pytest.approx(expected, abs=1e-12)
 
 
 @pytest.mark.parametrize("L", [5, 8])
@@ -137,8 +133,7 @@ def test_layerwise_alpha_general():
     sigma = a @ a.T + np.eye(4)
     assert layerwise_alpha(sigma) == pytest.approx(np.ones(4) @ np.linalg.inv(sigma) @ np.ones(4))
     np.testing.assert_allclose(layerwise_weights(sigma), np.linalg.solve(sigma, np.ones(4)))
-    assert layerwise_alpha(np.eye(5)) == block_diagonal_alpha(5) == 5
-    assert exact_alpha() == 1.0
+    assert layerwise_alpha(np.eye(5)) == 5  # BD, Section 4.1
     with pytest.raises(ConfigError, match="symmetric"):
         layerwise_alpha(a)
     with pytest.raises(ConfigError, match="square"):
@@ -160,18 +155,19 @@ def test_kfac_alpha():
         kfac_alpha(0, 3)
 
 
-def test_analytic_alpha_dispatch():
+def test_each_approximation_reports_its_alpha():
+    """α of every registered approximation from its own class (Eq. 13, Section 4.1, Lemma 4.3,
+    Theorem 4.1, S.107, S.109, S.128 + the output unit); None where the paper gives none."""
     net = Network.build(30, 16, 4, 1, "relu", sigma_b2=0.5)
-    assert analytic_alpha("exact", net) == 1
-    assert analytic_alpha("block-diagonal", net) == 4
-    assert analytic_alpha("tri-diagonal", net) == 2
-    assert analytic_alpha("layer-wise", net, sigma=2 * np.eye(4)) == 2
-    assert analytic_alpha("kfac", net, n_train=10) == 40
-    assert analytic_alpha("kfac", net, n_train=31) == 124  # M0 + 1 = 31 >= N (folded bias)
-    with pytest.raises(NgdrefError):
-        analytic_alpha("kfac", net, n_train=32)
-    assert analytic_alpha("unit-wise", net) == pytest.approx(24.0)
-    with pytest.raises(ConfigError):
-        analytic_alpha("kfac", net)
-    with pytest.raises(ConfigError):
-        analytic_alpha("newton", net)
+    assert get_fisher("exact", net).analytic_alpha(10) == 1
+    assert get_fisher("bd", net).analytic_alpha(10) == 4
+    assert get_fisher("tridiag", net).analytic_alpha(10) == 2
+    assert get_fisher("layer", net, sigma=2 * np.eye(4)).analytic_alpha(10) == 2
+    assert get_fisher("kfac", net, bias="folded").analytic_alpha(10) == 40
+    assert get_fisher("kfac", net, bias="folded").analytic_alpha(31) == 124  # M0 + 1 = 31 >= N
+    assert get_fisher("kfac", net, bias="folded").analytic_alpha(32) is None  # S.109: not isotropic
+    assert get_fisher("kfac", net).analytic_alpha(10) is None  # separate bias blocks: 11ᵀ term
+    assert get_fisher("unit", net).analytic_alpha(10) == pytest.approx(24.0 + 1.0)
+    for name in ("gd", "diag", "quasi-diag"):
+        fim = get_fisher(name, net)
+        assert fim.analytic_alpha(10) is None and fim.alpha_note()

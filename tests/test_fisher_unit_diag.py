@@ -14,11 +14,9 @@ import numpy as np
 import pytest
 
 from ngdref import Network, to_device, to_host
-from ngdref.alpha import unit_alpha
 from ngdref.diagnostics import isotropy
 from ngdref.fisher import DiagonalFisher, QuasiDiagonalFisher, UnitWiseFisher, get_fisher
-from ngdref.fisher.diagonal import bias_coupling, squared_signal_fisher
-from ngdref.fisher.unitwise import LAPACK_BLOCK, _spd_solve
+from ngdref.fisher.unitwise import LAPACK_BLOCK, _spd_solve, unit_alpha
 
 from . import oracles as O
 from .conftest import theta_bar, unit_rows
@@ -255,17 +253,6 @@ def test_quasi_diagonal_without_bias_is_diagonal(rho):
     assert _rel(d, orc.direction(y)) < tol
     assert _rel(c_train, orc.theta_bar()) < tol
     assert _rel(c_test, orc.theta_bar(xt)) < tol
-
-
-def test_diagonal_fisher_from_squared_signals():
-    net, p, x, _, _ = _setup((5, 10, 9, 2), "tanh", 0.3)
-    s = net.signals(p, x)
-    j = O.jacobian(O.Net.of(net), p, x)
-    flat = np.concatenate([to_host(squared_signal_fisher(s, l)).reshape(-1) for l in (1, 2, 3)])
-    assert _rel(flat, np.sum(j * j, axis=0) / x.shape[0]) < 1e-13
-    sl = net.unit_slice(2, 3)  # F_{b j} of one unit: the bias column of its Fisher block
-    block = j[:, sl].T @ j[:, sl] / x.shape[0]
-    assert _rel(to_host(bias_coupling(s, 2, net.sigma_b))[3], block[-1]) < 1e-13
 
 
 # ---- backends and dtypes ----------------------------------------------------------------------

@@ -12,23 +12,39 @@ from scipy.stats import multivariate_normal
 
 from ngdref import Network
 from ngdref.activations import get_activation
-from ngdref.alpha import analytic_alpha, kfac_alpha
 from ngdref.errors import ConfigError, NgdrefError
-from ngdref.kernels import (
-    analytic_kernels,
-    analytic_theta_bar,
-    gaussian_expectation,
-    order_parameters,
-    predict,
-    theta_bar_block_diagonal,
-    theta_bar_exact,
-    theta_bar_kfac,
-    theta_bar_layerwise,
-    theta_bar_tridiagonal,
-)
+from ngdref.fisher import get_fisher
+from ngdref.fisher.kfac import kfac_alpha
+from ngdref.kernels import analytic_kernels, gaussian_expectation, order_parameters, predict
 from ngdref.ntk import layer_ntks
 
 from .conftest import unit_rows
+
+
+def _analytic(name, cross, train, forster=False, **options):
+    """The approximation's infinite-width Θ̄(x′, x) (C = 1 block), from its own module."""
+    return get_fisher(name, train.network, **options).analytic_theta_bar(cross, train, forster=forster)
+
+
+def theta_bar_exact(cross, train):
+    return _analytic("exact", cross, train)
+
+
+def theta_bar_block_diagonal(cross, train):
+    return _analytic("bd", cross, train)
+
+
+def theta_bar_tridiagonal(cross, train):
+    return _analytic("tridiag", cross, train)
+
+
+def theta_bar_layerwise(cross, train, sigma):
+    return _analytic("layer", cross, train, sigma=sigma)
+
+
+def theta_bar_kfac(cross, train, forster=False):
+    """K-FAC with the bias folded into the Kronecker factor (S.123, first paragraph)."""
+    return _analytic("kfac", cross, train, forster=forster, bias="folded")
 
 def _pdf(z):
     return np.exp(-0.5 * np.square(z)) / math.sqrt(2.0 * math.pi)
@@ -532,7 +548,8 @@ def test_unit_wise_theta_bar_counts_alive_units_of_wide_networks(act, rng):
 # --------------------------------------------------------------------------------------
 # Test-set Θ̄ and prediction
 # --------------------------------------------------------------------------------------
-METHODS = [("exact", {}), ("block-diagonal", {}), ("tri-diagonal", {}), ("kfac", {}), ("layer-wise", {"sigma": np.diag([1.0, 2.0, 3.0])})]
+METHODS = [("exact", {}), ("bd", {}), ("tridiag", {}), ("kfac", {"bias": "folded"}),
+           ("layer", {"sigma": np.diag([1.0, 2.0, 3.0])})]
 
 
 @pytest.mark.parametrize("method,kw", METHODS)
@@ -542,9 +559,10 @@ def test_prediction_interpolates_training_targets(method, kw, rng):
     x = unit_rows(rng, 8, 12)
     xt = np.vstack([unit_rows(rng, 3, 12), x[2:4]])
     y = rng.standard_normal(8)
-    alpha = analytic_alpha(method, net, n_train=8, **kw)
-    tb_train = analytic_theta_bar(net, x, method=method, **kw)
-    tb_test = analytic_theta_bar(net, x, xt, method=method, **kw)
+    fim = get_fisher(method, net, **kw)
+    alpha = fim.analytic_alpha(8)
+    train, cross = analytic_kernels(net, x), analytic_kernels(net, xt, x)
+    tb_train, tb_test = fim.analytic_theta_bar(train, train), fim.analytic_theta_bar(cross, train)
     assert tb_test.shape == (5, 8)
     np.testing.assert_allclose(predict(tb_train, alpha, y), y, atol=1e-9)
     np.testing.assert_allclose(tb_test[3:], alpha * np.eye(8)[2:4], atol=1e-8 * alpha)
@@ -585,10 +603,11 @@ def test_theta_bar_pair_checks(rng):
         theta_bar_exact(train, cross)
     with pytest.raises(ConfigError, match="training inputs"):
         theta_bar_exact(analytic_kernels(net, xt, xt[::-1]), train)
-    with pytest.raises(ConfigError, match="unknown method"):
-        analytic_theta_bar(net, x, method="diagonal")
-    with pytest.raises(ConfigError, match="sigma"):
-        analytic_theta_bar(net, x, method="layer-wise")
+    with pytest.raises(NgdrefError, match="no analytic"):
+        get_fisher("diag", net).analytic_theta_bar(cross, train)
+    with pytest.raises(NgdrefError, match="separate bias"):
+        get_fisher("kfac", Network.build(6, 5, 3, 1, "relu", sigma_b2=0.5)).analytic_theta_bar(
+            *(lambda t: (t, t))(analytic_kernels(Network.build(6, 5, 3, 1, "relu", sigma_b2=0.5), x)))
     np.testing.assert_allclose(  # Eq. 19 written out, not the library's tridiagonal_sigma
         theta_bar_tridiagonal(train, train), theta_bar_layerwise(train, train, np.array([[1, 1, 0], [1, 1, 1], [0, 1, 1]]))
     )

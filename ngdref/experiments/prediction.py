@@ -38,7 +38,7 @@ class AnalyticPredictor:
         net1 = Network(network.widths[:-1] + (1,), network.activation, network.sigma_w2, network.sigma_b2)
         train = K.analytic_kernels(net1, dataset.x_train)
         cross = K.analytic_kernels(net1, dataset.x_test, dataset.x_train)
-        n, c = dataset.n_train, dataset.n_outputs
+        n = dataset.n_train
         self.methods: dict = {}
         for name in fim_names:
             fim = get_fisher(name, network)

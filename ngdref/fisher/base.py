@@ -117,49 +117,6 @@ class FisherApproximation(abc.ABC):
         raise NgdrefError(f"no analytic Θ̄(x′, x) for {self.spec.title} in the paper; use the empirical kernel "
                           "(--kernel empirical)")
 
-    # ---- TEMPORARY: explicit oracles, until every test uses tests/oracles.py -----------------
-    def explicit_metric(self, params, x, signals: Signals | None = None):
-        raise NotImplementedError
-
-    def _check_explicit(self) -> None:
-        from ..memory import check_alloc
-
-        p = self.network.n_params
-        check_alloc((p, p), 8, f"explicit metric G of '{self.name}'", count=3)
-
-    def _explicit_jacobian(self, params, x, signals=None):
-        import numpy as np
-
-        from ..backend import to_host
-        from ..jacobian import jacobian
-
-        return np.asarray(to_host(jacobian(self.network, params, x, signals)), dtype=np.float64)
-
-    def explicit_inverse(self, params, x, signals: Signals | None = None):
-        import numpy as np
-
-        g = self.explicit_metric(params, x, signals)
-        if self.damping > 0:
-            return np.linalg.inv(g)
-        rtol = self.rtol if self.rtol is not None else g.shape[0] * np.finfo(np.float64).eps
-        return np.linalg.pinv(g, rtol=rtol, hermitian=True)
-
-    def explicit_direction(self, params, x, y):
-        import numpy as np
-
-        from ..backend import to_host
-
-        s = self.network.signals(params, x)
-        j = self._explicit_jacobian(params, x, s)
-        resid = np.asarray(to_host(s.f - y), dtype=np.float64).T.reshape(-1)
-        return self.explicit_inverse(params, x, s) @ (j.T @ resid / s.n)
-
-    def explicit_coefficient(self, params, x, x_prime=None):
-        s = self.network.signals(params, x)
-        j = self._explicit_jacobian(params, x, s)
-        jp = j if x_prime is None else self._explicit_jacobian(params, x_prime)
-        return jp @ self.explicit_inverse(params, x, s) @ j.T / s.n
-
 
 def stack_layers(xp, blocks):
     """Concatenate per-layer parameter arrays into one flat vector (network order)."""

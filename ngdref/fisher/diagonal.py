@@ -39,9 +39,9 @@ neural networks", arXiv:1602.08007, 2016)
     which has the same diagonal (G_jj, G_bb) and bias couplings (G_bj) as G and
     couples two weights of a unit by G_bj G_bk / G_bb: "a rough approximation of the
     unit-wise FIM in which a certain 1-rank matrix is added to the diagonal entries"
-    (Karakida & Osawa, Section 5). ρ enters the diagonal once. :meth:`explicit_metric`
-    builds G_qd literally (P×P) and the oracle inverts it (``inv`` for ρ > 0, ``pinv``
-    at ρ = 0), so the structured step is checked against an independent computation.
+    (Karakida & Osawa, Section 5). ρ enters the diagonal once. The tests build G_qd literally (P×P,
+    ``tests/oracles.py``) and invert it, so the structured step is checked against an
+    independent computation.
 
     At ρ = 0, where Ollivier's formula divides by zero (a dead unit, G_bb = 0; a
     weight whose 2×2 block is singular, D_j <= rtol_pair·G_jj (rtol_pair = ``rtol`` or
@@ -82,22 +82,6 @@ from ..linalg import default_rtol, eps
 from . import cost
 from .base import FisherApproximation
 from .spec import FisherSpec, register
-
-def squared_signal_fisher(signals, layer: int):
-    """F_l = diag(JᵀJ/N) for layer l as an (M_l, fan) array: Σ_k (δ^{(k)}∘δ^{(k)})ᵀ (a∘a) / N."""
-    xp = namespace_of(signals.f)
-    d, a = signals.delta[layer - 1], signals.a[layer - 1]
-    e = xp.sum(d * d, axis=0)  # (N, M_l)
-    return (e.T @ (a * a)) / signals.n
-
-
-def bias_coupling(signals, layer: int, sigma_b: float):
-    """F_{b,j} = Σ_{k,n} ∂_b f_k(x_n) ∂_{θ_j} f_k(x_n) / N for every column j of θ_l, (M_l, fan)."""
-    xp = namespace_of(signals.f)
-    d, a = signals.delta[layer - 1], signals.a[layer - 1]
-    e = xp.sum(d * d, axis=0)
-    return sigma_b * (e.T @ a) / signals.n
-
 
 class _LayerArrays:
     """One layer's training-set signals as the maps need them: δ_l (C, N, M), a_{l−1} (N, fan)
@@ -296,17 +280,6 @@ class DiagonalFisher(FisherApproximation):
         """Elements per working array of the pair-block GEMM (P/8, at least 2^20)."""
         return max(self.network.n_params // 8, 1 << 20)
 
-    # ---- explicit oracle -----------------------------------------------------------------
-    def _explicit_fisher_diagonal(self, params, x, signals=None) -> tuple[np.ndarray, np.ndarray]:
-        """(diag(JᵀJ/N), J) on the host from the explicit Jacobian."""
-        j = self._explicit_jacobian(params, x, signals)
-        return np.sum(j * j, axis=0) / x.shape[0], j
-
-    def explicit_metric(self, params, x, signals=None):
-        self._check_explicit()
-        f, _ = self._explicit_fisher_diagonal(params, x, signals)
-        return np.diag(f + self.damping)
-
 
 @register
 class QuasiDiagonalFisher(DiagonalFisher):
@@ -357,33 +330,6 @@ class QuasiDiagonalFisher(DiagonalFisher):
             xp.concat([z_w, z_b], axis=1),
             kappa,
         )
-
-    def explicit_metric(self, params, x, signals=None):
-        """G_qd (P×P) literally: per unit diag(D_1…D_m, 0) + u uᵀ/G_bb, damping included."""
-        self._check_explicit()
-        net = self.network
-        f, j = self._explicit_fisher_diagonal(params, x, signals)
-        g_diag = f + self.damping
-        if not net.has_bias:
-            return np.diag(g_diag)
-        n = x.shape[0]
-        rtol = self.rtol if self.rtol is not None else net.n_params * eps("float64")
-        cut = 0.0 if self.damping > 0 else rtol * float(np.max(f))
-        g = np.zeros((net.n_params, net.n_params))
-        for l in range(1, net.depth + 1):
-            for i in range(net.widths[l]):
-                sl = net.unit_slice(l, i)
-                ju = j[:, sl]
-                gu = g_diag[sl]
-                gb = gu[-1]
-                if gb <= cut:  # dead unit: no coupling is defined
-                    g[sl, sl] = np.diag(gu)
-                    continue
-                c = ju[:, :-1].T @ ju[:, -1] / n  # F_{b j}
-                u = np.concatenate([c, [gb]])
-                dvec = np.concatenate([gu[:-1] - c * c / gb, [0.0]])
-                g[sl, sl] = np.diag(dvec) + np.outer(u, u) / gb
-        return g
 
 
 def _quasi_pieces(xp, g_diag, coupling, cut: float, pair_rtol: float) -> tuple:
@@ -530,4 +476,4 @@ def _concat_maps(maps: list) -> _LayerMap:
     return _LayerMap(*(xp.concat([getattr(m, k) for m in maps], axis=0) for k in ("mu", "r", "z", "kappa")))
 
 
-__all__ = ["DiagonalFisher", "QuasiDiagonalFisher", "bias_coupling", "squared_signal_fisher"]
+__all__ = ["DiagonalFisher", "QuasiDiagonalFisher"]

@@ -303,30 +303,3 @@ class KFAC(FisherApproximation):
             b_cal.append(right_solve(cross.B[l - 1], cf))
         b_cal.append(np.ones_like(cross.B[-1]))
         return train.n * sum(b * a for b, a in zip(b_cal, a_cal))  # S.105
-
-    # ---- explicit oracle ---------------------------------------------------------------
-    def explicit_metric(self, params, x, signals=None):
-        self._check_explicit()
-        net = self.network
-        s = signals if signals is not None else net.signals(params, x)
-        from ..backend import to_host
-
-        n = x.shape[0]
-        size = net.n_params
-        g = np.zeros((size, size))
-        off = net.layer_offsets
-        for l in range(1, net.depth + 1):
-            d = np.asarray(to_host(s.delta_matrix(l)), dtype=np.float64)
-            abar = np.asarray(to_host(self._abar(s, l)), dtype=np.float64)
-            m_out, fan = net.layer_shape(l)
-            b_star = np.eye(net.n_outputs) / n if l == net.depth else d.T @ d / n
-            a_star = abar.T @ abar / n
-            block = np.kron(b_star + self.damping * np.eye(m_out), a_star + self.damping * np.eye(abar.shape[1]))
-            idx = np.arange(m_out)[:, None] * fan + np.arange(abar.shape[1])[None, :]
-            w_idx = off[l - 1] + idx.reshape(-1)
-            g[np.ix_(w_idx, w_idx)] = block
-            if self._separate_bias:
-                jb = net.sigma_b * d  # ∇_{b_l} f, (CN, M_l)
-                b_idx = off[l - 1] + np.arange(m_out) * fan + (fan - 1)
-                g[np.ix_(b_idx, b_idx)] = jb.T @ jb / n**2 + self.damping * np.eye(m_out)
-        return g

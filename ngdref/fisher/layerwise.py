@@ -299,20 +299,6 @@ class LayerWiseFisher(FisherApproximation):
         weights = layerwise_weights(self.sigma, train.depth)
         return sum(w * p for w, p in zip(weights, layer_projections(cross, train)))
 
-    def explicit_metric(self, params, x, signals=None):
-        self._check_explicit()
-        j = self._explicit_jacobian(params, x, signals)
-        off = self.network.layer_offsets
-        n = x.shape[0]
-        w = np.eye(j.shape[0])
-        g = np.zeros((j.shape[1], j.shape[1]))
-        for l in range(self.network.depth):
-            for k in range(self.network.depth):
-                if self.sigma[l, k] != 0:
-                    jl, jk = j[:, off[l] : off[l + 1]], j[:, off[k] : off[k + 1]]
-                    g[off[l] : off[l + 1], off[k] : off[k + 1]] = self.sigma[l, k] * jl.T @ w @ jk / n
-        return g + self.damping * np.eye(j.shape[1])
-
 
 def _warn_singular(layer: int) -> None:
     """S.89–S.90 assume every Θ_l invertible; with a singular Θ_l the per-layer pseudo-inverse used

@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from ..errors import ConfigError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .base import FisherApproximation
 
 __all__ = ["DAMPING_POLICIES", "FisherOption", "FisherSpec", "REGISTRY", "fisher_class", "fisher_names",
            "get_fisher", "register", "unregister"]
@@ -114,7 +111,8 @@ class FisherSpec:
         return f"{self.name}: {self.summary} ({self.equations})"
 
 
-REGISTRY: dict[str, type["FisherApproximation"]] = {}
+#: name → approximation class (a subclass of :class:`ngdref.fisher.base.FisherApproximation`)
+REGISTRY: dict[str, type] = {}
 _ALIASES: dict[str, str] = {}
 
 
@@ -145,7 +143,7 @@ def fisher_names() -> tuple[str, ...]:
     return tuple(REGISTRY)
 
 
-def fisher_class(name: str) -> type["FisherApproximation"]:
+def fisher_class(name: str) -> type:
     """The class registered under ``name`` or one of its aliases (case and '_' / '-' insensitive)."""
     key = str(name).strip().lower().replace("_", "-")
     canonical = _ALIASES.get(key)
@@ -154,7 +152,7 @@ def fisher_class(name: str) -> type["FisherApproximation"]:
     return REGISTRY[canonical]
 
 
-def get_fisher(name: str, network, damping: float | None = None, **options) -> "FisherApproximation":
+def get_fisher(name: str, network, damping: float | None = None, **options):
     """Instantiate the approximation ``name`` for ``network``; ``damping=None`` takes the spec's default."""
     return fisher_class(name)(network, damping, **options)
 

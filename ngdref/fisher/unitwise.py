@@ -452,21 +452,6 @@ class UnitWiseFisher(FisherApproximation):
             )
         return unit_alpha(train.network) * np.eye(train.n)
 
-    # ---- explicit oracle -----------------------------------------------------------------
-    def explicit_metric(self, params, x, signals=None):
-        """G_unit (P×P): blocks J_{l,i}ᵀ J_{l,i}/N on the units' contiguous index ranges, + ρI."""
-        self._check_explicit()
-        net = self.network
-        j = self._explicit_jacobian(params, x, signals)
-        n = x.shape[0]
-        g = np.zeros((net.n_params, net.n_params))
-        for l in range(1, net.depth + 1):
-            for i in range(net.widths[l]):
-                sl = net.unit_slice(l, i)
-                block = j[:, sl]
-                g[sl, sl] = block.T @ block / n
-        return g + self.damping * np.eye(net.n_params)
-
 
 def _row_major(x):
     """``x`` (a transposed view) laid out row by row: per-unit rows are then gathered contiguously.
