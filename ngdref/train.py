@@ -306,6 +306,46 @@ def _check_setup(fim, loss: Loss, config: TrainConfig, network: Network, y_host)
         raise ConfigError(f"{reason}, so η = c/α is undefined; give the learning rate with --lr")
 
 
+def _step_size(fim, config: TrainConfig, n: int, theta_bar, summary: dict) -> tuple[float, float]:
+    """(α, η), with how they were chosen written to ``summary``. η = ``config.lr`` if given, else the
+    approximation's rule (c/α, Corollary 4.2) with α analytic where the paper gives one and the measured
+    mean diagonal of Θ̄(x, x) otherwise. Cross-entropy (``theta_bar`` None): α analytic or 1, η = c/α."""
+    alpha = fim.analytic_alpha(n)
+    if theta_bar is None:
+        summary["alpha_source"] = "analytic" if alpha else "none (cross-entropy: 1)"
+        alpha = alpha or 1.0
+        return alpha, (config.lr if config.lr is not None else config.lr_scale / alpha)
+    iso_stats = isotropy(theta_bar)
+    summary["theta_bar_train"] = {k: v for k, v in iso_stats.items() if k != "eigenvalues"}
+    if alpha is not None:
+        summary["alpha_source"] = "analytic"
+    else:
+        alpha = iso_stats["mean_diagonal"]
+        summary["alpha_source"] = "measured mean diagonal of Θ̄(x, x)" + (f" ({fim.alpha_note()})" if fim.alpha_note() else "")
+    if config.lr is not None:
+        summary["lr_source"] = "given"
+        return alpha, config.lr
+    eta, rule = fim.learning_rate(config.lr_scale, alpha, theta_bar)
+    summary["lr_source"] = f"{rule} ({summary['alpha_source']})" if rule == "c / α" else rule
+    return alpha, eta
+
+
+def _closed_form_observers(fim, s0: Signals, theta_bar, y, test, params0, alpha: float, eta: float, steps: int,
+                           lin: LinearizedModel | None) -> list:
+    """The MSE observers after the losses: theory lines (Eq. 10, with Θ̄(x′, x) on the test inputs
+    and targets ``test`` = (x′, y′) or None; Eq. 24), distance, the linearised model ``lin``, Eq. 22."""
+    f0, y_vec = function_vector(s0.f), function_vector(y)
+    s0t = s0.network.signals(params0, test[0]) if test else None
+    theta_bar_test = fim.coefficient(s0t, s0) if test else None
+    f0t = function_vector(s0t.f) if test else None
+    theory, test_theory = linearized_trajectory(theta_bar, f0, y_vec, eta, steps, theta_bar_test, f0t)
+    iso = isotropic_trajectory(f0, y_vec, alpha, eta, steps)
+    y_h = fetch(y_vec, *([function_vector(test[1])] if test else []))  # the targets as the backend holds them
+    theory_rec = TheoryRecorder(theory, iso, y_h[0], test_theory, y_h[1] if test else None)
+    return [theory_rec, DistanceRecorder(params0), *([lin] if lin else []),
+            Eq22Check(fim, s0, theta_bar, y_vec, eta, params0)]
+
+
 def _stop(t: int, rec: dict, loss0: float, config: TrainConfig, eta: float) -> tuple[str, str] | None:
     """(status, message) if training must stop after step t's record, else ``None``."""
     if not math.isfinite(rec["train_loss"]) or not math.isfinite(rec["param_distance"]):
@@ -343,47 +383,18 @@ def train(
 
     params0 = network.init(seed, backend)
     s0 = network.signals(params0, x)
-    s0t = network.signals(params0, xt) if (has_test and not ce) else None  # for Θ̄(x′, x)
-    ft0 = (s0t.f if s0t is not None else network.output(params0, xt)) if has_test else None
 
     summary: dict = {"fim": fim.to_dict(), "n_params": network.n_params, "damping": fim.damping,
                      "damping_source": fim.damping_source}
+    theta_bar = None if ce else fim.coefficient(s0)
+    alpha, eta = _step_size(fim, config, n, theta_bar, summary)
     observers: list = [LossRecorder(loss, y, yt)]
-    lin = None
+    lin = LinearizedModel(fim, s0, params0, y) if (config.linearized and not ce) else None
     if ce:
-        alpha = fim.analytic_alpha(n)
-        summary["alpha_source"] = "analytic" if alpha else "none (cross-entropy: 1)"
-        alpha = alpha or 1.0
-        eta = config.lr if config.lr is not None else config.lr_scale / alpha
         observers.append(DistanceRecorder(params0))
     else:
-        theta_bar = fim.coefficient(s0)
-        iso_stats = isotropy(theta_bar)
-        summary["theta_bar_train"] = {k: v for k, v in iso_stats.items() if k != "eigenvalues"}
-        alpha = fim.analytic_alpha(n)
-        if alpha is not None:
-            summary["alpha_source"] = "analytic"
-        else:
-            alpha = iso_stats["mean_diagonal"]
-            summary["alpha_source"] = "measured mean diagonal of Θ̄(x, x)" + (f" ({fim.alpha_note()})" if fim.alpha_note() else "")
-        if config.lr is not None:
-            eta = config.lr
-            summary["lr_source"] = "given"
-        else:
-            eta, rule = fim.learning_rate(config.lr_scale, alpha, theta_bar)
-            summary["lr_source"] = f"{rule} ({summary['alpha_source']})" if rule == "c / α" else rule
-        f0, y_vec = function_vector(s0.f), function_vector(y)
-        f0t = function_vector(ft0) if has_test else None
-        theta_bar_test = fim.coefficient(s0t, s0) if has_test else None
-        theory, test_theory = linearized_trajectory(theta_bar, f0, y_vec, eta, config.steps, theta_bar_test, f0t)
-        iso = isotropic_trajectory(f0, y_vec, alpha, eta, config.steps)
-        y_h = fetch(y_vec, *([function_vector(yt)] if has_test else []))  # the targets as the backend holds them
-        observers += [TheoryRecorder(theory, iso, y_h[0], test_theory, y_h[1] if has_test else None),
-                      DistanceRecorder(params0)]
-        if config.linearized:
-            lin = LinearizedModel(fim, s0, params0, y)
-            observers.append(lin)
-        observers.append(Eq22Check(fim, s0, theta_bar, y_vec, eta, params0))
+        test = (xt, yt) if has_test else None
+        observers += _closed_form_observers(fim, s0, theta_bar, y, test, params0, alpha, eta, config.steps, lin)
     summary.update({"alpha": alpha, "lr": eta, "lr_scale": config.lr_scale, "setup_seconds": time.perf_counter() - t_start})
 
     records: list = []
@@ -391,7 +402,7 @@ def train(
     params = params0
     for t in range(config.steps + 1):
         s = s0 if t == 0 else network.signals(params, x)
-        ft = None if not has_test else (ft0 if t == 0 else network.output(params, xt))
+        ft = network.output(params, xt) if has_test else None
         step = Step(t, params, s, ft)
         rec = {"step": t}
         for obs in observers:

@@ -15,8 +15,7 @@ from ngdref.backend import dtype_name_of
 from ngdref.data import load_dataset
 from ngdref.dynamics import isotropic_trajectory, linearized_trajectory, parameter_displacement
 from ngdref.fisher import get_fisher
-from ngdref.losses import (CrossEntropyLoss, MSELoss, accuracy, cross_entropy_loss, cross_entropy_metric,
-                           get_loss, mse_loss, softmax)
+from ngdref.losses import CrossEntropyLoss, MSELoss, accuracy, cross_entropy_loss, get_loss, mse_loss, softmax
 from ngdref.network import function_vector
 from ngdref.train import (DistanceRecorder, LinearizedModel, LossRecorder, Step, TheoryRecorder, TrainConfig,
                           fetch, linearized_output, linearized_step, ngd_step, squared_distance, train)
