@@ -1,4 +1,6 @@
-"""Code layout: the modules of ngdref.experiments import each other without cycles; one module per figure."""
+"""Code layout: ngdref's modules import each other without cycles and only downwards (the layers
+of the paper: network → kernels → fisher → training → experiments); one module per figure and
+one module per approximation family."""
 
 from __future__ import annotations
 
@@ -82,6 +84,52 @@ def test_experiments_import_graph_is_acyclic():
     assert "ngdref.experiments.figures.fig1a" in graph
     assert "ngdref.experiments.sweep" in graph["ngdref.experiments.figures.run"]
     assert find_cycle(graph) is None, " → ".join(find_cycle(graph))
+
+
+#: the layers, lowest first: a module may import only from its own layer or lower ones
+LAYERS = [
+    ("ngdref.errors",),
+    ("ngdref.backend", "ngdref.memory"),
+    ("ngdref.activations", "ngdref.linalg", "ngdref.data", "ngdref.diagnostics", "ngdref.dynamics", "ngdref.losses"),
+    ("ngdref.network",),
+    ("ngdref.jacobian",),
+    ("ngdref.ntk", "ngdref.kernels"),
+    ("ngdref",),  # the package's re-exports
+    ("ngdref.io",),
+    ("ngdref.fisher",),
+    ("ngdref.train",),
+    ("ngdref.experiments",),
+]
+
+
+def _layer(module: str) -> int:
+    best = None
+    for rank, prefixes in enumerate(LAYERS):
+        for prefix in prefixes:
+            if module == prefix or module.startswith(prefix + ".") and prefix != "ngdref":
+                if best is None or len(prefix) > best[1]:
+                    best = (rank, len(prefix))
+    assert best is not None, f"{module} is in no layer of LAYERS"
+    return best[0]
+
+
+def test_whole_package_is_acyclic_and_layered():
+    import ngdref
+
+    graph = import_graph(Path(ngdref.__file__).parent, "ngdref")
+    assert find_cycle(graph) is None, " → ".join(find_cycle(graph))
+    upward = [f"{a} → {b}" for a, edges in graph.items() for b in edges if _layer(b) > _layer(a)]
+    assert not upward, "imports from a higher layer: " + ", ".join(sorted(upward))
+
+
+def test_one_module_per_approximation_family():
+    from ngdref.fisher import REGISTRY
+
+    families = {cls.__module__ for cls in REGISTRY.values()}
+    assert families == {f"ngdref.fisher.{m}" for m in ("exact", "layerwise", "kfac", "unitwise", "diagonal")}
+    for cls in REGISTRY.values():
+        module = importlib.import_module(cls.__module__)
+        assert module.__doc__ and ("Eq." in module.__doc__ or "Fig." in module.__doc__), cls.__module__
 
 
 def test_cycle_finder_sees_a_function_level_cycle(tmp_path):
