@@ -12,9 +12,10 @@ namespace taken from the arrays themselves (``namespace_of``). Three backends:
     ``array_api_strict`` with implicit conversion to NumPy disabled. It behaves
     like a device array library: calling a NumPy or SciPy function on one of its
     arrays, mixing it with a host ``numpy.ndarray``, or converting it to NumPy
-    without going through :func:`to_host` raises ``TypeError``. CI runs the core
-    test suite under it so that code which would break on CuPy fails on a
-    CPU-only machine.
+    without going through :func:`to_host` raises ``TypeError``. Every array-level
+    test takes the ``backend`` fixture of ``tests/conftest.py`` (numpy, strict, and
+    cupy where present), so CI's ``pytest`` run exercises it: code which would break
+    on CuPy fails on a CPU-only machine.
 
 Random initialisation (Eq. 2) is drawn on the host from a seeded
 ``numpy.random.Generator`` and moved to the backend with :func:`to_device`, so a

@@ -157,3 +157,18 @@ def test_every_registered_spec_is_complete():
         for case in ("direction", "coefficient"):
             flops, formula = spec.flops(shape, 0.0)[case]
             assert flops > 0 and formula, (name, case)
+
+
+def test_spec_declarations_match_the_objects():
+    """What a spec declares holds for its objects: an α only where ``isotropic`` says so, and for
+    C > 1 only where ``multi_output_alpha`` says so."""
+    c1 = Network((5, 12, 10, 1), "tanh", 2.0, 0.0)
+    c2 = Network((5, 12, 10, 2), "tanh", 2.0, 0.0)
+    for name, cls in REGISTRY.items():
+        if any(o.required for o in cls.spec.options):
+            continue
+        one, two = cls(c1), cls(c2)
+        assert (one.analytic_alpha(4) is not None) == cls.spec.isotropic, name
+        assert (two.analytic_alpha(4) is not None) == (cls.spec.isotropic and cls.spec.multi_output_alpha), name
+    layer = fisher_class("layer")
+    assert layer(c2, sigma=np.eye(3)).analytic_alpha(4) == 3.0 and layer.spec.multi_output_alpha

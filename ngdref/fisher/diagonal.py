@@ -152,7 +152,8 @@ class DiagonalFisher(FisherApproximation):
     spec = FisherSpec(
         name="diag", title="diagonal",
         summary="entry-wise diagonal FIM G_ii = F_ii + ρ (LeCun et al. 1998; Fig. 3); not isotropic",
-        equations="Fig. 3 (G_ij = (F_ii + ρ)δ_ij)", aliases=("diagonal",), isotropic=False, flops=_flops(False),
+        equations="Fig. 3 (G_ij = (F_ii + ρ)δ_ij)", aliases=("diagonal",), isotropic=False,
+        multi_output_alpha=False, flops=_flops(False),
     )
 
     def alpha_note(self) -> str:
@@ -290,7 +291,7 @@ class QuasiDiagonalFisher(DiagonalFisher):
         summary="Ollivier's quasi-diagonal FIM (diag + bias–weight couplings per unit, a rank-one "
                 "completion of the diagonal; Fig. 3, ref. [6]); not isotropic",
         equations="Fig. 3; Ollivier (2015) quasi-diagonal reduction", aliases=("quasidiag", "quasi-diagonal"),
-        isotropic=False, flops=_flops(True),
+        isotropic=False, multi_output_alpha=False, flops=_flops(True),
     )
 
     def _pair_rtol(self, dtype_name: str, n: int) -> float:

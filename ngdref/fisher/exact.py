@@ -37,7 +37,7 @@ class GradientDescent(FisherApproximation):
 
     spec = FisherSpec(
         name="gd", title="gradient descent", summary="plain gradient descent, G = I (the NTK dynamics, Eq. 5)",
-        equations="Eq. 4-6", damping="none", isotropic=False, flops=_gd_flops,
+        equations="Eq. 4-6", damping="none", isotropic=False, multi_output_alpha=False, flops=_gd_flops,
     )
 
     def alpha_note(self) -> str:

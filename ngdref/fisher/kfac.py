@@ -140,7 +140,7 @@ def _flops(s: cost.Shape, damping: float) -> dict:
 class KFAC(FisherApproximation):
     spec = FisherSpec(
         name="kfac", title="K-FAC", summary="K-FAC (B*+ρI)⊗(A*+ρI) per layer (S.95); biases by the FIM block (S.123)",
-        equations="Eq. 20-21, S.95-S.124", flops=_flops,
+        equations="Eq. 20-21, S.95-S.124", multi_output_alpha=False, flops=_flops,
         options=(FisherOption("bias", "bias handling: 'separate' FIM blocks (S.123) or 'folded' into the Kronecker "
                               "factor", choices=BIAS_MODES),),
     )

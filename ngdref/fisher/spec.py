@@ -55,6 +55,9 @@ class FisherSpec:
     cross_entropy: bool = False
     #: the paper proves Θ̄ = αI for this approximation (under its conditions, C = 1 at least)
     isotropic: bool = True
+    #: the paper's isotropy (its α) also covers C > 1 outputs; False: C > 1 runs (the natural
+    #: generalisation) but no α is claimed (K-FAC and unit-wise are derived for C = 1)
+    multi_output_alpha: bool = True
     options: tuple[FisherOption, ...] = ()
     #: FLOP model ``flops(shape, damping) -> {"direction": (flops, formula), "coefficient": (…)}``
     #: for the benchmarks (:mod:`ngdref.fisher.cost`)

@@ -172,6 +172,7 @@ class UnitWiseFisher(FisherApproximation):
         name="unit", title="unit-wise",
         summary="unit-wise FIM: one block ∇_{θ_i}fᵀ∇_{θ_i}f/N (+ρI) per unit (Eq. 23); α = Σ_{l<L} γ_l M_l + 1",
         equations="Eq. 23-24, S.128-S.137, S.156", aliases=("unit-wise",), default_damping=1e-12,
+        multi_output_alpha=False,
         default_damping_reason="default for unit (ρ = 0 leaves the linear regime at finite width; paper C.3 uses 1e-12)",
         flops=_flops,
     )
