@@ -1,4 +1,4 @@
-"""Closed-form linearised dynamics of (approximate) NGD (Eq. 5, 10, 22, 24; S.23–S.25).
+"""Closed-form linearised dynamics of (approximate) NGD (Eq. 5, 10, 12, 22, 24; S.23–S.25).
 
 With the coefficient matrix Θ̄ = Θ̄(x, x) of Eq. 11 on the training set and
 Θ̄(x′, x) on any other inputs, the infinite-width dynamics are (Eq. 10)
@@ -6,7 +6,8 @@ With the coefficient matrix Θ̄ = Θ̄(x, x) of Eq. 11 on the training set and
     f_t(x′) = f_0(x′) + Θ̄(x′, x) Θ̄⁻¹ (I − (I − ηΘ̄)^t) (y − f_0),
 
 which for G = I (plain GD, Θ̄ = Θ) is Eq. 5, and under the isotropic condition
-Θ̄ = αI (Eq. 12) reduces on the training set to (Eq. 24)
+Θ̄ = αI (Eq. 12) reduces on the training set to (Section 3.3; Eq. 24 is this form for
+unit-wise NGD, Theorem 5.1)
 
     f_t = y + (1 − αη)^t (f_0 − y).
 
@@ -72,7 +73,8 @@ def linearized_trajectory(theta_bar, f0, y, eta: float, steps: int, theta_bar_te
 
 
 def isotropic_trajectory(f0, y, alpha: float, eta: float, steps: int) -> np.ndarray:
-    """f_t = y + (1 − αη)^t (f_0 − y) on the training set (Eq. 24), t = 0 … steps."""
+    """f_t = y + (1 − αη)^t (f_0 − y) on the training set, t = 0 … steps: Eq. 10 under the
+    isotropic condition Θ̄ = αI (Eq. 12, Section 3.3; Eq. 24 for unit-wise NGD)."""
     f0h, yh = _host(f0), _host(y)
     decay = (1.0 - alpha * eta) ** np.arange(steps + 1)
     return yh[None, :] + decay[:, None] * (f0h - yh)[None, :]

@@ -1,4 +1,4 @@
-"""Analytic infinite-width kernels (Appendix E, S.169–S.179) and the coefficient matrices Θ̄(x′, x).
+"""Analytic infinite-width kernels (Appendix E, S.169–S.179) shared by every approximation.
 
 Host NumPy/SciPy, float64. Conventions match the finite network of
 :mod:`ngdref.network` exactly, so every analytic kernel here is the

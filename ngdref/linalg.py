@@ -24,6 +24,21 @@ def default_rtol(n: int, dtype_name: str) -> float:
     return float(max(n, 1)) * eps(dtype_name)
 
 
+def small_matrix_rtol(n: int) -> float:
+    """Relative tolerance for exact properties of a small host float64 matrix given by the user
+    (Σ of Eq. 15: symmetric, singular, a multiple of 11ᵀ): 100·n·eps, far above rounding in
+    forming it and far below any meaningful difference."""
+    return 100.0 * max(n, 1) * eps("float64")
+
+
+def numerically_singular(eigenvalues, rtol: float) -> bool:
+    """min|λ| <= rtol·max|λ| (or all λ = 0): the matrix is singular to the given relative accuracy."""
+    xp = namespace_of(eigenvalues)
+    mag = xp.abs(eigenvalues)
+    scale = float(xp.max(mag))
+    return scale == 0.0 or float(xp.min(mag)) <= rtol * scale
+
+
 def symmetrize(k):
     return (k + namespace_of(k).linalg.matrix_transpose(k)) / 2.0
 

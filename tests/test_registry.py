@@ -172,3 +172,21 @@ def test_spec_declarations_match_the_objects():
         assert (two.analytic_alpha(4) is not None) == (cls.spec.isotropic and cls.spec.multi_output_alpha), name
     layer = fisher_class("layer")
     assert layer(c2, sigma=np.eye(3)).analytic_alpha(4) == 3.0 and layer.spec.multi_output_alpha
+
+
+def test_layerwise_sigma_properties_are_relative_to_its_scale():
+    """Σ = 1e-9·I is block-diagonal NGD with F scaled by 1e-9 (α = L/1e-9, Theorem 4.1), not
+    exact NGD (Σ = c·11ᵀ, S.91): symmetry, singularity and the 11ᵀ test are relative to Σ's scale."""
+    net = Network((5, 9, 7, 1), "tanh", 2.0, 0.0)
+    params = net.init(0, get_backend("numpy"))
+    x = np.random.default_rng(2).standard_normal((4, 5))
+    y = np.random.default_rng(3).standard_normal((4, 1))
+    tiny = get_fisher("layer", net, sigma=1e-9 * np.eye(3))
+    assert not tiny.is_exact and tiny.analytic_alpha(4) == pytest.approx(3e9)
+    s = net.signals(params, x)
+    got = np.asarray(to_host(net.flatten(tiny.direction(params, x, y, s))))
+    bd = np.asarray(to_host(net.flatten(get_fisher("bd", net).direction(params, x, y, s))))
+    np.testing.assert_allclose(got, 1e9 * bd, rtol=1e-9)
+    assert get_fisher("layer", net, sigma=1e-9 * np.ones((3, 3))).is_exact
+    with pytest.raises(ConfigError, match="symmetric"):
+        get_fisher("layer", net, sigma=1e-9 * np.array([[1, 0.5, 0], [0, 1, 0], [0, 0, 1]]))

@@ -7,10 +7,12 @@ from ..kernels import layer_gammas, order_parameters
 from ..network import Network
 
 
-def alpha_report(network: Network, fim_names, n_train: int, damping: float = 0.0) -> dict:
-    """α per approximation for ``network`` and N = ``n_train``, plus q_l and γ_l per layer (S.138–S.141)."""
+def alpha_report(network: Network, fim_names, n_train: int, damping: float = 0.0,
+                 fim_options: dict | None = None) -> dict:
+    """α per approximation for ``network`` and N = ``n_train``, plus q_l and γ_l per layer (S.138–S.141);
+    ``fim_options`` maps a name to its constructor options."""
     q = order_parameters(network)
-    gammas = layer_gammas(network) if network.n_outputs == 1 else [network.activation.gamma(v) for v in q[:-1]]
+    gammas = layer_gammas(network)
     layers = [
         {"layer": l, "width": network.widths[l], "q": q[l - 1], "gamma": gammas[l - 1],
          "gamma_times_width": gammas[l - 1] * network.widths[l]}
@@ -19,7 +21,7 @@ def alpha_report(network: Network, fim_names, n_train: int, damping: float = 0.0
     rows = []
     for name in fim_names:
         cls = fisher_class(name)
-        fim = cls(network, cls.spec.applicable_damping(damping))
+        fim = cls(network, cls.spec.applicable_damping(damping), **(fim_options or {}).get(name, {}))
         alpha = fim.analytic_alpha(n_train)
         rows.append({
             "fim": name,

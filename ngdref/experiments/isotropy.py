@@ -43,12 +43,15 @@ def isotropy_row(network: Network, fim_name: str, x_host: np.ndarray, seed: int,
 
 
 def isotropy_sweep(fim_names, widths, depth, activation, x_host, seed, backend, sigma_w2=2.0, sigma_b2=0.5,
-                   shift=1.0, damping=0.0, n_outputs=1, progress=None) -> list[dict]:
+                   shift=1.0, damping=0.0, n_outputs=1, progress=None, fim_options: dict | None = None) -> list[dict]:
+    """:func:`isotropy_row` for every width and approximation; ``fim_options`` maps a name to its
+    constructor options (Σ of ``layer``, K-FAC's bias mode)."""
     rows = []
+    fim_options = fim_options or {}
     for width in widths:
         net = Network.build(x_host.shape[1], width, depth, n_outputs, activation, shift, sigma_w2, sigma_b2)
         for name in fim_names:
-            rows.append(isotropy_row(net, name, x_host, seed, backend, damping))
+            rows.append(isotropy_row(net, name, x_host, seed, backend, damping, fim_options.get(name)))
             if progress is not None:
                 progress(rows[-1])
     return rows

@@ -5,7 +5,8 @@ The trained network's output on test inputs is (Eq. 10 at t → ∞, Eq. 14)
     f_∞(x′) = f_0(x′) + Θ̄(x′, x) Θ̄⁻¹ (y − f_0(x)),
 
 which under the isotropic condition is f_0(x′) + α⁻¹ Θ̄(x′, x)(y − f_0(x)). With
-``kernel="analytic"`` Θ̄ comes from the infinite-width kernels (:mod:`ngdref.kernels`) and
+``kernel="analytic"`` Θ̄ is each approximation's infinite-width Θ̄ (``fim.analytic_theta_bar``
+on the kernels of :mod:`ngdref.kernels`) and
 f_0 is drawn from the infinite-width output Gaussian process, covariance σ_w² A_{L−1} + σ_b²
 (the spread over random initialisations); seed ``None`` means f_0 = 0, the mean prediction
 α⁻¹Θ̄(x′, x) y. With ``kernel="empirical"`` Θ̄ is the structured Θ̄ of a finite network
@@ -33,7 +34,7 @@ class AnalyticPredictor:
     """Seed-independent part of the analytic predictions: one regression matrix per approximation
     and the Cholesky factor of the joint train/test covariance of f_0."""
 
-    def __init__(self, network: Network, dataset: Dataset, fim_names):
+    def __init__(self, network: Network, dataset: Dataset, fim_names, fim_options: dict | None = None):
         self.network, self.dataset = network, dataset
         net1 = Network(network.widths[:-1] + (1,), network.activation, network.sigma_w2, network.sigma_b2)
         train = K.analytic_kernels(net1, dataset.x_train)
@@ -41,7 +42,7 @@ class AnalyticPredictor:
         n = dataset.n_train
         self.methods: dict = {}
         for name in fim_names:
-            fim = get_fisher(name, network)
+            fim = get_fisher(name, network, **(fim_options or {}).get(name, {}))
             try:  # the approximation's infinite-width Θ̄ (C = 1 block), Section 4 / Appendix E
                 tb_train, tb_cross = fim.analytic_theta_bar(train, train), fim.analytic_theta_bar(cross, train)
             except NgdrefError as err:
@@ -91,7 +92,7 @@ class AnalyticPredictor:
 
 
 def empirical_accuracies(network: Network, dataset: Dataset, fim_names, seed: int, backend: Backend,
-                         damping: float | None = None) -> dict:
+                         damping: float | None = None, fim_options: dict | None = None) -> dict:
     """Test accuracy of f_∞ with the finite network's own Θ̄ and f_0 (initialisation ``seed``);
     ``damping`` None takes each approximation's default (its spec)."""
     params = network.init(seed, backend)
@@ -104,7 +105,8 @@ def empirical_accuracies(network: Network, dataset: Dataset, fim_names, seed: in
     out = {}
     for name in fim_names:
         cls = fisher_class(name)
-        fim = cls(network, None if damping is None else cls.spec.applicable_damping(damping))
+        fim = cls(network, None if damping is None else cls.spec.applicable_damping(damping),
+                  **(fim_options or {}).get(name, {}))
         tb = np.asarray(to_host(fim.coefficient(s)))
         tb_cross = np.asarray(to_host(fim.coefficient(st, s)))
         pred = f0t + tb_cross @ np.linalg.lstsq(tb, y - f0, rcond=None)[0]
@@ -113,16 +115,18 @@ def empirical_accuracies(network: Network, dataset: Dataset, fim_names, seed: in
 
 
 def prediction_study(network: Network, dataset: Dataset, fim_names, kernel: str = "analytic", seeds: int = 10,
-                     backend: Backend | None = None, damping: float | None = None, progress=None) -> dict:
+                     backend: Backend | None = None, damping: float | None = None, progress=None,
+                     fim_options: dict | None = None) -> dict:
     """Accuracy of f_∞ on the test set per approximation: mean ± std over ``seeds`` initialisations
-    (and, for analytic kernels, the f_0 = 0 mean prediction)."""
+    (and, for analytic kernels, the f_0 = 0 mean prediction); ``fim_options`` maps a name to its
+    constructor options."""
     if dataset.n_test < 1:
         raise ConfigError("predictions need test samples (--n-test >= 1)")
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
     per_seed, info, mean_pred = [], {}, None
     if kernel == "analytic":
-        predictor = AnalyticPredictor(network, dataset, fim_names)
+        predictor = AnalyticPredictor(network, dataset, fim_names, fim_options)
         info = predictor.info()
         mean_pred = predictor.accuracies(None)
         for k in range(seeds):
@@ -131,7 +135,7 @@ def prediction_study(network: Network, dataset: Dataset, fim_names, kernel: str 
                 progress(k)
     elif kernel == "empirical":
         for k in range(seeds):
-            per_seed.append(empirical_accuracies(network, dataset, fim_names, k, backend, damping))
+            per_seed.append(empirical_accuracies(network, dataset, fim_names, k, backend, damping, fim_options))
             if progress:
                 progress(k)
     else:

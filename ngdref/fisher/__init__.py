@@ -9,7 +9,7 @@ layer    Sᵀ(Σ⊗I)S/N + ρI with any Σ (Eq. 15–16)                1ᵀΣ�
 bd       Σ = I (Section 4.1)                                   L                   layerwise
 tridiag  Σ of Eq. 19 (Section 4.2)                             s / s+1 (Lemma 4.3) layerwise
 kfac     (B*+ρI)⊗(A*+ρI) (Eq. 20, S.95, S.123)                 NL; N(L−1)+M0       kfac
-unit     unit-wise blocks (Eq. 23)                             Σ_{l<L} γ_l M_l     unitwise
+unit     unit-wise blocks (Eq. 23)                             Σ_{l<L} γ_l M_l +1  unitwise
 diag     entry-wise diagonal F_ii + ρ (Fig. 3)                 — (not isotropic)   diagonal
 quasi-   Ollivier's quasi-diagonal (Fig. 3, ref. [6])          — (not isotropic)   diagonal
 diag
@@ -18,6 +18,10 @@ diag
 Each class carries its :class:`~ngdref.fisher.spec.FisherSpec` and is registered with
 :func:`~ngdref.fisher.spec.register`; :data:`REGISTRY` maps names to classes in the order
 above. Importing this package imports every family module, which registers it.
+
+Unit-wise α: Σ_{l<L} γ_l M_l (S.128) is the paper's, the infinite-width value; a finite network's
+output unit (δ_L = 1 on every sample) adds exactly 1 (the l = L term of S.137), which is what
+``UnitWiseFisher.analytic_alpha`` returns and what Θ̄(x, x) of a finite network shows.
 """
 
 from __future__ import annotations

@@ -87,26 +87,24 @@ class FisherApproximation(abc.ABC):
         s = signals if signals is not None else self.network.signals(params, x)
         return self.precondition(s, (s.f - y).T)
 
-    def coefficient(self, signals_1: Signals, signals_2: Signals | None = None):
-        """Θ̄(x_1, x_2) = J(x_1) G⁻¹ J(x_2)ᵀ / N (Eq. 11), (CN_1, CN_2), with G built on x_2.
+    def coefficient(self, s_prime: Signals, s: Signals | None = None):
+        """Θ̄(x′, x) = J(x′) G⁻¹ J(x)ᵀ / N (Eq. 11), (CN′, CN), with G built on the training set x.
 
-        x′ first, as :func:`ngdref.ntk.structured_ntk`: ``coefficient(s)`` is Θ̄(x, x) on the
-        training set, ``coefficient(s_test, s_train)`` is Θ̄(x′, x).
+        x′ first, as :func:`ngdref.ntk.structured_ntk`: ``coefficient(s_test, s_train)`` is
+        Θ̄(x′, x); ``coefficient(s_train)`` (``s`` None: x = x′) is Θ̄(x, x) on the training set.
         """
-        if signals_2 is None:
-            return self._theta_bar(signals_1, None)
-        return self._theta_bar(signals_2, signals_1)
+        return self._theta_bar(s_prime, None) if s is None else self._theta_bar(s, s_prime)
 
-    def _theta_bar(self, train: Signals, test: Signals | None):
-        """Θ̄(test, train) (test None: train), generically from CN preconditioned columns:
-        Θ̄[:, j] = J(x′) G⁻¹ J(x)ᵀ e_j / N."""
-        sp = train if test is None else test
-        xp = namespace_of(train.f)
-        c, n = train.f.shape[1], train.n
+    def _theta_bar(self, s: Signals, s_prime: Signals | None):
+        """Θ̄(x′, x) with G built on the signals ``s`` of x (``s_prime`` None: x′ = x). Generic:
+        from CN preconditioned columns, Θ̄[:, j] = J(x′) G⁻¹ J(x)ᵀ e_j / N."""
+        sp = s if s_prime is None else s_prime
+        xp = namespace_of(s.f)
+        c, n = s.f.shape[1], s.n
         cols = []
         for j in range(c * n):
-            e = xp.reshape(xp.astype(xp.arange(c * n) == j, train.f.dtype), (c, n))
-            cols.append(xp.reshape(jvp(sp, self.precondition(train, e)), (-1,)))
+            e = xp.reshape(xp.astype(xp.arange(c * n) == j, s.f.dtype), (c, n))
+            cols.append(xp.reshape(jvp(sp, self.precondition(s, e)), (-1,)))
         return xp.stack(cols, axis=1)
 
     # ---- infinite width ----------------------------------------------------------------
@@ -116,8 +114,3 @@ class FisherApproximation(abc.ABC):
         NgdrefError where the paper derives none."""
         raise NgdrefError(f"no analytic Θ̄(x′, x) for {self.spec.title} in the paper; use the empirical kernel "
                           "(--kernel empirical)")
-
-
-def stack_layers(xp, blocks):
-    """Concatenate per-layer parameter arrays into one flat vector (network order)."""
-    return xp.concat([xp.reshape(b, (-1,)) for b in blocks])

@@ -242,19 +242,19 @@ class DiagonalFisher(FisherApproximation):
         g_rows /= xp.where(f > cut, f, xp.inf)
         return g_rows
 
-    def _theta_bar(self, signals, signals_prime):
+    def _theta_bar(self, s, s_prime):
         """Θ̄(x′, x) = Σ_l Σ_i J_{l,i}(x′) M_i J_{l,i}(x)ᵀ / N on each layer's training support.
 
         Units with δ ≡ 0 and inputs with a ≡ 0 on the training set contribute exactly 0 to every
         term (their F, G_bj and every term of M_i vanish or meet a zero factor of J(x)), so the
         map and the pair products are built on the support only (:func:`_training_support`)."""
-        xp = namespace_of(signals.f)
-        cut = self._cut(signals)
-        sp = signals if signals_prime is None else signals_prime
-        symmetric = signals_prime is None
+        xp = namespace_of(s.f)
+        cut = self._cut(s)
+        sp = s if s_prime is None else s_prime
+        symmetric = s_prime is None
         total = None
         for l in range(1, self.network.depth + 1):
-            lay = _LayerArrays.of(signals, l)
+            lay = _LayerArrays.of(s, l)
             a_p, d_p = sp.a[l - 1], sp.delta[l - 1]
             support = _training_support(lay)
             if support is not None:
@@ -275,7 +275,7 @@ class DiagonalFisher(FisherApproximation):
                 factors = [xp.concat([f[i] for f in low], axis=-1) for i in range(5)]
                 term = term + _low_rank_part(d_p, lay.d, *factors)
             total = term if total is None else total + term
-        return total / signals.n
+        return total / s.n
 
     def _budget(self) -> int:
         """Elements per working array of the pair-block GEMM (P/8, at least 2^20)."""

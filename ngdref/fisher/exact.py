@@ -49,8 +49,8 @@ class GradientDescent(FisherApproximation):
     def precondition(self, signals, v, output_metric=None):
         return vjp(signals, v / signals.n)  # scale the CN vector, not P parameters
 
-    def _theta_bar(self, train, test):
-        return structured_ntk(train if test is None else test, train)
+    def _theta_bar(self, s, s_prime):
+        return structured_ntk(s if s_prime is None else s_prime, s)
 
     def analytic_theta_bar(self, cross, train, forster=False):
         """Θ̄(x′, x) = Θ(x′, x), the analytic NTK (S.169–S.170); its t → ∞ prediction
@@ -86,9 +86,9 @@ class ExactFisher(FisherApproximation):
             z = damped_solve(theta, vec, self.damping, self.rtol)
         return vjp(signals, xp.reshape(z, (c, n)) / n)
 
-    def _theta_bar(self, train, test):
-        theta = structured_ntk(train)
-        cross = theta if test is None else structured_ntk(test, train)
+    def _theta_bar(self, s, s_prime):
+        theta = structured_ntk(s)
+        cross = theta if s_prime is None else structured_ntk(s_prime, s)
         xp = namespace_of(theta)
         rhs = xp.linalg.matrix_transpose(cross)
         # Θ(x′,x)(Θ+ρI)⁻¹ = [(Θ+ρI)⁻¹ Θ(x,x′)]ᵀ, Θ symmetric

@@ -32,7 +32,7 @@ from ..backend import backend_of, namespace_of, to_device
 from ..errors import ConfigError, NgdrefError
 from ..jacobian import layer_vjp
 from ..kernels import check_pair, layer_projections
-from ..linalg import psd_pinv
+from ..linalg import numerically_singular, psd_pinv, small_matrix_rtol
 from ..ntk import layer_ntks
 from . import cost
 from .base import FisherApproximation
@@ -76,14 +76,9 @@ def layerwise_weights(sigma, depth: int | None = None) -> np.ndarray:
         raise ConfigError(f"Σ must be a square L x L matrix, got shape {s.shape}")
     if depth is not None and s.shape[0] != depth:
         raise ConfigError(f"Σ is {s.shape[0]} x {s.shape[0]} but the network has depth L = {depth}")
-    if not np.all(np.isfinite(s)):
-        raise ConfigError("Σ contains non-finite entries")
-    if not np.allclose(s, s.T, rtol=0, atol=1e-12 * max(1.0, float(np.max(np.abs(s))))):
-        raise ConfigError("Σ must be symmetric (Eq. 15)")
+    _check_symmetric(s)
     L = s.shape[0]
-    eig = np.linalg.eigvalsh(0.5 * (s + s.T))
-    scale = float(np.max(np.abs(eig)))
-    if scale == 0 or float(np.min(np.abs(eig))) <= 100 * L * np.finfo(np.float64).eps * scale:
+    if _is_singular(s):
         if _is_tridiagonal_preset(s) and L % 3 == 2:
             raise NgdrefError(
                 f"the block tri-diagonal Σ (Eq. 19) is singular for L = {L} = 3s + 2 (Lemma 4.3: "
@@ -161,13 +156,23 @@ def parse_sigma(text: str) -> np.ndarray:
     return np.asarray(rows, dtype=np.float64)
 
 
+def _check_symmetric(sigma: np.ndarray) -> None:
+    if not np.all(np.isfinite(sigma)):
+        raise ConfigError("Σ contains non-finite entries")
+    scale = float(np.max(np.abs(sigma)))
+    if float(np.max(np.abs(sigma - sigma.T))) > small_matrix_rtol(sigma.shape[0]) * scale:
+        raise ConfigError("Σ must be symmetric (Eq. 15)")
+
+
 def _is_singular(sigma: np.ndarray) -> bool:
-    ev = np.linalg.eigvalsh(sigma)
-    return bool(np.min(np.abs(ev)) <= 1e-12 * max(1.0, float(np.max(np.abs(ev)))))
+    """Σ singular relative to its own scale (a Σ = 1e-9·I is as invertible as I)."""
+    return numerically_singular(np.linalg.eigvalsh(0.5 * (sigma + sigma.T)), small_matrix_rtol(sigma.shape[0]))
 
 
 def _is_all_ones_multiple(sigma: np.ndarray) -> bool:
-    return bool(np.allclose(sigma, sigma[0, 0]) and sigma[0, 0] > 0)
+    """Σ = c·11ᵀ with c > 0 (S.91: exact NGD with F scaled by c), relative to c."""
+    c = float(sigma[0, 0])
+    return c > 0 and float(np.max(np.abs(sigma - c))) <= small_matrix_rtol(sigma.shape[0]) * c
 
 
 def _layer_flops(s: cost.Shape, damping: float) -> dict:
@@ -201,8 +206,7 @@ class LayerWiseFisher(FisherApproximation):
         depth = network.depth
         if sigma.shape != (depth, depth):
             raise ConfigError(f"Σ must be {depth}×{depth} for a depth-{depth} network, got shape {sigma.shape}")
-        if not np.all(np.isfinite(sigma)) or not np.allclose(sigma, sigma.T):
-            raise ConfigError("Σ must be a finite symmetric matrix")
+        _check_symmetric(sigma)
         self.sigma = sigma
         self.singular = _is_singular(sigma)
         self.is_exact = _is_all_ones_multiple(sigma)
@@ -279,11 +283,11 @@ class LayerWiseFisher(FisherApproximation):
             out.append(layer_vjp(signals, l, z) / n)
         return out
 
-    def _theta_bar(self, train, test):
+    def _theta_bar(self, s, s_prime):
         if self.is_exact:
-            return self._exact_equivalent()._theta_bar(train, test) / float(self.sigma[0, 0])
-        kernels = layer_ntks(train)
-        cross = kernels if test is None else layer_ntks(test, train)
+            return self._exact_equivalent()._theta_bar(s, s_prime) / float(self.sigma[0, 0])
+        kernels = layer_ntks(s)
+        cross = kernels if s_prime is None else layer_ntks(s_prime, s)
         r = self._resolvent(kernels)
         return sum(k @ rl for k, rl in zip(cross, r))
 

@@ -110,8 +110,6 @@ class FisherSpec:
             out[opt.name] = opt.parse(value) if opt.parse is not None else value
         return out
 
-    def help_line(self) -> str:
-        return f"{self.name}: {self.summary} ({self.equations})"
 
 
 #: name → approximation class (a subclass of :class:`ngdref.fisher.base.FisherApproximation`)

@@ -47,8 +47,8 @@ units that are never dead (Tanh; the output unit) cost a GEMM with H. Units are 
 compacted size so a chunk pads little; the compacted blocks are padded with the identity,
 which keeps every stack positive definite for one batched ``xp.linalg.solve`` per chunk
 (blocked into ≤ 64×64 LAPACK calls beyond that size, :func:`_spd_solve`). For ReLU
-(γ = 1/2) the per-unit systems shrink from N to about N/2: an 8× saving in flops over the
-naive padded N×N stack, and sizes at which a threaded BLAS does not lose time.
+(γ = 1/2) the per-unit systems shrink from N to about N/2 (1/8 of the flops of a padded N×N
+stack).
 """
 
 from __future__ import annotations
@@ -367,7 +367,7 @@ class UnitWiseFisher(FisherApproximation):
             out.append(xp.astype(coef, lay.a.dtype) @ lay.a)  # the parameter-sized product in the net's dtype
         return out
 
-    def _theta_bar(self, signals, signals_prime):
+    def _theta_bar(self, s, s_prime):
         """Θ̄(x′, x) = Σ_{l,i} J_{l,i}(x′) G_{l,i}⁻¹ J_{l,i}(x)ᵀ/N (S.156); S.137 in closed form on x = x′.
 
         With ``coefficient(s)`` (x′ = x) and ρ = 0, each layer whose K is positive definite
@@ -375,17 +375,17 @@ class UnitWiseFisher(FisherApproximation):
         per-sample blocks Σ_i δ_i δ_iᵀ/‖δ_i‖²) without any solve; ``coefficient(s, s)``
         evaluates the general formula on the training set instead.
         """
-        xp = namespace_of(signals.f)
+        xp = namespace_of(s.f)
         total = None
         for l in range(1, self.network.depth + 1):
-            lay = self._layer(signals, l)
-            if signals_prime is None and lay.mode == _EXACT:
+            lay = self._layer(s, l)
+            if s_prime is None and lay.mode == _EXACT:
                 term = self._training_projector(lay)
             else:
-                sp = signals if signals_prime is None else signals_prime
+                sp = s if s_prime is None else s_prime
                 term = self._cross_term(lay, sp)
             total = term if total is None else total + term
-        return xp.astype(total, signals.f.dtype)
+        return xp.astype(total, s.f.dtype)
 
     def _training_projector(self, lay: _Layer):
         """S.137: Σ_i diag(1[δ_i ≠ 0]) (C = 1); (k, k′) blocks Σ_i δ_i^{(k)} δ_i^{(k′)}/e_i for C > 1."""
@@ -443,7 +443,8 @@ class UnitWiseFisher(FisherApproximation):
 
     def analytic_theta_bar(self, cross, train, forster=False):
         """Θ̄ = α I on the training set only (S.137, Lemma C.2), α = Σ_{l<L} γ_l M_l (S.128) with the
-        network's widths. No analytic Θ̄(x′, x) is known for test inputs (Section C.2.2, S.156):
+        network's widths (the infinite-width value: without the output unit's +1 that
+        :meth:`analytic_alpha` adds for a finite network). No analytic Θ̄(x′, x) is known for test inputs (Section C.2.2, S.156):
         NgdrefError unless ``cross`` is the training set's own kernels."""
         check_pair(cross, train)
         if cross.x1.shape != train.x1.shape or not np.array_equal(cross.x1, train.x1):
@@ -477,8 +478,7 @@ def _spd_solve(a, b):
 
     For p > :data:`LAPACK_BLOCK` by 2×2 block elimination (the Schur complement of an SPD
     matrix is SPD, so no pivoting across blocks is needed), keeping every LAPACK call at
-    most 64×64: a threaded BLAS factorises a stack of 100×100 matrices 10–30× slower than
-    a stack of 50×50 ones on a loaded machine, for the same number of flops.
+    most 64×64 (small stacked factorisations are where a threaded BLAS is efficient).
     """
     xp = namespace_of(a)
     p = a.shape[-1]
@@ -535,4 +535,3 @@ def _unpermute(stacked, order):
     return xp.take(stacked, xp.argsort(order), axis=0)
 
 
-__all__ = ["UnitWiseFisher"]
