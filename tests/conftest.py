@@ -1,5 +1,10 @@
 """Shared fixtures. Core tests run on NumPy and on the strict backend (a CPU stand-in
-for a device: NumPy/SciPy calls on its arrays raise), and on CuPy when a GPU is present."""
+for a device: NumPy/SciPy calls on its arrays raise), and on CuPy when a GPU is present.
+
+Every array-level test takes ``backend``: it builds parameters and inputs there
+(``net.init(seed, backend)``, ``to_device``) and compares on the host (``to_host``) with the
+explicit oracles of tests/oracles.py or with NumPy. A test whose reference *is* the NumPy run
+takes ``device_backend`` instead (every core backend but NumPy): NumPy against itself proves nothing."""
 
 from __future__ import annotations
 
@@ -23,6 +28,12 @@ CORE_BACKENDS = ["numpy", "strict"] + (["cupy"] if GPU else [])
 
 @pytest.fixture(params=CORE_BACKENDS)
 def backend(request):
+    return get_backend(request.param)
+
+
+@pytest.fixture(params=[b for b in CORE_BACKENDS if b != "numpy"])
+def device_backend(request):
+    """The core backends other than NumPy, for tests that compare a backend with the NumPy run."""
     return get_backend(request.param)
 
 

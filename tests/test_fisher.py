@@ -1,6 +1,10 @@
 """gd, exact, layer-wise (bd, tridiag, any Σ) and K-FAC (both bias modes): the structured path on
 every core backend vs the explicit P×P oracles of tests/oracles.py, isotropy with the paper's α,
-special cases and error paths."""
+special cases and error paths.
+
+Every test of a structured computation takes the ``backend`` fixture (parameters and inputs built
+there, compared on the host); NumPy-only are the two tests without arrays (α and Σ at
+construction, configuration errors)."""
 
 from __future__ import annotations
 
@@ -106,69 +110,71 @@ def test_structured_matches_explicit_oracle(widths, act, sb2, name, opts, rho, b
 
 
 @pytest.mark.parametrize("name", ["gd", "exact", "bd", "tridiag", "kfac"])
-def test_backends_agree_with_numpy(name, backend):
-    """The same structured computation on every core backend agrees to rounding (1e-12)."""
+def test_backends_agree_with_numpy(name, device_backend):
+    """The same structured computation on every other core backend agrees with NumPy to rounding (1e-12)."""
     net, _, x, xt, y = _setup((6, 12, 10, 1), "relu", 0.5)
     fim = get_fisher(name, net, 0.0)
     ref = _structured(fim, net, x, xt, y)
-    got = _structured(fim, net, x, xt, y, backend)
+    got = _structured(fim, net, x, xt, y, device_backend)
     for a, b in zip(got, ref):
         assert _rel(a, b) < 1e-12
 
 
 @pytest.mark.parametrize("c", [1.0, 2.5])
 @pytest.mark.parametrize("rho", [0.0, 0.05])
-def test_layer_with_constant_sigma_matches_oracle(c, rho):
+def test_layer_with_constant_sigma_matches_oracle(c, rho, backend):
     """S.91: Σ = c·11ᵀ makes the layer-wise FIM c·F + ρI (the exact FIM scaled); checked against the
     oracle's masked metric, not against ExactFisher (which the code delegates to)."""
     net, p, x, xt, y = _setup((6, 12, 10, 1), "relu", 0.5)
     sigma = c * np.ones((3, 3))
     orc = O.oracle("layer", net, p, x, rho, sigma=sigma)
-    d, c_train, c_test = _structured(LayerWiseFisher(net, rho, sigma=sigma), net, x, xt, y)
+    d, c_train, c_test = _structured(LayerWiseFisher(net, rho, sigma=sigma), net, x, xt, y, backend)
     assert _rel(d, orc.direction(y)) < 1e-9
     assert _rel(c_train, orc.theta_bar()) < 1e-9
     assert _rel(c_test, orc.theta_bar(xt)) < 1e-9
 
 
-def test_kfac_single_sample_is_block_diagonal():
+def test_kfac_single_sample_is_block_diagonal(backend):
     """N = 1: K-FAC's Kronecker blocks are the BD blocks (tests/test_oracles.py); the structured K-FAC
     step and Θ̄ equal the oracle BD ones."""
     net, p, x, xt, y = _setup((6, 10, 8, 1), "tanh", 0.0, n=1)
     orc = O.oracle("bd", net, p, x)
-    d, c_train, c_test = _structured(get_fisher("kfac", net, 0.0), net, x, xt, y)
+    d, c_train, c_test = _structured(get_fisher("kfac", net, 0.0), net, x, xt, y, backend)
     assert _rel(d, orc.direction(y)) < 1e-9
     assert _rel(c_train, orc.theta_bar()) < 1e-9
     assert _rel(c_test, orc.theta_bar(xt)) < 1e-9
 
 
-def test_gd_is_the_ntk():
+def test_gd_is_the_ntk(backend):
     """G = I: Θ̄(x′, x) = J(x′)J(x)ᵀ/N, the empirical NTK (Eq. 5–6), from the oracle's Jacobian."""
     net, p, x, xt, y = _setup((6, 10, 8, 1), "tanh", 0.3)
     gd = get_fisher("gd", net, 0.0)
-    s, st = net.signals(p, x), net.signals(p, xt)
-    assert _rel(theta_bar(gd, s, st), O.ntk(net, p, xt, x)) < 1e-12
-    assert _rel(theta_bar(gd, s), O.ntk(net, p, x, x)) < 1e-12
+    pb = net.init(1, backend)  # = p
+    s, st = net.signals(pb, to_device(x, backend)), net.signals(pb, to_device(xt, backend))
+    assert _rel(to_host(theta_bar(gd, s, st)), O.ntk(net, p, xt, x)) < 1e-12
+    assert _rel(to_host(theta_bar(gd, s)), O.ntk(net, p, x, x)) < 1e-12
 
 
 @pytest.mark.parametrize("name", ["exact", "bd", "tridiag", "layer", "kfac"])
-def test_damping_enters_once(name):
+def test_damping_enters_once(name, backend):
     """A damping comparable to F (ρ = 0.37): the structured step and Θ̄ equal the oracle's, which adds ρI
     once (masked FIMs) or once per Kronecker factor (K-FAC, Eq. 20) — a second ρ would show at O(1)."""
     net, p, x, xt, y = _setup((6, 10, 1) if name != "layer" else (6, 10, 9, 1), "tanh", 0.3)
     opts = {"sigma": _dense_sigma(net.depth)} if name == "layer" else {}
     orc = O.oracle(name, net, p, x, 0.37, **opts)
-    d, c_train, c_test = _structured(get_fisher(name, net, 0.37, **opts), net, x, xt, y)
+    d, c_train, c_test = _structured(get_fisher(name, net, 0.37, **opts), net, x, xt, y, backend)
     assert _rel(d, orc.direction(y)) < 1e-10
     assert _rel(c_train, orc.theta_bar()) < 1e-10
     assert _rel(c_test, orc.theta_bar(xt)) < 1e-10
 
 
-def test_exact_damped_theta_bar_spectrum():
+def test_exact_damped_theta_bar_spectrum(backend):
     """Exact NGD with ρ > 0: Θ̄(x, x) = Θ(Θ + ρI)⁻¹ has eigenvalues λ/(λ + ρ) for the NTK's eigenvalues λ."""
     net, p, x, _, _ = _setup((6, 10, 9, 2), "tanh", 0.3)
     lam = np.linalg.eigvalsh(O.ntk(net, p, x, x))
+    s = net.signals(net.init(1, backend), to_device(x, backend))  # init(1) is p
     for rho in (1e-3, 0.37, 5.0):
-        tb = to_host(theta_bar(get_fisher("exact", net, rho), net.signals(p, x)))
+        tb = to_host(theta_bar(get_fisher("exact", net, rho), s))
         np.testing.assert_allclose(np.linalg.eigvalsh((tb + tb.T) / 2), lam / (lam + rho), rtol=1e-10, atol=1e-13)
 
 
@@ -182,14 +188,14 @@ def test_exact_damped_theta_bar_spectrum():
         ("kfac", (100, 1024, 1024, 1), 0.0, 3 * 20.0),
     ],
 )
-def test_isotropic_with_papers_alpha(name, widths, sb2, alpha):
+def test_isotropic_with_papers_alpha(name, widths, sb2, alpha, backend):
     """Θ̄(x, x) = αI (Eq. 12) at moderate width, N = 20, M0 = 100 >= N."""
     rng = np.random.default_rng(0)
     net = Network(widths, "relu", 2.0, sb2)
     x = unit_rows(rng, 20, widths[0])
     fim = get_fisher(name, net, 0.0)
     assert fim.analytic_alpha(20) == pytest.approx(alpha)
-    d = isotropy(theta_bar(fim, net.signals(net.init(0), x)), alpha)
+    d = isotropy(to_host(theta_bar(fim, net.signals(net.init(0, backend), to_device(x, backend)))), alpha)
     assert d["deviation_from_alpha_I"] < 1e-8
 
 
@@ -205,18 +211,21 @@ def test_isotropic_with_papers_alpha(name, widths, sb2, alpha):
         ("unit", (6, 8, 7, 1), {}),
     ],
 )
-def test_analytic_alpha_is_the_oracles_isotropy_constant(name, widths, opts):
+def test_analytic_alpha_is_the_oracles_isotropy_constant(name, widths, opts, backend):
     """Where the paper's identities hold exactly at finite width (tanh: every unit alive and every
     Gram matrix invertible; M0 >= N), the oracle's Θ̄(x, x) is analytic_alpha(N)·I: Eq. 13, Theorem 4.1
-    (1ᵀΣ⁻¹1), Lemma 4.3, S.107 (folded bias), S.128 + the output unit (S.137)."""
+    (1ᵀΣ⁻¹1), Lemma 4.3, S.107 (folded bias), S.128 + the output unit (S.137); so is the structured one."""
     net, p, x, _, _ = _setup(widths, "tanh", 0.4)
     n = x.shape[0]
     opts = _options(opts, net.depth)
-    alpha = get_fisher(name, net, 0.0, **opts).analytic_alpha(n)
+    fim = get_fisher(name, net, 0.0, **opts)
+    alpha = fim.analytic_alpha(n)
     np.testing.assert_allclose(O.oracle(name, net, p, x, **opts).theta_bar(), alpha * np.eye(n), atol=1e-8 * alpha)
+    structured = to_host(theta_bar(fim, net.signals(net.init(1, backend), to_device(x, backend))))  # init(1) is p
+    np.testing.assert_allclose(structured, alpha * np.eye(n), atol=1e-8 * alpha)
 
 
-def test_kfac_forster_alpha():
+def test_kfac_forster_alpha(backend):
     """M0 < N: Forster-transformed inputs give Θ̄ = (N(L−1)+M0) I (S.111)."""
     from ngdref.data import forster_transform
 
@@ -227,31 +236,32 @@ def test_kfac_forster_alpha():
     fim = get_fisher("kfac", net, 0.0)
     alpha = fim.analytic_alpha(n)
     assert alpha == n * 2 + m0
-    p = net.init(0)
-    d = isotropy(theta_bar(fim, net.signals(p, x)), alpha)
+    p = net.init(0, backend)
+    d = isotropy(to_host(theta_bar(fim, net.signals(p, to_device(x, backend)))), alpha)
     assert d["deviation_from_alpha_I"] < 1e-8
-    raw = isotropy(theta_bar(fim, net.signals(p, unit_rows(rng, n, m0))), alpha)
+    raw = isotropy(to_host(theta_bar(fim, net.signals(p, to_device(unit_rows(rng, n, m0), backend)))), alpha)
     assert raw["condition_number"] > 1.1  # S.109: not isotropic without the transform
 
 
-def test_kfac_bias_modes_alpha_against_oracle():
+def test_kfac_bias_modes_alpha_against_oracle(backend):
     """Folded bias: α = NL and the oracle's Θ̄(x, x) is NL·I; separate bias blocks (S.123): no α is
     claimed, and indeed the oracle's Θ̄ is N(2L−1)·I + 11ᵀ (the output bias's rank-one term)."""
     net, p, x, xt, y = _setup((6, 9, 8, 1), "tanh", 0.5)  # tanh: every Gram matrix has full rank
     n = x.shape[0]
+    s = net.signals(net.init(1, backend), to_device(x, backend))  # init(1) is p
     folded = KFAC(net, 0.0, bias="folded")
     assert folded.analytic_alpha(n) == n * 3
     np.testing.assert_allclose(O.oracle("kfac", net, p, x, bias="folded").theta_bar(), n * 3 * np.eye(n), atol=1e-8)
-    np.testing.assert_allclose(theta_bar(folded, net.signals(p, x)), n * 3 * np.eye(n), atol=1e-8)
+    np.testing.assert_allclose(to_host(theta_bar(folded, s)), n * 3 * np.eye(n), atol=1e-8)
     separate = KFAC(net, 0.0)
     assert separate.analytic_alpha(n) is None and "11" in separate.alpha_note()
     want = O.oracle("kfac", net, p, x, bias="separate").theta_bar()
     np.testing.assert_allclose(want, n * 5 * np.eye(n) + np.ones((n, n)), atol=1e-8)
-    np.testing.assert_allclose(theta_bar(separate, net.signals(p, x)), want, atol=1e-8)
+    np.testing.assert_allclose(to_host(theta_bar(separate, s)), want, atol=1e-8)
     assert KFAC(Network((20, 64, 64, 1), "relu", 2.0, 0.5), bias="folded").analytic_alpha(10) == 30
 
 
-def test_tridiag_alpha_and_singular_sigma():
+def test_tridiag_alpha_and_singular_sigma():  # no arrays: α and Σ are checked at construction
     for depth, alpha in [(3, 1), (4, 2), (6, 2), (7, 3)]:
         net = Network((4,) + (6,) * (depth - 1) + (1,), "tanh")
         assert get_fisher("tridiag", net, 0.0).analytic_alpha(4) == pytest.approx(alpha)
@@ -265,23 +275,23 @@ def test_tridiag_alpha_and_singular_sigma():
     np.testing.assert_array_equal(tridiagonal_sigma(6), O.tridiagonal_sigma(6))
 
 
-def test_layerwise_warns_on_a_singular_layer_kernel_only_for_non_diagonal_sigma():
+def test_layerwise_warns_on_a_singular_layer_kernel_only_for_non_diagonal_sigma(backend):
     """Θ_3 = a_2 a_2ᵀ has rank ≤ M + 1 = 5 < N = 10: S.89 with Θ_3⁺ is not G⁺∇L for tridiag (warn),
     while for BD (Σ = I) it still is (no warning, and it equals the oracle's G⁺∇L)."""
     rng = np.random.default_rng(0)
     net = Network((6, 8, 4, 1), "tanh", 2.0, 0.3)
-    p, x = net.init(0), unit_rows(rng, 10, 6)
-    y = rng.standard_normal((10, 1))
+    x, y = unit_rows(rng, 10, 6), rng.standard_normal((10, 1))
+    pb, xb, yb = net.init(0, backend), to_device(x, backend), to_device(y, backend)
     with pytest.warns(RuntimeWarning, match="Θ_3 is singular"):
-        get_fisher("tridiag", net, 0.0).direction(p, x, y)
+        get_fisher("tridiag", net, 0.0).direction(pb, xb, yb)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
-        d = get_fisher("bd", net, 0.0).direction(p, x, y)
-    orc = O.oracle("bd", net, p, x)
-    assert _rel(net.flatten(d), orc.direction(y)) < max(1e-9, 1e4 * O.EPS * orc.condition())
+        d = get_fisher("bd", net, 0.0).direction(pb, xb, yb)
+    orc = O.oracle("bd", net, net.init(0), x)
+    assert _rel(to_host(net.flatten(d)), orc.direction(y)) < max(1e-9, 1e4 * O.EPS * orc.condition())
 
 
-def test_bad_input_errors():
+def test_bad_input_errors():  # no arrays: configuration errors
     net = Network((4, 6, 1), "tanh")
     with pytest.raises(ConfigError, match="damping"):
         get_fisher("exact", net, -1.0)
@@ -296,14 +306,19 @@ def test_bad_input_errors():
 
 
 @pytest.mark.parametrize("name", ["gd", "exact", "bd", "tridiag", "kfac", "unit", "diag", "quasi-diag"])
-def test_directions_are_fresh_arrays(name):
-    """train() scales and applies Δθ in place: no direction may share memory with θ or the signals."""
+def test_directions_are_fresh_arrays(name, backend):
+    """train() scales and applies Δθ in place: no direction may share memory with θ or the signals,
+    so writing into every direction (in place, as train does) leaves them all unchanged."""
     rng = np.random.default_rng(0)
     net = Network((5, 9, 8, 1), "relu", 2.0, 0.5)
-    p, x = net.init(0), unit_rows(rng, 6, 5)
+    p, x = net.init(0, backend), to_device(unit_rows(rng, 6, 5), backend)
     s = net.signals(p, x)
-    inputs = list(p) + list(s.a) + list(s.h) + list(s.u) + [np.asarray(d) for d in s.delta]
-    d1 = get_fisher(name, net, 0.0 if name == "gd" else 1e-3).direction(p, x, rng.standard_normal((6, 1)), s)
-    for d in d1:
-        assert not any(np.shares_memory(d, other) for other in inputs)
+    inputs = [x, s.f, *p, *s.a, *s.h, *s.u, *s.delta]
+    before = [np.array(to_host(a), copy=True) for a in inputs]
+    fim = get_fisher(name, net, 0.0 if name == "gd" else 1e-3)
+    d1 = fim.direction(p, x, to_device(rng.standard_normal((6, 1)), backend), s)
     assert len({id(d) for d in d1}) == len(d1)
+    for d in d1:
+        d += 1.0
+    for a, b in zip(inputs, before):
+        np.testing.assert_array_equal(to_host(a), b)
