@@ -1,4 +1,9 @@
-"""Network (Eq. 1–2), signals (S.64–S.65), explicit Jacobians and the empirical NTK (Eq. 6, S.68)."""
+"""Network (Eq. 1–2), signals (S.64–S.65), explicit Jacobians and the empirical NTK (Eq. 6, S.68).
+
+Every test of an array computation runs on each core backend (the ``backend`` fixture) against a
+host reference: central differences of the oracle's literal forward pass, Eq. 1 written out, the
+explicit J. Host-only: the parameter count and the error messages of the configuration (no array
+math), and the allocation peak of ``jacobian`` (tracemalloc sees host memory only)."""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from ngdref.errors import ConfigError, MemoryLimitError
 from ngdref.memory import set_max_bytes
 from ngdref.ntk import layer_ntks
 
+from . import oracles as O
 from .conftest import unit_rows
 
 CASES = [
@@ -24,26 +30,26 @@ CASES = [
 
 
 def _finite_difference_jacobian(net, params, x, eps=1e-6):
-    theta = to_host(net.flatten(params)).astype(np.float64)
+    """Central differences of the oracle's literal forward pass (Eq. 1), host float64."""
+    onet, theta = O.Net.of(net), net.flatten(params)
     cols = []
     for i in range(theta.size):
         tp, tm = theta.copy(), theta.copy()
         tp[i] += eps
         tm[i] -= eps
-        fp = net.output(net.unflatten(tp), x).T.reshape(-1)
-        fm = net.output(net.unflatten(tm), x).T.reshape(-1)
+        fp = O.outputs(onet, net.unflatten(tp), x).T.reshape(-1)
+        fm = O.outputs(onet, net.unflatten(tm), x).T.reshape(-1)
         cols.append((fp - fm) / (2 * eps))
     return np.stack(cols, axis=1)
 
 
 @pytest.mark.parametrize("widths,act,sb2", CASES)
-def test_jacobian_matches_central_differences(widths, act, sb2, rng):
+def test_jacobian_matches_central_differences(widths, act, sb2, rng, backend):
     net = Network(widths, act, sigma_w2=1.7, sigma_b2=sb2)
-    params = net.init(3)
     x = unit_rows(rng, 3, widths[0])
-    j = jacobian(net, params, x)
+    j = to_host(jacobian(net, net.init(3, backend), to_device(x, backend)))
     assert j.shape == (widths[-1] * 3, net.n_params)
-    j_fd = _finite_difference_jacobian(net, params, x)
+    j_fd = _finite_difference_jacobian(net, net.init(3), x)
     assert np.max(np.abs(j - j_fd)) < 1e-7 * max(1.0, np.max(np.abs(j)))
 
 
@@ -55,24 +61,25 @@ def test_parameter_count_and_bias_policy():
     assert with_bias.has_bias and not without.has_bias
 
 
-def test_flatten_order_and_unit_blocks(rng):
+def test_flatten_order_and_unit_blocks(rng, backend):
     net = Network((3, 4, 2), "tanh", sigma_b2=0.5)
-    params = net.init(0)
+    host = net.init(0)
+    params = net.init(0, backend)
     theta = net.flatten(params)
     back = net.unflatten(theta)
-    for p, q in zip(params, back):
-        np.testing.assert_array_equal(p, q)
+    for p, q in zip(host, back):
+        np.testing.assert_array_equal(p, to_host(q))
     # unit (layer 2, unit 1) = [W_{2,1,:}, b_{2,1}]
-    np.testing.assert_array_equal(theta[net.unit_slice(2, 1)], params[1][1])
-    x = unit_rows(rng, 5, 3)
+    np.testing.assert_array_equal(to_host(theta[net.unit_slice(2, 1)]), host[1][1])
+    x = to_device(unit_rows(rng, 5, 3), backend)
     s = net.signals(params, x)
-    j = jacobian(net, params, x, s)
-    np.testing.assert_allclose(unit_jacobian(s, 2, 1), j[:, net.unit_slice(2, 1)], rtol=0, atol=0)
+    j = to_host(jacobian(net, params, x, s))
+    np.testing.assert_allclose(to_host(unit_jacobian(s, 2, 1)), j[:, net.unit_slice(2, 1)], rtol=0, atol=0)
     off = net.layer_offsets
-    np.testing.assert_array_equal(layer_jacobian(s, 1), j[:, off[0] : off[1]])
+    np.testing.assert_array_equal(to_host(layer_jacobian(s, 1)), j[:, off[0] : off[1]])
 
 
-def test_eq1_forward_literal(rng):
+def test_eq1_forward_literal(rng, backend):
     """u_l = σ_w/√M_{l−1} W_l h_{l−1} + σ_b b_l, written out once by hand."""
     net = Network((3, 5, 2), "tanh", sigma_w2=2.0, sigma_b2=0.5)
     p = net.init(1)
@@ -80,7 +87,7 @@ def test_eq1_forward_literal(rng):
     w1, b1, w2, b2 = p[0][:, :3], p[0][:, 3], p[1][:, :5], p[1][:, 5]
     h1 = np.tanh(np.sqrt(2.0) / np.sqrt(3) * x @ w1.T + np.sqrt(0.5) * b1)
     f = np.sqrt(2.0) / np.sqrt(5) * h1 @ w2.T + np.sqrt(0.5) * b2
-    np.testing.assert_allclose(net.output(p, x), f, rtol=1e-13)
+    np.testing.assert_allclose(to_host(net.output(net.init(1, backend), to_device(x, backend))), f, rtol=1e-13)
 
 
 @pytest.mark.parametrize("widths,act,sb2", CASES)
@@ -109,12 +116,15 @@ def test_jvp_vjp_match_explicit(rng, backend):
     np.testing.assert_allclose(to_host(net.flatten(g)), j.T @ v.reshape(-1), rtol=1e-12, atol=1e-12)
 
 
-def test_layer_kernels_sum_to_ntk(rng):
+def test_layer_kernels_sum_to_ntk(rng, backend):
+    """Σ_l Θ_l (S.68) is the oracle's J Jᵀ/N, and the library's explicit J Jᵀ/N."""
     net = Network((4, 8, 8, 1), "relu", sigma_b2=0.5)
-    p = net.init(0)
+    p = net.init(0, backend)
     x = unit_rows(rng, 6, 4)
-    s = net.signals(p, x)
-    np.testing.assert_allclose(sum(layer_ntks(s)), empirical_ntk(net, p, x, method="explicit"), rtol=1e-12)
+    xb = to_device(x, backend)
+    total = sum(to_host(t) for t in layer_ntks(net.signals(p, xb)))
+    np.testing.assert_allclose(total, to_host(empirical_ntk(net, p, xb, method="explicit")), rtol=1e-12)
+    np.testing.assert_allclose(total, O.ntk(net, net.init(0), x, x), rtol=1e-12)
 
 
 def test_same_seed_same_network_different_seed_differs(rng, backend):
@@ -143,31 +153,34 @@ def test_float32_stays_float32(rng, backend):
 
 
 @pytest.mark.parametrize("name", ACTIVATIONS)
-def test_activation_derivatives(name):
+def test_activation_derivatives(name, backend):
+    """φ′ is the central difference of φ, both on the backend; φ is the oracle's literal one."""
     from ngdref.activations import get_activation
 
     act = get_activation(name, shift=0.7)
     u = np.linspace(-2.3, 2.1, 41) + 1e-3  # avoid kinks exactly
     eps = 1e-6
-    np.testing.assert_allclose(act.dphi(u), (act.phi(u + eps) - act.phi(u - eps)) / (2 * eps), atol=1e-7)
+    phi = lambda v: to_host(act.phi(to_device(v, backend)))  # noqa: E731
+    np.testing.assert_allclose(to_host(act.dphi(to_device(u, backend))), (phi(u + eps) - phi(u - eps)) / (2 * eps), atol=1e-7)
+    np.testing.assert_allclose(phi(u), O._activation(name, 0.7)[0](u), rtol=1e-15, atol=0)
 
 
-def test_bad_shapes_and_config():
+def test_bad_shapes_and_config(backend):
     with pytest.raises(ConfigError, match="depth"):
         Network.build(4, 8, 1)
     with pytest.raises(ConfigError, match="unknown activation"):
         Network((4, 5, 1), "softsign")
     net = Network((4, 5, 1), "relu")
     with pytest.raises(ConfigError, match="M0 = 4"):
-        net.output(net.init(0), np.ones((2, 3)))
+        net.output(net.init(0, backend), to_device(np.ones((2, 3)), backend))
     with pytest.raises(ConfigError, match="sigma_b2"):
         Network((4, 5, 1), "relu", sigma_b2=-1)
 
 
-def test_memory_guard_refuses_before_allocating(rng):
+def test_memory_guard_refuses_before_allocating(rng, backend):
     net = Network((4, 64, 64, 1), "relu")
-    p = net.init(0)
-    x = unit_rows(rng, 10, 4)
+    p = net.init(0, backend)
+    x = to_device(unit_rows(rng, 10, 4), backend)
     set_max_bytes(1000)
     try:
         with pytest.raises(MemoryLimitError, match="explicit Jacobian"):
@@ -178,7 +191,8 @@ def test_memory_guard_refuses_before_allocating(rng):
 
 
 def test_jacobian_peak_is_one_jacobian_and_equals_the_layer_blocks(rng, monkeypatch):
-    """J is filled in place: its allocation peak is J plus one small block (the memory check counts J once)."""
+    """J is filled in place: its allocation peak is J plus one small block (the memory check counts J once).
+    NumPy only: tracemalloc sees host allocations, not a device's (the blocks themselves: test above)."""
     import importlib
     import tracemalloc
 
@@ -197,7 +211,7 @@ def test_jacobian_peak_is_one_jacobian_and_equals_the_layer_blocks(rng, monkeypa
     np.testing.assert_array_equal(j, np.concatenate([layer_jacobian(s, l) for l in (1, 2, 3)], axis=1))
 
 
-def test_init_stream_does_not_depend_on_the_draw_block(monkeypatch):
+def test_init_stream_does_not_depend_on_the_draw_block(monkeypatch, backend):
     """θ_0 is W_l (row-major) then b_l per layer from default_rng(seed), however init blocks the draws."""
     import importlib
 
@@ -210,7 +224,7 @@ def test_init_stream_does_not_depend_on_the_draw_block(monkeypatch):
         ref.append(np.concatenate([w, rng.standard_normal((net.widths[l], 1))], axis=1))
     for block in (1 << 20, 13):
         monkeypatch.setattr(netmod, "_INIT_BLOCK", block)
-        assert all(np.array_equal(p, r) for p, r in zip(net.init(3), ref))
+        assert all(np.array_equal(to_host(p), r) for p, r in zip(net.init(3, backend), ref))
     no_bias = Network((7, 5, 4, 1), "relu", 2.0, 0.0)  # b_l still drawn (and dropped): same W as with biases
     with_bias = Network((7, 5, 4, 1), "relu", 2.0, 0.5)
     assert all(np.array_equal(p, q[:, :-1]) for p, q in zip(no_bias.init(1), with_bias.init(1)))
