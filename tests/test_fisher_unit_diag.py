@@ -4,6 +4,9 @@ Structured path on every core backend vs the explicit P×P oracles of tests/orac
 exact zero-damping identity S.137, a per-unit least-squares oracle at N > 64 (the blocked
 solve), Ollivier's update written out, the isotropy of unit-wise NGD against the analytic α
 (S.128) and the Fig. 3 comparison of the entry-wise FIMs with the NTK.
+
+Every test of a structured computation takes the ``backend`` fixture (parameters and inputs built
+there, compared on the host). NumPy-only: the registry names and the analytic α (no arrays).
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import functools
 import numpy as np
 import pytest
 
-from ngdref import Network, to_device, to_host
+from ngdref import Network, get_backend, to_device, to_host
+from ngdref.backend import dtype_name_of
 from ngdref.diagnostics import isotropy
 from ngdref.fisher import DiagonalFisher, QuasiDiagonalFisher, UnitWiseFisher, get_fisher
 from ngdref.fisher.unitwise import LAPACK_BLOCK, _spd_solve, unit_alpha
@@ -94,7 +98,7 @@ def test_structured_matches_explicit_oracle(widths, act, sb2, name, rho, backend
         assert _rel(to_host(theta_bar(fim, s, s)), want_train) < tol
 
 
-def test_registry_names():
+def test_registry_names():  # no arrays
     net = Network((4, 6, 1), "relu", 2.0, 0.1)
     assert isinstance(get_fisher("unit", net), UnitWiseFisher)
     assert isinstance(get_fisher("diag", net), DiagonalFisher)
@@ -110,9 +114,11 @@ def _dead_relu_setup():
     return net, net.init(4), x, rng.standard_normal((3, 8)), rng.standard_normal((6, 1))
 
 
-def test_unit_wise_relu_dead_units_satisfy_s137_exactly():
+def test_unit_wise_relu_dead_units_satisfy_s137_exactly(backend):
     net, p, x, xt, y = _dead_relu_setup()
-    s = net.signals(p, x)
+    pb = net.init(4, backend)  # = p
+    xb, xtb, yb = _on(backend, x, xt, y)
+    s = net.signals(pb, xb)
     hidden = np.concatenate([to_host(d)[0] for d in s.delta[:-1]], axis=1)  # (N, Σ M_l)
     alive = hidden != 0
     per_unit = alive.sum(axis=0)
@@ -123,14 +129,14 @@ def test_unit_wise_relu_dead_units_satisfy_s137_exactly():
     assert _rel(to_host(theta_bar(fim, s, s)), s137) < 1e-10  # general formula
     orc = O.oracle("unit", net, p, x)
     assert _rel(orc.theta_bar(), s137) < 1e-9  # oracle: J G⁺ Jᵀ / N
-    assert _rel(to_host(net.flatten(fim.direction(p, x, y))), orc.direction(y)) < 1e-9
-    assert _rel(theta_bar(fim, s, net.signals(p, xt)), orc.theta_bar(xt)) < 1e-9
+    assert _rel(to_host(net.flatten(fim.direction(pb, xb, yb))), orc.direction(y)) < 1e-9
+    assert _rel(to_host(theta_bar(fim, s, net.signals(pb, xtb))), orc.theta_bar(xt)) < 1e-9
 
 
-def test_unit_wise_multi_output_training_blocks():
+def test_unit_wise_multi_output_training_blocks(backend):
     """C > 1: per-sample C×C blocks Σ_i δ_iδ_iᵀ/‖δ_i‖² (rank-one projectors), zero across samples."""
-    net, p, x, _, _ = _setup((6, 12, 10, 3), "tanh", 0.2)
-    s = net.signals(p, x)
+    net, _, x, _, _ = _setup((6, 12, 10, 3), "tanh", 0.2)
+    s = net.signals(net.init(1, backend), *_on(backend, x))
     theta = to_host(theta_bar(UnitWiseFisher(net, 0.0), s)).reshape(3, 5, 3, 5)
     off = theta.copy()
     for n in range(5):
@@ -151,16 +157,16 @@ def _per_unit_reference(j, unit_cols, v, rho):
 
 
 @pytest.mark.parametrize("act,rho", [("relu", 0.0), ("tanh", 0.0), ("relu", 1e-3), ("tanh", 1e-3)])
-def test_unit_wise_per_unit_oracle_beyond_lapack_block(act, rho):
+def test_unit_wise_per_unit_oracle_beyond_lapack_block(act, rho, backend):
     """N = 72 > 64 samples: the compacted/blocked batched solves against each unit's own least squares."""
     rng = np.random.default_rng(7)
     n = 72
     net = Network((80, 96, 96, 1), act, 2.0, 0.5)
     p = net.init(8)
     x = rng.standard_normal((n, 80))
-    s = net.signals(p, x)
-    v = (s.f - rng.standard_normal((n, 1))).T
-    out = UnitWiseFisher(net, rho).precondition(s, v)
+    v = (O.outputs(O.Net.of(net), p, x) - rng.standard_normal((n, 1))).T
+    s = net.signals(net.init(8, backend), *_on(backend, x))
+    out = [to_host(o) for o in UnitWiseFisher(net, rho).precondition(s, *_on(backend, v))]
     j = O.jacobian(O.Net.of(net), p, x)  # (N, P), C = 1
     worst = 0.0
     for layer in (1, 2, 3):
@@ -170,17 +176,17 @@ def test_unit_wise_per_unit_oracle_beyond_lapack_block(act, rho):
     assert worst < 1e-9
 
 
-def test_blocked_spd_solve():
+def test_blocked_spd_solve(backend):
     rng = np.random.default_rng(0)
     p = 2 * LAPACK_BLOCK + 19
     b = rng.standard_normal((4, p, p + 5))
     a = b @ np.swapaxes(b, 1, 2) + 0.1 * np.eye(p)
     r = rng.standard_normal((4, p, 3))
-    assert _rel(_spd_solve(a, r), np.linalg.solve(a, r)) < 1e-10
+    assert _rel(to_host(_spd_solve(*_on(backend, a, r))), np.linalg.solve(a, r)) < 1e-10
 
 
 # ---- quasi-diagonal: Ollivier's formula and its special cases ----------------------------------
-def test_quasi_diagonal_is_ollivier_update():
+def test_quasi_diagonal_is_ollivier_update(backend):
     """Δw_j = (G_bb g_j − G_bj g_b)/(G_bb G_jj − G_bj²), Δb = g_b/G_bb − Σ_j (G_bj/G_bb) Δw_j
     (Ollivier's update written out per unit), for the structured step and for the oracle G_qd⁻¹∇L."""
     net, p, x, _, y = _setup((5, 10, 9, 1), "tanh", 0.3)
@@ -188,7 +194,7 @@ def test_quasi_diagonal_is_ollivier_update():
     fim = QuasiDiagonalFisher(net, rho)
     j = O.jacobian(O.Net.of(net), p, x)
     grad = j.T @ (O.outputs(O.Net.of(net), p, x) - y).T.reshape(-1) / x.shape[0]
-    got = to_host(net.flatten(fim.direction(p, x, y)))
+    got = to_host(net.flatten(fim.direction(net.init(1, backend), *_on(backend, x, y))))  # init(1) is p
     from_metric = O.oracle("quasi-diag", net, p, x, rho).direction(y)
     for layer in (1, 2, 3):
         for unit in range(net.widths[layer]):
@@ -204,51 +210,51 @@ def test_quasi_diagonal_is_ollivier_update():
             assert _rel(from_metric[sl], ollivier) < 1e-10
 
 
-def test_quasi_diagonal_degenerate_relu_units_match_pseudo_inverse():
+def test_quasi_diagonal_degenerate_relu_units_match_pseudo_inverse(backend):
     """ρ = 0 with units alive on a single sample (singular 2×2 blocks): G_qd⁺, not a division by 0."""
     net = Network((4, 10, 8, 1), "relu", 2.0, 0.5)
     rng = np.random.default_rng(1)
     x = rng.standard_normal((3, 4))
     y = rng.standard_normal((3, 1))
-    p = net.init(2)
-    s = net.signals(p, x)
+    pb, xb, yb = net.init(2, backend), *_on(backend, x, y)
+    s = net.signals(pb, xb)
     alive = np.concatenate([to_host(d)[0] != 0 for d in s.delta[:-1]], axis=1).sum(axis=0)
     assert np.any(alive == 1) and np.any(alive == 0)
     fim = QuasiDiagonalFisher(net, 0.0)
-    d = to_host(net.flatten(fim.direction(p, x, y)))
+    d = to_host(net.flatten(fim.direction(pb, xb, yb)))
     assert np.all(np.isfinite(d))
-    orc = O.oracle("quasi-diag", net, p, x)
+    orc = O.oracle("quasi-diag", net, net.init(2), x)
     assert _rel(d, orc.direction(y)) < 1e-9
-    assert _rel(theta_bar(fim, s), orc.theta_bar()) < 1e-9
+    assert _rel(to_host(theta_bar(fim, s)), orc.theta_bar()) < 1e-9
 
 
 @pytest.mark.parametrize("widths,seed,n", [((4, 10, 8, 1), 2, 3), ((6, 12, 10, 2), 0, 5)])
-def test_quasi_diagonal_direction_equals_its_map(widths, seed, n):
+def test_quasi_diagonal_direction_equals_its_map(widths, seed, n, backend):
     """The fused direction (pieces applied in place) is M_i g_i with the assembled map M of Θ̄,
     including the degenerate-weight terms (units alive on one sample at ρ = 0)."""
     from ngdref.jacobian import mse_gradient
 
     net = Network(widths, "relu", 2.0, 0.5)
     rng = np.random.default_rng(seed)
-    x, y = rng.standard_normal((n, widths[0])), rng.standard_normal((n, widths[-1]))
-    p = net.init(seed)
+    x, y = _on(backend, rng.standard_normal((n, widths[0])), rng.standard_normal((n, widths[-1])))
+    p = net.init(seed, backend)
     s = net.signals(p, x)
     fim = QuasiDiagonalFisher(net, 0.0)
     degenerate = False
     for l, (d, g) in enumerate(zip(fim.direction(p, x, y, s), mse_gradient(s, y)), start=1):
         m = fim.layer_map(s, l)
-        degenerate |= bool(np.any(m.z[:, :-1] != 0))
-        assert _rel(d, m.apply(g)) < 1e-12
+        degenerate |= bool(np.any(to_host(m.z)[:, :-1] != 0))
+        assert _rel(to_host(d), to_host(m.apply(g))) < 1e-12
     if widths == (4, 10, 8, 1):
         assert degenerate  # the ẑ_w branch is exercised
 
 
 @pytest.mark.parametrize("rho", [0.0, 1e-2])
-def test_quasi_diagonal_without_bias_is_diagonal(rho):
+def test_quasi_diagonal_without_bias_is_diagonal(rho, backend):
     """No bias, no coupling: quasi-diag's step and Θ̄ are the oracle's *diagonal* FIM ones."""
     net, p, x, xt, y = _setup((6, 12, 10, 2), "relu", 0.0)
     orc = O.oracle("diag", net, p, x, rho)
-    d, c_train, c_test = _structured(QuasiDiagonalFisher(net, rho), net, x, xt, y)
+    d, c_train, c_test = _structured(QuasiDiagonalFisher(net, rho), net, x, xt, y, backend)
     tol = _tolerance(orc)
     assert _rel(d, orc.direction(y)) < tol
     assert _rel(c_train, orc.theta_bar()) < tol
@@ -258,26 +264,27 @@ def test_quasi_diagonal_without_bias_is_diagonal(rho):
 # ---- backends and dtypes ----------------------------------------------------------------------
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("widths,act,sb2,rho", [((6, 12, 10, 1), "relu", 0.5, 0.0), ((3, 8, 9, 2), "tanh", 0.5, 1e-2)])
-def test_structured_path_runs_on_backend(name, widths, act, sb2, rho, backend):
+def test_structured_path_runs_on_backend(name, widths, act, sb2, rho, device_backend):
     net, p, x, xt, y = _setup(widths, act, sb2)
     fim = get_fisher(name, net, rho)
     ref = _structured(fim, net, x, xt, y)
-    got = _structured(fim, net, x, xt, y, backend)
-    for a, b in zip(got, ref):  # the same computation on every core backend agrees to rounding
+    got = _structured(fim, net, x, xt, y, device_backend)
+    for a, b in zip(got, ref):  # the same computation on every other core backend agrees with NumPy to rounding
         assert _rel(a, b) < 1e-12
 
 
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("rho", [0.0, 1e-2])
-def test_float32_stays_float32(name, rho):
+def test_float32_stays_float32(name, rho, backend):
+    b32 = get_backend(backend.name, "float32")
     net, _, x, xt, y = _setup((6, 12, 10, 2), "relu", 0.5)
-    p = net.init(1, dtype="float32")
-    x32, xt32, y32 = (a.astype(np.float32) for a in (x, xt, y))
+    p = net.init(1, b32)
+    x32, xt32, y32 = _on(b32, x, xt, y)
     fim = get_fisher(name, net, rho)
     s32 = net.signals(p, x32)
-    assert all(d.dtype == np.float32 for d in fim.direction(p, x32, y32, s32))
-    assert theta_bar(fim, s32, net.signals(p, xt32)).dtype == np.float32
-    assert theta_bar(fim, s32).dtype == np.float32
+    assert all(dtype_name_of(d) == "float32" for d in fim.direction(p, x32, y32, s32))
+    assert dtype_name_of(theta_bar(fim, s32, net.signals(p, xt32))) == "float32"
+    assert dtype_name_of(theta_bar(fim, s32)) == "float32"
 
 
 @pytest.mark.parametrize("name", ["diag", "quasi-diag"])
@@ -307,34 +314,35 @@ def test_diagonal_coefficient_on_training_support_matches_oracle(name, rho, back
     assert _rel(to_host(theta_bar(fim, sb)), orc.theta_bar()) < tol
 
 
-def test_unit_float32_does_small_algebra_in_float64():
+def test_unit_float32_does_small_algebra_in_float64(backend):
     """On MNIST cond(K) ≈ 1e6–1e8: float32 must still take the exact ρ = 0 path and agree with float64."""
     from ngdref.data import load_dataset
     from ngdref.fisher.unitwise import _EXACT
 
+    b32, b64 = get_backend(backend.name, "float32"), get_backend(backend.name, "float64")
     ds = load_dataset("mnist", n_train=40, n_test=0, seed=0)
     net = Network((784, 256, 256, 1), "relu", 2.0, 0.5)
     x64 = np.asarray(ds.x_train, dtype=np.float64)
-    p32 = net.init(3, dtype="float32")
-    p64 = [np.asarray(q, dtype=np.float64) for q in p32]  # the same (float32-rounded) weights
+    p32 = net.init(3, b32)
+    p64 = [to_device(to_host(q), b64) for q in p32]  # the same (float32-rounded) weights
     x32 = x64.astype(np.float32)
-    s32, s64 = net.signals(p32, x32), net.signals(p64, x64)
+    s32, s64 = net.signals(p32, to_device(x32, b32)), net.signals(p64, to_device(x64, b64))
     fim = get_fisher("unit", net, 0.0)
-    k = fim._layer(s32, 2).kernel
+    k = to_host(fim._layer(s32, 2).kernel)
     ev = np.linalg.eigvalsh(k)
     assert ev[-1] / ev[0] > 1.0 / (40 * np.finfo(np.float32).eps)  # float32's own test would fail
     assert all(fim._layer(s32, l).mode == _EXACT for l in (2, 3))
     y = np.asarray(ds.y_train)
-    d32 = net.flatten(fim.direction(p32, x32, y.astype(np.float32), s32))
-    d64 = net.flatten(fim.direction(p64, x64, y, s64))
-    assert d32.dtype == np.float32
-    assert _rel(d32, d64) < 1e-3
+    d32 = net.flatten(fim.direction(p32, s32.h[0], to_device(y, b32), s32))
+    d64 = net.flatten(fim.direction(p64, s64.h[0], to_device(y, b64), s64))
+    assert dtype_name_of(d32) == "float32"
+    assert _rel(to_host(d32), to_host(d64)) < 1e-3
     c32, c64 = theta_bar(fim, s32), theta_bar(fim, s64)
-    assert c32.dtype == np.float32 and _rel(c32, c64) < 1e-6
+    assert dtype_name_of(c32) == "float32" and _rel(to_host(c32), to_host(c64)) < 1e-6
 
 
 # ---- α and isotropy ---------------------------------------------------------------------------
-def test_analytic_alpha_and_notes():
+def test_analytic_alpha_and_notes():  # no arrays: the analytic α (host formulas)
     net = Network((20, 64, 48, 1), "relu", 2.0, 0.5)
     unit = UnitWiseFisher(net)
     assert unit.analytic_alpha(10) == pytest.approx(64 / 2 + 48 / 2 + 1)
@@ -346,23 +354,24 @@ def test_analytic_alpha_and_notes():
     assert "S.128" in unit.alpha_note()
 
 
-def _gaussian_setup(width, act, n=40, m0=100, seed=0):
+def _gaussian_signals(backend, width, act, n=40, m0=100, seed=0):
+    """(network, signals on ``backend``, N) of an L = 3 network on Gaussian inputs."""
     rng = np.random.default_rng(seed)
     net = Network.build(m0, width, 3, 1, act, sigma_w2=2.0, sigma_b2=0.5)
-    return net, net.init(seed + 1), rng.standard_normal((n, m0))
+    return net, net.signals(net.init(seed + 1, backend), *_on(backend, rng.standard_normal((n, m0)))), n
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("act", ["relu", "tanh"])
-def test_unit_wise_isotropy_matches_analytic_alpha(act):
+def test_unit_wise_isotropy_matches_analytic_alpha(act, backend):
     conds = []
     for width in (64, 768):
-        net, p, x = _gaussian_setup(width, act)
+        net, s, n = _gaussian_signals(backend, width, act)
         fim = UnitWiseFisher(net, 0.0)
-        iso = isotropy(theta_bar(fim, net.signals(p, x)))
+        iso = isotropy(to_host(theta_bar(fim, s)))
         conds.append(iso["condition_number"])
         if width == 768:
-            alpha = fim.analytic_alpha(x.shape[0])
+            alpha = fim.analytic_alpha(n)
             assert iso["mean_diagonal"] == pytest.approx(alpha, rel=0.03)
     if act == "tanh":  # φ′ ≠ 0: every unit is alive on every sample, Θ̄ = (Σ M_l + 1) I
         assert conds == pytest.approx([1.0, 1.0], abs=1e-12)
@@ -371,21 +380,19 @@ def test_unit_wise_isotropy_matches_analytic_alpha(act):
 
 
 @pytest.mark.slow
-def test_unit_wise_damped_path_converges_to_zero_damping_limit():
+def test_unit_wise_damped_path_converges_to_zero_damping_limit(backend):
     """ρ = 1e-12 (Fig. S.2's setting) goes through the damped solves; Θ̄(ρ) → Θ̄(0) linearly in ρ."""
-    net, p, x = _gaussian_setup(256, "relu", n=30)
-    s = net.signals(p, x)
+    net, s, _ = _gaussian_signals(backend, 256, "relu", n=30)
     exact = to_host(theta_bar(UnitWiseFisher(net, 0.0), s))
     dev = [_rel(to_host(theta_bar(UnitWiseFisher(net, rho), s)), exact) for rho in (1e-12, 1e-14)]
     assert dev[0] < 1e-3 and dev[1] < dev[0] / 20
 
 
 @pytest.mark.slow
-def test_entrywise_fims_are_better_than_ntk_but_not_isotropic():
+def test_entrywise_fims_are_better_than_ntk_but_not_isotropic(backend):
     """Fig. 3 (C.3.1, small): L = 3, Gaussian inputs M0 = 100, N = 60, σ_w² = 2, σ_b² = 0.5, ρ = 1e-12."""
-    net, p, x = _gaussian_setup(384, "relu", n=60)
-    s = net.signals(p, x)
-    cond = {name: isotropy(theta_bar(get_fisher(name, net, 0.0 if name == "gd" else 1e-12), s))["condition_number"]
+    net, s, _ = _gaussian_signals(backend, 384, "relu", n=60)
+    cond = {name: isotropy(to_host(theta_bar(get_fisher(name, net, 0.0 if name == "gd" else 1e-12), s)))["condition_number"]
             for name in ("gd", "unit", "diag", "quasi-diag")}
     assert cond["unit"] < 1.2
     for name in ("diag", "quasi-diag"):
