@@ -1,4 +1,6 @@
-"""NGD training vs the closed-form dynamics (Eq. 5, 10, 22, 24), cross-entropy (Appendix D)."""
+"""NGD training vs the closed-form dynamics (Eq. 5, 10, 22, 24), cross-entropy (Appendix D).
+
+Every test takes the ``backend`` fixture except the configuration errors (no arrays)."""
 
 from __future__ import annotations
 
@@ -66,7 +68,7 @@ def test_linearized_model_matches_closed_form(mnist20, backend):
         assert abs(rec["linearized_model_train_loss"] - rec["theory_train_loss"]) < 1e-10 + 1e-8 * rec["theory_train_loss"]
 
 
-def test_min_norm_solution_b4():
+def test_min_norm_solution_b4(backend):
     """Ridge-less limit of argmin ‖y − J θ‖²/2N + λ/2 θᵀGθ equals G⁻¹Jᵀ Θ̄⁻¹ y/N (S.125–S.127)."""
     rng = np.random.default_rng(0)
     net = Network((6, 10, 9, 1), "tanh", 2.0, 0.3)
@@ -74,18 +76,18 @@ def test_min_norm_solution_b4():
     x = unit_rows(rng, 4, 6)
     y = rng.standard_normal(4)
     j = O.jacobian(O.Net.of(net), p, x)
+    s = net.signals(net.init(0, backend), to_device(x, backend))
     for name in ("bd", "exact", "kfac"):
         fim = get_fisher(name, net, 1e-3)
         g = O.metric(name, net, p, x, 1e-3)  # G_0, the oracle's (tests/oracles.py)
-        s = net.signals(p, x)
-        theta_bar = np.asarray(coefficient(fim, s))
+        theta_bar = to_host(coefficient(fim, s))
 
         def ridge(lam):
             return np.linalg.solve(lam * g + j.T @ j / 4, j.T @ y / 4)
 
         def ngd(lam):  # S.126: G⁻¹Jᵀ(λI + Θ̄)⁻¹y/N with the structured G⁻¹Jᵀ/N
             v = np.linalg.solve(lam * np.eye(4) + theta_bar, y).reshape(1, 4)
-            return np.asarray(net.flatten(fim.precondition(s, v)))
+            return to_host(net.flatten(fim.precondition(s, to_device(v, backend))))
 
         assert np.max(np.abs(ridge(1e-2) - ngd(1e-2))) < 1e-8 * np.max(np.abs(ngd(1e-2)))
         errs = [np.max(np.abs(ridge(lam) - ngd(0.0))) for lam in (1e-3, 1e-5)]
@@ -165,7 +167,7 @@ def test_non_finite_stops_with_step(mnist20, backend):
     assert r.status in ("non-finite", "diverged") and "step 1" in r.message
 
 
-def test_bad_config(mnist20):
+def test_bad_config(mnist20):  # no arrays: refused before training starts
     for kw, msg in (({"lr_scale": 0.0}, "lr-scale"), ({"steps": -1}, "steps"), ({"lr": -1.0}, "learning rate"),
                     ({"loss": "hinge"}, "unknown loss")):
         with pytest.raises(ConfigError, match=msg):
