@@ -1,4 +1,8 @@
-"""Analytic α of the isotropic condition (Theorem 4.1, Lemma 4.3, S.107, S.111, S.128, S.157)."""
+"""Analytic α of the isotropic condition (Theorem 4.1, Lemma 4.3, S.107, S.111, S.128, S.157).
+
+NumPy only, on purpose: α and the order parameters are host formulas (floats, small float64 Σ);
+the one finite network (unit-wise α vs alive-unit counts at M = 1024) is their reference. The
+structured Θ̄ = αI checks run on every backend in test_fisher*.py."""
 
 from __future__ import annotations
 

@@ -1,4 +1,9 @@
-"""Analytic infinite-width kernels (Appendix E) and Θ̄(x′, x) (Eq. 13, 16, 19, S.105–S.111, S.137)."""
+"""Analytic infinite-width kernels (Appendix E) and Θ̄(x′, x) (Eq. 13, 16, 19, S.105–S.111, S.137).
+
+NumPy only, on purpose: the subject is host code (the analytic kernels, Gaussian expectations and
+prediction are float64 NumPy/SciPy by design). The finite networks here (M up to 4096) are only
+the empirical side of the wide limit; the finite-width structured paths run on every backend in
+test_network.py, test_fisher*.py and test_train*.py."""
 
 from __future__ import annotations
 
