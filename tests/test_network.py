@@ -2,8 +2,8 @@
 
 Every test of an array computation runs on each core backend (the ``backend`` fixture) against a
 host reference: central differences of the oracle's literal forward pass, Eq. 1 written out, the
-explicit J. Host-only: the parameter count and the error messages of the configuration (no array
-math), and the allocation peak of ``jacobian`` (tracemalloc sees host memory only)."""
+explicit J. Host-only: the parameter count (no arrays) and the allocation peak of ``jacobian``
+(tracemalloc sees host memory only)."""
 
 from __future__ import annotations
 
@@ -190,15 +190,19 @@ def test_memory_guard_refuses_before_allocating(rng, backend):
         set_max_bytes(None)
 
 
-def test_jacobian_peak_is_one_jacobian_and_equals_the_layer_blocks(rng, monkeypatch):
-    """J is filled in place: its allocation peak is J plus one small block (the memory check counts J once).
-    NumPy only: tracemalloc sees host allocations, not a device's (the blocks themselves: test above)."""
+def _jacobian_module(monkeypatch, fill_block: int):
     import importlib
-    import tracemalloc
 
     jac = importlib.import_module("ngdref.jacobian")  # the package re-exports the function under this name
+    monkeypatch.setattr(jac, "_FILL_BLOCK", fill_block)
 
-    monkeypatch.setattr(jac, "_FILL_BLOCK", 1 << 12)
+
+def test_jacobian_peak_is_one_jacobian_and_equals_the_layer_blocks(rng, monkeypatch):
+    """J is filled in place: its allocation peak is J plus one small block (the memory check counts J once).
+    NumPy only: tracemalloc sees host allocations, not a device's (the blocked fill on every backend: below)."""
+    import tracemalloc
+
+    _jacobian_module(monkeypatch, 1 << 12)
     net = Network((30, 200, 150, 2), "relu", 2.0, 0.3)
     p = net.init(0)
     x = unit_rows(rng, 12, 30)
@@ -209,6 +213,19 @@ def test_jacobian_peak_is_one_jacobian_and_equals_the_layer_blocks(rng, monkeypa
     tracemalloc.stop()
     assert peak < 1.1 * j.nbytes
     np.testing.assert_array_equal(j, np.concatenate([layer_jacobian(s, l) for l in (1, 2, 3)], axis=1))
+
+
+def test_jacobian_filled_in_blocks_is_the_oracles(rng, monkeypatch, backend):
+    """J filled a few units at a time (short last blocks included) on the backend is the oracle's
+    literal chain rule, and the concatenated layer blocks."""
+    _jacobian_module(monkeypatch, 250)  # C·N·fan = 60, 100, 80 a unit: blocks of 4 + 4 + 1, 2 + 2 + 2 + 1, 2
+    net = Network((5, 9, 7, 2), "tanh", 2.0, 0.3)
+    x = unit_rows(rng, 5, 5)
+    p, xb = net.init(0, backend), to_device(x, backend)
+    s = net.signals(p, xb)
+    j = to_host(jacobian(net, p, xb, s))
+    np.testing.assert_allclose(j, O.jacobian(O.Net.of(net), net.init(0), x), rtol=1e-13, atol=1e-15)
+    np.testing.assert_array_equal(j, np.concatenate([to_host(layer_jacobian(s, l)) for l in (1, 2, 3)], axis=1))
 
 
 def test_init_stream_does_not_depend_on_the_draw_block(monkeypatch, backend):
