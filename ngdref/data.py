@@ -22,7 +22,10 @@ All failures are reported as :class:`DataError` with a one-line message.
 from __future__ import annotations
 
 import gzip
+import io
 import pickle
+import pickletools
+import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from os import PathLike
@@ -60,14 +63,33 @@ _CIFAR_DIM = 3 * 32 * 32
 
 
 _Split = tuple[np.ndarray, np.ndarray]  # (images uint8 (n, d), labels int64 (n,))
+_GZIP_MAX_RATIO = 1032  # deflate expands at most ~1032:1; a header promising more is refused unread
+_MESSAGE_MAX = 300  # every DataError is one line of at most this many characters
+_PATH_MAX = 80  # longer paths are shown by their last characters
+
+
+def _one_line(text: Any, limit: int = _MESSAGE_MAX) -> str:
+    """``text`` on one line (whitespace runs become one space), cut to ``limit`` characters."""
+    line = " ".join(str(text)[: 4 * limit].split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _where(path: Path) -> str:
+    """A path for a message: in full, or its last characters when it is long."""
+    text = str(path)
+    return text if len(text) <= _PATH_MAX else "..." + text[-(_PATH_MAX - 3):]
 
 
 class DataError(NgdrefError):
     """Invalid or unavailable data; the message is a single user-facing line.
 
     A ``ValueError`` (through :class:`ngdref.errors.NgdrefError`, which the CLI
-    reports as one line).
+    reports as one line).  The message is folded onto one line and cut to 300
+    characters, so that no file content or object repr can make it long.
     """
+
+    def __init__(self, message: Any = "") -> None:
+        super().__init__(_one_line(message))
 
 
 # --------------------------------------------------------------------------- #
@@ -271,32 +293,70 @@ def encode_targets(labels: Any, classes: Any) -> np.ndarray:
 # --------------------------------------------------------------------------- #
 # Raw loaders
 # --------------------------------------------------------------------------- #
-def _read_bytes(path: Path) -> bytes:
-    try:
-        if path.name.endswith(".gz"):
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        raise DataError(f"cannot read {path}: {exc}") from None
+def _read_exact(f: Any, buf: bytearray) -> int:
+    """Fill ``buf`` from ``f`` in chunks (no allocation beyond ``buf``); return the bytes read."""
+    view = memoryview(buf)
+    got = 0
+    while got < len(buf):
+        n = f.readinto(view[got : got + (1 << 20)])
+        if not n:
+            break
+        got += n
+    return got
 
 
 def _read_idx(path: Path, ndim: int) -> np.ndarray:
-    """Read an unsigned-byte IDX file (magic 0x0000080<ndim>), big-endian header."""
-    raw = _read_bytes(path)
-    if len(raw) < 4 + 4 * ndim:
-        raise DataError(f"{path} is too short to be an IDX file")
-    magic = int.from_bytes(raw[:4], "big")
-    if magic != 0x0800 + ndim:
-        raise DataError(
-            f"{path} has IDX magic 0x{magic:08x}, expected 0x{0x0800 + ndim:08x} (uint8, {ndim}-D)"
-        )
-    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    offset = 4 + 4 * ndim
-    size = int(np.prod(dims, dtype=np.int64))
-    if len(raw) - offset != size:
-        raise DataError(f"{path} holds {len(raw) - offset} data bytes, header says {size}")
-    return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims).copy()
+    """Read an unsigned-byte IDX file (magic 0x0000080<ndim>, big-endian uint32 dims, payload).
+
+    The payload must be exactly ``prod(dims)`` bytes.  That size is checked against the
+    file (or, for ``.gz``, against the most a deflate stream of that size can hold)
+    before anything of that size is allocated.  A corrupt or truncated gzip stream, a
+    short or long payload or a wrong magic raises a :class:`DataError` naming the file.
+    """
+    where = _where(path)
+    gz = path.name.endswith(".gz")
+    head = 4 + 4 * ndim
+    try:
+        size = path.stat().st_size
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
+            header = bytearray(head)
+            if _read_exact(f, header) < head:
+                raise DataError(f"{where} is too short to be an IDX file ({head}-byte header)")
+            magic = int.from_bytes(header[:4], "big")
+            if magic != 0x0800 + ndim:
+                raise DataError(
+                    f"{where} has IDX magic 0x{magic:08x}, expected 0x{0x0800 + ndim:08x} "
+                    f"(uint8, {ndim}-D)"
+                )
+            dims = tuple(int.from_bytes(header[4 + 4 * k : 8 + 4 * k], "big") for k in range(ndim))
+            expected = 1
+            for d in dims:
+                expected *= d  # Python int: no overflow
+            shape = "x".join(map(str, dims))
+            if not gz and size - head != expected:
+                raise DataError(
+                    f"{where} holds {size - head} data bytes, header says {expected} ({shape})"
+                )
+            if gz and expected > _GZIP_MAX_RATIO * size + (1 << 16):
+                raise DataError(
+                    f"{where}: header says {expected} data bytes ({shape}), more than a "
+                    f"{size}-byte gzip file can hold"
+                )
+            payload = bytearray(expected)
+            got = _read_exact(f, payload)
+            if got < expected:
+                raise DataError(f"{where} holds {got} data bytes, header says {expected} ({shape})")
+            if f.read(1):
+                raise DataError(
+                    f"{where} holds more than {expected} data bytes, header says {expected} ({shape})"
+                )
+    except DataError:
+        raise
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise DataError(f"{where} is a corrupt or truncated gzip file: {exc}") from None
+    except OSError as exc:
+        raise DataError(f"cannot read {where}: {exc.strerror or exc}") from None
+    return np.frombuffer(payload, dtype=np.uint8).reshape(dims)
 
 
 def _find_idx_file(folder: Path, name: str) -> Path | None:
@@ -335,50 +395,326 @@ def load_mnist_idx(folder: str | PathLike) -> tuple[_Split, _Split]:
     return out[0], out[1]
 
 
-class _CifarUnpickler(pickle.Unpickler):
-    """Unpickler restricted to what the CIFAR-10 batches need (no arbitrary code)."""
+# A CIFAR-10 python batch is a pickle, so it is read as untrusted input:
+#  1. its size is bounded (a real batch is ~30 MB: 10,000 x 3,072 uint8 + labels + names);
+#  2. its opcodes are checked without building anything (_scan_pickle): every length
+#     fits in the file, memo indices and tuple nesting are bounded, and opcodes no
+#     batch needs (extensions, persistent ids, out-of-band buffers, INST/OBJ/NEWOBJ)
+#     are refused -- so the unpickler can neither pre-allocate a length the file does
+#     not hold nor resize its memo to an attacker's index nor recurse on a nested key;
+#  3. the unpickler resolves the few globals a batch uses to stand-ins
+#     (_CifarUnpickler._GLOBALS): arrays are built only from their pickled bytes,
+#     after the shape and dtype have been checked against those bytes and against the
+#     format's largest array, and no numpy constructor ever sees an attacker's shape.
+_CIFAR_MAX_ROWS = 10_000  # images per batch in CIFAR-10
+_CIFAR_MAX_ARRAY = _CIFAR_MAX_ROWS * _CIFAR_DIM  # bytes of the largest array a batch holds
+_CIFAR_MAX_FILE = 64 << 20  # twice a real batch
+_PICKLE_MAX_OPS = 500_000  # a real batch has ~30,000 opcodes (10,000 labels, 10,000 names)
+_PICKLE_MAX_NESTING = 32  # tuples in tuples; a real batch nests 3 deep
+_PICKLE_DENIED = frozenset(
+    {"PERSID", "BINPERSID", "EXT1", "EXT2", "EXT4", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX",
+     "BYTEARRAY8", "NEXT_BUFFER", "READONLY_BUFFER"}
+)
+_ALLOWED_DTYPES = frozenset({"b1", "u1", "i1", "u2", "i2", "u4", "i4", "u8", "i8"})
 
-    _ALLOWED = {
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-        ("_codecs", "encode"),
+
+class _Refused(Exception):
+    """A batch that is not a CIFAR-10 batch; the message says why (short)."""
+
+
+def _scan_pickle(raw: bytes) -> None:
+    """Check a pickle's opcode stream before unpickling it; raise _Refused.
+
+    A small stack machine follows what each opcode pushes and pops, keeping only
+    the tuple-nesting depth of each item (hashing a deeply nested tuple key
+    recurses in C without a limit).  It allocates nothing the file does not hold.
+    """
+    stack: list[int] = []  # nesting depth of each item (0: not a tuple/frozenset)
+    marks: list[int] = []
+    memo: dict[int, int] = {}
+
+    def pop(n: int) -> list[int]:
+        if len(stack) - n < (marks[-1] if marks else 0):
+            raise _Refused("malformed pickle (stack underflow)")
+        items = stack[len(stack) - n :]
+        del stack[len(stack) - n :]
+        return items
+
+    def pop_mark() -> list[int]:
+        if not marks:
+            raise _Refused("malformed pickle (no mark)")
+        k = marks.pop()
+        items = stack[k:]
+        del stack[k:]
+        return items
+
+    def push(depth: int) -> None:
+        if depth > _PICKLE_MAX_NESTING:
+            raise _Refused(f"pickle nests tuples more than {_PICKLE_MAX_NESTING} deep")
+        stack.append(depth)
+
+    count = 0
+    stopped = False
+    try:
+        for op, arg, pos in pickletools.genops(io.BytesIO(raw)):
+            count += 1
+            if count > _PICKLE_MAX_OPS:
+                raise _Refused(f"pickle has more than {_PICKLE_MAX_OPS} opcodes")
+            name = op.name
+            if name in _PICKLE_DENIED:
+                raise _Refused(f"pickle opcode {name} at byte {pos} is not allowed")
+            if name == "MARK":
+                marks.append(len(stack))
+            elif name in ("GET", "BINGET", "LONG_BINGET"):
+                if arg not in memo:
+                    raise _Refused(f"pickle reads memo entry {arg} that was never written")
+                push(memo[arg])
+            elif name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
+                index = len(memo) if name == "MEMOIZE" else arg
+                if not 0 <= index < _PICKLE_MAX_OPS:
+                    raise _Refused(f"pickle memo index {index} is out of range")
+                if not stack or (marks and len(stack) == marks[-1]):
+                    raise _Refused("malformed pickle (memo of an empty stack)")
+                memo[index] = stack[-1]
+            elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
+                push(1 + max(pop(int(name[-1]))))
+            elif name in ("TUPLE", "FROZENSET"):
+                push(1 + max(pop_mark(), default=0))
+            elif name in ("LIST", "DICT"):
+                pop_mark()
+                push(0)
+            elif name in ("APPENDS", "SETITEMS", "ADDITEMS"):
+                pop_mark()
+                pop(1)
+                push(0)
+            elif name in ("APPEND", "BUILD"):
+                push(pop(2)[0])  # the list / the object built keeps its depth
+            elif name == "SETITEM":
+                push(pop(3)[0])
+            elif name in ("REDUCE", "STACK_GLOBAL"):
+                pop(2)
+                push(0)
+            elif name == "POP":
+                if stack and not (marks and len(stack) == marks[-1]):
+                    pop(1)
+                else:
+                    pop_mark()
+            elif name == "POP_MARK":
+                pop_mark()
+            elif name == "DUP":
+                push(pop(1)[0])
+                push(stack[-1])
+            elif name == "STOP":
+                pop(1)
+                stopped = True
+            elif name in ("PROTO", "FRAME"):
+                pass
+            elif not op.stack_before and len(op.stack_after) == 1:
+                push(0)  # a constant, an empty container or a GLOBAL
+            else:  # pragma: no cover - every opcode of protocols 0-5 is handled above
+                raise _Refused(f"pickle opcode {name} is not allowed")
+    except _Refused:
+        raise
+    except Exception as exc:  # pickletools: truncated data, unknown opcode, bad literal
+        raise _Refused(f"malformed pickle ({_one_line(exc, 80)})") from None
+    if not stopped:
+        raise _Refused("malformed pickle (no STOP)")
+
+
+def _refuse_ndarray_call(*args: Any, **kwargs: Any) -> Any:
+    """Stand-in for ``numpy.ndarray``: a batch names it only as _reconstruct's first argument."""
+    raise _Refused("numpy.ndarray(shape, dtype) in a pickle is not allowed")
+
+
+class _DtypeStub:
+    """Stand-in for ``numpy.dtype(spec, align, copy)`` plus its pickled state."""
+
+    __slots__ = ("_dtype",)
+
+    def __init__(self, spec: Any = None, align: Any = False, copy: Any = False) -> None:
+        if isinstance(spec, bytes):  # Python 2 pickles, read with encoding="bytes"
+            spec = spec.decode("latin-1")
+        if not (isinstance(spec, str) and spec in _ALLOWED_DTYPES):
+            shown = _one_line(repr(spec), 20) if isinstance(spec, (str, bytes)) else type(spec).__name__
+            raise _Refused(f"dtype {shown} is not allowed (integer arrays only)")
+        self._dtype = np.dtype(spec)
+
+    def __setstate__(self, state: Any) -> None:
+        # (version, byte order, subarray, names, fields, elsize, alignment, flags[, metadata])
+        if not (isinstance(state, tuple) and len(state) in (8, 9)):
+            raise _Refused("malformed dtype state")
+        order = state[1].decode("latin-1") if isinstance(state[1], bytes) else state[1]
+        if order not in ("<", ">", "|", "=") or any(s is not None for s in state[2:5]):
+            raise _Refused("dtype state is not that of a plain integer type")
+        if order in "<>" and self._dtype.itemsize > 1:
+            self._dtype = self._dtype.newbyteorder(order)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._dtype
+
+
+class _ArrayStub:
+    """Stand-in for ``_reconstruct(ndarray, ...)``; its BUILD state makes the array.
+
+    The state is ``([version,] shape, dtype, is_fortran, raw bytes)``.  The array is
+    made from the raw bytes only after checking that the shape has at most two
+    non-negative dimensions, that shape x itemsize equals the number of raw bytes,
+    and that it is no larger than the largest array of the format.
+    """
+
+    __slots__ = ("array",)
+
+    def __init__(self) -> None:
+        self.array: np.ndarray | None = None
+
+    def __setstate__(self, state: Any) -> None:
+        if self.array is not None:
+            raise _Refused("an array is built twice")
+        if isinstance(state, tuple) and len(state) == 5:
+            state = state[1:]
+        if not (isinstance(state, tuple) and len(state) == 4):
+            raise _Refused("malformed array state")
+        shape, dtype, fortran, raw = state
+        if not isinstance(dtype, _DtypeStub):
+            raise _Refused("array state lacks a numpy dtype")
+        if not (
+            isinstance(shape, tuple)
+            and len(shape) <= 2
+            and all(type(d) is int and d >= 0 for d in shape)
+        ):
+            raise _Refused("array shape must be at most two non-negative integers")
+        if not isinstance(raw, bytes):
+            raise _Refused(f"array data must be bytes, got {type(raw).__name__}")
+        nbytes = dtype.dtype.itemsize
+        for d in shape:
+            nbytes *= d
+        if nbytes > _CIFAR_MAX_ARRAY:
+            raise _Refused(
+                f"array of shape {shape} ({nbytes} bytes) exceeds the format's "
+                f"{_CIFAR_MAX_ROWS} x {_CIFAR_DIM} bytes"
+            )
+        if nbytes != len(raw):
+            raise _Refused(f"array of shape {shape} needs {nbytes} bytes, the pickle holds {len(raw)}")
+        flat = np.frombuffer(raw, dtype=dtype.dtype)
+        self.array = flat.reshape(shape, order="F" if fortran else "C")
+
+
+def _reconstruct(subtype: Any, shape: Any = None, dtype: Any = None) -> _ArrayStub:
+    """Stand-in for ``numpy.core.multiarray._reconstruct``: an empty array made by BUILD."""
+    if subtype is not _refuse_ndarray_call:
+        raise _Refused("_reconstruct of anything but numpy.ndarray is not allowed")
+    return _ArrayStub()
+
+
+def _scalar(dtype: Any, raw: Any = None) -> Any:
+    """Stand-in for ``numpy.core.multiarray.scalar``: an integer from its bytes."""
+    if not isinstance(dtype, _DtypeStub) or not isinstance(raw, bytes):
+        raise _Refused("numpy scalar must be an integer dtype and its bytes")
+    if len(raw) != dtype.dtype.itemsize:
+        raise _Refused("numpy scalar bytes do not match its dtype")
+    return np.frombuffer(raw, dtype=dtype.dtype)[0]
+
+
+def _latin1_encode(text: Any, encoding: Any = "utf-8", errors: Any = "strict") -> bytes:
+    """Stand-in for ``_codecs.encode``: Python 3 pickles bytes as ``encode(str, 'latin1')``."""
+    if not (isinstance(text, str) and encoding in ("latin1", "latin-1")):
+        raise _Refused("_codecs.encode other than of a str to latin1 is not allowed")
+    return text.encode("latin-1")
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickler restricted to what the CIFAR-10 batches need (no arbitrary code).
+
+    The globals resolve to stand-ins (see above); anything else is refused.  Use
+    it on a stream that :func:`_scan_pickle` has passed.
+    """
+
+    _GLOBALS = {
+        ("numpy", "ndarray"): _refuse_ndarray_call,
+        ("numpy", "dtype"): _DtypeStub,
+        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy.core.multiarray", "scalar"): _scalar,
+        ("numpy._core.multiarray", "scalar"): _scalar,
+        ("_codecs", "encode"): _latin1_encode,
     }
 
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in self._ALLOWED:
-            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
-        return super().find_class(module, name)
+        try:
+            return self._GLOBALS[(module, name)]
+        except (KeyError, TypeError):
+            shown = _one_line(f"{module}.{name}", 60)
+            raise _Refused(f"global {shown} is not allowed") from None
+
+
+def _cifar_labels(labels: Any, n: int) -> np.ndarray:
+    """``b"labels"``: n integers in 0-9 (a list, or a 1-D integer array); raise _Refused."""
+    if isinstance(labels, _ArrayStub):
+        labels = labels.array
+    if isinstance(labels, np.ndarray):
+        if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+            raise _Refused(f"b'labels' must be a 1-D integer array, got {labels.dtype} {labels.shape}")
+        bad = np.flatnonzero((labels < 0) | (labels > 9))
+        if bad.size:
+            raise _Refused(f"b'labels'[{int(bad[0])}] is {int(labels[bad[0]])}, not a class 0-9")
+        values = labels
+    elif isinstance(labels, (list, tuple)):
+        for i, v in enumerate(labels):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise _Refused(f"b'labels'[{i}] is a {type(v).__name__}, not an integer")
+            if not 0 <= v <= 9:
+                raise _Refused(f"b'labels'[{i}] is {_one_line(v, 20)}, not a class 0-9")
+        values = labels
+    else:
+        raise _Refused(f"b'labels' must be a list of integers, got {type(labels).__name__}")
+    if len(values) != n:
+        raise _Refused(f"b'labels' has {len(values)} entries for {n} images")
+    return np.array(values, dtype=np.int64)
 
 
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR-10 python batch: images uint8 ``(n, 3072)``, labels int64 ``(n,)``, n <= 10,000."""
+    where = _where(path)
     try:
+        size = path.stat().st_size
+        if size > _CIFAR_MAX_FILE:
+            raise _Refused(f"{size} bytes is more than a batch holds (~31 MB)")
         with open(path, "rb") as f:
-            batch = _CifarUnpickler(f, encoding="bytes").load()
+            raw = f.read(size + 1)
+        if len(raw) > size:
+            raise _Refused("the file grew while it was read")
     except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc}") from None
-    except Exception as exc:  # malformed or disallowed pickle content
-        raise DataError(f"{path} is not a CIFAR-10 python batch: {exc}") from None
-    if not isinstance(batch, dict):
-        raise DataError(f"{path} is not a CIFAR-10 python batch (expected a dict)")
-    data = batch.get(b"data", batch.get("data"))
-    labels = batch.get(b"labels", batch.get("labels"))
-    if data is None or labels is None:
-        raise DataError(f"{path} lacks the b'data' or b'labels' entry of a CIFAR-10 batch")
-    data = np.asarray(data)
-    labels = np.asarray(labels)
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != _CIFAR_DIM:
-        raise DataError(
-            f"{path}: b'data' must be uint8 of shape (n, {_CIFAR_DIM}), "
-            f"got {data.dtype} {data.shape}"
-        )
-    n = data.shape[0]
-    if labels.ndim != 1 or labels.shape[0] != n or not np.issubdtype(labels.dtype, np.integer):
-        raise DataError(f"{path}: b'labels' must be {n} integers")
-    return np.array(data), labels.astype(np.int64)
+        raise DataError(f"cannot read {where}: {exc.strerror or exc}") from None
+    except _Refused as exc:
+        raise DataError(f"{where} is not a CIFAR-10 python batch: {exc}") from None
+    try:
+        _scan_pickle(raw)
+        batch = _CifarUnpickler(io.BytesIO(raw), encoding="bytes").load()
+        if not isinstance(batch, dict):
+            raise _Refused(f"expected a dict, got {type(batch).__name__}")
+        data = batch.get(b"data", batch.get("data"))
+        labels = batch.get(b"labels", batch.get("labels"))
+        if data is None or labels is None:
+            raise _Refused("it lacks the b'data' or b'labels' entry")
+        if isinstance(data, _ArrayStub):
+            data = data.array
+        if not isinstance(data, np.ndarray):
+            raise _Refused(
+                f"b'data' must be a uint8 array of shape (n, {_CIFAR_DIM}), "
+                f"got a {type(data).__name__}"
+            )
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != _CIFAR_DIM:
+            raise _Refused(
+                f"b'data' must be uint8 of shape (n, {_CIFAR_DIM}), got {data.dtype} {data.shape}"
+            )
+        labels = _cifar_labels(labels, data.shape[0])
+    except _Refused as exc:
+        raise DataError(f"{where} is not a CIFAR-10 python batch: {exc}") from None
+    except Exception as exc:  # the unpickler's own errors on a malformed stream
+        reason = _one_line(f"{type(exc).__name__}: {exc}", 100)
+        raise DataError(f"{where} is not a CIFAR-10 python batch: {reason}") from None
+    return np.array(data), labels
 
 
 def _cifar_root(folder: Path) -> Path:
@@ -395,9 +731,11 @@ def load_cifar10(folder: str | PathLike) -> tuple[_Split, _Split]:
     """Load CIFAR-10 from the python batches ``data_batch_1..5`` and ``test_batch``.
 
     The batches may sit in ``folder`` or in ``folder/cifar-10-batches-py``.  Each
-    is a pickled dict with ``b"data"`` (uint8, ``(n, 3072)``, channel-major RGB)
-    and ``b"labels"``; they are unpickled with a restricted unpickler that only
-    admits NumPy arrays.  Returns ``((train_images, train_labels), (test_images,
+    is a pickled dict with ``b"data"`` (uint8, ``(n, 3072)``, channel-major RGB,
+    ``n <= 10,000``) and ``b"labels"`` (``n`` integers in 0-9).  The pickles are
+    read as untrusted input: no code runs, and what a batch can make the loader
+    allocate is bounded by the file's size and the format's shapes (see
+    ``_scan_pickle`` and ``_CifarUnpickler``).  Returns ``((train_images, train_labels), (test_images,
     test_labels))`` with images uint8 ``(n, 3072)`` and labels int64 ``(n,)``.
     """
     root = _cifar_root(Path(folder))
@@ -615,13 +953,12 @@ def load_dataset(
 
     folder = Path(source)
     expected = (
-        "'mnist', 'gaussian', or a folder with MNIST IDX files "
-        "(train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
-        "t10k-labels-idx1-ubyte, optionally .gz) or CIFAR-10 python batches "
-        f"(data_batch_1..5, test_batch, optionally in {_CIFAR_SUBDIR}/)"
+        "'mnist', 'gaussian', or a folder with MNIST IDX files (train-images-idx3-ubyte, "
+        "train-labels-idx1-ubyte, t10k-images/labels-..., .gz or not) or CIFAR-10 "
+        f"python batches (data_batch_1..5, test_batch, maybe in {_CIFAR_SUBDIR}/)"
     )
     if not folder.is_dir():
-        raise DataError(f"unknown data source {str(source)!r}: expected {expected}")
+        raise DataError(f"unknown data source {_where(Path(str(source)))!r}: expected {expected}")
     name = str(source)
     if any(_find_idx_file(folder, n) for n in _IDX_FILES.values()):
         train, test = load_mnist_idx(folder)
@@ -632,7 +969,7 @@ def load_dataset(
     ):
         train, test = load_cifar10(folder)
     else:
-        raise DataError(f"no recognisable data in {name}: expected {expected}")
+        raise DataError(f"no recognisable data in {_where(folder)}: expected {expected}")
     return _from_pools(train, test, cls, n_train, n_test, rng, name)
 
 
