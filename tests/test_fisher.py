@@ -233,9 +233,12 @@ def test_kfac_forster_alpha(backend):
     n, m0 = 30, 10
     x = forster_transform(unit_rows(rng, n, m0))
     net = Network((m0, 512, 512, 1), "relu", 2.0, 0.0)
-    fim = get_fisher("kfac", net, 0.0)
+    fim = get_fisher("kfac", net, 0.0, forster=True)
     alpha = fim.analytic_alpha(n)
-    assert alpha == n * 2 + m0
+    assert alpha == n * 2 + m0 and fim.step_needs_learning_rate(n) is None
+    raw_fim = get_fisher("kfac", net, 0.0)  # inputs not declared Forster-transformed: no α (S.109)
+    assert raw_fim.analytic_alpha(n) is None and "S.109" in raw_fim.step_needs_learning_rate(n)
+    assert "Forster" in raw_fim.alpha_note() and raw_fim.analytic_alpha(m0) == m0 * 3  # d >= N: NL (S.107)
     p = net.init(0, backend)
     d = isotropy(to_host(theta_bar(fim, net.signals(p, to_device(x, backend)))), alpha)
     assert d["deviation_from_alpha_I"] < 1e-8

@@ -64,9 +64,10 @@ class FisherApproximation(abc.ABC):
     def alpha_note(self) -> str:
         return ""
 
-    def step_needs_learning_rate(self) -> str | None:
+    def step_needs_learning_rate(self, n_samples: int | None = None) -> str | None:
         """Why η = c/α (with the measured mean diagonal of Θ̄ where the paper gives no α) is no
-        usable step for this network, so a learning rate must be given; ``None`` if it is."""
+        usable step for this network and N = ``n_samples`` training samples (``None``: whatever
+        does not depend on N), so a learning rate must be given; ``None`` if it is."""
         return None
 
     def learning_rate(self, lr_scale: float, alpha: float, theta_bar) -> tuple[float, str]:

@@ -24,10 +24,17 @@ Structured path (S.96–S.103): with the dual Gram matrices B_l = δ_l δ_lᵀ (
     Θ̄_l(x′, x) = [B_l(x′,x)(B_l/N + ρI)⁻¹] ⊙ [1_C1_Cᵀ ⊗ Ã(x′,x)(Ã/N + ρI)⁻¹] / N,
 
 (for the output layer δ_L(B*_L+ρ)⁻¹ is used directly), which at ρ = 0 is
-N Σ_l 𝓑_l ⊙ 𝒜_{l−1} (S.105). For M0 < N the inputs should be Forster-transformed
-(B.3.1(ii), :func:`ngdref.data.forster_transform`), then α = N(L − 1) + M0 (S.111).
-C = 1 is what the paper covers; for C > 1 this is the natural generalisation and no
-isotropy is claimed (α = None).
+N Σ_l 𝓑_l ⊙ 𝒜_{l−1} (S.105).
+
+When α holds (C = 1, no separate bias blocks): α = NL needs d >= N first-layer input
+dimensions (d = M0, or M0 + 1 with the bias folded; S.107). For d < N the first-layer factor
+is the projection P′P⁺ (S.108) and Θ̄ is not isotropic (S.109) — unless the training inputs
+are Forster-transformed (B.3.1(ii), :func:`ngdref.data.forster_transform`) and the network
+has no bias, when α = N(L − 1) + M0 (S.110–S.111). The object cannot see its inputs, so it is
+told: ``forster=True`` (``ngdref train --forster``) declares Forster-transformed inputs.
+Without it :meth:`KFAC.analytic_alpha` is ``None`` for d < N and training refuses η = c/α
+(:meth:`KFAC.step_needs_learning_rate`). C = 1 is what the paper covers; for C > 1 this is
+the natural generalisation and no isotropy is claimed (α = None).
 """
 
 from __future__ import annotations
@@ -142,34 +149,64 @@ class KFAC(FisherApproximation):
         name="kfac", title="K-FAC", summary="K-FAC (B*+ρI)⊗(A*+ρI) per layer (S.95); biases by the FIM block (S.123)",
         equations="Eq. 20-21, S.95-S.124", multi_output_alpha=False, flops=_flops,
         options=(FisherOption("bias", "bias handling: 'separate' FIM blocks (S.123) or 'folded' into the Kronecker "
-                              "factor", choices=BIAS_MODES),),
+                              "factor", choices=BIAS_MODES),
+                 FisherOption("forster", "'yes': the training inputs are Forster-transformed (B.3.1(ii), S.110), "
+                              "so α = N(L−1)+M0 for M0 < N without bias (S.111)", parse=lambda v: v == "yes",
+                              choices=("yes", "no"))),
     )
 
-    def __init__(self, network, damping: float | None = None, rtol=None, bias: str = "separate"):
+    def __init__(self, network, damping: float | None = None, rtol=None, bias: str = "separate", forster: bool = False):
         super().__init__(network, damping, rtol)
         if bias not in BIAS_MODES:
             raise ConfigError(f"unknown K-FAC bias handling {bias!r}; choose one of {', '.join(BIAS_MODES)}")
         self.bias = bias
+        self.forster = bool(forster)
 
     def to_dict(self):
-        return {**super().to_dict(), "bias": self.bias}
+        return {**super().to_dict(), "bias": self.bias, "forster": self.forster}
 
     @property
     def _separate_bias(self) -> bool:
         return self.network.has_bias and self.bias == "separate"
 
-    def analytic_alpha(self, n_samples):
-        net = self.network
-        if net.n_outputs != 1 or self._separate_bias:
+    @property
+    def _first_layer_dims(self) -> int:
+        """d, the columns of the first-layer Kronecker factor ā_0: M0, plus 1 with the bias folded (S.123)."""
+        return self.network.input_dim + int(self.network.has_bias and self.bias == "folded")
+
+    def _not_isotropic(self, n_samples: int) -> str | None:
+        """Why the first-layer factor makes Θ̄(x, x) non-isotropic for N = ``n_samples`` (S.109), or None:
+        d >= N (S.104, S.107), or Forster-transformed inputs without bias (S.110–S.111)."""
+        d, n = self._first_layer_dims, int(n_samples)
+        if d >= n or (self.forster and not self.network.has_bias):
             return None
-        try:  # NL (S.107); N(L−1)+M0 with Forster-transformed inputs, no bias (S.111)
-            return kfac_alpha(n_samples, net.depth, net.input_dim, bias=net.has_bias, forster=True)
-        except NgdrefError:  # folded bias with M0 + 1 < N: not isotropic (S.109)
+        if self.forster:
+            return (f"K-FAC with Forster-transformed inputs is isotropic only without bias (S.110–S.111; "
+                    f"σ_b² = {self.network.sigma_b2:g}: pass --sigma-b2 0)")
+        return (f"K-FAC with d = {d} first-layer input dimensions < N = {n} is not isotropic (S.109) unless the "
+                "inputs are Forster-transformed and the network has no bias (S.110–S.111: pass --forster "
+                "with --sigma-b2 0)")
+
+    def analytic_alpha(self, n_samples):
+        """α = NL for d >= N (S.107); N(L−1) + M0 for M0 < N with Forster-transformed inputs (declared by
+        ``forster=True``) and no bias (S.111); ``None`` otherwise: C > 1, separate bias blocks (S.123:
+        the output bias adds 11ᵀ), or d < N without the Forster transform (S.109)."""
+        net = self.network
+        if net.n_outputs != 1 or self._separate_bias or self._not_isotropic(n_samples):
+            return None
+        try:
+            return kfac_alpha(n_samples, net.depth, net.input_dim, bias=net.has_bias, forster=self.forster)
+        except NgdrefError:  # N < 1
             return None
 
-    def step_needs_learning_rate(self) -> str | None:
+    def step_needs_learning_rate(self, n_samples: int | None = None) -> str | None:
+        """C > 1: no isotropic condition. d < N first-layer input dimensions without Forster-transformed
+        inputs (or with a bias): Θ̄ is not isotropic (S.109) and its mean diagonal is no usable α —
+        η = c/α from it diverges — so a learning rate must be given."""
         if self.network.n_outputs != 1:
             return "K-FAC with C > 1 has no isotropic condition (Section 4.3 covers C = 1)"
+        if n_samples is not None:
+            return self._not_isotropic(n_samples)
         return None
 
     def alpha_note(self) -> str:
@@ -177,7 +214,11 @@ class KFAC(FisherApproximation):
             return "K-FAC with C > 1: natural generalisation, no isotropy claimed"
         if self._separate_bias:
             return "K-FAC with separate bias blocks (S.123) is not isotropic: the output bias adds 11ᵀ"
-        return "α = NL for M0 >= N (S.107); N(L-1)+M0 for M0 < N with Forster-transformed inputs (S.111)"
+        if self.forster:
+            return ("Forster-transformed inputs: α = N(L-1)+M0 for M0 < N without bias (S.111), NL for M0 >= N "
+                    "(S.107)")
+        return ("α = NL needs d >= N first-layer input dimensions (d = M0, +1 with the bias folded; S.107); for "
+                "d < N Θ̄ is not isotropic (S.109) unless the inputs are Forster-transformed (S.111, forster=True)")
 
     # ---- pieces -----------------------------------------------------------------------
     def _abar(self, signals, layer):
@@ -267,7 +308,7 @@ class KFAC(FisherApproximation):
             total = term if total is None else total + term
         return total
 
-    def analytic_theta_bar(self, cross, train, forster=False):
+    def analytic_theta_bar(self, cross, train, forster=None):
         """K-FAC (Eq. 20–21, C = 1): Θ̄(x′, x) = N Σ_l 𝓑_l ⊙ 𝒜_{l−1} (S.105).
 
         𝓑_l = B_l(x′, x) B_l⁻¹ for l < L and 𝓑_L = 11ᵀ (S.106 and Eq. 21 print
@@ -282,8 +323,10 @@ class KFAC(FisherApproximation):
         * First layer with d first-layer input dimensions (M0, or M0 + 1 with bias): for N <= d,
           𝒜_0 = Ã_0(x′, x) Ã_0⁻¹ (S.104); for N > d the ρ → 0 limit P′P⁺ (S.108), not isotropic
           (S.109); ``forster=True`` (σ_b = 0, M0 < N, training inputs Forster-transformed,
-          X̄ᵀX̄ = (N/M0) I with unit rows) uses 𝒜_0 = (M0/N) X′X̄ᵀ (S.110), α = N(L − 1) + M0 (S.111).
+          X̄ᵀX̄ = (N/M0) I with unit rows) uses 𝒜_0 = (M0/N) X′X̄ᵀ (S.110), α = N(L − 1) + M0 (S.111);
+          ``forster=None`` takes the object's own ``forster``.
         """
+        forster = self.forster if forster is None else forster
         check_pair(cross, train)
         net = train.network
         if self.network.n_outputs != 1 or net.n_outputs != 1:
