@@ -798,7 +798,9 @@ def _check_classes_exist(classes: tuple[int, ...], labels: np.ndarray, name: str
     available = np.unique(labels)
     for c in classes:
         if c not in available:
-            shown = ", ".join(str(int(a)) for a in available)
+            shown = ", ".join(str(int(a)) for a in available[:20])
+            if available.size > 20:
+                shown += f", ... ({available.size} classes)"
             raise DataError(f"class {c} does not exist in {name} (available classes: {shown})")
 
 

@@ -465,3 +465,13 @@ def test_cli_train_with_bad_data_exits_2_with_one_line(tmp_path, case):
     assert len(lines) == 1 and lines[0].startswith("Error: ") and bad in lines[0], result.stderr
     assert len(lines[0]) <= 320 and "Traceback" not in result.output + result.stderr
     assert not json_path.exists()
+
+
+def test_missing_class_lists_at_most_20_of_the_available(tmp_path):
+    _idx_folder(tmp_path)
+    rng = np.random.default_rng(0)
+    (tmp_path / TRAIN_IMAGES).write_bytes(_idx(rng.integers(1, 256, (30, 4, 5), dtype=np.uint8)))
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(_idx(np.arange(30, dtype=np.uint8) * 3))
+    message = _refused(lambda: load_dataset(tmp_path, classes=(0, 5)), match=r"class 5 does not exist in ")
+    listed = ", ".join(str(3 * k) for k in range(20))
+    assert message.endswith(f"(available classes: {listed}, ... (30 classes))")
