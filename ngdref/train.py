@@ -24,6 +24,7 @@ no theory lines are reported.
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -34,11 +35,12 @@ from .backend import Backend, namespace_of, to_device, to_host
 from .data import Dataset
 from .diagnostics import isotropy
 from .dynamics import isotropic_trajectory, linearized_trajectory, parameter_displacement
-from .errors import ConfigError
+from .errors import ConfigError, MemoryLimitError
 from .fisher import REGISTRY, get_fisher
 from .fisher.base import FisherApproximation
 from .jacobian import jvp
 from .losses import LOSSES, Loss, MSELoss, correct_fraction, get_loss
+from .memory import human, max_bytes
 from .network import Network, Signals, function_vector
 
 
@@ -58,18 +60,30 @@ class TrainConfig:
     fim_options: dict = field(default_factory=dict)
 
     def validate(self) -> None:
-        if self.steps < 0:
-            raise ConfigError(f"steps must be >= 0, got {self.steps}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, numbers.Integral) or self.steps < 0:
+            raise ConfigError(f"steps must be an integer >= 0, got {self.steps!r}")
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
-            raise ConfigError(f"the learning rate must be > 0, got {self.lr}")
+            raise ConfigError(f"the learning rate must be a finite number > 0, got {self.lr}")
         if not (math.isfinite(self.lr_scale) and self.lr_scale > 0):
-            raise ConfigError(f"lr-scale c must be > 0 (0 < c < 2 converges), got {self.lr_scale}")
+            raise ConfigError(f"lr-scale c must be a finite number > 0 (0 < c < 2 converges), got {self.lr_scale}")
         if self.loss not in LOSSES:
             raise ConfigError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
-        if self.loss == "ce" and not self.ce_damping > 0:
-            raise ConfigError("cross-entropy needs a damping ρ̃ > 0 of Λ (S.159): Λ is singular")
+        if not (math.isfinite(self.ce_damping) and self.ce_damping > 0):
+            raise ConfigError(f"the cross-entropy damping ρ̃ of Λ (S.159) must be a finite number > 0 "
+                              f"(Λ is singular), got {self.ce_damping}")
+        if self.loss == "ce" and self.linearized:
+            raise ConfigError("the linearised model (S.23–S.24) is trained with the MSE loss only; "
+                              "drop --linearized or use --loss mse")
         if not self.divergence_factor > 1:
             raise ConfigError("divergence factor must be > 1")
+
+    def lr_scale_warning(self) -> str | None:
+        """A one-line warning when η = c/α (MSE, no ``lr`` given) uses c outside 0 < c < 2, where
+        Corollary 4.2 guarantees convergence (|1 − c| < 1 in Eq. 24); ``None`` otherwise."""
+        if self.lr is not None or self.loss != "mse" or 0 < self.lr_scale < 2:
+            return None
+        return (f"--lr-scale c = {self.lr_scale:g} is outside 0 < c < 2, where Corollary 4.2 guarantees "
+                "convergence (Eq. 24: |1 − c| < 1); training is expected to diverge")
 
 
 @dataclass
@@ -301,9 +315,29 @@ def _check_setup(fim, loss: Loss, config: TrainConfig, network: Network, y_host)
         supported = ", ".join(n for n, cls in REGISTRY.items() if cls.spec.cross_entropy)
         raise ConfigError(f"'{fim.name}' is implemented for the MSE loss only; the cross-entropy FIM "
                           f"(Appendix D) is available for {supported}")
-    reason = fim.step_needs_learning_rate()
+    reason = fim.step_needs_learning_rate(y_host.shape[0])
     if reason and config.lr is None:
         raise ConfigError(f"{reason}, so η = c/α is undefined; give the learning rate with --lr")
+
+
+#: host bytes per recorded step besides the trajectories: one record dict (about a dozen floats)
+#: and its share of the JSON text, generously
+_RECORD_BYTES = 2048
+
+
+def _check_fits(config: TrainConfig, network: Network, dataset: Dataset) -> None:
+    """Refuse, before any work, a run whose per-step host memory would exceed the limit of
+    :mod:`ngdref.memory`: the MSE closed forms (Eq. 10 on train and test, Eq. 24) hold
+    (steps + 1) × (2CN + CN′) floats, and every step keeps a record."""
+    c = network.n_outputs
+    per_step = _RECORD_BYTES + (0 if config.loss == "ce" else 8 * c * (2 * dataset.n_train + dataset.n_test))
+    nbytes = (config.steps + 1) * per_step
+    limit = max_bytes()
+    if nbytes > limit:
+        raise MemoryLimitError(
+            f"{config.steps} steps would keep {human(nbytes)} of trajectories and records, above the limit of "
+            f"{human(limit)}; reduce --steps or raise NGDREF_MAX_BYTES"
+        )
 
 
 def _step_size(fim, config: TrainConfig, n: int, theta_bar, summary: dict) -> tuple[float, float]:
@@ -368,6 +402,7 @@ def train(
 ) -> TrainResult:
     """Train ``network`` on ``dataset`` with NGD (Eq. 7) and record it beside the theory."""
     config.validate()
+    _check_fits(config, network, dataset)
     t_start = time.perf_counter()
     fim = get_fisher(config.fim, network, config.damping, **config.fim_options)
     loss = get_loss(config.loss, config.ce_damping)

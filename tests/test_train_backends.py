@@ -234,7 +234,8 @@ def _train_case(case: str, backend, width: int = 32, steps: int = 3):
     loss, classes, n_test, linearized, fim = CASES[case]
     ds = load_dataset("gaussian", classes, n_train=12, n_test=n_test, seed=1, input_dim=8)
     net = Network.build(8, width, 3, len(classes) if loss == "ce" else 1, "relu", sigma_b2=0.5)
-    return train(net, ds, TrainConfig(fim=fim, steps=steps, loss=loss, linearized=linearized), backend, seed=2)
+    lr = 0.01 if fim == "kfac" else None  # K-FAC with M0 = 8 < N = 12: no α (S.109), so η is given
+    return train(net, ds, TrainConfig(fim=fim, steps=steps, loss=loss, linearized=linearized, lr=lr), backend, seed=2)
 
 
 def _assert_close(got, want, path=""):
