@@ -507,7 +507,10 @@ def _scan_pickle(raw: bytes) -> None:
             elif name == "STOP":
                 pop(1)
                 stopped = True
-            elif name in ("PROTO", "FRAME"):
+            elif name == "FRAME":
+                if arg > len(raw) - pos - 9:
+                    raise _Refused(f"pickle frame of {arg} bytes at byte {pos} runs past the file")
+            elif name == "PROTO":
                 pass
             elif not op.stack_before and len(op.stack_after) == 1:
                 push(0)  # a constant, an empty container or a GLOBAL

@@ -161,12 +161,14 @@ def test_labels_array_fortran_data_and_numpy_scalars_load(tmp_path):
     assert load_cifar10(tmp_path)[1][1].tolist() == [4, 5]
 
 
-def test_python3_protocol2_pickle_loads(tmp_path):
-    """What ``pickle.dump(batch, f, protocol=2)`` writes under Python 3 (bytes via _codecs)."""
+@pytest.mark.parametrize("protocol", [2, 3, 4])
+def test_python3_pickles_load(tmp_path, protocol):
+    """What ``pickle.dump(batch, f, protocol)`` writes under Python 3 (protocol 2: bytes via
+    _codecs; 4: frames).  Protocol 5 stores arrays as out-of-band buffers: refused."""
     _cifar_folder(tmp_path)
     images = np.full((2, 3072), 9, dtype=np.uint8)
     batch = {b"data": images, b"labels": [np.int64(1), 2], b"filenames": [b"a.png", b"b.png"]}
-    (tmp_path / "test_batch").write_bytes(pickle.dumps(batch, protocol=2))
+    (tmp_path / "test_batch").write_bytes(pickle.dumps(batch, protocol=protocol))
     (_, _), (xte, yte) = load_cifar10(tmp_path)
     np.testing.assert_array_equal(xte, images)
     assert yte.tolist() == [1, 2]
@@ -197,6 +199,7 @@ MEMORY_BOMBS = {
     "bytes8_length": b"\x80\x04\x8e" + struct.pack("<Q", 2**40) + b"xx.",
     "bytes4_length": b"\x80\x03B" + struct.pack("<I", 2**32 - 1) + b"xx.",
     "string4_length": b"\x80\x02T" + struct.pack("<i", 2**31 - 1) + b"xx.",
+    "frame_length": b"\x80\x04\x95" + struct.pack("<Q", 2**40) + b"N.",
     # _codecs.encode(..., 'hex') doubles its input: 30 nested calls ask for 64 GiB
     "codec_chain": _codec_chain(),
 }
