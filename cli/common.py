@@ -1,15 +1,35 @@
-"""Shared CLI plumbing: global options, error handling, output. No math here."""
+"""Shared CLI plumbing: global options, error handling, option types, output. No math here.
+
+The contract: every error a user can cause — a bad option, environment variable, output path or
+input — ends as one line on stderr (``Error: …``, saying what to do) with exit code 2, checked
+before the work starts; exit code 1 is reserved for a run that diverged.
+"""
 
 from __future__ import annotations
 
 import functools
+import math
+import os
 import sys
+import tempfile
+import warnings
 
 import click
+from numpy.linalg import LinAlgError
 from rich.console import Console
 
 from ngdref.errors import NgdrefError
 from ngdref.io import dumps, write_json
+
+#: exit code of a run stopped by Ctrl-C (128 + SIGINT, as shells report it)
+EXIT_INTERRUPTED = 130
+#: Click >= 8.2 raises this usage error for a bare group invocation (its message is the help text)
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+def one_line(text) -> str:
+    """``text`` with every run of whitespace (newlines included) collapsed to one space."""
+    return " ".join(str(text).split())
 
 
 class UserError(click.ClickException):
@@ -18,20 +38,68 @@ class UserError(click.ClickException):
     exit_code = 2
 
     def show(self, file=None):
-        click.echo(f"Error: {self.format_message()}", err=True)
+        click.echo(f"Error: {one_line(self.format_message())}", err=True)
+
+
+class OneLineGroup(click.Group):
+    """The command group: Click's usage errors (unknown option, bad value, missing argument), raised
+    while the group or a command parses its arguments, become a :class:`UserError` — one line that
+    names the command's help — instead of Click's usage block; Ctrl-C ends with one line and exit
+    code 130 (exit code 1 stays reserved for a diverged run)."""
+
+    @staticmethod
+    def _usage(err: click.UsageError) -> click.ClickException:
+        if isinstance(err, _NO_ARGS_IS_HELP):  # bare `ngdref`: Click shows the help, as it should
+            return err
+        path = err.ctx.command_path if err.ctx is not None else "ngdref"
+        return UserError(f"{one_line(err.format_message())} (see '{path} --help')")
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as err:
+            raise self._usage(err) from None
+
+    def invoke(self, ctx):
+        """Run the command, showing each Python warning it raises (a singular Σ, a singular layer
+        kernel, NumPy overflow) as one line ``Warning: …`` when it happens, once per message."""
+        shown: set[str] = set()
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            text = one_line(message)
+            if text not in shown:
+                shown.add(text)
+                click.echo(f"Warning: {text}", err=True)
+
+        with warnings.catch_warnings():
+            warnings.showwarning = show
+            try:
+                return super().invoke(ctx)
+            except click.UsageError as err:
+                raise self._usage(err) from None
+            except KeyboardInterrupt:
+                click.echo("Error: interrupted", err=True)
+                sys.exit(EXIT_INTERRUPTED)
 
 
 def handle_errors(fn):
-    """Turn library errors a user can cause into one-line messages with exit code 2."""
+    """Check the global settings (:meth:`Settings.validate`), then run the command, turning library
+    errors a user can cause into one-line messages with exit code 2."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
+            if args and isinstance(args[0], Settings):
+                args[0].validate()
             return fn(*args, **kwargs)
         except NgdrefError as err:
             raise UserError(str(err)) from None
         except MemoryError:
             raise UserError("out of memory; reduce the width, the number of samples or use float32") from None
+        except LinAlgError as err:  # extreme σ_w², σ_b² or depth: the signals overflow or degenerate
+            raise UserError(f"the linear algebra failed ({one_line(err)}): the network's signals overflow or are "
+                            "degenerate at these settings; try a smaller --sigma-w2, --sigma-b2 or --depth, "
+                            "or a damping ρ > 0") from None
 
     return wrapper
 
@@ -43,6 +111,20 @@ class Settings:
         self.backend_name = backend
         self.dtype = dtype
         self.seed = seed
+
+    def validate(self) -> None:
+        """Refuse a malformed environment before any work, whether or not the command uses it:
+        ``NGDREF_BACKEND`` must name a backend and ``NGDREF_MAX_BYTES`` be a size (:mod:`ngdref.memory`).
+        (Whether the chosen backend is *available* — CuPy, a GPU — is checked where it is used.)"""
+        from ngdref.backend import BACKENDS, ENV_BACKEND
+        from ngdref.memory import max_bytes
+
+        if self.backend_name is None:
+            env = os.environ.get(ENV_BACKEND, "")
+            if env != "" and env.lower() not in BACKENDS:
+                raise UserError(f"{ENV_BACKEND}={env!r} is not a backend; set it to one of {', '.join(BACKENDS)} "
+                                "or unset it")
+        max_bytes()  # ConfigError for a malformed NGDREF_MAX_BYTES
 
     def backend(self):
         from ngdref.backend import get_backend
@@ -58,29 +140,108 @@ def consoles(json_path: str | None) -> Console:
     return console
 
 
+def progress_bar(*columns, console: Console):
+    """A transient progress bar on ``console`` (stderr), shown only on a terminal: to a file or a pipe
+    it writes nothing at all (Rich would end it with an empty line), so stderr holds only what matters."""
+    from rich.progress import Progress
+
+    return Progress(*columns, console=console, transient=True, disable=not console.is_terminal)
+
+
 def emit_json(json_path: str | None, record: dict) -> None:
-    if not json_path:
+    """Write ``record`` to ``json_path`` (atomically: a complete file or none) or to stdout for '-'."""
+    if json_path is None:
         return
     if json_path == "-":
         sys.stdout.write(dumps(record))
         sys.stdout.flush()
-    else:
+        return
+    try:
         write_json(json_path, record)
+    except OSError as err:  # checked at start (check_output_file); this is the disk changing under us
+        raise UserError(f"cannot write the JSON record to {json_path}: {err.strerror or err}") from None
+
+
+def check_output_file(path: str, option: str = "--json") -> str:
+    """Refuse, before any work, an output file that could not be written at the end: empty, a
+    folder, not a regular file, read-only, under a file, in a missing or unwritable folder. The
+    folder is tried by creating (and removing) a temporary file, as the atomic write will."""
+    if path == "":
+        raise UserError(f"{option} needs a file name ('-' for stdout)")
+    try:
+        folder = os.path.dirname(os.path.abspath(path))
+        if os.path.isdir(path):
+            raise UserError(f"{option} {path} is a folder; give a file name inside it")
+        if os.path.lexists(path):
+            if not os.path.isfile(path):
+                raise UserError(f"{option} {path} exists and is not a regular file; choose another name")
+            mode = os.stat(path).st_mode
+            if not os.access(path, os.W_OK) or not mode & 0o222:
+                raise UserError(f"{option} {path} is read-only; choose another name")
+        if not os.path.isdir(folder):
+            bad = _nearest_non_folder(folder)
+            what = "is a file, not a folder" if os.path.lexists(bad) else "does not exist"
+            raise UserError(f"{option} {path}: {bad} {what}; create the folder first or choose another path")
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".probe")
+        os.close(fd)
+        os.unlink(probe)
+    except UserError:
+        raise
+    except (OSError, ValueError) as err:  # no permission, read-only file system, NUL in the name, …
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise UserError(f"{option} {path} cannot be written ({one_line(reason)}); choose another path") from None
+    return path
+
+
+def _nearest_non_folder(folder: str) -> str:
+    """The outermost prefix of the absolute path ``folder`` that is not a folder (missing or a file)."""
+    head = folder
+    while not os.path.isdir(os.path.dirname(head)) and os.path.dirname(head) != head:
+        head = os.path.dirname(head)
+    return head
+
+
+def _json_callback(ctx, param, value):
+    return value if value is None or value == "-" else check_output_file(value)
 
 
 def json_option(fn):
     return click.option(
-        "--json", "json_path", metavar="FILE", default=None, help="Write the full record as JSON to FILE ('-' = stdout)."
+        "--json", "json_path", metavar="FILE", default=None, callback=_json_callback,
+        help="Write the full record as JSON to FILE ('-' = stdout); checked before the work starts.",
     )(fn)
 
 
-def parse_int_list(text: str, what: str) -> list[int]:
+class FiniteFloat(click.FloatRange):
+    """A finite float (NaN and ±inf refused) in an optional range."""
+
+    name = "finite float"
+
+    def convert(self, value, param, ctx):
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return rv
+
+
+def given(name: str) -> bool:
+    """Whether the option ``name`` (its parameter name) was given on the command line (or by an
+    environment variable), not left at its default."""
+    ctx = click.get_current_context(silent=True)
+    source = None if ctx is None else ctx.get_parameter_source(name)
+    return source is not None and source not in (click.core.ParameterSource.DEFAULT,
+                                                 click.core.ParameterSource.DEFAULT_MAP)
+
+
+def parse_int_list(text: str, what: str, minimum: int | None = None) -> list[int]:
     try:
         values = [int(v) for v in str(text).replace(" ", "").split(",") if v != ""]
     except ValueError:
         raise UserError(f"{what} must be a comma-separated list of integers, got {text!r}") from None
     if not values:
         raise UserError(f"{what} must not be empty")
+    if minimum is not None and min(values) < minimum:
+        raise UserError(f"{what} must be integers >= {minimum}, got {min(values)}")
     return values
 
 
@@ -137,17 +298,23 @@ def parse_str_list(text: str) -> list[str]:
     return [v for v in str(text).replace(" ", "").split(",") if v]
 
 
-def network_options(default_width: int = 4096, default_depth: int = 3, default_sigma_b2: float = 0.5):
-    """--width/--depth/--activation/--shift/--sigma-w2/--sigma-b2."""
+def network_options(default_width: int = 4096, default_depth: int = 3, default_sigma_b2: float = 0.5,
+                    width: bool = True):
+    """--width/--depth/--activation/--shift/--sigma-w2/--sigma-b2 (``width=False``: no --width)."""
 
     def deco(fn):
         opts = [
-            click.option("--depth", "-L", default=default_depth, show_default=True, type=int, help="Number of layers L."),
-            click.option("--width", "-M", default=default_width, show_default=True, type=int, help="Hidden width M."),
+            click.option("--depth", "-L", default=default_depth, show_default=True, type=click.IntRange(min=2),
+                         help="Number of layers L (>= 2)."),
+            *([click.option("--width", "-M", default=default_width, show_default=True, type=click.IntRange(min=1),
+                            help="Hidden width M.")] if width else []),
             click.option("--activation", default="relu", show_default=True, help="relu, tanh, erf, shifted-relu, linear."),
-            click.option("--shift", default=1.0, show_default=True, type=float, help="s of the shifted ReLU (S.157)."),
-            click.option("--sigma-w2", default=2.0, show_default=True, type=float, help="Weight variance σ_w²."),
-            click.option("--sigma-b2", default=default_sigma_b2, show_default=True, type=float, help="Bias variance σ_b² (0: no biases)."),
+            click.option("--shift", default=1.0, show_default=True, type=FiniteFloat(min=0),
+                         help="s >= 0 of the shifted ReLU (S.157)."),
+            click.option("--sigma-w2", default=2.0, show_default=True, type=FiniteFloat(min=0, min_open=True),
+                         help="Weight variance σ_w² > 0."),
+            click.option("--sigma-b2", default=default_sigma_b2, show_default=True, type=FiniteFloat(min=0),
+                         help="Bias variance σ_b² (0: no biases)."),
         ]
         for o in reversed(opts):
             fn = o(fn)
@@ -156,16 +323,21 @@ def network_options(default_width: int = 4096, default_depth: int = 3, default_s
     return deco
 
 
-def data_options(default_n_train: int = 100, default_n_test: int = 100, default_classes: str = "0,7"):
-    """--data/--classes/--n-train/--n-test/--input-dim."""
+def data_options(default_n_train: int = 100, default_n_test: int = 100, default_classes: str = "0,7",
+                 test: bool = True):
+    """--data/--classes/--n-train/--n-test/--input-dim (``test=False``: no --n-test, for commands
+    that use the training inputs only)."""
 
     def deco(fn):
         opts = [
             click.option("--data", default="mnist", show_default=True, help="mnist (bundled), gaussian, or a folder with MNIST IDX / CIFAR-10 files."),
             click.option("--classes", default=default_classes, show_default=True, help="Comma-separated class labels."),
-            click.option("--n-train", default=default_n_train, show_default=True, type=int, help="Training samples N."),
-            click.option("--n-test", default=default_n_test, show_default=True, type=int, help="Test samples N'."),
-            click.option("--input-dim", default=100, show_default=True, type=int, help="M0 for --data gaussian."),
+            click.option("--n-train", default=default_n_train, show_default=True, type=click.IntRange(min=1),
+                         help="Training samples N."),
+            *([click.option("--n-test", default=default_n_test, show_default=True, type=click.IntRange(min=0),
+                            help="Test samples N'.")] if test else []),
+            click.option("--input-dim", default=100, show_default=True, type=click.IntRange(min=1),
+                         help="M0 for --data gaussian."),
         ]
         for o in reversed(opts):
             fn = o(fn)
@@ -179,6 +351,10 @@ def load_data(data, classes, n_train, n_test, input_dim, seed):
 
     if n_train < 1 or n_test < 0:
         raise UserError("--n-train must be >= 1 and --n-test >= 0")
+    if not str(data).strip():
+        raise UserError("--data needs mnist, gaussian, or a folder with MNIST IDX / CIFAR-10 files")
+    if data != "gaussian" and given("input_dim"):
+        raise UserError(f"--input-dim applies to --data gaussian only (--data {data} fixes M0); drop it")
     return load_dataset(
         data, classes=tuple(parse_int_list(classes, "--classes")), n_train=n_train, n_test=n_test, seed=seed, input_dim=input_dim
     )
@@ -190,5 +366,15 @@ def build_network(dataset_or_dim, width, depth, activation, shift, sigma_w2, sig
     if hasattr(dataset_or_dim, "input_dim"):
         m0, c = dataset_or_dim.input_dim, dataset_or_dim.n_outputs
     else:
-        m0, c = int(dataset_or_dim), int(n_outputs or 1)
+        m0, c = int(dataset_or_dim), (1 if n_outputs is None else int(n_outputs))
     return Network.build(m0, width, depth, c, activation, shift, sigma_w2, sigma_b2)
+
+
+def check_params_fit(network, dtype: str) -> None:
+    """Refuse, before initialising, a network one of whose weight matrices θ_l would exceed the
+    memory limit of :mod:`ngdref.memory` (MemoryLimitError, one line)."""
+    from ngdref.memory import check_alloc
+
+    itemsize = 4 if dtype == "float32" else 8
+    for l in range(1, network.depth + 1):
+        check_alloc(network.layer_shape(l), itemsize, f"the weights θ_{l}")

@@ -6,15 +6,20 @@ import click
 from rich.table import Table
 
 from .common import (
+    FiniteFloat,
+    UserError,
     build_network,
     check_fim_names,
+    check_params_fit,
     FimOption,
     consoles,
     data_options,
     emit_json,
+    fim_options,
     handle_errors,
     json_option,
     load_data,
+    progress_bar,
     network_options,
     parse_str_list,
 )
@@ -22,9 +27,9 @@ from .common import (
 
 @click.command()
 @click.option("--fim", "fims", cls=FimOption, default="exact,bd,tridiag,kfac,unit", show_default=True, help="Comma-separated approximations:")
-@click.option("--n-train", default=100, show_default=True, type=int, help="N (K-FAC's α depends on it).")
-@click.option("--input-dim", default=784, show_default=True, type=int, help="M0.")
-@click.option("--outputs", default=1, show_default=True, type=int, help="C.")
+@click.option("--n-train", default=100, show_default=True, type=click.IntRange(min=1), help="N (K-FAC's α depends on it).")
+@click.option("--input-dim", default=784, show_default=True, type=click.IntRange(min=1), help="M0.")
+@click.option("--outputs", default=1, show_default=True, type=click.IntRange(min=1), help="C.")
 @network_options()
 @json_option
 @click.pass_obj
@@ -34,6 +39,8 @@ def alpha(settings, fims, n_train, input_dim, outputs, depth, width, activation,
     from ngdref.experiments.alpha_report import alpha_report
 
     names = check_fim_names(parse_str_list(fims))
+    for name in names:  # an approximation that needs options (layer: Σ) cannot be built here
+        fim_options(name, {})
     net = build_network(input_dim, width, depth, activation, shift, sigma_w2, sigma_b2, outputs)
     rep = alpha_report(net, names, n_train)
     con = consoles(json_path)
@@ -57,9 +64,9 @@ def alpha(settings, fims, n_train, input_dim, outputs, depth, width, activation,
 @click.option("--fim", "fims", cls=FimOption, default="exact,bd,tridiag,kfac", show_default=True, help="Comma-separated approximations:")
 @click.option("--kernel", type=click.Choice(["analytic", "empirical"]), default="analytic", show_default=True,
               help="Θ̄ from the infinite-width kernels or from a finite network.")
-@click.option("--seeds", default=10, show_default=True, type=int, help="Initialisations (f_0 draws).")
-@click.option("--damping", default=None, type=float,
-              help="ρ for --kernel empirical (default: 0, 1e-12 for unit as in `train`).")
+@click.option("--seeds", default=10, show_default=True, type=click.IntRange(min=1), help="Initialisations (f_0 draws).")
+@click.option("--damping", default=None, type=FiniteFloat(min=0),
+              help="ρ >= 0 for --kernel empirical (default: 0, 1e-12 for unit as in `train`).")
 @network_options(default_sigma_b2=0.0)
 @data_options(default_n_train=800, default_n_test=200)
 @json_option
@@ -68,16 +75,24 @@ def alpha(settings, fims, n_train, input_dim, outputs, depth, width, activation,
 def predict(settings, fims, kernel, seeds, damping, depth, width, activation, shift, sigma_w2, sigma_b2, data, classes,
             n_train, n_test, input_dim, json_path):
     """Test accuracy of the trained model's kernel-regression prediction f_∞ (Section 4.4, Fig. 2)."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
 
     from ngdref.experiments.prediction import prediction_study
 
     names = check_fim_names(parse_str_list(fims))
+    for name in names:  # an approximation that needs options (layer: Σ) cannot be built here
+        fim_options(name, {})
+    if damping is not None and kernel != "empirical":
+        raise UserError("--damping applies to --kernel empirical only (the analytic Θ̄ is the ρ → 0 limit)")
+    if n_test < 1:
+        raise UserError("predictions need test samples (--n-test >= 1)")
+    backend = settings.backend() if kernel == "empirical" else None
     ds = load_data(data, classes, n_train, n_test, input_dim, settings.seed)
     net = build_network(ds, width, depth, activation, shift, sigma_w2, sigma_b2)
-    backend = settings.backend() if kernel == "empirical" else None
-    with Progress(TextColumn("[bold]predict"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=consoles("-"), transient=True) as bar:
+    if backend is not None:
+        check_params_fit(net, backend.dtype_name)
+    with progress_bar(TextColumn("[bold]predict"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                      TimeElapsedColumn(), console=consoles("-")) as bar:
         task = bar.add_task("", total=seeds)
         rep = prediction_study(net, ds, names, kernel, seeds, backend, damping, progress=lambda k: bar.advance(task))
     con = consoles(json_path)

@@ -9,8 +9,10 @@ from ngdref import __version__
 from ngdref.backend import BACKENDS, DTYPES
 
 from .common import (
+    OneLineGroup,
     Settings,
     build_network,
+    check_params_fit,
     consoles,
     data_options,
     emit_json,
@@ -21,11 +23,12 @@ from .common import (
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ngdref")
 @click.option("--backend", type=click.Choice(BACKENDS), default=None, help="Array backend (default: $NGDREF_BACKEND or numpy).")
 @click.option("--dtype", type=click.Choice(DTYPES), default="float64", show_default=True, help="Floating dtype.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the initialisation and the data split.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Seed (>= 0) of the initialisation and the data split.")
 @click.pass_context
 def cli(ctx, backend, dtype, seed):
     """Approximate-Fisher natural gradient in wide networks (Karakida & Osawa, NeurIPS 2020)."""
@@ -34,19 +37,20 @@ def cli(ctx, backend, dtype, seed):
 
 @cli.command()
 @network_options()
-@data_options(default_n_test=0)
+@data_options(test=False)
 @click.option("--explicit", type=click.Choice(["auto", "yes", "no"]), default="auto", show_default=True,
               help="Also form J explicitly (auto: when it fits in memory).")
 @json_option
 @click.pass_obj
 @handle_errors
-def ntk(settings, depth, width, activation, shift, sigma_w2, sigma_b2, data, classes, n_train, n_test, input_dim, explicit, json_path):
-    """Spectrum and condition number of the empirical NTK Θ = J Jᵀ/N (Eq. 6)."""
+def ntk(settings, depth, width, activation, shift, sigma_w2, sigma_b2, data, classes, n_train, input_dim, explicit, json_path):
+    """Spectrum and condition number of the empirical NTK Θ = J Jᵀ/N (Eq. 6) on the training inputs."""
     from ngdref.experiments.ntk_report import ntk_report
 
-    ds = load_data(data, classes, n_train, n_test, input_dim, settings.seed)
-    net = build_network(ds, width, depth, activation, shift, sigma_w2, sigma_b2)
     backend = settings.backend()
+    ds = load_data(data, classes, n_train, 0, input_dim, settings.seed)
+    net = build_network(ds, width, depth, activation, shift, sigma_w2, sigma_b2)
+    check_params_fit(net, backend.dtype_name)
     report = ntk_report(net, ds.x_train, settings.seed, backend, explicit)
     report.update({"data": ds.to_dict(), "backend": backend.name, "dtype": backend.dtype_name, "seed": settings.seed})
     con = consoles(json_path)

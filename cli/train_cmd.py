@@ -5,20 +5,25 @@ from __future__ import annotations
 import sys
 
 import click
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from .common import (
+    FiniteFloat,
+    UserError,
     build_network,
     check_fim_names,
+    check_params_fit,
     FimOption,
     fim_options,
     consoles,
     data_options,
     emit_json,
+    given,
     handle_errors,
     json_option,
     load_data,
+    progress_bar,
     network_options,
     parse_int_list,
     parse_str_list,
@@ -31,14 +36,16 @@ def _fmt(v, spec=".4g"):
 
 @click.command()
 @click.option("--fim", cls=FimOption, default="unit", show_default=True, help="Fisher approximation:")
-@click.option("--steps", default=10, show_default=True, type=int, help="Training steps.")
-@click.option("--lr", type=float, default=None, help="Learning rate η (overrides --lr-scale).")
-@click.option("--lr-scale", default=1.0, show_default=True, type=float, help="c in η = c/α (Corollary 4.2); for gd η = c/λ_max(Θ).")
-@click.option("--damping", default=None, type=float,
-              help="ρ (0 = pseudo-inverse). Default: each approximation's own (0; 1e-12 for unit, the paper's C.3 value).")
+@click.option("--steps", default=10, show_default=True, type=click.IntRange(min=0), help="Training steps.")
+@click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=None,
+              help="Learning rate η > 0 (instead of --lr-scale).")
+@click.option("--lr-scale", default=1.0, show_default=True, type=FiniteFloat(min=0, min_open=True),
+              help="c in η = c/α (Corollary 4.2: 0 < c < 2 converges); for gd η = c/λ_max(Θ).")
+@click.option("--damping", default=None, type=FiniteFloat(min=0),
+              help="ρ >= 0 (0 = pseudo-inverse). Default: each approximation's own (0; 1e-12 for unit, the paper's C.3 value).")
 @click.option("--loss", type=click.Choice(["mse", "ce"]), default="mse", show_default=True, help="Loss (ce: Appendix D).")
-@click.option("--ce-damping", default=1.0, show_default=True, type=float,
-              help="ρ̃ added to Λ for cross-entropy (S.159); small ρ̃ makes steps up to 1/ρ̃ larger.")
+@click.option("--ce-damping", default=1.0, show_default=True, type=FiniteFloat(min=0, min_open=True),
+              help="ρ̃ > 0 added to Λ for cross-entropy (S.159); small ρ̃ makes steps up to 1/ρ̃ larger.")
 @click.option("--linearized/--no-linearized", default=False, show_default=True, help="Also train the linearised model with G_0 fixed (S.23–S.24).")
 @click.option("--sigma", default=None, help="option sigma: Σ for --fim layer, rows separated by ';' (Eq. 15).")
 @click.option("--kfac-bias", default=None, help="option bias: K-FAC bias handling, separate (default) or folded (S.123).")
@@ -51,12 +58,23 @@ def _fmt(v, spec=".4g"):
 def train(settings, fim, steps, lr, lr_scale, damping, loss, ce_damping, linearized, sigma, kfac_bias, forster,
           depth, width, activation, shift, sigma_w2, sigma_b2, data, classes, n_train, n_test, input_dim, json_path):
     """Train with NGD (Eq. 7) and compare with the closed-form dynamics (Eq. 10, 22, 24)."""
+    from ngdref.fisher import fisher_class
     from ngdref.io import software_versions
     from ngdref.train import TrainConfig, config_dict
     from ngdref.train import train as run_train
 
     (fim,) = check_fim_names([fim])
-    options = fim_options(fim, {"sigma": sigma, "bias": kfac_bias})
+    if lr is not None and given("lr_scale"):
+        raise UserError("give either --lr (η itself) or --lr-scale (η = c/α), not both")
+    if loss != "ce" and given("ce_damping"):
+        raise UserError("--ce-damping is the cross-entropy damping ρ̃ (S.159); it needs --loss ce")
+    # K-FAC's α for M0 < N holds only for Forster-transformed inputs (S.111): it is told that they are
+    declared = {"forster": "yes" if forster else None} if "forster" in fisher_class(fim).spec.option_names else {}
+    options = fim_options(fim, {"sigma": sigma, "bias": kfac_bias, **declared})
+    config = TrainConfig(fim=fim, steps=steps, lr=lr, lr_scale=lr_scale, damping=damping, loss=loss,
+                         ce_damping=ce_damping, linearized=linearized, fim_options=options)
+    config.validate()
+    backend = settings.backend()
     ds = load_data(data, classes, n_train, n_test, input_dim, settings.seed)
     if forster:
         from ngdref.experiments.transforms import forster_dataset
@@ -64,16 +82,20 @@ def train(settings, fim, steps, lr, lr_scale, damping, loss, ce_damping, lineari
         ds = forster_dataset(ds)
     n_outputs = len(ds.classes) if loss == "ce" else ds.n_outputs
     net = build_network(ds.input_dim, width, depth, activation, shift, sigma_w2, sigma_b2, n_outputs)
-    config = TrainConfig(fim=fim, steps=steps, lr=lr, lr_scale=lr_scale, damping=damping, loss=loss,
-                         ce_damping=ce_damping, linearized=linearized, fim_options=options)
-    backend = settings.backend()
+    check_params_fit(net, backend.dtype_name)
     con = consoles(json_path)
     err = consoles("-")
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TextColumn("{task.fields[loss]}"), TimeElapsedColumn(), console=err, transient=True) as bar:
+    warning = config.lr_scale_warning()
+
+    def progress(t, rec):
+        if t == 0 and warning:  # setup passed every check: the run starts, with a word about c
+            click.echo(f"Warning: {warning}", err=True)
+        bar.update(task, completed=t + 1, loss=f"loss {rec['train_loss']:.3e}")
+
+    with progress_bar(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                      TextColumn("{task.fields[loss]}"), TimeElapsedColumn(), console=err) as bar:
         task = bar.add_task(f"{fim} NGD", total=steps + 1, loss="")
-        result = run_train(net, ds, config, backend, settings.seed,
-                           progress=lambda t, rec: bar.update(task, completed=t + 1, loss=f"loss {rec['train_loss']:.3e}"))
+        result = run_train(net, ds, config, backend, settings.seed, progress=progress)
     record = {
         "command": "train",
         "config": {**config_dict(config), "seed": settings.seed, "backend": backend.name, "dtype": backend.dtype_name,
@@ -83,6 +105,7 @@ def train(settings, fim, steps, lr, lr_scale, damping, loss, ce_damping, lineari
         "software": software_versions(),
         **result.to_dict(),
     }
+    emit_json(json_path, record)  # first: a closed stdout (| head) must not lose the record
     s = result.summary
     table = Table(title=f"{fim} NGD, η = {s['lr']:.4g} (α = {s['alpha']:.6g}, {s.get('alpha_source', '')}), "
                         f"ρ = {s['damping']:g} ({s['damping_source']})")
@@ -100,7 +123,6 @@ def train(settings, fim, steps, lr, lr_scale, damping, loss, ce_damping, lineari
     con.print(table)
     if "eq22_relative_error" in s:
         con.print(f"‖(θ_T − θ_0) − Eq. 22‖ / ‖Eq. 22‖ = {s['eq22_relative_error']:.3e}    wall time {s['seconds']:.1f} s")
-    emit_json(json_path, record)
     if not result.ok:
         click.echo(f"Error: {result.message}", err=True)
         sys.exit(1)
@@ -109,24 +131,29 @@ def train(settings, fim, steps, lr, lr_scale, damping, loss, ce_damping, lineari
 @click.command()
 @click.option("--fim", "fims", cls=FimOption, default="gd,bd,unit,diag,quasi-diag", show_default=True, help="Comma-separated approximations:")
 @click.option("--widths", default="256,512,1024,2048,4096", show_default=True, help="Comma-separated hidden widths.")
-@click.option("--damping", default=0.0, show_default=True, type=float, help="ρ (Fig. 3 uses 1e-12).")
-@network_options()
-@data_options(default_n_train=80, default_n_test=0)
+@click.option("--damping", default=0.0, show_default=True, type=FiniteFloat(min=0), help="ρ >= 0 (Fig. 3 uses 1e-12).")
+@network_options(width=False)
+@data_options(default_n_train=80, test=False)
 @json_option
 @click.pass_obj
 @handle_errors
-def isotropy(settings, fims, widths, damping, depth, width, activation, shift, sigma_w2, sigma_b2, data, classes,
-             n_train, n_test, input_dim, json_path):
-    """cond(Θ̄), measured and analytic α per approximation and width (Eq. 12, Fig. 3)."""
+def isotropy(settings, fims, widths, damping, depth, activation, shift, sigma_w2, sigma_b2, data, classes,
+             n_train, input_dim, json_path):
+    """cond(Θ̄), measured and analytic α per approximation and width (Eq. 12, Fig. 3) on the training inputs."""
     from ngdref.experiments.isotropy import isotropy_sweep
 
     names = check_fim_names(parse_str_list(fims))
-    ds = load_data(data, classes, n_train, n_test, input_dim, settings.seed)
+    widths_list = parse_int_list(widths, "--widths", minimum=1)
     backend = settings.backend()
-    widths_list = parse_int_list(widths, "--widths")
+    ds = load_data(data, classes, n_train, 0, input_dim, settings.seed)
+    # every option checked before the sweep: the network of the widest width and each approximation's options
+    widest = build_network(ds, max(widths_list), depth, activation, shift, sigma_w2, sigma_b2)
+    check_params_fit(widest, backend.dtype_name)
+    for name in names:
+        fim_options(name, {})
     err = consoles("-")
-    with Progress(TextColumn("[bold]isotropy"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=err, transient=True) as bar:
+    with progress_bar(TextColumn("[bold]isotropy"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                      TimeElapsedColumn(), console=err) as bar:
         task = bar.add_task("", total=len(names) * len(widths_list))
         rows = isotropy_sweep(names, widths_list, depth, activation, ds.x_train, settings.seed, backend, sigma_w2,
                               sigma_b2, shift, damping, ds.n_outputs, progress=lambda r: bar.advance(task))

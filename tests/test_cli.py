@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from ngdref_cli.main import cli
 
 SMALL = ["--width", "64", "--n-train", "10", "--n-test", "10"]
+SMALL_NTK = ["--width", "64", "--n-train", "10"]  # ntk uses the training inputs only: no --n-test
 
 
 def run(args, **kw):
@@ -23,7 +24,7 @@ def test_help_and_version():
 
 
 def test_ntk_json_to_stdout():
-    r = run(["ntk", *SMALL, "--json", "-"])
+    r = run(["ntk", *SMALL_NTK, "--json", "-"])
     assert r.exit_code == 0
     rec = json.loads(r.stdout)
     assert rec["max_relative_difference"] < 1e-12
@@ -69,7 +70,7 @@ def test_train_divergence_exit_1_and_record_written(tmp_path):
         (["train", "--fim", "tridiag", "--depth", "5", *SMALL], "Lemma 4.3"),
         (["train", "--fim", "kfac", "--loss", "ce", *SMALL], "MSE loss only"),
         (["train", "--fim", "kfac", "--classes", "0,1,2", *SMALL], "--lr"),
-        (["--backend", "cupy", "ntk", *SMALL], "cupy"),
+        (["--backend", "cupy", "ntk", *SMALL_NTK], "cupy"),
         (["ntk", "--width", "4096", "--depth", "3", "--n-train", "100", "--explicit", "yes"], "limit"),
         (["isotropy", "--fim", "bd,foo", "--widths", "32"], "unknown --fim"),
         (["isotropy", "--widths", "32,x"], "--widths"),
