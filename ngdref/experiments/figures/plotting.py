@@ -11,6 +11,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ...io import atomic_path
+
 PLOT_HINT = "matplotlib is not installed; the data were written, for the plot: pip install 'ngdref[plot]'"
 
 FLOOR = 1e-15  # lower y-limit of the loss plots; a theory value below it (c = 1: exactly 0) is drawn at it
@@ -71,7 +73,8 @@ def plot_runs(ax, runs: dict, palette: list, theory_key: str = "theory_train_los
 
 
 def save_plot(draw: Callable, config: dict, rows: list[dict], extra: dict, path: str | Path) -> str:
-    """``draw(plt, config, rows, extra)`` → a matplotlib figure, saved atomically as PNG at ``path``.
+    """``draw(plt, config, rows, extra)`` → a matplotlib figure, saved atomically as PNG at ``path``
+    (through a temporary file unique to this writer, so concurrent runs never clash).
 
     Returns ``"ok"``, or :data:`PLOT_HINT` when matplotlib is missing.
     """
@@ -79,10 +82,10 @@ def save_plot(draw: Callable, config: dict, rows: list[dict], extra: dict, path:
     if plt is None:
         return PLOT_HINT
     fig = draw(plt, config, rows, extra)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        fig.tight_layout()
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        plt.close(fig)
     return "ok"
