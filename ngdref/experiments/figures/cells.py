@@ -8,6 +8,9 @@ pickles by reference into spawn process pools and Dask workers.
   (Fig. 1(a), Fig. 1(b), Fig. S.1);
 * :func:`isotropy_cell`: cond(Θ̄(x, x)) and its mean diagonal α (Eq. 11–12), optionally
   beside S.157 (Fig. 3, Fig. S.2).
+
+Each cell function carries ``check_result(result, params)``: what is wrong with a stored
+result of it (a resumed sweep recomputes a cell whose file fails it; see :func:`result_problem`).
 """
 
 from __future__ import annotations
@@ -66,6 +69,30 @@ def finite(v):
     return v if math.isfinite(v) else None
 
 
+NUMBER = "number"  # a result value that is an int, a float or None (JSON null: missing or not finite)
+
+
+def _kind_ok(v, kind) -> bool:
+    if kind == NUMBER:
+        return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+    if isinstance(kind, tuple) and NUMBER in kind:
+        return _kind_ok(v, NUMBER) or isinstance(v, tuple(k for k in kind if k != NUMBER))
+    return isinstance(v, kind) and not (kind is int and isinstance(v, bool))
+
+
+def result_problem(result: dict, spec: dict, where: str = "") -> str | None:
+    """The first key of ``spec`` (key → type, tuple of types or :data:`NUMBER`) that ``result``
+    lacks or holds with the wrong kind of value, said in a few words; None when all fit."""
+    if not isinstance(result, dict):
+        return f"{where or 'result'} is not an object"
+    for key, kind in spec.items():
+        if key not in result:
+            return f"no {where}{key!r}"
+        if not _kind_ok(result[key], kind):
+            return f"{where}{key!r} is {type(result[key]).__name__}"
+    return None
+
+
 def train_cell(p: dict) -> dict:
     """One NGD training run (Eq. 7) beside its Eq. 10 / Eq. 24 predictions; records per step."""
     from ...train import TrainConfig, train
@@ -97,6 +124,21 @@ def train_cell(p: dict) -> dict:
             "warnings": notes}
 
 
+def _check_train_result(r: dict, p: dict) -> str | None:
+    problem = result_problem(r, {"status": str, "message": (str, type(None)), "records": list, "summary": dict,
+                                 "warnings": list})
+    if problem:
+        return problem
+    for rec in r["records"]:
+        problem = result_problem(rec, {**{k: NUMBER for k in RECORD_KEYS}, "step": int}, "record ")
+        if problem:
+            return problem
+    return result_problem(r["summary"], {"alpha": NUMBER, "lr": NUMBER} if r["records"] else {}, "summary ")
+
+
+train_cell.check_result = _check_train_result
+
+
 def isotropy_cell(p: dict) -> dict:
     """cond(Θ̄(x, x)) and its mean diagonal for one approximation, width and seed (Fig. 3, Fig. S.2)."""
     from ..isotropy import isotropy_row
@@ -112,3 +154,14 @@ def isotropy_cell(p: dict) -> dict:
         out["s157"] = shifted_relu_unit_alpha(net)
         out["s157_with_output_unit"] = shifted_relu_unit_alpha(net, include_output_layer=True)
     return out
+
+
+ISOTROPY_KEYS = ("condition_number", "lambda_min", "lambda_max", "alpha_measured", "alpha_analytic", "seconds")
+
+
+def _check_isotropy_result(r: dict, p: dict) -> str | None:
+    keys = ISOTROPY_KEYS + (("s157", "s157_with_output_unit") if p.get("s157") else ())
+    return result_problem(r, {k: NUMBER for k in keys})
+
+
+isotropy_cell.check_result = _check_isotropy_result
