@@ -1,8 +1,17 @@
-"""Helpers the figures' analyses share: claims, loss ratios, the gap to the theory, training rows."""
+"""Helpers the figures' analyses share: claims, loss ratios, the gap to the theory, training rows.
+
+A claim never holds on a value that is missing or NaN (a cell stores a non-finite number as
+JSON null): :func:`holds` is False for it, and the aggregations (:func:`worst`, :func:`mean`,
+:func:`max_theory_gap`) return None when any value they aggregate is missing, where ``max()``
+and ``np.mean`` of the values that remain would hide it.
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+import math
+from typing import Callable, Iterable
+
+import numpy as np
 
 from ..sweep import CellOutcome
 
@@ -12,20 +21,53 @@ def claim(text: str, measured: str, paper: str, holds: bool | None, value=None) 
     return {"claim": text, "measured": measured, "paper": paper, "holds": holds, "value": value}
 
 
+def missing(v) -> bool:
+    """True for None (JSON null) and NaN."""
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def holds(value, test: Callable) -> bool:
+    """``test(value)`` as a bool; False when ``value`` (or any entry of a list/tuple of them) is missing."""
+    parts = value if isinstance(value, (list, tuple)) else [value]
+    return not any(missing(v) for v in parts) and bool(test(value))
+
+
+def worst(values: Iterable) -> float | None:
+    """max of ``values``; None when there are none or any is missing (``max`` would skip a NaN)."""
+    values = list(values)
+    return None if not values or any(missing(v) for v in values) else max(values)
+
+
+def mean(values: Iterable) -> float | None:
+    """``np.mean`` of ``values``; None when there are none or any is missing."""
+    values = list(values)
+    return None if not values or any(missing(v) for v in values) else float(np.mean(values))
+
+
+def std(values: Iterable) -> float | None:
+    """``np.std`` of ``values``; None when there are none or any is missing."""
+    values = list(values)
+    return None if not values or any(missing(v) for v in values) else float(np.std(values))
+
+
+def div(a, b) -> float | None:
+    """a / b; None when either is missing or b is 0."""
+    return None if missing(a) or missing(b) or b == 0 else a / b
+
+
 def ratio(rec: list, step: int) -> float | None:
     """L_step / L_0 of a training run's records."""
-    if len(rec) <= step or rec[0]["train_loss"] in (None, 0):
+    if len(rec) <= step:
         return None
-    v = rec[step]["train_loss"]
-    return None if v is None else v / rec[0]["train_loss"]
+    return div(rec[step]["train_loss"], rec[0]["train_loss"])
 
 
 def max_theory_gap(rec: list, key: str = "theory_train_loss") -> float | None:
-    """max_t |L_t − L_t^theory| / L_0."""
-    if not rec or not rec[0]["train_loss"]:
+    """max_t |L_t − L_t^theory| / L_0; None when a loss or its prediction is missing at some step."""
+    if not rec:
         return None
-    gaps = [abs(r["train_loss"] - r[key]) for r in rec if r["train_loss"] is not None and r.get(key) is not None]
-    return max(gaps) / rec[0]["train_loss"] if gaps else None
+    gaps = [None if missing(r["train_loss"]) or missing(r.get(key)) else abs(r["train_loss"] - r[key]) for r in rec]
+    return div(worst(gaps), rec[0]["train_loss"])
 
 
 def fmt(v, spec=".3g") -> str:

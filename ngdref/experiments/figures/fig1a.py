@@ -12,7 +12,7 @@ optimal η) still beats GD at its optimal η; the network's loss stays on the Eq
 from __future__ import annotations
 
 from ..sweep import Cell, CellOutcome
-from .analysis import claim, fmt, max_theory_gap, ratio, training_rows
+from .analysis import claim, fmt, holds, max_theory_gap, ratio, training_rows, worst
 from .base import Figure, mnist, net
 from .cells import train_cell, with_backend
 from .plotting import FLOOR, colors, plot_runs, quick_suffix, runs_by
@@ -50,17 +50,17 @@ def analyse(config: dict, outcomes: list[CellOutcome]) -> tuple[list, list, dict
     for label in ("BD c=1", "exact c=1"):
         r = ratio(runs[label]["records"], 1)
         claims.append(claim(f"{label} (η = {'1/L' if label.startswith('BD') else '1'}): loss after 1 step / initial",
-                            fmt(r), "one-step convergence (→ 0 as M → ∞)", None if r is None else r < 0.1, r))
+                            fmt(r), "one-step convergence (→ 0 as M → ∞)", holds(r, lambda v: v < 0.1), r))
     bd, gd = runs["BD c=0.25"]["records"], runs["GD η=1/λmax"]["records"]
     lb, lg = bd[-1]["train_loss"], gd[-1]["train_loss"]
     claims.append(claim(f"BD c=0.25 vs GD η=1/λ_max(Θ): loss after {len(bd) - 1} steps",
                         f"BD {fmt(lb)} vs GD {fmt(lg)}",
                         "BD-NGD without its optimal η converges faster than GD with its optimal η",
-                        None if lb is None or lg is None else lb < lg, [lb, lg]))
+                        holds([lb, lg], lambda v: v[0] < v[1]), [lb, lg]))
     gaps = {label: max_theory_gap(res["records"]) for label, res in runs.items()}
-    worst = max((g for g in gaps.values() if g is not None), default=None)
+    gap = worst(gaps.values())
     claims.append(claim("network vs NTK dynamics (Eq. 10): max_t |L_t − L_t^theory| / L_0 over all runs",
-                        fmt(worst), "circles coincide with lines", None if worst is None else worst < 0.05, worst))
+                        fmt(gap), "circles coincide with lines", holds(gap, lambda v: v < 0.05), gap))
     return rows, claims, {"theory_gap_per_run": gaps}
 
 

@@ -16,7 +16,7 @@ import math
 import numpy as np
 
 from ..sweep import Cell, CellOutcome
-from .analysis import claim, fmt, max_theory_gap, ratio, training_rows
+from .analysis import claim, div, fmt, holds, max_theory_gap, missing, ratio, training_rows, worst
 from .base import Figure, mnist, net
 from .cells import train_cell, with_backend
 from .plotting import FLOOR, colors, floored, plot_runs, quick_suffix, runs_by
@@ -50,6 +50,11 @@ def cells(config: dict, backend: str = "numpy", dtype: str = "float64") -> list[
     return out
 
 
+def _gappy(res: dict) -> bool:
+    """A run that finished ("ok") but lacks a loss at some step: its cell holds a NaN or is damaged."""
+    return res["status"] == "ok" and any(missing(r["train_loss"]) for r in res["records"])
+
+
 def _approach_to_rho0(by: dict, order: list, claims: list, extra: dict) -> None:
     """L = 4: the damped dynamics against the ρ = 0 (NTK) dynamics."""
     ref = by.get((4, 0.0))
@@ -59,33 +64,38 @@ def _approach_to_rho0(by: dict, order: list, claims: list, extra: dict) -> None:
     dist = {}
     for rho in order:
         rec = by[(4, rho)]["records"]
-        pairs = [(a["train_loss"], b["train_loss"]) for a, b in zip(rec, ref["records"])]
         ok = by[(4, rho)]["status"] == "ok"
-        dist[rho] = max(abs(a - b) for a, b in pairs if a is not None and b is not None) / l0 if ok else None
+        gaps = [None if missing(a["train_loss"]) or missing(b["train_loss"]) else abs(a["train_loss"] - b["train_loss"])
+                for a, b in zip(rec, ref["records"])]
+        dist[rho] = div(worst(gaps), l0) if ok else None
     vals = [dist[r] for r in order]
-    closer = vals[-1] is not None and vals[-1] < 0.05 and (vals[0] is None or vals[-1] < vals[0])
+    # a run that stopped has no distance (shown by its status); a missing one of a finished run fails the claim
+    complete = not _gappy(ref) and all(dist[r] is not None for r in order if by[(4, r)]["status"] == "ok")
+    closer = complete and holds(vals[-1], lambda v: v < 0.05) and (vals[0] is None or vals[-1] < vals[0])
     claims.append(claim("L=4: max_t |L_t(ρ) − L_t(ρ=0)| / L_0 for ρ = " + ", ".join(f"{r:g}" for r in order),
                         ", ".join(fmt(v, ".2g") if v is not None else by[(4, r)]["status"]
                                   for v, r in zip(vals, order)),
                         "dynamics get closer to ρ = 0 (the NTK dynamics) as ρ → 0", closer, dist))
     fin = ratio(ref["records"], len(ref["records"]) - 1)
     claims.append(claim(f"L=4, ρ=0: loss after {len(ref['records']) - 1} steps / initial", fmt(fin),
-                        "converges (α = 2, f_t − y ∝ (1 − αη)^t = 0.5^t)", None if fin is None else fin < 1e-3, fin))
+                        "converges (α = 2, f_t − y ∝ (1 − αη)^t = 0.5^t)", holds(fin, lambda v: v < 1e-3), fin))
     theory_gap = max_theory_gap(ref["records"])
     claims.append(claim("L=4, ρ=0: max_t |L_t − L_t^theory (Eq. 10)| / L_0", fmt(theory_gap),
-                        "network follows the NTK dynamics", None if theory_gap is None else theory_gap < 0.05,
-                        theory_gap))
+                        "network follows the NTK dynamics", holds(theory_gap, lambda v: v < 0.05), theory_gap))
     extra["L4_distance_to_rho0"] = dist
 
 
 def _instability(config: dict, by: dict, order: list) -> dict:
-    """Per run: the largest rebound max_t L_t / min_{s<t} L_s (1 for a monotone decrease), beside η·λ_max(Θ̄_0)."""
+    """Per run: the largest rebound max_t L_t / min_{s<t} L_s (1 for a monotone decrease), beside η·λ_max(Θ̄_0).
+
+    A run that finished but lacks a loss at some step is marked ``gappy``: no claim holds on it.
+    """
     runs = {}
     for depth in config["depths"]:
         for rho in order:
             res = by[(depth, rho)]
             rec = res["records"]
-            losses = [r["train_loss"] for r in rec if r["train_loss"] is not None]
+            losses = [r["train_loss"] for r in rec if not missing(r["train_loss"])]
             rebound, low = 1.0, math.inf
             for v in losses:
                 if low < math.inf and low > 0:
@@ -95,11 +105,12 @@ def _instability(config: dict, by: dict, order: list) -> dict:
             lam = tb.get("lambda_max")
             runs[(depth, rho)] = {
                 "rebound": rebound if losses else None,
-                "max_loss_over_initial": (max(losses) / losses[0]) if losses else None,
+                "max_loss_over_initial": div(max(losses), losses[0]) if losses else None,
                 "final_loss_over_initial": ratio(rec, len(rec) - 1), "status": res["status"],
                 "stopped_at_step": rec[-1]["step"] if rec else None,
                 "lambda_min_theta_bar": tb.get("lambda_min"), "lambda_max_theta_bar": lam,
-                "eta_lambda_max": None if lam is None else config["lr"] * lam,
+                "eta_lambda_max": None if missing(lam) else config["lr"] * lam,
+                "gappy": _gappy(res),
             }
     return runs
 
@@ -129,21 +140,24 @@ def analyse(config: dict, outcomes: list[CellOutcome]) -> tuple[list, list, dict
         return [r for r in order if runs[(depth, r)]["status"] != "ok"
                 or (runs[(depth, r)]["rebound"] or 0) > 10]
 
+    def gappy(depth):
+        return any(runs[(depth, r)]["gappy"] for r in order)
+
     head = "max_t L_t / min_{s<t} L_s [η·λ_max(Θ̄_0)] for ρ = " + ", ".join(f"{r:g}" for r in order)
     if 4 in config["depths"]:
         claims.append(claim(f"L=4: {head}", describe(4), "no explosion at L = 4 (Σ invertible, Theorem 4.1)",
-                            not unstable(4), {"unstable_at": unstable(4)}))
+                            not unstable(4) and not gappy(4), {"unstable_at": unstable(4)}))
     if 5 in config["depths"]:
         bad = [r for r in unstable(5) if r != order[0]]
         claims.append(claim(f"L=5: {head}", describe(5), "training explodes as ρ becomes small (Σ singular, L = 3s+2)",
-                            bool(bad), {"unstable_at": bad}))
+                            bool(bad) and not gappy(5), {"unstable_at": bad}))
         small = runs[(5, order[-1])]
         fin = small["final_loss_over_initial"]
         diverged = small["status"] != "ok"
         claims.append(claim(
             f"L=5, smallest ρ = {order[-1]:g}: loss after {small['stopped_at_step']} steps / initial",
             fmt(fin) + ("" if not diverged else f" ({small['status']})"),
-            "explodes as ρ → 0", diverged or (fin is not None and fin > 1.0), small))
+            "explodes as ρ → 0", not small["gappy"] and (diverged or holds(fin, lambda v: v > 1.0)), small))
         refused = by.get((5, 0.0))
         if refused is not None:
             claims.append(claim("L=5, ρ=0", refused["status"] + (": Lemma 4.3" if refused["status"] == "refused" else ""),

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..sweep import Cell, CellOutcome
-from .analysis import claim, fmt, max_theory_gap, ratio, training_rows
+from .analysis import claim, div, fmt, holds, max_theory_gap, ratio, training_rows, worst
 from .base import Figure, mnist, net
 from .cells import train_cell, with_backend
 from .plotting import FLOOR, colors, plot_runs, quick_suffix, runs_by
@@ -68,19 +68,18 @@ def analyse(config: dict, outcomes: list[CellOutcome]) -> tuple[list, list, dict
         a_an = s.get("alpha")
         a_meas = (s.get("theta_bar_train") or {}).get("mean_diagonal")
         r1 = ratio(one["records"], 1)
-        gap = max((g for g in (max_theory_gap(o.result["records"], "isotropic_train_loss") for o in outs)
-                   if g is not None), default=None)
+        gap = worst(max_theory_gap(o.result["records"], "isotropic_train_loss") for o in outs)
         ref = PAPER_ALPHA_OVER_M.get(lab)
         claims.append(claim(f"{lab}: α/M (S.128/S.157, used for η = c/α) [measured mean diag of Θ̄_0 / M at "
                             f"ρ = {config['damping']:g}]",
-                            f"{fmt(a_an / width if a_an else None, '.4f')} [{fmt(a_meas / width if a_meas else None, '.4f')}]",
+                            f"{fmt(div(a_an, width), '.4f')} [{fmt(div(a_meas, width), '.4f')}]",
                             f"α = M·{ref:g}{'…' if lab.startswith('shifted') else ''} (Fig. S.1 caption)",
-                            None if a_an is None or ref is None else abs(a_an / width - ref) < 0.005,
+                            None if ref is None else holds(a_an, lambda a: abs(a / width - ref) < 0.005),
                             {"analytic": a_an, "measured": a_meas}))
         claims.append(claim(f"{lab}: c=1 loss after 1 step / initial; max_t |L_t − Eq. 24| / L_0 (c = "
                             + ", ".join(f"{c:g}" for c in config["lr_scales"]) + ")",
                             f"{fmt(r1)}; {fmt(gap)}", "one-step convergence; circles on the Eq. 24 lines",
-                            None if r1 is None or gap is None else (r1 < 0.1 and gap < 0.05), {"ratio": r1, "gap": gap}))
+                            holds([r1, gap], lambda v: v[0] < 0.1 and v[1] < 0.05), {"ratio": r1, "gap": gap}))
         extra[lab] = {"alpha_analytic": a_an, "alpha_measured": a_meas, "one_step_ratio": r1, "max_gap_eq24": gap}
     return rows, claims, extra
 
@@ -94,7 +93,7 @@ def draw(plt, config: dict, rows: list[dict], extra: dict):
         runs = runs_by([r for r in rows if r["activation"] == act], lambda r: f"c = {r['lr_scale']:g}")
         plot_runs(ax, runs, palette, theory_key="isotropic_train_loss")
         alpha = next(r["alpha"] for r in rows if r["activation"] == act)
-        ax.set_title(f"{act}: α/M = {alpha / width:.4f}", fontsize=10)
+        ax.set_title(f"{act}: α/M = {fmt(div(alpha, width), '.4f')}", fontsize=10)
         ax.set_ylim(bottom=FLOOR)
         ax.legend(fontsize=8)
     fig.suptitle(f"Fig. S.1{quick_suffix(config)}: unit-wise NGD, η = c/α, M = {width} "
