@@ -6,13 +6,13 @@ import shlex
 from pathlib import Path
 
 import click
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.markup import escape
 from rich.table import Table
 
 from ngdref.experiments.figures.registry import REGISTRY
 
-from .common import UserError, consoles, emit_json, handle_errors, json_option
+from .common import EXIT_INTERRUPTED, UserError, consoles, emit_json, handle_errors, json_option, progress_bar
 
 FIGURE_CHOICES = (*REGISTRY, "all")
 
@@ -36,7 +36,8 @@ def _mark(holds):
               help="Output folder (default out/<figure>; with 'all', DIR/<figure> for each figure).")
 @click.option("--data", default=None, metavar="PATH",
               help="fig2 only: a folder with MNIST IDX files or CIFAR-10 python batches (default: bundled MNIST subset).")
-@click.option("--jobs", "-j", default=1, show_default=True, type=int, help="Run the sweep's cells in N local processes.")
+@click.option("--jobs", "-j", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Run the sweep's cells in N local processes.")
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="Run the cells on a Dask distributed cluster (needs: pip install 'ngdref[dask]').")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1),
@@ -48,46 +49,60 @@ def _mark(holds):
 @handle_errors
 def reproduce(settings, figure, quick, out, data, jobs, scheduler, threads, fresh, json_path):
     """Regenerate FIGURE (the help text, HELP, comes from the figure registry)."""
+    from ngdref.experiments.figures.registry import figure_config
     from ngdref.experiments.figures.run import run_figure
-    from ngdref.experiments.sweep import describe_executor, make_executor
+    from ngdref.experiments.sweep import CellError, check_scheduler_address, describe_executor, make_executor
 
-    if jobs < 1:
-        raise UserError(f"--jobs must be >= 1, got {jobs}")
-    if data is not None and data != "mnist" and not Path(data).is_dir():
-        raise UserError(f"--data {data!r} is not a folder (expected MNIST IDX files or CIFAR-10 python batches)")
     names = list(REGISTRY) if figure == "all" else [figure]
-    backend = settings.backend()  # validates --backend/--dtype before any work
+    # every check a user can fail comes before any work and any file
+    if scheduler is not None:
+        if jobs > 1:
+            raise UserError("--jobs and --scheduler are exclusive (the Dask cluster sets the parallelism)")
+        check_scheduler_address(scheduler)
+    if data is not None:
+        _check_data(data, figure)
+    folders = {name: _folder(out, name, figure) for name in names}
+    backend = settings.backend()  # validates --backend/--dtype
+    configs = {name: figure_config(name, quick, data, settings.seed) for name in names}  # fig2: hashes --data
     con = consoles(json_path)
     err = consoles("-")
     records = []
     with make_executor(jobs, scheduler) as executor:
         for name in names:
-            if out is None:
-                folder = Path("out") / name
-            else:
-                folder = Path(out) / name if figure == "all" else Path(out)
+            folder = folders[name]
             args = ["ngdref"]
             if settings.seed:
                 args += ["--seed", str(settings.seed)]
             if backend.name != "numpy" or backend.dtype_name != "float64":
                 args += ["--backend", backend.name, "--dtype", backend.dtype_name]
             args += ["reproduce", name] + (["--quick"] if quick else []) + (["--threads", str(threads)] if threads != 1 else []) + (["--data", data] if data and name == "fig2" else [])
-            with Progress(TextColumn(f"[bold]{name}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[last]}"),
-                          TimeElapsedColumn(), console=err, transient=True) as bar:
+            with progress_bar(TextColumn(f"[bold]{name}"), BarColumn(), MofNCompleteColumn(),
+                              TextColumn("{task.fields[last]}"), TimeElapsedColumn(), console=err) as bar:
                 task = bar.add_task(name, total=None, last="")
 
                 def progress(done, total, outcome, bar=bar, task=task):
                     tag = "cached" if outcome.cached else f"{outcome.seconds:.1f}s"
                     bar.update(task, total=total, completed=done, last=f"{outcome.key} ({tag})")
 
+                def say(line):
+                    err.print(line, markup=False, highlight=False, soft_wrap=True)
+
                 try:
                     rec = run_figure(name, folder, quick=quick, data=data, backend=backend.name, dtype=backend.dtype_name,
                                      seed=settings.seed, executor=executor, executor_name=describe_executor(jobs, scheduler),
-                                     fresh=fresh, progress=progress, command=shlex.join(args), threads=threads)
+                                     fresh=fresh, progress=progress, command=shlex.join(args), threads=threads,
+                                     config=configs[name], notice=say,
+                                     on_wait=lambda lock: say(f"waiting for another run writing into {folder} "
+                                                              f"(it holds {lock}) to finish"))
                 except KeyboardInterrupt:
                     err.print(f"[yellow]interrupted[/yellow]: the finished cells are in {folder / 'cells'}; "
                               "run the same command again to resume")
-                    raise SystemExit(130) from None
+                    raise SystemExit(EXIT_INTERRUPTED) from None
+                except CellError as exc:
+                    _cell_failed(name, exc)
+                except OSError as exc:  # the out folder became unwritable, the disk is full, …
+                    where = f" {exc.filename}" if exc.filename else ""
+                    raise UserError(f"{name}: cannot write{where}: {exc.strerror or exc}") from None
             records.append(rec)
             table = Table(title=REGISTRY[name].title + (" [quick]" if quick else ""), title_justify="left")
             for col, kw in (("claim", {"ratio": 3}), ("measured", {"ratio": 3}), ("paper", {"ratio": 2}), ("", {})):
@@ -104,3 +119,39 @@ def reproduce(settings, figure, quick, out, data, jobs, scheduler, threads, fres
             if note:
                 con.print(f"data: {escape(note)}")
     emit_json(json_path, records[0] if len(records) == 1 else {"figures": records})
+
+
+def _check_data(data: str, figure: str) -> None:
+    """``--data``: fig2 only (the other figures use the paper's own inputs), a folder or ``mnist``."""
+    if figure not in ("fig2", "all"):
+        raise UserError(f"--data is used by fig2 only; {figure} uses the inputs of the paper (bundled MNIST "
+                        "subset or Gaussian inputs): drop --data")
+    if not data.strip():
+        raise UserError("--data is empty: give a folder with MNIST IDX files or CIFAR-10 python batches")
+    if data != "mnist" and not Path(data).is_dir():
+        raise UserError(f"--data {data!r} is not a folder (expected MNIST IDX files or CIFAR-10 python batches)")
+
+
+def _folder(out: str | None, name: str, figure: str) -> Path:
+    """The output folder of figure ``name``, refused (UserError) when it cannot be written."""
+    from ngdref.io import folder_problem
+
+    if out is not None:
+        problem = folder_problem(out)
+        if problem:
+            raise UserError(f"--out {out!r} {problem}")
+    folder = Path("out") / name if out is None else (Path(out) / name if figure == "all" else Path(out))
+    problem = folder_problem(folder)
+    if problem:
+        raise UserError(f"output folder {str(folder)!r} {problem}")
+    return folder
+
+
+def _cell_failed(name: str, exc) -> None:
+    """One line for a failed cell: exit 2 when the user can fix the cause, 1 for a bug or a crashed worker."""
+    log = getattr(exc, "log", None)
+    line = f"{name}: {exc}" + (f" (full traceback in {log})" if log else "")
+    if exc.user_caused:
+        raise UserError(line) from None
+    click.echo(f"Error: {line}", err=True)
+    raise SystemExit(1)

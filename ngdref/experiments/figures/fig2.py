@@ -8,32 +8,72 @@ drawn from the infinite-width output Gaussian process (covariance σ_w² A_{L−
 L = 3, ReLU, M = 4096; two-class (0/7) and ten-class tasks.
 
 Claim: the approximate Fishers give test accuracies comparable to exact NGD.
+
+Cells are keyed by the data's content (:func:`data_digest`, a SHA-256 of the data files'
+bytes, computed once per configuration), not only by the folder's path, so data regenerated in
+the same folder is never answered from stale cells; and by the dtype, so that a run with another
+``--dtype`` never reuses these cells (the analytic kernels themselves are float64 on the host).
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 
+from ...errors import ConfigError
 from ..sweep import Cell, CellOutcome
-from .analysis import claim, fmt
+from .analysis import claim, fmt, holds, mean, missing, std, worst
 from .base import Figure, mnist, net
-from .cells import dataset, network
+from .cells import NUMBER, dataset, network, result_problem
 from .plotting import quick_suffix
 
 NAME = "fig2"
+
+CIFAR_SUBDIR = "cifar-10-batches-py"
+
+
+def _data_file(path: Path) -> bool:
+    """A file the folder loaders can read: MNIST IDX (``*-ubyte``, ``*-ubyte.gz``) or a CIFAR-10 batch."""
+    name = path.name
+    return path.is_file() and (name.endswith(("ubyte", "ubyte.gz")) or name.startswith(("data_batch", "test_batch")))
+
+
+def data_digest(folder: str | Path) -> str:
+    """SHA-256 of the names and bytes of the data files in ``folder`` and its CIFAR-10 subfolder.
+
+    These are every file :func:`ngdref.data.load_dataset` can read from the folder. The bytes
+    are hashed, because a regenerated file can keep its size and modification time. ConfigError
+    when the folder holds no such file.
+    """
+    root = Path(folder)
+    files = sorted(p for sub in (root, root / CIFAR_SUBDIR) if sub.is_dir() for p in sub.iterdir() if _data_file(p))
+    if not files:
+        raise ConfigError(f"--data {str(folder)!r} holds no MNIST IDX files (train-images-idx3-ubyte, …) "
+                          f"or CIFAR-10 python batches (data_batch_1..5, test_batch)")
+    h = hashlib.sha256()
+    try:
+        for f in files:
+            h.update(f"{f.relative_to(root)}\0".encode())
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {f}: {exc.strerror or exc}") from None
+    return "sha256:" + h.hexdigest()
 
 
 def config(quick: bool = False, data: str | None = None, seed: int = 0) -> dict:
     """``data``: a folder with MNIST IDX files or CIFAR-10 python batches (default: the bundled MNIST subset)."""
     if data and data not in ("mnist",):
-        two = {"source": str(data), "classes": [0, 7], "n_train": 10000, "n_test": 2000, "seed": seed,
-               "input_dim": 100}
-        ten = {"source": str(data), "classes": list(range(10)), "n_train": 10000, "n_test": 10000,
+        content = data_digest(data)
+        two = {"source": str(data), "content": content, "classes": [0, 7], "n_train": 10000, "n_test": 2000,
                "seed": seed, "input_dim": 100}
+        ten = {"source": str(data), "content": content, "classes": list(range(10)), "n_train": 10000,
+               "n_test": 10000, "seed": seed, "input_dim": 100}
         if quick:
             two.update(n_train=100, n_test=100)
             ten.update(n_train=200, n_test=100)
@@ -58,6 +98,7 @@ def config(quick: bool = False, data: str | None = None, seed: int = 0) -> dict:
         "f0": "infinite-width output Gaussian process, covariance σ_w² A_{L−1} + σ_b² (analytic, Section E), "
               "sampled jointly on train + test inputs, independently per output",
         "data_note": note,
+        "arithmetic": "float64 NumPy on the host (analytic kernels), whatever --backend and --dtype",
     }
 
 
@@ -80,13 +121,25 @@ def fig2_cell(p: dict) -> dict:
             "f0_jitter": predictor.jitter, "f0_train_std": float(np.std(f0)), "data": predictor.dataset.to_dict()}
 
 
+def _check_fig2_result(r: dict, p: dict) -> str | None:
+    problem = result_problem(r, {"seed": (int, type(None)), "accuracy": dict, "methods": dict, "f0_jitter": NUMBER,
+                                 "f0_train_std": NUMBER, "data": dict})
+    return problem or result_problem(r["accuracy"], {m: NUMBER for m in p["methods"]}, "accuracy ") \
+        or result_problem(r["methods"], {m: dict for m in p["methods"]}, "methods ") \
+        or result_problem(r["data"], {"name": str, "n_train": int, "n_test": int}, "data ")
+
+
+fig2_cell.check_result = _check_fig2_result
+
+
 def cells(config: dict, backend: str = "numpy", dtype: str = "float64") -> list[Cell]:
-    """One cell per task and f_0 draw, plus f_0 = 0; analytic kernels on the host (no backend in the parameters)."""
+    """One cell per task and f_0 draw, plus f_0 = 0; analytic kernels on the host (no backend in the
+    parameters), keyed by the dtype all the same so that runs with different dtypes never share cells."""
     out = []
     for task in config["tasks"]:
         for seed in [None, *config["seeds"]]:
             p = {"figure": NAME, "task": task["name"], "data": task["data"], "network": config["network"],
-                 "methods": task["methods"], "seed": seed}
+                 "methods": task["methods"], "seed": seed, "dtype": dtype}
             out.append(Cell.make(NAME, fig2_cell, p, f"{task['name']}-{'mean' if seed is None else f's{seed}'}"))
     return out
 
@@ -99,25 +152,28 @@ def analyse(config: dict, outcomes: list[CellOutcome]) -> tuple[list, list, dict
         seeded = [o.result for o in outs if o.params["seed"] is not None]
         stats = {}
         for m in task["methods"]:
-            accs = [r["accuracy"][m] for r in seeded if r["accuracy"].get(m) is not None]
-            stats[m] = {"mean": float(np.mean(accs)) if accs else None,
-                        "std": float(np.std(accs)) if accs else None,
-                        "f0_zero": mean_pred["accuracy"].get(m), "n_seeds": len(accs),
+            if "error" in mean_pred["methods"].get(m, {}):  # not applicable here (said in the table)
+                accs, f0_zero = [], None
+            else:  # every draw counts: a missing accuracy makes the mean missing, not a mean of the rest
+                accs, f0_zero = [r["accuracy"].get(m) for r in seeded], mean_pred["accuracy"].get(m)
+            stats[m] = {"mean": mean(accs), "std": std(accs), "f0_zero": f0_zero, "n_seeds": len(accs),
                         **mean_pred["methods"].get(m, {})}
             for r in seeded:
                 rows.append({"task": task["name"], "method": m, "seed": r["seed"], "accuracy": r["accuracy"].get(m)})
             rows.append({"task": task["name"], "method": m, "seed": "f0=0", "accuracy": mean_pred["accuracy"].get(m)})
         summary[task["name"]] = {"methods": stats, "data": mean_pred["data"], "f0_jitter": mean_pred["f0_jitter"]}
-        means = [s["mean"] for s in stats.values() if s["mean"] is not None]
-        spread = (max(means) - min(means)) if means else None
+        applicable = [s for s in stats.values() if "error" not in s]
+        means = [s["mean"] for s in applicable]
+        complete = all(not missing(s["f0_zero"]) for s in applicable)
+        spread = None if worst(means) is None else worst(means) - min(means)
         d = mean_pred["data"]
         claims.append(claim(
             f"{task['name']} ({d['name']}, N={d['n_train']}, N'={d['n_test']}): test accuracy, mean ± std over "
             f"{len(seeded)} draws of f_0 [f_0 = 0]",
             "; ".join(f"{m} {fmt(s['mean'], '.3f')}±{fmt(s['std'], '.3f')} [{fmt(s['f0_zero'], '.3f')}]"
-                      if s["mean"] is not None else f"{m} n/a ({s.get('error', '')})" for m, s in stats.items()),
+                      if "error" not in s else f"{m} n/a ({s['error']})" for m, s in stats.items()),
             "approximate FIMs give comparable accuracy to exact NGD",
-            None if spread is None else spread < 0.05, stats))
+            complete and holds(spread, lambda v: v < 0.05), stats))
     return rows, claims, summary
 
 
@@ -130,11 +186,12 @@ def draw(plt, config: dict, rows: list[dict], extra: dict):
         x = np.arange(len(ms))
         for i, m in enumerate(ms):
             accs = [r["accuracy"] for r in rows if r["task"] == task["name"] and r["method"] == m
-                    and r["seed"] != "f0=0" and r["accuracy"] is not None]
+                    and r["seed"] != "f0=0" and not missing(r["accuracy"])]
             ax.plot(np.full(len(accs), i) + 0.12, accs, ".", color="0.6", ms=4)
         ax.errorbar(x, [st[m]["mean"] for m in ms], yerr=[st[m]["std"] for m in ms], fmt="s", capsize=5,
                     color="C0", label="mean ± std over f_0 draws")
-        ax.plot(x, [st[m]["f0_zero"] for m in ms], "o", mfc="none", color="C3", ms=9, label="f_0 = 0 (α⁻¹Θ̄y)")
+        ax.plot(x, [np.nan if missing(st[m]["f0_zero"]) else st[m]["f0_zero"] for m in ms], "o", mfc="none",
+                color="C3", ms=9, label="f_0 = 0 (α⁻¹Θ̄y)")
         ax.set_xticks(x, ms)
         d = extra[task["name"]]["data"]
         ax.set_title(f"{task['name']}: {Path(str(d['name'])).name}, N={d['n_train']}, N'={d['n_test']}", fontsize=10)

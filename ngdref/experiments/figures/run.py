@@ -4,18 +4,24 @@
     DIR/<figure>.json    full configuration, software versions, claims, rows, wall time
     DIR/<figure>.png     the plot (needs matplotlib, the ``plot`` extra)
     DIR/cells/*.json     one file per finished cell (resume; ``fresh`` recomputes)
+    DIR/errors.log       the full traceback of a cell that failed (appended)
+
+A run holds the folder's lock (:func:`ngdref.io.folder_lock`) from its first cell to its last
+file, so two runs into one folder take turns: the second reuses the first's cells and writes
+the same files a run of its own would.
 """
 
 from __future__ import annotations
 
 import csv
+import datetime
 import io
 import time
 from pathlib import Path
 from typing import Callable
 
-from ...io import software_versions, write_atomic, write_json
-from ..sweep import DEFAULT_CELL_THREADS, CellOutcome, run_cells
+from ...io import folder_lock, one_line, software_versions, write_atomic, write_json
+from ..sweep import DEFAULT_CELL_THREADS, CellError, CellOutcome, run_cells
 from .registry import get_figure
 
 
@@ -49,22 +55,57 @@ def run_figure(
     command: str | None = None,
     plot: bool = True,
     threads: int = DEFAULT_CELL_THREADS,
+    config: dict | None = None,
+    notice: Callable[[str], None] | None = None,
+    on_wait: Callable[[Path], None] | None = None,
 ) -> dict:
-    """Run figure ``name`` (cells through ``executor``), write CSV/JSON/PNG into ``out_dir``; return the record."""
-    t0 = time.perf_counter()
+    """Run figure ``name`` (cells through ``executor``), write CSV/JSON/PNG into ``out_dir``; return the record.
+
+    ``config``: the figure's configuration when the caller built it already (checks before any
+    work; fig2 hashes its data once); ``notice``: one line per stored cell found malformed
+    (recomputed); ``on_wait(lock)``: called before waiting for another run writing ``out_dir``.
+    A failing cell raises :class:`~ngdref.experiments.sweep.CellError` after its traceback was
+    appended to ``out_dir/errors.log`` (``err.log`` is that path).
+    """
     figure = get_figure(name)
-    config = figure.config(quick, data, seed)
+    config = figure.config(quick, data, seed) if config is None else config
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out, on_wait):
+        t0 = time.perf_counter()  # the wall time of this run, not of its wait for another
+        return _run_locked(figure, config, out, backend, dtype, seed, executor, executor_name, fresh, progress,
+                           command, plot, threads, notice, t0)
+
+
+def _log_failure(out: Path, err: CellError) -> None:
+    log = out / "errors.log"
+    stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    try:
+        with open(log, "a") as fh:
+            fh.write(f"--- {stamp} cell {err.key}\n{err.traceback_text}\n")
+        err.log = str(log)
+    except OSError:
+        err.log = None
+
+
+def _run_locked(figure, config, out, backend, dtype, seed, executor, executor_name, fresh, progress, command, plot,
+                threads, notice, t0) -> dict:
+    name = figure.name
     cells = figure.cells(config, backend, dtype)
-    outcomes = run_cells(cells, executor, out / "cells", fresh, progress, threads)
+    try:
+        outcomes = run_cells(cells, executor, out / "cells", fresh, progress, threads, notice)
+    except CellError as err:
+        _log_failure(out, err)
+        raise
     rows, claims, extra = figure.analyse(config, outcomes)
     files = {"csv": str(out / f"{name}.csv"), "json": str(out / f"{name}.json")}
     write_atomic(files["csv"], rows_to_csv(rows))
     plot_status = "not requested"
     if plot:
         png = out / f"{name}.png"
-        plot_status = figure.plot(config, rows, extra, png)
+        try:
+            plot_status = figure.plot(config, rows, extra, png)
+        except Exception as exc:  # noqa: BLE001 - a drawing bug must not lose the data and the claims
+            plot_status = f"plot failed ({one_line(f'{type(exc).__name__}: {exc}', 200)}); the data were written"
         if plot_status == "ok":
             files["png"] = str(png)
     record = {
