@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import concurrent.futures
+import copy
 import csv
 import json
+import math
 import sys
 
 import pytest
 from click.testing import CliRunner
 
-from ngdref.experiments.figures import FIGURES, build_cells, figure_config
+from ngdref.experiments.figures import FIGURES, build_cells, figure_config, get_figure
 from ngdref.experiments.sweep import InProcessExecutor, make_executor, run_cells
 from ngdref_cli.main import cli
 
@@ -109,6 +111,54 @@ def test_figS1_unit_wise_converges(quick):
 def test_figS2_alpha_matches_s157(quick):
     _, rec, _ = quick("figS2")
     assert rec["claims"][0]["value"] < 0.03
+
+
+def _poison_record(label_of, label, index):
+    """Set the training loss at step ``index`` of the run labelled ``label``."""
+    def poison(outcomes, value):
+        o = next(o for o in outcomes if label_of(o.params) == label)
+        o.result["records"][index]["train_loss"] = value
+    return poison
+
+
+def _poison_result(match, key, sub=None):
+    """Set ``key`` (of ``result[sub]``) in the last cell whose parameters ``match``."""
+    def poison(outcomes, value):
+        o = [o for o in outcomes if match(o.params)][-1]
+        (o.result[sub] if sub else o.result)[key] = value
+    return poison
+
+
+#: per figure: a claim (its start) and the value to spoil, one its aggregation must not skip (never
+#: the first: ``max`` returns a NaN that comes first but skips one that comes later)
+POISON = {
+    "fig1a": ("network vs NTK", _poison_record(lambda p: p["label"], "exact c=1", 2)),
+    "fig1b": ("L=4: max_t L_t / min", _poison_record(lambda p: (p["network"]["depth"], p["train"]["damping"]),
+                                                      (4, 1e-4), 3)),
+    "fig2": ("two-class", _poison_result(lambda p: p["task"] == "two-class", "bd", sub="accuracy")),
+    "fig3": ("cond(Θ̄) at M = 512: diagonal",
+             _poison_result(lambda p: p["fim"] == "diag" and p["width"] == 512, "condition_number")),
+    "figS1": ("relu: c=1", _poison_record(lambda p: (p["network"]["activation"], p["train"]["lr_scale"]),
+                                          ("relu", 0.5), 2)),
+    "figS2": ("α/M measured", _poison_result(lambda p: True, "alpha_measured")),
+}
+
+
+@pytest.mark.parametrize("value", [math.nan, None], ids=["nan", "null"])
+@pytest.mark.parametrize("name", FIGURES)
+def test_a_missing_value_fails_the_claim_it_feeds(quick, name, value):
+    """A NaN (or JSON null) anywhere a claim aggregates makes that claim fail; the analysis runs on."""
+    out, rec, _ = quick(name)
+    figure = get_figure(name)
+    config = rec["config"]
+    outcomes = run_cells(build_cells(config), cell_dir=out / "cells")
+    assert all(o.cached for o in outcomes)
+    start, poison = POISON[name]
+    assert _claim({"claims": figure.analyse(config, outcomes)[1]}, start)["holds"] is True
+    poisoned = copy.deepcopy(outcomes)
+    poison(poisoned, value)
+    _, claims, _ = figure.analyse(config, poisoned)
+    assert _claim({"claims": claims}, start)["holds"] is False
 
 
 # ---------------------------------------------------------------------------------------
@@ -270,7 +320,8 @@ def test_run_cells_skips_stored_and_recomputes_corrupt(tmp_path):
     (tmp_path / f"{cells[2].key}.json").write_text("{ half-written")
     (tmp_path / f"{cells[3].key}.json").unlink()
     CALLS.clear()
-    second = run_cells(cells, cell_dir=tmp_path)
+    with pytest.warns(UserWarning, match="not valid JSON"):  # the library's default notice
+        second = run_cells(cells, cell_dir=tmp_path)
     assert sorted(CALLS) == [2, 3] and [o.cached for o in second] == [True, True, False, False]
     CALLS.clear()
     run_cells(cells, cell_dir=tmp_path, fresh=True)
