@@ -67,6 +67,8 @@ USER_ERRORS = [
     (["figS2", "--scheduler", "tcp://127.0.0.1:99999"], "port"),
     (["figS2", "--scheduler", "tcp://[::1:5"], "--scheduler"),
     (["figS2", "--scheduler", "tcp://127.0.0.1:1"], "refused"),
+    (["figS2", "--scheduler", "inproc://192.0.2.1/1/1"], "does not match"),
+    (["figS2", "--scheduler", "inproc://nonsense"], "--scheduler"),
     (["figS2", "--jobs", "0"], "--jobs"),
     (["figS2", "--jobs", "-3"], "--jobs"),
     (["figS2", "--jobs", "2", "--scheduler", "tcp://127.0.0.1:8786"], "exclusive"),

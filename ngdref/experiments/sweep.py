@@ -216,7 +216,8 @@ def check_scheduler_address(address) -> str:
     """``address`` if it is a Dask scheduler address (``[tcp://]HOST:PORT``, ``tls://…``, ``inproc://…``, …).
 
     Checked with Dask's own parsers before any client is made: a client made from a malformed
-    address raises at once but then stalls the interpreter's exit while it closes.
+    address raises at once but then stalls the interpreter's exit while it closes. An
+    ``inproc://`` address must name a scheduler running in this very process.
     """
     hint = "expected tcp://HOST:PORT (a Dask scheduler listens on port 8786 by default)"
     if not isinstance(address, str) or not address.strip():
@@ -234,6 +235,11 @@ def check_scheduler_address(address) -> str:
             host, port = parse_host_port(location)
             if not host or any(c.isspace() for c in host) or not 0 < int(port) < 65536:
                 raise ValueError(f"no host or no port in 1..65535 in {location!r}")
+        if scheme == "inproc":  # reachable only from the process that runs the scheduler
+            from distributed.comm.inproc import global_manager
+
+            if global_manager.get_listener_for(location) is None:
+                raise ValueError("no scheduler listens there in this process")
     except (ValueError, TypeError, ImportError) as exc:
         raise ConfigError(f"--scheduler {address!r} is not a Dask scheduler address ({one_line(exc, 120)}); "
                           f"{hint}") from None
