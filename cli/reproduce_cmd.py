@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 from pathlib import Path
 
@@ -141,9 +142,14 @@ def _folder(out: str | None, name: str, figure: str) -> Path:
         if problem:
             raise UserError(f"--out {out!r} {problem}")
     folder = Path("out") / name if out is None else (Path(out) / name if figure == "all" else Path(out))
-    problem = folder_problem(folder)
-    if problem:
-        raise UserError(f"output folder {str(folder)!r} {problem}")
+    for path in (folder, folder / "cells"):
+        problem = folder_problem(path)
+        if problem:
+            raise UserError(f"output folder {str(path)!r} {problem}")
+    for file in (f"{name}.csv", f"{name}.json", f"{name}.png", "errors.log"):
+        path = folder / file
+        if os.path.lexists(path) and not path.is_file():
+            raise UserError(f"{str(path)!r} exists and is not a file; move it away or choose another --out")
     return folder
 
 

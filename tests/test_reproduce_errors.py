@@ -47,6 +47,9 @@ def workdir(tmp_path, monkeypatch):
     (tmp_path / "empty").mkdir()
     (tmp_path / "notdata").mkdir()
     (tmp_path / "notdata" / "readme.txt").write_text("hello\n")
+    (tmp_path / "half" / "cells").parent.mkdir()
+    (tmp_path / "half" / "cells").write_text("a file where the cells go\n")
+    (tmp_path / "taken" / "figS2.csv").mkdir(parents=True)
     return tmp_path
 
 
@@ -57,6 +60,8 @@ USER_ERRORS = [
     (["figS2", "--out", " "], "--out"),
     (["figS2", "--out", "afile/sub"], "afile is not a folder"),
     (["all", "--out", "afile"], "not a folder"),
+    (["figS2", "--out", "half"], "cells"),
+    (["figS2", "--out", "taken"], "figS2.csv"),
     (["figS2", "--scheduler", ""], "--scheduler"),
     (["figS2", "--scheduler", "   "], "--scheduler"),
     (["figS2", "--scheduler", "foo"], "port"),
