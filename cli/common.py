@@ -274,6 +274,63 @@ def fim_options(name: str, given: dict) -> dict:
         raise UserError(str(err)) from None
 
 
+def parse_option_pairs(pairs) -> dict:
+    """``--option NAME=VALUE`` (repeatable) as ``{NAME: VALUE}``; UserError for a malformed or repeated one."""
+    out: dict = {}
+    for pair in pairs:
+        name, sep, value = str(pair).partition("=")
+        name = name.strip()
+        if not sep or not name or not value:
+            raise UserError(f"--option must look like NAME=VALUE (e.g. sigma='1,0,0;0,1,0;0,0,1'), got {pair!r}")
+        if name in out:
+            raise UserError(f"--option {name} is given twice")
+        out[name] = value
+    return out
+
+
+def options_by_fim(names, given: dict) -> dict:
+    """Each approximation's options from ``given`` (the options its spec declares), parsed and checked
+    before any work; UserError for an option none of ``names`` takes or a missing required one."""
+    from ngdref.fisher import fisher_class
+
+    takers = {key: [n for n in names if key in fisher_class(n).spec.option_names] for key in given}
+    unused = [key for key, fims in takers.items() if not fims]
+    if unused:
+        takes = sorted({o for n in names for o in fisher_class(n).spec.option_names})
+        raise UserError(f"option {', '.join(unused)} does not apply to --fim {','.join(names)}"
+                        + (f" (they take {', '.join(takes)})" if takes else " (they take no options)"))
+    out = {}
+    for name in names:
+        own = {k: v for k, v in given.items() if k in fisher_class(name).spec.option_names}
+        out[name] = fim_options(name, own)
+    return out
+
+
+def _options_help(prefix: str) -> str:
+    from ngdref.fisher import REGISTRY
+
+    items = [f"{o.name} ({name}: {o.help})" for name, cls in REGISTRY.items() for o in cls.spec.options]
+    return prefix + " " + "; ".join(items) + "."
+
+
+class FisherOptionsOption(click.Option):
+    """``--option``: its help lists every registered approximation's options when help is shown."""
+
+    def get_help_record(self, ctx):
+        prefix = self.help
+        try:
+            self.help = _options_help(prefix)
+            return super().get_help_record(ctx)
+        finally:
+            self.help = prefix
+
+
+def option_flag(fn):
+    """``--option NAME=VALUE``: an approximation's own option, declared by its spec (repeatable)."""
+    return click.option("--option", "raw_options", cls=FisherOptionsOption, multiple=True, metavar="NAME=VALUE",
+                        help="An approximation's own option, repeatable:")(fn)
+
+
 def fim_help(prefix: str) -> str:
     """``--fim`` help: the registered approximations, each with its title (read from the specs)."""
     from ngdref.fisher import REGISTRY

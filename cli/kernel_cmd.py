@@ -15,7 +15,9 @@ from .common import (
     consoles,
     data_options,
     emit_json,
-    fim_options,
+    option_flag,
+    options_by_fim,
+    parse_option_pairs,
     handle_errors,
     json_option,
     load_data,
@@ -30,19 +32,20 @@ from .common import (
 @click.option("--n-train", default=100, show_default=True, type=click.IntRange(min=1), help="N (K-FAC's α depends on it).")
 @click.option("--input-dim", default=784, show_default=True, type=click.IntRange(min=1), help="M0.")
 @click.option("--outputs", default=1, show_default=True, type=click.IntRange(min=1), help="C.")
+@option_flag
 @network_options()
 @json_option
 @click.pass_obj
 @handle_errors
-def alpha(settings, fims, n_train, input_dim, outputs, depth, width, activation, shift, sigma_w2, sigma_b2, json_path):
+def alpha(settings, fims, n_train, input_dim, outputs, raw_options, depth, width, activation, shift, sigma_w2, sigma_b2,
+          json_path):
     """Analytic α of the isotropic condition Θ̄ = αI per approximation, with q_l and γ_l (S.128–S.141)."""
     from ngdref.experiments.alpha_report import alpha_report
 
     names = check_fim_names(parse_str_list(fims))
-    for name in names:  # an approximation that needs options (layer: Σ) cannot be built here
-        fim_options(name, {})
+    options = options_by_fim(names, parse_option_pairs(raw_options))
     net = build_network(input_dim, width, depth, activation, shift, sigma_w2, sigma_b2, outputs)
-    rep = alpha_report(net, names, n_train)
+    rep = alpha_report(net, names, n_train, fim_options=options)
     con = consoles(json_path)
     t1 = Table(title=f"Order parameters, {activation}, L = {depth}, M = {width}")
     for c in ("layer", "M_l", "q_l", "γ_l", "γ_l M_l"):
@@ -67,21 +70,21 @@ def alpha(settings, fims, n_train, input_dim, outputs, depth, width, activation,
 @click.option("--seeds", default=10, show_default=True, type=click.IntRange(min=1), help="Initialisations (f_0 draws).")
 @click.option("--damping", default=None, type=FiniteFloat(min=0),
               help="ρ >= 0 for --kernel empirical (default: 0, 1e-12 for unit as in `train`).")
+@option_flag
 @network_options(default_sigma_b2=0.0)
 @data_options(default_n_train=800, default_n_test=200)
 @json_option
 @click.pass_obj
 @handle_errors
-def predict(settings, fims, kernel, seeds, damping, depth, width, activation, shift, sigma_w2, sigma_b2, data, classes,
-            n_train, n_test, input_dim, json_path):
+def predict(settings, fims, kernel, seeds, damping, raw_options, depth, width, activation, shift, sigma_w2, sigma_b2,
+            data, classes, n_train, n_test, input_dim, json_path):
     """Test accuracy of the trained model's kernel-regression prediction f_∞ (Section 4.4, Fig. 2)."""
     from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
 
     from ngdref.experiments.prediction import prediction_study
 
     names = check_fim_names(parse_str_list(fims))
-    for name in names:  # an approximation that needs options (layer: Σ) cannot be built here
-        fim_options(name, {})
+    options = options_by_fim(names, parse_option_pairs(raw_options))
     if damping is not None and kernel != "empirical":
         raise UserError("--damping applies to --kernel empirical only (the analytic Θ̄ is the ρ → 0 limit)")
     if n_test < 1:
@@ -94,7 +97,8 @@ def predict(settings, fims, kernel, seeds, damping, depth, width, activation, sh
     with progress_bar(TextColumn("[bold]predict"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                       TimeElapsedColumn(), console=consoles("-")) as bar:
         task = bar.add_task("", total=seeds)
-        rep = prediction_study(net, ds, names, kernel, seeds, backend, damping, progress=lambda k: bar.advance(task))
+        rep = prediction_study(net, ds, names, kernel, seeds, backend, damping, progress=lambda k: bar.advance(task),
+                               fim_options=options)
     con = consoles(json_path)
     table = Table(title=f"Test accuracy of f_∞, {kernel} Θ̄, {ds.name} classes {list(ds.classes)}, "
                         f"N = {ds.n_train}, N' = {ds.n_test}, {seeds} initialisations")

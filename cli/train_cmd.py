@@ -15,7 +15,9 @@ from .common import (
     check_fim_names,
     check_params_fit,
     FimOption,
-    fim_options,
+    option_flag,
+    options_by_fim,
+    parse_option_pairs,
     consoles,
     data_options,
     emit_json,
@@ -47,15 +49,16 @@ def _fmt(v, spec=".4g"):
 @click.option("--ce-damping", default=1.0, show_default=True, type=FiniteFloat(min=0, min_open=True),
               help="ρ̃ > 0 added to Λ for cross-entropy (S.159); small ρ̃ makes steps up to 1/ρ̃ larger.")
 @click.option("--linearized/--no-linearized", default=False, show_default=True, help="Also train the linearised model with G_0 fixed (S.23–S.24).")
-@click.option("--sigma", default=None, help="option sigma: Σ for --fim layer, rows separated by ';' (Eq. 15).")
-@click.option("--kfac-bias", default=None, help="option bias: K-FAC bias handling, separate (default) or folded (S.123).")
+@option_flag
+@click.option("--sigma", default=None, help="Short for --option sigma=… (Σ of --fim layer, rows separated by ';', Eq. 15).")
+@click.option("--kfac-bias", default=None, help="Short for --option bias=… (K-FAC: separate or folded, S.123).")
 @click.option("--forster/--no-forster", default=False, show_default=True, help="Forster-transform the training inputs (B.3.1(ii)); for K-FAC with M0 < N.")
 @network_options()
 @data_options()
 @json_option
 @click.pass_obj
 @handle_errors
-def train(settings, fim, steps, lr, lr_scale, damping, loss, ce_damping, linearized, sigma, kfac_bias, forster,
+def train(settings, fim, steps, lr, lr_scale, damping, loss, ce_damping, linearized, raw_options, sigma, kfac_bias, forster,
           depth, width, activation, shift, sigma_w2, sigma_b2, data, classes, n_train, n_test, input_dim, json_path):
     """Train with NGD (Eq. 7) and compare with the closed-form dynamics (Eq. 10, 22, 24)."""
     from ngdref.fisher import fisher_class
@@ -70,7 +73,15 @@ def train(settings, fim, steps, lr, lr_scale, damping, loss, ce_damping, lineari
         raise UserError("--ce-damping is the cross-entropy damping ρ̃ (S.159); it needs --loss ce")
     # K-FAC's α for M0 < N holds only for Forster-transformed inputs (S.111): it is told that they are
     declared = {"forster": "yes" if forster else None} if "forster" in fisher_class(fim).spec.option_names else {}
-    options = fim_options(fim, {"sigma": sigma, "bias": kfac_bias, **declared})
+    raw = parse_option_pairs(raw_options)
+    if "forster" in raw:
+        raise UserError("use --forster: it transforms the training inputs (B.3.1(ii)) and tells K-FAC so (S.111)")
+    for key, value in (("sigma", sigma), ("bias", kfac_bias)):
+        if value is not None:
+            if key in raw:
+                raise UserError(f"--option {key} is given twice (also as --{'kfac-bias' if key == 'bias' else key})")
+            raw[key] = value
+    options = options_by_fim([fim], {**raw, **{k: v for k, v in declared.items() if v is not None}})[fim]
     config = TrainConfig(fim=fim, steps=steps, lr=lr, lr_scale=lr_scale, damping=damping, loss=loss,
                          ce_damping=ce_damping, linearized=linearized, fim_options=options)
     config.validate()
@@ -132,31 +143,32 @@ def train(settings, fim, steps, lr, lr_scale, damping, loss, ce_damping, lineari
 @click.option("--fim", "fims", cls=FimOption, default="gd,bd,unit,diag,quasi-diag", show_default=True, help="Comma-separated approximations:")
 @click.option("--widths", default="256,512,1024,2048,4096", show_default=True, help="Comma-separated hidden widths.")
 @click.option("--damping", default=0.0, show_default=True, type=FiniteFloat(min=0), help="ρ >= 0 (Fig. 3 uses 1e-12).")
+@option_flag
 @network_options(width=False)
 @data_options(default_n_train=80, test=False)
 @json_option
 @click.pass_obj
 @handle_errors
-def isotropy(settings, fims, widths, damping, depth, activation, shift, sigma_w2, sigma_b2, data, classes,
+def isotropy(settings, fims, widths, damping, raw_options, depth, activation, shift, sigma_w2, sigma_b2, data, classes,
              n_train, input_dim, json_path):
     """cond(Θ̄), measured and analytic α per approximation and width (Eq. 12, Fig. 3) on the training inputs."""
     from ngdref.experiments.isotropy import isotropy_sweep
 
     names = check_fim_names(parse_str_list(fims))
+    options = options_by_fim(names, parse_option_pairs(raw_options))
     widths_list = parse_int_list(widths, "--widths", minimum=1)
     backend = settings.backend()
     ds = load_data(data, classes, n_train, 0, input_dim, settings.seed)
     # every option checked before the sweep: the network of the widest width and each approximation's options
     widest = build_network(ds, max(widths_list), depth, activation, shift, sigma_w2, sigma_b2)
     check_params_fit(widest, backend.dtype_name)
-    for name in names:
-        fim_options(name, {})
     err = consoles("-")
     with progress_bar(TextColumn("[bold]isotropy"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                       TimeElapsedColumn(), console=err) as bar:
         task = bar.add_task("", total=len(names) * len(widths_list))
         rows = isotropy_sweep(names, widths_list, depth, activation, ds.x_train, settings.seed, backend, sigma_w2,
-                              sigma_b2, shift, damping, ds.n_outputs, progress=lambda r: bar.advance(task))
+                              sigma_b2, shift, damping, ds.n_outputs, progress=lambda r: bar.advance(task),
+                              fim_options=options)
     con = consoles(json_path)
     table = Table(title=f"Isotropy of Θ̄(x,x): {ds.name}, N = {ds.n_train}, L = {depth}, {activation}")
     for c in ("fim", "width", "cond(Θ̄)", "α measured", "α analytic", "measured/analytic", "seconds"):

@@ -17,7 +17,16 @@ from click.testing import CliRunner
 from ngdref.backend import get_backend, to_host
 from ngdref.data import load_dataset
 from ngdref.errors import ConfigError
-from ngdref.fisher import REGISTRY, FisherSpec, LayerWiseFisher, fisher_class, get_fisher, register, unregister
+from ngdref.fisher import (
+    REGISTRY,
+    FisherOption,
+    FisherSpec,
+    LayerWiseFisher,
+    fisher_class,
+    get_fisher,
+    register,
+    unregister,
+)
 from ngdref.network import Network
 from ngdref_cli.main import cli
 
@@ -190,3 +199,69 @@ def test_layerwise_sigma_properties_are_relative_to_its_scale():
     assert get_fisher("layer", net, sigma=1e-9 * np.ones((3, 3))).is_exact
     with pytest.raises(ConfigError, match="symmetric"):
         get_fisher("layer", net, sigma=1e-9 * np.array([[1, 0.5, 0], [0, 1, 0], [0, 0, 1]]))
+
+
+class ScaledBlockDiagonal(LayerWiseFisher):
+    """Layer-wise NGD with Σ = s·I, s given as the approximation's own option: α = L/s (Theorem 4.1)."""
+
+    spec = FisherSpec(
+        name="scaled-bd", title="block-diagonal, Σ = s·I", summary="layer-wise FIM with Σ = s·I; α = L/s",
+        equations="Eq. 15-16", flops=LayerWiseFisher.spec.flops,
+        options=(FisherOption("scale", "s > 0 in Σ = s·I", parse=float, required=True),),
+    )
+
+    def __init__(self, network, damping=None, rtol=None, scale=1.0):
+        super().__init__(network, damping, rtol, sigma=float(scale) * np.eye(network.depth))
+
+
+def _err(args):
+    r = CliRunner().invoke(cli, args)
+    lines = [ln for ln in (r.stderr if hasattr(r, "stderr") else r.output).splitlines() if ln.strip()]
+    return r.exit_code, lines
+
+
+def test_an_approximations_own_option_reaches_every_command(tmp_path):
+    """--option NAME=VALUE carries any option a spec declares, a plug-in's included."""
+    register(ScaledBlockDiagonal)
+    try:
+        out = tmp_path / "t.json"
+        r = _run(["train", "--fim", "scaled-bd", "--option", "scale=4", "--data", "gaussian", "--n-train", "8",
+                  "--n-test", "0", "--input-dim", "10", "--width", "32", "--steps", "1", "--json", str(out)])
+        assert r.exit_code == 0, r.output
+        assert json.loads(out.read_text())["summary"]["alpha"] == pytest.approx(0.75)
+        out = tmp_path / "a.json"
+        r = _run(["alpha", "--fim", "bd,scaled-bd", "--option", "scale=0.5", "--width", "16", "--json", str(out)])
+        assert r.exit_code == 0, r.output
+        alphas = {row["fim"]: row["alpha"] for row in json.loads(out.read_text())["rows"]}
+        assert alphas == {"bd": 3.0, "scaled-bd": pytest.approx(6.0)}
+        help_text = " ".join(_run(["isotropy", "--help"]).output.split())
+        assert "scale (scaled-bd: s > 0 in Σ = s·I)" in help_text
+        code, lines = _err(["alpha", "--fim", "scaled-bd"])
+        assert code == 2 and len(lines) == 1 and "needs its option scale" in lines[0]
+    finally:
+        unregister("scaled-bd")
+
+
+def test_library_options_through_the_command_line(tmp_path):
+    out = tmp_path / "iso.json"
+    r = _run(["isotropy", "--fim", "bd,layer", "--option", "sigma=1,0,0;0,2,0;0,0,1", "--widths", "32",
+              "--data", "gaussian", "--n-train", "8", "--input-dim", "12", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    rows = {row["fim"]: row for row in json.loads(out.read_text())["rows"]}
+    assert rows["layer"]["alpha_analytic"] == pytest.approx(2.5)  # 1ᵀΣ⁻¹1 = 1 + 1/2 + 1
+    out = tmp_path / "pred.json"
+    r = _run(["predict", "--fim", "kfac", "--sigma-b2", "0.5", "--option", "bias=folded", "--width", "32",
+              "--n-train", "20", "--n-test", "10", "--seeds", "1", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    row = json.loads(out.read_text())["rows"][0]
+    assert "error" not in row and row["mean"] is not None  # the folded-bias K-FAC Θ̄ of S.123
+    for args, needle in (
+        (["isotropy", "--fim", "bd", "--option", "bias=folded"], "does not apply to --fim bd"),
+        (["alpha", "--fim", "layer", "--option", "sigma"], "NAME=VALUE"),
+        (["alpha", "--fim", "kfac", "--option", "bias=both"], "one of separate, folded"),
+        (["alpha", "--fim", "kfac", "--option", "bias=folded", "--option", "bias=separate"], "given twice"),
+        (["train", "--fim", "kfac", "--option", "forster=yes"], "use --forster"),
+        (["train", "--fim", "kfac", "--kfac-bias", "folded", "--option", "bias=folded"], "given twice"),
+    ):
+        code, lines = _err(args)
+        assert code == 2 and len(lines) == 1 and needle in lines[0], (args, lines)
