@@ -18,7 +18,7 @@ import click
 from numpy.linalg import LinAlgError
 from rich.console import Console
 
-from ngdref.errors import NgdrefError
+from ngdref.errors import NgdrefError, one_line
 from ngdref.io import dumps, write_json
 
 #: exit code of a run stopped by Ctrl-C (128 + SIGINT, as shells report it)
@@ -27,18 +27,13 @@ EXIT_INTERRUPTED = 130
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
-def one_line(text) -> str:
-    """``text`` with every run of whitespace (newlines included) collapsed to one space."""
-    return " ".join(str(text).split())
-
-
 class UserError(click.ClickException):
     """A user-caused error: one line on stderr, exit code 2."""
 
     exit_code = 2
 
     def show(self, file=None):
-        click.echo(f"Error: {one_line(self.format_message())}", err=True)
+        click.echo(f"Error: {one_line(self.format_message(), None)}", err=True)
 
 
 class OneLineGroup(click.Group):
@@ -52,7 +47,7 @@ class OneLineGroup(click.Group):
         if isinstance(err, _NO_ARGS_IS_HELP):  # bare `ngdref`: Click shows the help, as it should
             return err
         path = err.ctx.command_path if err.ctx is not None else "ngdref"
-        return UserError(f"{one_line(err.format_message())} (see '{path} --help')")
+        return UserError(f"{one_line(err.format_message(), None)} (see '{path} --help')")
 
     def make_context(self, info_name, args, parent=None, **extra):
         try:
@@ -66,7 +61,7 @@ class OneLineGroup(click.Group):
         shown: set[str] = set()
 
         def show(message, category, filename, lineno, file=None, line=None):
-            text = one_line(message)
+            text = one_line(message, None)
             if text not in shown:
                 shown.add(text)
                 click.echo(f"Warning: {text}", err=True)
@@ -97,7 +92,7 @@ def handle_errors(fn):
         except MemoryError:
             raise UserError("out of memory; reduce the width, the number of samples or use float32") from None
         except LinAlgError as err:  # extreme σ_w², σ_b² or depth: the signals overflow or degenerate
-            raise UserError(f"the linear algebra failed ({one_line(err)}): the network's signals overflow or are "
+            raise UserError(f"the linear algebra failed ({one_line(err, None)}): the network's signals overflow or are "
                             "degenerate at these settings; try a smaller --sigma-w2, --sigma-b2 or --depth, "
                             "or a damping ρ > 0") from None
 
@@ -189,7 +184,7 @@ def check_output_file(path: str, option: str = "--json") -> str:
         raise
     except (OSError, ValueError) as err:  # no permission, read-only file system, NUL in the name, …
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-        raise UserError(f"{option} {path} cannot be written ({one_line(reason)}); choose another path") from None
+        raise UserError(f"{option} {path} cannot be written ({one_line(reason, None)}); choose another path") from None
     return path
 
 

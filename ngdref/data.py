@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from ngdref.errors import NgdrefError
+from ngdref.errors import NgdrefError, one_line
 
 __all__ = [
     "DataError",
@@ -68,12 +68,6 @@ _MESSAGE_MAX = 300  # every DataError is one line of at most this many character
 _PATH_MAX = 80  # longer paths are shown by their last characters
 
 
-def _one_line(text: Any, limit: int = _MESSAGE_MAX) -> str:
-    """``text`` on one line (whitespace runs become one space), cut to ``limit`` characters."""
-    line = " ".join(str(text)[: 4 * limit].split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
 def _where(path: Path) -> str:
     """A path for a message: in full, or its last characters when it is long."""
     text = str(path)
@@ -89,7 +83,7 @@ class DataError(NgdrefError):
     """
 
     def __init__(self, message: Any = "") -> None:
-        super().__init__(_one_line(message))
+        super().__init__(one_line(message, _MESSAGE_MAX))
 
 
 # --------------------------------------------------------------------------- #
@@ -519,7 +513,7 @@ def _scan_pickle(raw: bytes) -> None:
     except _Refused:
         raise
     except Exception as exc:  # pickletools: truncated data, unknown opcode, bad literal
-        raise _Refused(f"malformed pickle ({_one_line(exc, 80)})") from None
+        raise _Refused(f"malformed pickle ({one_line(exc, 80)})") from None
     if not stopped:
         raise _Refused("malformed pickle (no STOP)")
 
@@ -538,7 +532,7 @@ class _DtypeStub:
         if isinstance(spec, bytes):  # Python 2 pickles, read with encoding="bytes"
             spec = spec.decode("latin-1")
         if not (isinstance(spec, str) and spec in _ALLOWED_DTYPES):
-            shown = _one_line(repr(spec), 20) if isinstance(spec, (str, bytes)) else type(spec).__name__
+            shown = one_line(repr(spec), 20) if isinstance(spec, (str, bytes)) else type(spec).__name__
             raise _Refused(f"dtype {shown} is not allowed (integer arrays only)")
         self._dtype = np.dtype(spec)
 
@@ -647,7 +641,7 @@ class _CifarUnpickler(pickle.Unpickler):
         try:
             return self._GLOBALS[(module, name)]
         except (KeyError, TypeError):
-            shown = _one_line(f"{module}.{name}", 60)
+            shown = one_line(f"{module}.{name}", 60)
             raise _Refused(f"global {shown} is not allowed") from None
 
 
@@ -667,7 +661,7 @@ def _cifar_labels(labels: Any, n: int) -> np.ndarray:
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
                 raise _Refused(f"b'labels'[{i}] is a {type(v).__name__}, not an integer")
             if not 0 <= v <= 9:
-                raise _Refused(f"b'labels'[{i}] is {_one_line(v, 20)}, not a class 0-9")
+                raise _Refused(f"b'labels'[{i}] is {one_line(v, 20)}, not a class 0-9")
         values = labels
     else:
         raise _Refused(f"b'labels' must be a list of integers, got {type(labels).__name__}")
@@ -715,7 +709,7 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     except _Refused as exc:
         raise DataError(f"{where} is not a CIFAR-10 python batch: {exc}") from None
     except Exception as exc:  # the unpickler's own errors on a malformed stream
-        reason = _one_line(f"{type(exc).__name__}: {exc}", 100)
+        reason = one_line(f"{type(exc).__name__}: {exc}", 100)
         raise DataError(f"{where} is not a CIFAR-10 python batch: {reason}") from None
     return np.array(data), labels
 

@@ -52,12 +52,6 @@ def dumps(record) -> str:
     return json.dumps(_clean(json.loads(json.dumps(record, default=_default))), indent=2) + "\n"
 
 
-def one_line(text, limit: int = 300) -> str:
-    """``text`` on one line (whitespace runs become one space), cut to ``limit`` characters."""
-    line = " ".join(str(text)[: 4 * limit].split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
     """A temporary path unique to this writer, next to ``path``, renamed onto ``path`` when the block ends.

@@ -54,8 +54,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..errors import ConfigError, NgdrefError
-from ..io import dumps, one_line, write_json
+from ..errors import ConfigError, NgdrefError, one_line
+from ..io import dumps, write_json
 
 __all__ = [
     "Cell",

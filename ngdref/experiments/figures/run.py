@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from ...io import folder_lock, one_line, software_versions, write_atomic, write_json
+from ...errors import one_line
+from ...io import folder_lock, software_versions, write_atomic, write_json
 from ..sweep import DEFAULT_CELL_THREADS, CellError, CellOutcome, run_cells
 from .registry import get_figure
 
