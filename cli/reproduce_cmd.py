@@ -36,7 +36,8 @@ def _mark(holds):
 @click.option("--out", "out", default=None, metavar="DIR",
               help="Output folder (default out/<figure>; with 'all', DIR/<figure> for each figure).")
 @click.option("--data", default=None, metavar="PATH",
-              help="fig2 only: a folder with MNIST IDX files or CIFAR-10 python batches (default: bundled MNIST subset).")
+              help="For the figures that read data (fig2): a folder with MNIST IDX files or CIFAR-10 python "
+                   "batches (default: bundled MNIST subset).")
 @click.option("--jobs", "-j", default=1, show_default=True, type=click.IntRange(min=1),
               help="Run the sweep's cells in N local processes.")
 @click.option("--scheduler", default=None, metavar="ADDRESS",
@@ -76,7 +77,7 @@ def reproduce(settings, figure, quick, out, data, jobs, scheduler, threads, fres
                 args += ["--seed", str(settings.seed)]
             if backend.name != "numpy" or backend.dtype_name != "float64":
                 args += ["--backend", backend.name, "--dtype", backend.dtype_name]
-            args += ["reproduce", name] + (["--quick"] if quick else []) + (["--threads", str(threads)] if threads != 1 else []) + (["--data", data] if data and name == "fig2" else [])
+            args += ["reproduce", name] + (["--quick"] if quick else []) + (["--threads", str(threads)] if threads != 1 else []) + (["--data", data] if data and REGISTRY[name].takes_data else [])
             with progress_bar(TextColumn(f"[bold]{name}"), BarColumn(), MofNCompleteColumn(),
                               TextColumn("{task.fields[last]}"), TimeElapsedColumn(), console=err) as bar:
                 task = bar.add_task(name, total=None, last="")
@@ -123,10 +124,11 @@ def reproduce(settings, figure, quick, out, data, jobs, scheduler, threads, fres
 
 
 def _check_data(data: str, figure: str) -> None:
-    """``--data``: fig2 only (the other figures use the paper's own inputs), a folder or ``mnist``."""
-    if figure not in ("fig2", "all"):
-        raise UserError(f"--data is used by fig2 only; {figure} uses the inputs of the paper (bundled MNIST "
-                        "subset or Gaussian inputs): drop --data")
+    """``--data``: only for figures that take data (the others use the paper's own inputs), a folder or ``mnist``."""
+    takers = [name for name, fig in REGISTRY.items() if fig.takes_data]
+    if figure != "all" and not REGISTRY[figure].takes_data:
+        raise UserError(f"--data is used by {', '.join(takers)} only; {figure} uses the inputs of the paper "
+                        "(bundled MNIST subset or Gaussian inputs): drop --data")
     if not data.strip():
         raise UserError("--data is empty: give a folder with MNIST IDX files or CIFAR-10 python batches")
     if data != "mnist" and not Path(data).is_dir():

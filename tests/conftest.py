@@ -37,6 +37,17 @@ def device_backend(request):
     return get_backend(request.param)
 
 
+#: tiny networks (widths, activation, σ_b²): every activation, with and without biases, C = 1, 2, 3
+NETWORK_CASES = [
+    ((4, 6, 3), "tanh", 0.0),
+    ((4, 6, 3), "relu", 0.5),
+    ((5, 7, 6, 1), "erf", 0.3),
+    ((5, 7, 6, 2), "shifted-relu", 0.0),
+    ((3, 5, 4, 6, 3), "linear", 0.4),
+    ((3, 5, 4, 6, 1), "tanh", 0.0),
+]
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)

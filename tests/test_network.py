@@ -16,17 +16,9 @@ from ngdref.memory import set_max_bytes
 from ngdref.ntk import layer_ntks
 
 from . import oracles as O
-from .conftest import unit_rows
+from .conftest import NETWORK_CASES, unit_rows
 
-CASES = [
-    # (widths, activation, sigma_b2)
-    ((4, 6, 3), "tanh", 0.0),
-    ((4, 6, 3), "relu", 0.5),
-    ((5, 7, 6, 1), "erf", 0.3),
-    ((5, 7, 6, 2), "shifted-relu", 0.0),
-    ((3, 5, 4, 6, 3), "linear", 0.4),
-    ((3, 5, 4, 6, 1), "tanh", 0.0),
-]
+CASES = NETWORK_CASES
 
 
 def _finite_difference_jacobian(net, params, x, eps=1e-6):

@@ -14,17 +14,9 @@ import pytest
 from ngdref import Network
 
 from . import oracles as O
-from .conftest import unit_rows
+from .conftest import NETWORK_CASES, unit_rows
 
-CASES = [
-    # (widths, activation, σ_b²): every activation, with and without biases, C = 1, 2, 3
-    ((4, 6, 3), "tanh", 0.0),
-    ((4, 6, 3), "relu", 0.5),
-    ((5, 7, 6, 1), "erf", 0.3),
-    ((5, 7, 6, 2), "shifted-relu", 0.0),
-    ((3, 5, 4, 6, 3), "linear", 0.4),
-    ((3, 5, 4, 6, 1), "tanh", 0.0),
-]
+CASES = NETWORK_CASES
 
 
 def _net(widths, act, sb2, shift=0.7):

@@ -36,6 +36,9 @@ class Figure:
     cells: Callable[[dict, str, str], list[Cell]]
     analyse: Callable[[dict, list[CellOutcome]], Analysis]
     draw: Callable[[Any, dict, list, dict], Any]
+    #: the figure reads ``--data`` (a folder of MNIST IDX files or CIFAR-10 batches); the others use
+    #: the paper's own inputs (bundled MNIST subset, Gaussian inputs)
+    takes_data: bool = False
 
     def plot(self, config: dict, rows: list[dict], extra: dict, path: str | Path) -> str:
         """Write the PNG at ``path``; ``"ok"`` or a one-line reason why not (matplotlib missing)."""

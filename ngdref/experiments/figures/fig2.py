@@ -207,5 +207,5 @@ FIGURE = Figure(
     title="Fig. 2: test accuracy of the trained model's kernel-regression prediction (analytic Θ̄)",
     summary="test accuracy of the kernel-regression prediction (analytic Θ̄)",
     claim="approximate Fishers give test accuracy comparable to exact NGD",
-    config=config, cells=cells, analyse=analyse, draw=draw,
+    config=config, cells=cells, analyse=analyse, draw=draw, takes_data=True,
 )
