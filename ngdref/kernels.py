@@ -46,6 +46,7 @@ from scipy.special import ndtr, owens_t, roots_hermitenorm
 
 from .activations import Activation
 from .errors import ConfigError, NgdrefError
+from .linalg import SPD_RCOND
 from .network import Network
 
 __all__ = [
@@ -67,8 +68,6 @@ __all__ = [
 DEFAULT_ORDER = 64
 #: Activations with closed-form A and Ξ (``method="auto"``); all others use quadrature.
 CLOSED_FORM_ACTIVATIONS = ("relu", "shifted-relu", "erf", "linear")
-#: Reciprocal condition number below which a training-set kernel is treated as singular.
-DEFAULT_RCOND = 1e-10
 #: Elements per quadrature work array (bounds memory to ~64 MiB per array).
 _CHUNK_ELEMENTS = 1 << 23
 
@@ -387,7 +386,7 @@ def analytic_kernels(
 # --------------------------------------------------------------------------------------
 # Linear algebra helpers
 # --------------------------------------------------------------------------------------
-def spd_factor(mat: np.ndarray, what: str, hint: str = "", rcond: float = DEFAULT_RCOND):
+def spd_factor(mat: np.ndarray, what: str, hint: str = "", rcond: float = SPD_RCOND):
     """Cholesky factor of a training-set kernel, or NgdrefError if it is (numerically) singular."""
     mat = 0.5 * (mat + mat.T)
     try:
@@ -431,7 +430,7 @@ def singular_input_hint(net: Network, layer: int, n: int) -> str:
     return ""
 
 
-def layer_projections(cross: AnalyticKernels, train: AnalyticKernels, rcond: float = DEFAULT_RCOND) -> list:
+def layer_projections(cross: AnalyticKernels, train: AnalyticKernels, rcond: float = SPD_RCOND) -> list:
     """[Θ_l(x′, x) Θ_l⁻¹ for l = 1 … L]."""
     out = []
     for l, (tc, tt) in enumerate(zip(cross.layer_ntks, train.layer_ntks), start=1):

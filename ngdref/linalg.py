@@ -24,6 +24,12 @@ def default_rtol(n: int, dtype_name: str) -> float:
     return float(max(n, 1)) * eps(dtype_name)
 
 
+#: reciprocal condition number (LAPACK ``pocon``) below which a training-set kernel of the analytic,
+#: infinite-width theory (N×N, host float64) is refused as singular: Θ̄ = K(x′, x)K⁻¹ is then
+#: meaningless at any precision worth reporting
+SPD_RCOND = 1e-10
+
+
 def small_matrix_rtol(n: int) -> float:
     """Relative tolerance for exact properties of a small host float64 matrix given by the user
     (Σ of Eq. 15: symmetric, singular, a multiple of 11ᵀ): 100·n·eps, far above rounding in
