@@ -265,3 +265,25 @@ def test_library_options_through_the_command_line(tmp_path):
     ):
         code, lines = _err(args)
         assert code == 2 and len(lines) == 1 and needle in lines[0], (args, lines)
+
+
+def test_alpha_isotropy_and_train_report_the_same_alpha(tmp_path):
+    """One network, one α: unit-wise's Σ_{l<L} γ_l M_l + 1 (S.128 and the output unit) is what
+    `alpha`, `isotropy` and `train` report (issue 13, item 5), and K-FAC's N·L likewise."""
+    net = ["--depth", "3", "--sigma-b2", "0.5", "--activation", "relu"]
+    data = ["--data", "gaussian", "--n-train", "10", "--input-dim", "12"]
+    for fim in ("unit", "kfac"):
+        files = {k: tmp_path / f"{fim}-{k}.json" for k in ("alpha", "isotropy", "train")}
+        extra = ["--option", "bias=folded"] if fim == "kfac" else []
+        assert _run(["alpha", "--fim", fim, *extra, "--width", "64", "--input-dim", "12", "--n-train", "10", *net,
+                     "--json", str(files["alpha"])]).exit_code == 0
+        assert _run(["isotropy", "--fim", fim, *extra, "--widths", "64", *net, *data,
+                     "--json", str(files["isotropy"])]).exit_code == 0
+        r = _run(["train", "--fim", fim, *(["--kfac-bias", "folded"] if fim == "kfac" else []), "--width", "64",
+                  "--steps", "1", "--n-test", "0", *net, *data, "--json", str(files["train"])])
+        assert r.exit_code == 0, r.output
+        a = json.loads(files["alpha"].read_text())["rows"][0]["alpha"]
+        i = json.loads(files["isotropy"].read_text())["rows"][0]["alpha_analytic"]
+        t = json.loads(files["train"].read_text())["summary"]["alpha"]
+        assert a == i == t, (fim, a, i, t)
+    assert a == 30.0  # K-FAC: N·L with d = M0 + 1 = 13 >= N = 10 (S.107, folded bias)
