@@ -3,7 +3,10 @@
 Zero damping means the Moore–Penrose pseudo-inverse (the paper's zero-damping
 limit, Section 3.2): eigenvalues below ``rtol · λ_max`` are treated as zero. The
 default cut-off is ``rtol = n · eps(dtype)`` (NumPy's ``pinv`` convention, n the
-matrix size): 2.2e-14 for n = 100 in float64, 1.2e-5 in float32.
+matrix size): 2.2e-14 for n = 100 in float64, 1.2e-5 in float32. That rule is for a
+matrix whose eigenvalues are computed together (each carries an error ~ eps·λ_max).
+A *diagonal* metric's entries are computed one by one, each accurate relative to itself:
+there the cut-off is absolute and per entry (:func:`sum_of_squares_floor`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,24 @@ def eps(dtype_name: str) -> float:
 def default_rtol(n: int, dtype_name: str) -> float:
     """NumPy's ``pinv`` cut-off for an n×n matrix: n·eps."""
     return float(max(n, 1)) * eps(dtype_name)
+
+
+#: smallest positive normal number per dtype name (below it a value is subnormal or flushed to 0)
+TINY = {"float32": 1.1754943508222875e-38, "float64": 2.2250738585072014e-308}
+
+
+def sum_of_squares_floor(dtype_name: str) -> float:
+    """Absolute cut-off tiny/eps for a sum of non-negative terms (a diagonal Fisher entry Σ_n J_ni²/N).
+
+    Such a sum has no cancellation: rounding leaves it accurate to about (number of terms)·eps
+    relative to itself, however small it is next to other entries. Underflow is the one exception:
+    a term below ``tiny`` (the smallest normal number) is subnormal or, where the hardware flushes
+    subnormals, 0 — an absolute error up to ``tiny`` per term. Above tiny/eps that is again below
+    eps relative per term, i.e. within the rounding bound; below it the entry has lost its
+    relative accuracy (its inverse would be ~1/tiny, at the edge of overflow). 9.9e-32 in
+    float32, 1.0e-292 in float64.
+    """
+    return TINY[dtype_name] / EPS[dtype_name]
 
 
 #: reciprocal condition number (LAPACK ``pocon``) below which a training-set kernel of the analytic,

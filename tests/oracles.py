@@ -21,6 +21,10 @@ Conventions (those of ``ngdref``'s docstrings, restated here):
   rtol = n·eps(float64) for an n×n matrix (NumPy's ``pinv`` rule). The absolute value
   matters: the tri-diagonal Σ of Eq. 19 is indefinite (eigenvalues 1 + 2cos(kπ/(L+1))), and
   so is its G; ``linalg.psd_pinv`` only ever sees PSD matrices, where both rules agree.
+  Except for the entry-wise FIMs (diag, quasi-diag), whose entries are each accurate relative
+  to themselves (sums of squares): there an entry is cut only when it is 0 (or underflowed),
+  G_ii <= TAU = tiny/eps, and quasi-diag's pair determinant D_j = G_jj − G_bj²/G_bb (a
+  cancellation) when D_j <= 8·N·eps·G_jj; see :func:`entrywise_pinv`.
 
 Metrics (P×P, damping included):
 
@@ -304,6 +308,50 @@ def pinv(g: np.ndarray, rtol: float | None = None, eig=None) -> np.ndarray:
     return (v[:, keep] / w[keep]) @ v[:, keep].T
 
 
+#: entry-wise FIMs at ρ = 0: an entry (a sum of squares) is zero when <= tiny/eps (the smallest normal
+#: float64 over eps, 1.0e-292); the 2×2 block (b, w_j) is singular when D_j <= PAIR_RTOL·N·eps·G_jj
+TAU = float(np.finfo(np.float64).tiny) / EPS
+PAIR_RTOL = 8.0
+
+
+def entrywise_pinv(name: str, net: Net, g: np.ndarray, n: int) -> np.ndarray:
+    """G⁺ of the diagonal or quasi-diagonal metric ``g`` at ρ = 0, entry by entry, N = ``n`` samples.
+
+    diag: 1/G_ii where G_ii > TAU, else 0. quasi-diag (per unit, from G_qd's own diagonal and bias
+    row): a unit with G_bb <= TAU is diagonal; otherwise D_j = G_jj − G_bj²/G_bb is set to 0 where
+    D_j <= 8·N·eps·G_jj or G_jj <= TAU, and the block B = diag(D, 0) + uuᵀ/G_bb, whose range is
+    then exactly span(e_V, u_Z) (V the kept weights, u_Z = u off V), is pseudo-inverted as
+    Q (QᵀBQ)⁻¹ Qᵀ with Q an orthonormal basis of that range (a Jacobi-scaled inverse) — no
+    eigenvalue cut relative to the largest entry, and not the library's closed form.
+    """
+    if name == "diag" or (name == "quasi-diag" and not net.bias):
+        d = np.diag(g)
+        return np.diag(np.where(d > TAU, 1.0 / np.where(d > TAU, d, 1.0), 0.0))
+    if name != "quasi-diag":
+        raise ValueError(f"{name!r} is not an entry-wise approximation")
+    out = np.zeros_like(g)
+    unit = net.unit_of_param()
+    for i in np.unique(unit):
+        idx = np.nonzero(unit == i)[0]  # (w_1 … w_m, b)
+        blk = g[np.ix_(idx, idx)]
+        gjj, gbb, gbj = np.diag(blk)[:-1], blk[-1, -1], blk[-1, :-1]
+        if gbb <= TAU:  # dead unit: the diagonal rule
+            d = np.diag(blk)
+            out[np.ix_(idx, idx)] = np.diag(np.where(d > TAU, 1.0 / np.where(d > TAU, d, 1.0), 0.0))
+            continue
+        d = gjj - gbj**2 / gbb
+        kept = (d > PAIR_RTOL * n * EPS * gjj) & (gjj > TAU)
+        u = np.concatenate([gbj, [gbb]])
+        b = np.diag(np.concatenate([np.where(kept, d, 0.0), [0.0]])) + np.outer(u, u) / gbb
+        u_z = np.where(np.concatenate([kept, [False]]), 0.0, u)
+        basis_v = np.eye(idx.size)[:, np.concatenate([kept, [False]])]
+        q = np.concatenate([basis_v, (u_z / np.linalg.norm(u_z))[:, None]], axis=1)
+        a = q.T @ b @ q
+        sc = 1.0 / np.sqrt(np.diag(a))
+        out[np.ix_(idx, idx)] = q @ (sc[:, None] * np.linalg.inv(sc[:, None] * a * sc[None, :]) * sc[None, :]) @ q.T
+    return out
+
+
 def inverse(g: np.ndarray, rho: float, eig=None) -> np.ndarray:
     """G⁻¹ for ρ > 0, G⁺ for ρ = 0 (the zero-damping limit)."""
     return np.linalg.inv(g) if rho > 0 else pinv(g, eig=eig)
@@ -357,7 +405,10 @@ def oracle(name: str, network, params, x, rho: float = 0.0, **options) -> Oracle
     with threadpool_limits(1, user_api="blas"):  # P×P with P ~ 10²: a threaded BLAS only loses time
         g = metric(name, network, params, x, rho, **options)
         w, v = np.linalg.eigh((g + g.T) / 2.0)
-        g_inv = inverse(g, rho, eig=(w, v))
+        if rho == 0 and name in ("diag", "quasi-diag"):
+            g_inv = entrywise_pinv(name, net, g, x.shape[0])
+        else:
+            g_inv = inverse(g, rho, eig=(w, v))
     return Oracle(net, params, x, g, g_inv, w, jacobian(net, params, x))
 
 

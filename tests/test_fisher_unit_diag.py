@@ -397,3 +397,149 @@ def test_entrywise_fims_are_better_than_ntk_but_not_isotropic(backend):
     assert cond["unit"] < 1.2
     for name in ("diag", "quasi-diag"):
         assert 2.0 < cond[name] < cond["gd"] / 2
+
+
+# ---- entry-wise FIMs at ρ = 0: each entry is cut on its own accuracy, never on P·eps·max F ---------
+def _entrywise_case(widths, n, zero_pixels, faint_pixels, faint, dead_units, seed=0):
+    """A ReLU net (σ_b² = 0.5) on unit-norm inputs with pixels exactly 0 on every sample, "faint"
+    pixels scaled by ``faint`` (F_ii ~ faint² of the rest: tiny, not zero) and first-layer units
+    killed on every sample by a bias of −10 (δ ≡ 0 there, so the next layer's input is ≡ 0)."""
+    rng = np.random.default_rng(seed)
+    net = Network(widths, "relu", 2.0, 0.5)
+    x = unit_rows(rng, n, widths[0])
+    x[:, :zero_pixels] = 0.0
+    x[:, zero_pixels:zero_pixels + faint_pixels] *= faint
+    p = net.init(seed + 1)
+    p[0][:dead_units, -1] = -10.0
+    return net, p, x, rng.standard_normal((n, widths[-1]))
+
+
+def _dead_and_blank(net, p, x):
+    """(units dead on every sample in layer 1, inputs ≡ 0 of layer 1) on the host."""
+    s = net.signals(p, x)
+    return int(np.sum(~np.any(s.delta[0] != 0, axis=(0, 1)))), int(np.sum(~np.any(s.a[0] != 0, axis=0)))
+
+
+ENTRYWISE_CASES = [  # (widths, N, zero pixels, faint pixels, faint, dead units)
+    ((10, 30, 30, 1), 8, 0, 0, 1.0, 0),  # P·eps32·max F would cut most of the net
+    ((64, 200, 200, 1), 20, 16, 8, 1e-4, 12),  # wider, dead units and blank and faint pixels
+]
+
+
+@pytest.mark.parametrize("case", ENTRYWISE_CASES)
+@pytest.mark.parametrize("name", ["diag", "quasi-diag"])
+def test_entrywise_zero_damping_float32_matches_float64(name, case, backend):
+    """ρ = 0 in float32 and float64 from the same (float32-rounded) weights and inputs: the step and
+    Θ̄ agree to float32 accuracy. A relative cut-off P·eps·max F (the old rule: 1.5e-4 resp. 6e-3 of
+    max F in float32 here) dropped most entries in float32 and left the step ~100 % off."""
+    net, p, x, y = _entrywise_case(*case)
+    if case[-1]:
+        dead, blank = _dead_and_blank(net, p, x)
+        assert dead >= case[-1] and blank >= case[2]  # the exact zeros are really there
+    b32, b64 = get_backend(backend.name, "float32"), get_backend(backend.name, "float64")
+    p32 = [to_device(q.astype(np.float32), b32) for q in p]
+    p64 = [to_device(to_host(q), b64) for q in p32]
+    x32 = x.astype(np.float32)
+    s32, s64 = net.signals(p32, to_device(x32, b32)), net.signals(p64, to_device(x32.astype(np.float64), b64))
+    fim = get_fisher(name, net, 0.0)
+    d32 = net.flatten(fim.direction(p32, s32.h[0], to_device(y, b32), s32))
+    d64 = net.flatten(fim.direction(p64, s64.h[0], to_device(y, b64), s64))
+    assert dtype_name_of(d32) == "float32" and np.all(np.isfinite(to_host(d32)))
+    keep = np.ones(net.n_params, dtype=bool)
+    if name == "quasi-diag":
+        keep = ~_pairs_float32_cannot_resolve(net, [to_host(q) for q in p64], x32.astype(np.float64))
+        assert keep.mean() > 0.9
+    assert _rel(to_host(d32)[keep], to_host(d64)[keep]) < 1e-3
+    # Θ̄ sums every unit: a pair that only float64 resolves adds a rank-two instead of a rank-one
+    # projector there (O(1) of a unit's share), so with such units Θ̄ is held to 1e-2
+    tol = 1e-3 if keep.all() else 1e-2
+    assert _rel(to_host(theta_bar(fim, s32)), to_host(theta_bar(fim, s64))) < tol
+
+
+def _pairs_float32_cannot_resolve(net, p, x):
+    """Flat mask of the units with a 2×2 block (b, w_j) that float32 cannot resolve to 1e-3:
+    1e-10 < sin² = D_j/G_jj < 1e3·N·eps32 (D_j is known to ~N·eps·G_jj), from float64 on the
+    host. Units alive on one sample (sin² = 0, degenerate in both dtypes) are compared."""
+    s = net.signals(p, x)
+    n, eps32 = x.shape[0], float(np.finfo(np.float32).eps)
+    mask = np.zeros(net.n_params, dtype=bool)
+    for l in range(1, net.depth + 1):
+        d, a = s.delta[l - 1], s.a[l - 1]
+        e = np.sum(d * d, axis=0) / n  # (N, M_l)
+        gjj, gbb, gbj = e.T @ (a[:, :-1] ** 2), e.T @ (a[:, -1:] ** 2), net.sigma_b * (e.T @ a[:, :-1])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            sin2 = np.where((gjj > 0) & (gbb > 0), 1.0 - gbj**2 / (gbb * gjj), 1.0)
+        for unit in np.nonzero(np.any((sin2 > 1e-10) & (sin2 < 1e3 * n * eps32), axis=1))[0]:
+            mask[net.unit_slice(l, int(unit))] = True
+    return mask
+
+
+@pytest.mark.parametrize("name", ["diag", "quasi-diag"])
+def test_entrywise_zero_damping_exact_zeros_and_tiny_entries_match_oracle(name, backend):
+    """Dead units and blank pixels (F_ii = 0 exactly: inverse 0) next to faint pixels (F_ii ~ 1e-16
+    of max F, below P·eps64: inverted, as their own accuracy allows) against the oracle, whose
+    entry-wise pseudo-inverse writes the same convention out independently."""
+    net, p, x, y = _entrywise_case((12, 14, 12, 1), 6, 3, 3, 1e-8, 3)
+    dead, blank = _dead_and_blank(net, p, x)
+    assert dead >= 3 and blank >= 3
+    orc = O.oracle(name, net, p, x, 0.0)
+    f = np.diag(O.metric("diag", net, p, x))
+    assert np.any((f > 0) & (f < net.n_params * O.EPS * f.max()))  # what P·eps would have dropped
+    pb = [to_device(q, backend) for q in p]
+    xb, xtb, yb = _on(backend, x, unit_rows(np.random.default_rng(5), 3, 12), y)
+    s = net.signals(pb, xb)
+    fim = get_fisher(name, net, 0.0)
+    d = to_host(net.flatten(fim.direction(pb, xb, yb, s)))
+    want = orc.direction(y)
+    tiny = (f > 0) & (f < 1e-6 * f.max())  # their steps are ~1e8 times the others': compare apart
+    assert _rel(d[tiny], want[tiny]) < 1e-9 and _rel(d[~tiny], want[~tiny]) < 1e-9
+    assert np.all(want[tiny] != 0)  # the faint entries are inverted, not cut
+    assert _rel(to_host(theta_bar(fim, s)), orc.theta_bar()) < 1e-9
+    assert _rel(to_host(theta_bar(fim, s, net.signals(pb, xtb))), orc.theta_bar(to_host(xtb))) < 1e-9
+
+
+@pytest.mark.parametrize("name", ["diag", "quasi-diag"])
+def test_entrywise_float32_underflow_is_cut_not_inverted(name, backend):
+    """Pixels scaled by 1e-20 give F_ii ~ 1e-40: subnormal in float32 (no relative accuracy, 1/F
+    overflows), normal in float64. float32 cuts them (inverse 0, a finite step); float64 inverts
+    them; every other entry agrees to float32 accuracy."""
+    net, p, x, y = _entrywise_case((10, 16, 12, 1), 6, 0, 2, 1e-20, 0)
+    b32, b64 = get_backend(backend.name, "float32"), get_backend(backend.name, "float64")
+    p32 = [to_device(q.astype(np.float32), b32) for q in p]
+    p64 = [to_device(to_host(q), b64) for q in p32]
+    x32 = x.astype(np.float32)
+    s32, s64 = net.signals(p32, to_device(x32, b32)), net.signals(p64, to_device(x32.astype(np.float64), b64))
+    fim = get_fisher(name, net, 0.0)
+    d32 = to_host(net.flatten(fim.direction(p32, s32.h[0], to_device(y, b32), s32))).astype(np.float64)
+    d64 = to_host(net.flatten(fim.direction(p64, s64.h[0], to_device(y, b64), s64)))
+    assert np.all(np.isfinite(d32))
+    p_host = [to_host(q) for q in p64]
+    alive = np.any(net.signals(p_host, x32.astype(np.float64)).delta[0] != 0, axis=(0, 1))
+    faint, alive_faint = np.zeros(net.n_params, dtype=bool), np.zeros(net.n_params, dtype=bool)
+    for unit in range(net.widths[1]):  # the weights from the two faint pixels (of the live units)
+        faint[net.unit_slice(1, unit).start + np.arange(2)] = True
+        alive_faint[net.unit_slice(1, unit).start + np.arange(2)] = alive[unit]
+    assert np.any(alive_faint)
+    assert np.max(np.abs(d64[faint])) > 1e10 * np.max(np.abs(d64[~faint]))  # inverted in float64
+    if name == "diag":
+        assert np.all(d64[alive_faint] != 0.0) and np.all(d32[faint] == 0.0)
+    else:  # a cut weight joins the bias direction ẑ (the pseudo-inverse with D_j := 0), weight ~ G_bj
+        assert np.max(np.abs(d32[faint])) < 1e-12 * np.max(np.abs(d32))
+    keep = ~faint
+    if name == "quasi-diag":  # the bias of a unit whose faint weights float64 inverts: Δb ∋ G_bj Δw_j/G_bb
+        keep &= ~_pairs_float32_cannot_resolve(net, p_host, x32.astype(np.float64))
+        for unit in np.nonzero(alive)[0]:
+            keep[net.unit_slice(1, int(unit))] = False
+    assert _rel(d32[keep], d64[keep]) < 1e-3
+
+
+@pytest.mark.parametrize("widths,act,sb2", CONFIGS)
+@pytest.mark.parametrize("name", ["diag", "quasi-diag"])
+def test_oracle_entrywise_pinv_is_the_eigenvalue_pinv_without_tiny_entries(widths, act, sb2, name):
+    """The oracle's entry-wise G⁺ (ρ = 0) is the Moore–Penrose pseudo-inverse: where no entry is
+    tiny relative to max G (these nets), it equals the eigenvalue-cut pinv of the P×P G_qd."""
+    net, p, x, _, _ = _setup(widths, act, sb2)
+    g = O.metric(name, net, p, x, 0.0)
+    got, want = O.entrywise_pinv(name, O.Net.of(net), g, x.shape[0]), O.pinv(g)
+    assert _rel(got, want) < 1e-8
+    assert _rel(g @ got @ g, g) < 1e-10  # G G⁺ G = G

@@ -9,10 +9,26 @@ paper ref. [21])
 
         F_l = Σ_k (δ_l^{(k)} ∘ δ_l^{(k)})ᵀ (a_{l−1} ∘ a_{l−1}) / N       (M_l × fan, θ_l-shaped),
 
-    a GEMM, no Jacobian. Δθ = (Jᵀv/N) / G_ii entry-wise. At ρ = 0 the pseudo-inverse
-    convention of :mod:`ngdref.linalg` applies to the diagonal: entries with
-    F_ii <= rtol · max F (rtol = ``rtol`` or P·eps, NumPy's ``pinv`` rule for the P×P
-    matrix G) get inverse 0 (the global max F costs a first pass over the layers).
+    a GEMM, no Jacobian. Δθ = (Jᵀv/N) / G_ii entry-wise.
+
+    At ρ = 0 (the pseudo-inverse G⁺, the zero-damping limit of Section 3.2; Fig. 3 itself
+    uses ρ = 1e-12, App. C.3.1)
+    an entry gets inverse 0 only when it is zero: G_ii <= τ = tiny/eps of the dtype
+    (:func:`ngdref.linalg.sum_of_squares_floor`: 9.9e-32 in float32, 1.0e-292 in float64).
+    F_ii = Σ_n J_ni²/N is a sum of non-negative terms (the GEMM of δ² and a², both >= 0): no
+    cancellation, so it is accurate to a few eps *relative to itself* however small it is
+    next to max F, and 1/F_ii is then as accurate. The entries that are exactly 0 — a unit
+    dead on every sample (δ ≡ 0), a blank input pixel or a dead unit's output (a ≡ 0), i.e.
+    a Jacobian column ≡ 0 — are the ones the pseudo-inverse exists for. The floor τ only adds
+    underflow: below it the terms were subnormal or flushed to 0 (each off by up to ``tiny``),
+    the entry has no relative accuracy left and its inverse would overflow float32; such an
+    entry is treated as 0 (float64, where it is still normal, inverts it: the two dtypes differ
+    on those entries only, by design). NumPy's ``pinv`` rule P·eps·max F is *not* used: it
+    guards eigenvalues computed together with the largest one, which a diagonal's entries
+    are not, and with P ~ 1e7 it exceeds max F in float32 (every entry cut, Δθ ≡ 0) and drops
+    most of the first layer's entries in float64 (faint pixels). An explicit ``rtol`` restores
+    a relative cut rtol·max F at ρ = 0 (a first pass over the layers for max F). For ρ > τ
+    (any damping in use) G_ii >= ρ and nothing is cut.
 
 Quasi-diagonal FIM (``"quasi-diag"``; Y. Ollivier, "Riemannian metrics for neural networks I:
 feedforward networks", Information and Inference: A Journal of the IMA 4(2):108–153, 2015,
@@ -43,10 +59,15 @@ neural networks", arXiv:1602.08007, 2016)
     ``tests/oracles.py``) and invert it, so the structured step is checked against an
     independent computation.
 
-    At ρ = 0, where Ollivier's formula divides by zero (a dead unit, G_bb = 0; a
+    At ρ = 0, where Ollivier's formula divides by zero (a dead unit, G_bb <= τ; a
     weight whose 2×2 block is singular, D_j <= rtol_pair·G_jj (rtol_pair = ``rtol`` or
     8·N·eps: sin² of the angle between the two Jacobian columns), e.g. a ReLU unit
-    alive on a single sample), the step is the pseudo-inverse G_qd⁺ g, computed in
+    alive on a single sample, or a blank input, G_jj <= τ), the step is the pseudo-inverse
+    G_qd⁺ g. The two cut-offs follow the accuracy of what they test: G_bb and G_jj are
+    sums of squares, cut only at the floor τ of the diagonal FIM (dead unit, blank input,
+    underflow); D_j = G_jj − G_bj²/G_bb *is* a cancellation (G_bj = Σ_n e_n a_nj σ_b has
+    signed terms, off by ~N·eps·√(G_jj G_bb)), so its cut is relative to its own G_jj —
+    a few N·eps, never to P or to max F. G_qd⁺ g is computed in
     closed form: with V = {j : D_j > rtol_pair·G_jj} and the remaining coordinates Z
     (the bias and the degenerate weights), G_qd restricted to span(e_V, ẑ),
     ẑ = u_Z/ν, ν = ‖u_Z‖, is again "diagonal + rank one" and
@@ -56,8 +77,8 @@ neural networks", arXiv:1602.08007, 2016)
         κ = G_bb/ν² + Σ_{j∈V} u_j²/(ν² D_j),
 
     which is Ollivier's formula when V holds every weight (ẑ = e_b, ν = G_bb). A unit
-    with G_bb <= rtol·max F is treated as decoupled (diagonal). With σ_b = 0 there is
-    no bias and the quasi-diagonal FIM is the diagonal FIM.
+    with G_bb <= τ is treated as decoupled (diagonal; dead at ρ = 0, every entry of its F
+    is 0). With σ_b = 0 there is no bias and the quasi-diagonal FIM is the diagonal FIM.
 
 Coefficient matrix (Eq. 11) without the Jacobian: for a per-unit map M_i = diag(μ_i) +
 (low rank in r_i, ẑ_i),
@@ -78,7 +99,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import backend_of, dtype_name_of, namespace_of, to_device, to_float, to_host
-from ..linalg import default_rtol, eps
+from ..linalg import eps, sum_of_squares_floor
 from . import cost
 from .base import FisherApproximation
 from .spec import FisherSpec, register
@@ -182,20 +203,24 @@ class DiagonalFisher(FisherApproximation):
         return self._squared_delta(lay, rows).T @ lay.a2
 
     def _cut(self, signals) -> float:
-        """Pseudo-inverse cut-off on F_ii at ρ = 0 (rtol · max F, NumPy's pinv rule); 0 for ρ > 0."""
-        if self.damping > 0:
-            return 0.0
+        """Absolute cut-off on G_ii: entries <= it get inverse 0 (the pseudo-inverse at ρ = 0).
+
+        τ = tiny/eps of the dtype (:func:`ngdref.linalg.sum_of_squares_floor`): only entries that
+        are 0 or underflowed are cut, each F_ii being accurate relative to itself (module
+        docstring). With an explicit ``rtol`` and ρ = 0: max(τ, rtol·max F) (one more pass)."""
+        floor = sum_of_squares_floor(dtype_name_of(signals.f))
+        if self.damping > 0 or self.rtol is None:
+            return floor
         xp = namespace_of(signals.f)
-        rtol = self.rtol if self.rtol is not None else default_rtol(self.network.n_params, dtype_name_of(signals.f))
         top = 0.0
         for l in range(1, self.network.depth + 1):
             lay = _LayerArrays.of(signals, l)
             for rows in self._row_blocks(lay):
                 top = max(top, to_float(xp.max(self._fisher_rows(lay, rows))))
-        return float(rtol) * top
+        return max(floor, float(self.rtol) * top)
 
     def _inverse_diagonal(self, g_diag, cut: float):
-        """1/G_ii, with 0 where G_ii <= cut (ρ = 0 pseudo-inverse)."""
+        """1/G_ii, with 0 where G_ii <= cut (ρ = 0 pseudo-inverse: G_ii = 0 or underflowed)."""
         xp = namespace_of(g_diag)
         keep = g_diag > cut
         safe = xp.where(keep, g_diag, xp.ones_like(g_diag))
@@ -213,7 +238,7 @@ class DiagonalFisher(FisherApproximation):
 
     # ---- structured path -----------------------------------------------------------------
     def precondition(self, signals, v, output_metric=None):
-        """Δθ_ij = g_ij / (F_ij + ρ) with g = Jᵀv/N (0 where F_ij + ρ <= cut, the ρ = 0 pseudo-inverse).
+        """Δθ_ij = g_ij / (F_ij + ρ) with g = Jᵀv/N (0 where F_ij + ρ <= cut: ρ = 0 and F_ij = 0).
 
         Per layer the gradient is formed whole and divided in place, one block of units at a
         time, by F + ρ with the cut entries set to +inf (g/inf = 0): the gradient GEMM's output
@@ -295,7 +320,11 @@ class QuasiDiagonalFisher(DiagonalFisher):
     )
 
     def _pair_rtol(self, dtype_name: str, n: int) -> float:
-        """Cut-off on sin² = D_j/G_jj (the 2×2 block (b, w_j) is singular below it) at ρ = 0."""
+        """Cut-off on sin² = D_j/G_jj (the 2×2 block (b, w_j) is singular below it) at ρ = 0.
+
+        D_j = G_jj − G_bj²/G_bb cancels: G_bj's signed N-term sum is off by ~N·eps·√(G_jj G_bb),
+        so D_j is known to ~N·eps·G_jj — the cut is relative to the weight's own G_jj (8·N·eps,
+        a margin of 8), independent of P and of the other entries."""
         if self.damping > 0:
             return 0.0
         return float(self.rtol) if self.rtol is not None else 8.0 * max(n, 1) * eps(dtype_name)
@@ -336,8 +365,10 @@ class QuasiDiagonalFisher(DiagonalFisher):
 def _quasi_pieces(xp, g_diag, coupling, cut: float, pair_rtol: float) -> tuple:
     """Closed-form (pseudo-)inverse of G_qd for a block of units (see the module docstring).
 
-    ``g_diag``: (rows, m+1) diagonal of G (bias last); ``coupling``: (rows, m) G_bj. A dead
-    unit (G_bb <= cut) gets c = 0, hence D_j = G_jj and the diagonal pseudo-inverse.
+    ``g_diag``: (rows, m+1) diagonal of G (bias last); ``coupling``: (rows, m) G_bj. ``cut``:
+    the absolute floor on the sums of squares G_bb, G_jj (τ; a weight with G_jj <= cut is
+    degenerate, a zero input); ``pair_rtol``: the relative cut on D_j/G_jj. A dead unit
+    (G_bb <= cut) gets c = 0, hence D_j = G_jj and the diagonal pseudo-inverse.
     Returns (1/D on the weights, r_w, z_w, z_b, κ): M_i = diag(μ) − r ẑᵀ − ẑ rᵀ + κ ẑ ẑᵀ with
     μ = [1/D, 0], r = [r_w, 0], ẑ = [z_w, z_b].
     """
