@@ -89,6 +89,22 @@ def psd_pinv(k, rtol: float | None = None, with_rank: bool = False):
     return pinv
 
 
+def symmetric_pinv(k, rtol: float | None = None):
+    """Pseudo-inverse of a symmetric, possibly indefinite matrix by ``eigh``: eigenvalues with
+    |λ| <= rtol·max|λ| are dropped (rtol = n·eps by default, as :func:`psd_pinv`). The absolute
+    value matters for an indefinite matrix (the layer-wise K of a tri-diagonal Σ, whose negative
+    eigenvalues are as real as its positive ones); on a PSD matrix both rules agree."""
+    xp = namespace_of(k)
+    n = k.shape[-1]
+    rtol = default_rtol(n, dtype_name_of(k)) if rtol is None else float(rtol)
+    w, v = xp.linalg.eigh(symmetrize(k))
+    mag = xp.abs(w)
+    keep = mag > rtol * xp.max(mag, axis=-1, keepdims=True)
+    safe = xp.where(keep, w, xp.ones_like(w))
+    inv_w = xp.where(keep, 1.0 / safe, xp.zeros_like(w))
+    return (v * inv_w[..., None, :]) @ xp.linalg.matrix_transpose(v)
+
+
 def damped_inverse(k, damping: float, rtol: float | None = None):
     """(K + ρI)⁻¹ for ρ > 0, the pseudo-inverse K⁺ for ρ = 0 (K symmetric PSD, possibly stacked)."""
     if damping > 0:

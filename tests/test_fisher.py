@@ -278,20 +278,23 @@ def test_tridiag_alpha_and_singular_sigma():  # no arrays: α and Σ are checked
     np.testing.assert_array_equal(tridiagonal_sigma(6), O.tridiagonal_sigma(6))
 
 
-def test_layerwise_warns_on_a_singular_layer_kernel_only_for_non_diagonal_sigma(backend):
-    """Θ_3 = a_2 a_2ᵀ has rank ≤ M + 1 = 5 < N = 10: S.89 with Θ_3⁺ is not G⁺∇L for tridiag (warn),
-    while for BD (Σ = I) it still is (no warning, and it equals the oracle's G⁺∇L)."""
+@pytest.mark.parametrize("name", ["bd", "tridiag", "layer"])
+def test_layerwise_singular_layer_kernel_is_the_pseudo_inverse(name, backend):
+    """Θ_3 = a_2 a_2ᵀ/N has rank ≤ M + 1 = 5 < N = 10 (a narrow last hidden layer, no dead unit):
+    S.89 with Θ_3⁺ would not be G⁺∇L for a non-diagonal Σ; the ρ = 0 step and Θ̄ are the oracle's
+    G⁺ ones, silently (tests/test_layerwise_singular.py has the dead-unit cases and ρ → 0)."""
     rng = np.random.default_rng(0)
     net = Network((6, 8, 4, 1), "tanh", 2.0, 0.3)
-    x, y = unit_rows(rng, 10, 6), rng.standard_normal((10, 1))
-    pb, xb, yb = net.init(0, backend), to_device(x, backend), to_device(y, backend)
-    with pytest.warns(RuntimeWarning, match="Θ_3 is singular"):
-        get_fisher("tridiag", net, 0.0).direction(pb, xb, yb)
+    x, xt, y = unit_rows(rng, 10, 6), unit_rows(rng, 3, 6), rng.standard_normal((10, 1))
+    opts = {"sigma": _dense_sigma(3)} if name == "layer" else {}
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
-        d = get_fisher("bd", net, 0.0).direction(pb, xb, yb)
-    orc = O.oracle("bd", net, net.init(0), x)
-    assert _rel(to_host(net.flatten(d)), orc.direction(y)) < max(1e-9, 1e4 * O.EPS * orc.condition())
+        d, c_train, c_test = _structured(get_fisher(name, net, 0.0, **opts), net, x, xt, y, backend, seed=0)
+    orc = O.oracle(name, net, net.init(0), x, **opts)
+    tol = max(1e-9, 1e4 * O.EPS * orc.condition())
+    assert _rel(d, orc.direction(y)) < tol
+    assert _rel(c_train, orc.theta_bar()) < tol
+    assert _rel(c_test, orc.theta_bar(xt)) < tol
 
 
 def test_bad_input_errors():  # no arrays: configuration errors

@@ -12,9 +12,12 @@ Structured path (S.72–S.74, S.89): by the push-through identity
     Δθ_l = ∇_{θ_l}fᵀ z_l / N,   z = (Ω + ρI)⁻¹ (1_L ⊗ (f − y)),
     Θ̄(x′, x) = Σ_l Θ_l(x′, x) R_l,   R = (Ω + ρI)⁻¹ (1_L ⊗ I_CN).
 
-At ρ = 0 with Σ nonsingular, z_l = (Σ⁻¹1_L)_l Θ_l⁺ (f − y) (S.89, the pseudo-inverse
-of S.90) and Θ̄ = Σ_l (Σ⁻¹1)_l Θ_l(x′, x) Θ_l⁺ (Eq. 16, α = 1ᵀΣ⁻¹1, Theorem 4.1).
-A singular Σ (the tri-diagonal Σ for L = 3s + 2, Lemma 4.3) has no zero-damping
+At ρ = 0 with Σ nonsingular and every Θ_l invertible, z_l = (Σ⁻¹1_L)_l Θ_l⁻¹ (f − y)
+(S.89–S.90) and Θ̄ = Σ_l (Σ⁻¹1)_l Θ_l(x′, x) Θ_l⁻¹ (Eq. 16, α = 1ᵀΣ⁻¹1, Theorem 4.1): the
+fast path. With a singular Θ_l (a dead unit, or M_{L−1} + 1 < N) S.89 with Θ_l⁺ is G⁺∇L only
+for a diagonal Σ and the MSE metric; otherwise the zero-damping limit G⁺ is computed from the
+layer kernels' eigendecompositions (:meth:`LayerWiseFisher._pseudo_inverse_resolvent`, still
+CN-sized work). A singular Σ (the tri-diagonal Σ for L = 3s + 2, Lemma 4.3) has no zero-damping
 limit: ρ = 0 is refused, ρ > 0 runs with a warning. Σ ∝ 11ᵀ is the exception of
 S.91 and is handled as exact NGD.
 
@@ -28,11 +31,11 @@ import warnings
 
 import numpy as np
 
-from ..backend import backend_of, namespace_of, to_device
+from ..backend import backend_of, dtype_name_of, namespace_of, to_device
 from ..errors import ConfigError, NgdrefError
 from ..jacobian import layer_vjp
 from ..kernels import check_pair, layer_projections
-from ..linalg import numerically_singular, psd_pinv, small_matrix_rtol
+from ..linalg import default_rtol, numerically_singular, psd_pinv, small_matrix_rtol, symmetric_pinv, symmetrize
 from ..ntk import layer_ntks
 from . import cost
 from .base import FisherApproximation
@@ -239,26 +242,29 @@ class LayerWiseFisher(FisherApproximation):
         return ExactFisher(self.network, self.damping / float(self.sigma[0, 0]), self.rtol)
 
     def _resolvent(self, kernels, metric=None):
-        """(Ω + ρI)⁻¹ (1_L ⊗ I_CN) split into L blocks R_l (each CN × CN).
+        """(Ω + ρI)⁻¹ (1_L ⊗ I_CN) split into L blocks R_l (each CN × CN); at ρ = 0 the blocks
+        with Σ_l J_lᵀR_l = G⁺Jᵀ (so Δθ_l = J_lᵀR_l(f − y)/N and Θ̄(x′, x) = Σ_l Θ_l(x′, x)R_l).
 
         With a cross-entropy output metric Λ̃ (S.164) the blocks of Ω are Σ_lk Λ̃ Θ_k and
-        at ρ = 0, R_l = (Σ⁻¹1)_l Θ_l⁺ Λ̃⁻¹ (S.165–S.167).
+        at ρ = 0 with every Θ_l invertible, R_l = (Σ⁻¹1)_l Θ_l⁻¹ Λ̃⁻¹ (S.165–S.167).
         """
         xp = namespace_of(kernels[0])
         depth, m = len(kernels), kernels[0].shape[0]
         if self.damping == 0 and not self.singular:
             w = self._weights()
-            inv_metric = None if metric is None else xp.linalg.inv(metric)
-            blocks, singular = [], []
+            blocks, full_rank = [], True
             for l in range(depth):
                 pinv, rank = psd_pinv(kernels[l], self.rtol, with_rank=True)
                 blocks.append(float(w[l]) * pinv)
-                if int(rank) < m:
-                    singular.append(l + 1)
-            # Σ diagonal: G⁺ exactly; otherwise a singular Θ_l makes S.89 differ from G⁺∇L
-            if singular and np.count_nonzero(self.sigma - np.diag(np.diag(self.sigma))):
-                _warn_singular(singular[0])
-            return blocks if inv_metric is None else [b @ inv_metric for b in blocks]
+                full_rank = full_rank and int(rank) == m
+            # S.89 is G⁺ when every Θ_l is invertible (S.90), and for a diagonal Σ with the MSE metric
+            # (G block diagonal: (J_lᵀJ_l)⁺J_lᵀ = J_lᵀ(J_lJ_lᵀ)⁺); otherwise the general limit
+            if full_rank or (metric is None and not np.count_nonzero(self.sigma - np.diag(np.diag(self.sigma)))):
+                if metric is None:
+                    return blocks
+                inv_metric = xp.linalg.inv(metric)
+                return [b @ inv_metric for b in blocks]
+            return self._pseudo_inverse_resolvent(kernels, metric)
         sig = to_device(self.sigma, backend_of(kernels[0]))
         if metric is not None:
             kernels = [metric @ k for k in kernels]
@@ -267,6 +273,81 @@ class LayerWiseFisher(FisherApproximation):
         rhs = xp.concat([xp.eye(m, dtype=omega.dtype)] * depth, axis=0)
         r = _damped_nonsym_solve(omega, rhs, self.damping)
         return [r[l * m : (l + 1) * m, :] for l in range(depth)]
+
+    def _pseudo_inverse_resolvent(self, kernels, metric=None):
+        """The blocks R_l of G⁺ at ρ = 0 for a nonsingular Σ and singular layer kernels Θ_l.
+
+        Derivation (MSE first). Let J_l = ∇_{θ_l}f (CN × P_l) and Θ_l = J_lJ_lᵀ/N = U_l Λ_l U_lᵀ
+        with U_l the r_l = rank Θ_l eigenvectors of nonzero eigenvalue (S.68). Then
+        J_l = U_l D_l V_lᵀ with D_l = (NΛ_l)^{1/2} and V_l = J_lᵀU_lD_l⁻¹ (P_l × r_l,
+        V_lᵀV_l = I): the thin SVD of J_l from an N-sized eigendecomposition. Block (l, m) of
+        G = Sᵀ(Σ ⊗ I_CN)S/N (Eq. 15, S.72) is Σ_lm J_lᵀJ_m/N = V_l K_lm V_mᵀ with
+
+            K_lm = Σ_lm D_l U_lᵀU_m D_m/N = Σ_lm W_lᵀW_m,   W_l = U_l Λ_l^{1/2}  (Θ_l = W_lW_lᵀ),
+
+        i.e. G = V K Vᵀ, V = blockdiag(V_l) with orthonormal columns and K = (WᵀW) ∘ (Σ expanded
+        to the r_l × r_m blocks), W = [W_1 … W_L] (CN × Σ r_l). Hence G⁺ = V K⁺ Vᵀ (the
+        Moore–Penrose conditions carry over through V), and the nonzero spectrum of G is K's.
+        With ∇L = Jᵀe/N (e = f − y), Vᵀ∇L has blocks D_lU_lᵀe/N = W_lᵀe/√N, so
+
+            Δθ_l = V_l (K⁺Wᵀe)_l/√N = J_lᵀ R_l e/N,   R_l = U_lΛ_l^{-1/2} (K⁺Wᵀ)_l
+
+        ((K⁺Wᵀ)_l: the r_l rows of layer l; U_lΛ_l^{-1/2} = (W_lᵀ)⁺; the √N cancel). J_l never
+        appears: Δθ_l = layer_vjp(R_l e)/N. In the same basis J_l(x′)V_l = NΘ_l(x′, x)U_lD_l⁻¹ and
+        V_mᵀJ_m(x)ᵀ = D_mU_mᵀ, so Θ̄(x′, x) = J(x′)G⁺J(x)ᵀ/N = Σ_l Θ_l(x′, x) R_l with the same R_l
+        (Eq. 11). With every Θ_l invertible, K = Ŵᵀ(Σ ⊗ I)Ŵ (Ŵ = blockdiag(W_l) square) and
+        R_l = (Σ⁻¹1)_l Θ_l⁻¹: S.89–S.90, the fast path of :meth:`_resolvent`. With a singular Θ_l
+        the per-layer pseudo-inverse of S.89 is not this unless Σ is diagonal (K then block
+        diagonal). The damped path (S.73–S.74) tends to it as ρ → 0, linearly in ρ (∇L lies in the
+        range of G when K is invertible, which a positive definite Σ guarantees).
+
+        Cross-entropy (S.159, S.164): G = Sᵀ(Σ ⊗ Λ̃)S/N with Λ̃ = Λ + ρ̃I positive definite. With
+        J̃_l = Λ̃^{1/2}J_l this is the MSE case for the kernels Θ̃_l = Λ̃^{1/2}Θ_lΛ̃^{1/2} (same rank)
+        and Jᵀv = Σ_l J̃_lᵀΛ̃^{-1/2}v, so R_l = Λ̃^{1/2} R̃_l Λ̃^{-1/2}. (Here even Σ = I needs this
+        path: Θ_l⁺Λ̃⁻¹ of S.167 equals Λ̃^{1/2}Θ̃_l⁺Λ̃^{-1/2} only on an invertible Θ_l.)
+
+        Cut-offs (:mod:`ngdref.linalg`'s conventions): r_l counts the eigenvalues of Θ_l above
+        rtol·λ_max with rtol = CN·eps (or the user's ``rtol``), exactly the rank that the fast
+        path's :func:`~ngdref.linalg.psd_pinv` uses, so the two paths agree on what "singular" is.
+        K⁺ drops |κ| <= rtol·max|κ| with rtol = (Σ r_l)·eps, NumPy's pinv rule for the matrix
+        actually decomposed (:func:`~ngdref.linalg.symmetric_pinv`): eigh's backward error on
+        an n×n matrix is O(n·eps·‖K‖), so smaller eigenvalues cannot be told from 0. The
+        absolute value is needed because K is indefinite for an indefinite Σ (tri-diagonal,
+        S.92). The explicit P×P pseudo-inverse would use P·eps; K carries the same information
+        at size Σ r_l <= L·CN, and the rule follows the size of the matrix decomposed.
+
+        Cost: L eigh(CN) (Θ_l; the fast path's are redone, once, on this rare path), one
+        eigh(Σ r_l) <= eigh(L·CN) — the size of the damped path's solve — and products of that size.
+        """
+        xp = namespace_of(kernels[0])
+        m = kernels[0].shape[0]
+        backend = backend_of(kernels[0])
+        half = inv_half = None
+        if metric is not None:
+            mu, q = xp.linalg.eigh(symmetrize(metric))
+            root = xp.sqrt(mu)
+            half = (q * root[None, :]) @ q.T
+            inv_half = (q / root[None, :]) @ q.T
+            kernels = [half @ k @ half for k in kernels]
+        rtol = default_rtol(m, dtype_name_of(kernels[0])) if self.rtol is None else float(self.rtol)
+        factors, co_factors = [], []
+        for k in kernels:
+            lam, u = xp.linalg.eigh(symmetrize(k))
+            r = int(xp.sum(xp.astype(lam > rtol * xp.max(xp.abs(lam)), xp.int64)))
+            lam, u = lam[m - r :], u[:, m - r :]  # eigh sorts ascending: the r kept are last
+            root = xp.sqrt(lam)
+            factors.append(u * root[None, :])  # W_l = U_l Λ_l^{1/2}
+            co_factors.append(u / root[None, :])  # (W_lᵀ)⁺ = U_l Λ_l^{-1/2}
+        sizes = [f.shape[1] for f in factors]
+        if sum(sizes) == 0:  # G = 0
+            return [xp.zeros((m, m), dtype=kernels[0].dtype) for _ in kernels]
+        w = xp.concat(factors, axis=1)  # CN × Σ r_l
+        sigma = to_device(np.repeat(np.repeat(self.sigma, sizes, axis=0), sizes, axis=1), backend)
+        k_mat = (w.T @ w) * sigma  # K_lm = Σ_lm W_lᵀW_m
+        sol = symmetric_pinv(k_mat, self.rtol) @ w.T  # K⁺Wᵀ, (Σ r_l) × CN
+        offsets = np.cumsum([0] + sizes)
+        blocks = [c @ sol[int(a) : int(b), :] for c, a, b in zip(co_factors, offsets[:-1], offsets[1:])]
+        return blocks if metric is None else [half @ b @ inv_half for b in blocks]
 
     def precondition(self, signals, v, output_metric=None):
         if self.is_exact:
@@ -302,17 +383,6 @@ class LayerWiseFisher(FisherApproximation):
         check_pair(cross, train)
         weights = layerwise_weights(self.sigma, train.depth)
         return sum(w * p for w, p in zip(weights, layer_projections(cross, train)))
-
-
-def _warn_singular(layer: int) -> None:
-    """S.89–S.90 assume every Θ_l invertible; with a singular Θ_l the per-layer pseudo-inverse used
-    here is no longer G⁺ (it still is for Σ = I, where G is block diagonal). Say so."""
-    warnings.warn(
-        f"layer kernel Θ_{layer} is singular: the zero-damping layer-wise step uses Θ_l⁺ (S.89), which "
-        "equals G⁺∇L only for invertible Θ_l (S.90) or Σ = I; consider a damping ρ > 0",
-        RuntimeWarning,
-        stacklevel=4,
-    )
 
 
 def _damped_nonsym_solve(omega, rhs, damping):
