@@ -426,6 +426,17 @@ ENTRYWISE_CASES = [  # (widths, N, zero pixels, faint pixels, faint, dead units)
 ]
 
 
+def _float32_and_float64(net, p, x, backend):
+    """The same (float32-rounded) weights and inputs on ``backend`` in float32 and in float64:
+    (params32, signals32, params64, signals64, x32)."""
+    b32, b64 = get_backend(backend.name, "float32"), get_backend(backend.name, "float64")
+    p32 = [to_device(q.astype(np.float32), b32) for q in p]
+    p64 = [to_device(to_host(q), b64) for q in p32]
+    x32 = x.astype(np.float32)
+    s32, s64 = net.signals(p32, to_device(x32, b32)), net.signals(p64, to_device(x32.astype(np.float64), b64))
+    return p32, s32, p64, s64, x32
+
+
 @pytest.mark.parametrize("case", ENTRYWISE_CASES)
 @pytest.mark.parametrize("name", ["diag", "quasi-diag"])
 def test_entrywise_zero_damping_float32_matches_float64(name, case, backend):
@@ -436,11 +447,8 @@ def test_entrywise_zero_damping_float32_matches_float64(name, case, backend):
     if case[-1]:
         dead, blank = _dead_and_blank(net, p, x)
         assert dead >= case[-1] and blank >= case[2]  # the exact zeros are really there
+    p32, s32, p64, s64, x32 = _float32_and_float64(net, p, x, backend)
     b32, b64 = get_backend(backend.name, "float32"), get_backend(backend.name, "float64")
-    p32 = [to_device(q.astype(np.float32), b32) for q in p]
-    p64 = [to_device(to_host(q), b64) for q in p32]
-    x32 = x.astype(np.float32)
-    s32, s64 = net.signals(p32, to_device(x32, b32)), net.signals(p64, to_device(x32.astype(np.float64), b64))
     fim = get_fisher(name, net, 0.0)
     d32 = net.flatten(fim.direction(p32, s32.h[0], to_device(y, b32), s32))
     d64 = net.flatten(fim.direction(p64, s64.h[0], to_device(y, b64), s64))
@@ -504,11 +512,8 @@ def test_entrywise_float32_underflow_is_cut_not_inverted(name, backend):
     overflows), normal in float64. float32 cuts them (inverse 0, a finite step); float64 inverts
     them; every other entry agrees to float32 accuracy."""
     net, p, x, y = _entrywise_case((10, 16, 12, 1), 6, 0, 2, 1e-20, 0)
+    p32, s32, p64, s64, x32 = _float32_and_float64(net, p, x, backend)
     b32, b64 = get_backend(backend.name, "float32"), get_backend(backend.name, "float64")
-    p32 = [to_device(q.astype(np.float32), b32) for q in p]
-    p64 = [to_device(to_host(q), b64) for q in p32]
-    x32 = x.astype(np.float32)
-    s32, s64 = net.signals(p32, to_device(x32, b32)), net.signals(p64, to_device(x32.astype(np.float64), b64))
     fim = get_fisher(name, net, 0.0)
     d32 = to_host(net.flatten(fim.direction(p32, s32.h[0], to_device(y, b32), s32))).astype(np.float64)
     d64 = to_host(net.flatten(fim.direction(p64, s64.h[0], to_device(y, b64), s64)))
