@@ -105,6 +105,16 @@ def symmetric_pinv(k, rtol: float | None = None):
     return (v * inv_w[..., None, :]) @ xp.linalg.matrix_transpose(v)
 
 
+def spd_sqrt(k):
+    """(K^{1/2}, K^{-1/2}) of a symmetric positive definite K by ``eigh`` (the cross-entropy output
+    metric Λ̃ = Λ + ρ̃I of S.159, positive definite for ρ̃ > 0)."""
+    xp = namespace_of(k)
+    mu, q = xp.linalg.eigh(symmetrize(k))
+    root = xp.sqrt(mu)
+    qt = xp.linalg.matrix_transpose(q)
+    return (q * root[None, :]) @ qt, (q / root[None, :]) @ qt
+
+
 def damped_inverse(k, damping: float, rtol: float | None = None):
     """(K + ρI)⁻¹ for ρ > 0, the pseudo-inverse K⁺ for ρ = 0 (K symmetric PSD, possibly stacked)."""
     if damping > 0:

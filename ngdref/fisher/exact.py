@@ -3,7 +3,9 @@
 Exact NGD's structured path is the push-through identity
 (JᵀJ/N + ρI)⁻¹ Jᵀ = Jᵀ (JJᵀ/N + ρI)⁻¹ (Eq. 9, S.91): Δθ = Jᵀ (Θ + ρI)⁻¹ (f − y)/N and
 Θ̄(x′, x) = Θ(x′, x)(Θ + ρI)⁻¹, which at ρ = 0 is Eq. 13 (α = 1). With the cross-entropy
-output metric Λ̃ (S.159): (JᵀΛ̃J/N + ρI)⁻¹Jᵀ = Jᵀ(Λ̃Θ + ρI)⁻¹, at ρ = 0 Θ⁺Λ̃⁻¹.
+output metric Λ̃ (S.159): (JᵀΛ̃J/N + ρI)⁻¹Jᵀ = Jᵀ(Λ̃Θ + ρI)⁻¹; at ρ = 0, with J̃ = Λ̃^{1/2}J and
+Θ̃ = Λ̃^{1/2}ΘΛ̃^{1/2}, G⁺Jᵀ = J̃ᵀΘ̃⁺Λ̃^{-1/2}·N/N = JᵀΛ̃^{1/2}Θ̃⁺Λ̃^{-1/2} (push-through holds for
+the pseudo-inverse), which is S.165's Θ⁺Λ̃⁻¹ only when Θ is invertible.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from ..backend import namespace_of
 from ..dynamics import gd_learning_rate
 from ..jacobian import vjp
 from ..kernels import check_pair, right_solve, singular_input_hint, spd_factor
-from ..linalg import damped_solve
+from ..linalg import damped_solve, spd_sqrt
 from ..ntk import structured_ntk
 from . import cost
 from .base import FisherApproximation
@@ -80,8 +82,9 @@ class ExactFisher(FisherApproximation):
             w = output_metric
             if self.damping > 0:
                 z = xp.linalg.solve(w @ theta + self.damping * xp.eye(c * n, dtype=theta.dtype), vec)
-            else:
-                z = damped_solve(theta, xp.linalg.solve(w, vec), 0.0, self.rtol)
+            else:  # G⁺: Λ̃^{1/2} Θ̃⁺ Λ̃^{-1/2}, exact also for a singular Θ
+                half, inv_half = spd_sqrt(w)
+                z = half @ damped_solve(half @ theta @ half, inv_half @ vec, 0.0, self.rtol)
         else:
             z = damped_solve(theta, vec, self.damping, self.rtol)
         return vjp(signals, xp.reshape(z, (c, n)) / n)

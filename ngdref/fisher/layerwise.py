@@ -35,7 +35,7 @@ from ..backend import backend_of, dtype_name_of, namespace_of, to_device
 from ..errors import ConfigError, NgdrefError
 from ..jacobian import layer_vjp
 from ..kernels import check_pair, layer_projections
-from ..linalg import default_rtol, numerically_singular, psd_pinv, small_matrix_rtol, symmetric_pinv, symmetrize
+from ..linalg import default_rtol, numerically_singular, psd_pinv, small_matrix_rtol, spd_sqrt, symmetric_pinv, symmetrize
 from ..ntk import layer_ntks
 from . import cost
 from .base import FisherApproximation
@@ -324,10 +324,7 @@ class LayerWiseFisher(FisherApproximation):
         backend = backend_of(kernels[0])
         half = inv_half = None
         if metric is not None:
-            mu, q = xp.linalg.eigh(symmetrize(metric))
-            root = xp.sqrt(mu)
-            half = (q * root[None, :]) @ q.T
-            inv_half = (q / root[None, :]) @ q.T
+            half, inv_half = spd_sqrt(metric)
             kernels = [half @ k @ half for k in kernels]
         rtol = default_rtol(m, dtype_name_of(kernels[0])) if self.rtol is None else float(self.rtol)
         factors, co_factors = [], []
