@@ -130,9 +130,47 @@ class Settings:
 def consoles(json_path: str | None) -> Console:
     """Human output goes to stdout, or to stderr when the JSON record is written to stdout."""
     console = Console(stderr=(json_path == "-"), highlight=False)
-    if not console.is_terminal:  # files and pipes: wide enough for the tables
+    if not console.is_terminal and "COLUMNS" not in os.environ:  # files and pipes: wide enough for the tables
         console = Console(stderr=(json_path == "-"), highlight=False, width=160)
     return console
+
+
+def print_table(console: Console, title: str, headers, rows, keep: int = 1, justify=None) -> None:
+    """Print ``rows`` (strings, Rich markup allowed) under ``headers`` without ever cutting a cell:
+    the columns are split into groups that fit the console's width, each group a table that repeats
+    the first ``keep`` columns (the step, the approximation); a cell wider than the whole console
+    folds onto several lines instead of being cut."""
+    from rich.table import Table
+    from rich.text import Text
+
+    def width(i):
+        cells = [Text.from_markup(str(r[i])).cell_len for r in rows]
+        words = [len(w) for w in str(headers[i]).split()] or [0]
+        return max(cells + [max(words)])
+
+    widths = [width(i) for i in range(len(headers))]
+    cost = [w + 3 for w in widths]  # one space each side and a border
+    avail = max(console.width - 1, 1)
+    key_cost = sum(cost[:keep])
+    groups, current, used = [], [], key_cost
+    for i in range(keep, len(headers)):
+        if current and used + cost[i] > avail:
+            groups.append(current)
+            current, used = [], key_cost
+        current.append(i)
+        used += cost[i]
+    groups.append(current)
+    justify = justify or ["right"] * len(headers)
+    for n, group in enumerate(groups):
+        columns = list(range(keep)) + group
+        label = title if len(groups) == 1 else f"{title} ({n + 1}/{len(groups)})"
+        table = Table(title=label, title_justify="left")
+        for i in columns:
+            room = avail - (key_cost if i >= keep else 0) - 3  # what a single wide cell may take
+            table.add_column(headers[i], justify=justify[i], overflow="fold", width=max(1, min(widths[i], room)))
+        for r in rows:
+            table.add_row(*[str(r[i]) for i in columns])
+        console.print(table)
 
 
 def progress_bar(*columns, console: Console):

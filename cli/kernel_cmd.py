@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import click
-from rich.table import Table
+from rich.markup import escape
 
 from .common import (
     FiniteFloat,
@@ -24,6 +24,7 @@ from .common import (
     progress_bar,
     network_options,
     parse_str_list,
+    print_table,
 )
 
 
@@ -47,19 +48,14 @@ def alpha(settings, fims, n_train, input_dim, outputs, raw_options, depth, width
     net = build_network(input_dim, width, depth, activation, shift, sigma_w2, sigma_b2, outputs)
     rep = alpha_report(net, names, n_train, fim_options=options)
     con = consoles(json_path)
-    t1 = Table(title=f"Order parameters, {activation}, L = {depth}, M = {width}")
-    for c in ("layer", "M_l", "q_l", "γ_l", "γ_l M_l"):
-        t1.add_column(c, justify="right")
-    for r in rep["layers"]:
-        t1.add_row(str(r["layer"]), str(r["width"]), f"{r['q']:.6g}", f"{r['gamma']:.6g}", f"{r['gamma_times_width']:.6g}")
-    t2 = Table(title=f"Analytic α (N = {n_train})")
-    for c in ("fim", "α", "α / M", "note"):
-        t2.add_column(c, justify="right" if c != "note" else "left")
-    for r in rep["rows"]:
-        t2.add_row(r["fim"], "—" if r["alpha"] is None else f"{r['alpha']:.6g}",
-                   "—" if r["alpha_over_width"] is None else f"{r['alpha_over_width']:.6g}", r["note"])
-    con.print(t1)
-    con.print(t2)
+    print_table(con, f"Order parameters, {activation}, L = {depth}, M = {width}",
+                ("layer", "M_l", "q_l", "γ_l", "γ_l M_l"),
+                [[str(r["layer"]), str(r["width"]), f"{r['q']:.6g}", f"{r['gamma']:.6g}",
+                  f"{r['gamma_times_width']:.6g}"] for r in rep["layers"]])
+    print_table(con, f"Analytic α (N = {n_train})", ("fim", "α", "α / M", "note"),
+                [[r["fim"], "—" if r["alpha"] is None else f"{r['alpha']:.6g}",
+                  "—" if r["alpha_over_width"] is None else f"{r['alpha_over_width']:.6g}", escape(r["note"])]
+                 for r in rep["rows"]], justify=["right", "right", "right", "left"])
     emit_json(json_path, {"command": "alpha", **rep})
 
 
@@ -100,12 +96,10 @@ def predict(settings, fims, kernel, seeds, damping, raw_options, depth, width, a
         rep = prediction_study(net, ds, names, kernel, seeds, backend, damping, progress=lambda k: bar.advance(task),
                                fim_options=options)
     con = consoles(json_path)
-    table = Table(title=f"Test accuracy of f_∞, {kernel} Θ̄, {ds.name} classes {list(ds.classes)}, "
-                        f"N = {ds.n_train}, N' = {ds.n_test}, {seeds} initialisations")
-    for c in ("fim", "mean", "± std", "f_0 = 0", "note"):
-        table.add_column(c, justify="right" if c != "note" else "left")
-    for r in rep["rows"]:
-        fmt = (lambda v: "—" if v is None else f"{v:.4f}")
-        table.add_row(r["fim"], fmt(r["mean"]), fmt(r["std"]), fmt(r["f0_zero"]), r.get("error", ""))
-    con.print(table)
+    fmt = (lambda v: "—" if v is None else f"{v:.4f}")
+    print_table(con, f"Test accuracy of f_∞, {kernel} Θ̄, {ds.name} classes {list(ds.classes)}, "
+                     f"N = {ds.n_train}, N' = {ds.n_test}, {seeds} initialisations",
+                ("fim", "mean", "± std", "f_0 = 0", "note"),
+                [[r["fim"], fmt(r["mean"]), fmt(r["std"]), fmt(r["f0_zero"]), escape(r.get("error", ""))]
+                 for r in rep["rows"]], justify=["right", "right", "right", "right", "left"])
     emit_json(json_path, {"command": "predict", "data": ds.to_dict(), "network": net.to_dict(), **rep})

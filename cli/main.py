@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import click
-from rich.table import Table
 
 from ngdref import __version__
 from ngdref.backend import BACKENDS, DTYPES
@@ -20,6 +19,7 @@ from .common import (
     json_option,
     load_data,
     network_options,
+    print_table,
 )
 
 
@@ -54,15 +54,11 @@ def ntk(settings, depth, width, activation, shift, sigma_w2, sigma_b2, data, cla
     report = ntk_report(net, ds.x_train, settings.seed, backend, explicit)
     report.update({"data": ds.to_dict(), "backend": backend.name, "dtype": backend.dtype_name, "seed": settings.seed})
     con = consoles(json_path)
-    table = Table(title=f"Empirical NTK, {ds.name} N={ds.n_train}, widths {list(net.widths)}")
-    for col in ("path", "λ_min", "λ_max", "cond", "mean diag", "seconds"):
-        table.add_column(col, justify="right")
-    for key in ("structured", "explicit"):
-        r = report.get(key)
-        if r:
-            table.add_row(key, f"{r['lambda_min']:.4g}", f"{r['lambda_max']:.4g}", f"{r['condition_number']:.4g}",
-                          f"{r['mean_diagonal']:.4g}", f"{r['seconds']:.3f}")
-    con.print(table)
+    print_table(con, f"Empirical NTK, {ds.name} N={ds.n_train}, widths {list(net.widths)}",
+                ("path", "λ_min", "λ_max", "cond", "mean diag", "seconds"),
+                [[key, f"{r['lambda_min']:.4g}", f"{r['lambda_max']:.4g}", f"{r['condition_number']:.4g}",
+                  f"{r['mean_diagonal']:.4g}", f"{r['seconds']:.3f}"]
+                 for key, r in ((k, report.get(k)) for k in ("structured", "explicit")) if r])
     if "max_relative_difference" in report:
         con.print(f"max |structured − explicit| / max |explicit| = {report['max_relative_difference']:.2e}")
     if "explicit_skipped" in report:

@@ -6,7 +6,6 @@ import sys
 
 import click
 from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from .common import (
     FiniteFloat,
@@ -27,6 +26,7 @@ from .common import (
     load_data,
     progress_bar,
     network_options,
+    print_table,
     parse_int_list,
     parse_str_list,
 )
@@ -118,8 +118,8 @@ def train(settings, fim, steps, lr, lr_scale, damping, loss, ce_damping, lineari
     }
     emit_json(json_path, record)  # first: a closed stdout (| head) must not lose the record
     s = result.summary
-    table = Table(title=f"{fim} NGD, η = {s['lr']:.4g} (α = {s['alpha']:.6g}, {s.get('alpha_source', '')}), "
-                        f"ρ = {s['damping']:g} ({s['damping_source']})")
+    title = (f"{fim} NGD, η = {s['lr']:.4g} (α = {s['alpha']:.6g}, {s.get('alpha_source', '')}), "
+             f"ρ = {s['damping']:g} ({s['damping_source']})")
     cols = ["step", "train loss", "theory (Eq. 10)", "Eq. 24", "test loss", "theory test", "train acc", "test acc",
             "max|f−f_lin| train", "max|f−f_lin| test", "‖θ−θ₀‖"]
     keys = ["step", "train_loss", "theory_train_loss", "isotropic_train_loss", "test_loss", "theory_test_loss",
@@ -127,11 +127,7 @@ def train(settings, fim, steps, lr, lr_scale, damping, loss, ce_damping, lineari
     if linearized:
         cols.insert(3, "linearised model")
         keys.insert(3, "linearized_model_train_loss")
-    for c in cols:
-        table.add_column(c, justify="right")
-    for rec in result.records:
-        table.add_row(*[str(rec["step"])] + [_fmt(rec.get(k)) for k in keys[1:]])
-    con.print(table)
+    print_table(con, title, cols, [[str(rec["step"])] + [_fmt(rec.get(k)) for k in keys[1:]] for rec in result.records])
     if "eq22_relative_error" in s:
         con.print(f"‖(θ_T − θ_0) − Eq. 22‖ / ‖Eq. 22‖ = {s['eq22_relative_error']:.3e}    wall time {s['seconds']:.1f} s")
     if not result.ok:
@@ -170,11 +166,9 @@ def isotropy(settings, fims, widths, damping, raw_options, depth, activation, sh
                               sigma_b2, shift, damping, ds.n_outputs, progress=lambda r: bar.advance(task),
                               fim_options=options)
     con = consoles(json_path)
-    table = Table(title=f"Isotropy of Θ̄(x,x): {ds.name}, N = {ds.n_train}, L = {depth}, {activation}")
-    for c in ("fim", "width", "cond(Θ̄)", "α measured", "α analytic", "measured/analytic", "seconds"):
-        table.add_column(c, justify="right")
-    for r in rows:
-        table.add_row(r["fim"], str(r["width"]), f"{r['condition_number']:.4g}", f"{r['alpha_measured']:.6g}",
-                      _fmt(r["alpha_analytic"], ".6g"), _fmt(r["measured_over_analytic"], ".5f"), f"{r['seconds']:.2f}")
-    con.print(table)
+    print_table(con, f"Isotropy of Θ̄(x,x): {ds.name}, N = {ds.n_train}, L = {depth}, {activation}",
+                ("fim", "width", "cond(Θ̄)", "α measured", "α analytic", "measured/analytic", "seconds"),
+                [[r["fim"], str(r["width"]), f"{r['condition_number']:.4g}", f"{r['alpha_measured']:.6g}",
+                  _fmt(r["alpha_analytic"], ".6g"), _fmt(r["measured_over_analytic"], ".5f"), f"{r['seconds']:.2f}"]
+                 for r in rows], keep=2)
     emit_json(json_path, {"command": "isotropy", "data": ds.to_dict(), "seed": settings.seed, "rows": rows})
