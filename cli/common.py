@@ -175,10 +175,12 @@ def print_table(console: Console, title: str, headers, rows, keep: int = 1, just
 
 def progress_bar(*columns, console: Console):
     """A transient progress bar on ``console`` (stderr), shown only on a terminal: to a file or a pipe
-    it writes nothing at all (Rich would end it with an empty line), so stderr holds only what matters."""
-    from rich.progress import Progress
+    it writes nothing at all (Rich would end it with an empty line), so stderr holds only what matters.
+    Every bar ends with the elapsed time and an estimate of the time remaining."""
+    from rich.progress import Progress, TimeRemainingColumn
 
-    return Progress(*columns, console=console, transient=True, disable=not console.is_terminal)
+    return Progress(*columns, TimeRemainingColumn(compact=True, elapsed_when_finished=True), console=console,
+                    transient=True, disable=not console.is_terminal)
 
 
 def emit_json(json_path: str | None, record: dict) -> None:

@@ -106,7 +106,8 @@ def train(settings, fim, steps, lr, lr_scale, damping, loss, ce_damping, lineari
     with progress_bar(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                       TextColumn("{task.fields[loss]}"), TimeElapsedColumn(), console=err) as bar:
         task = bar.add_task(f"{fim} NGD", total=steps + 1, loss="")
-        result = run_train(net, ds, config, backend, settings.seed, progress=progress)
+        result = run_train(net, ds, config, backend, settings.seed, progress=progress,
+                           phase=lambda text: bar.update(task, description=f"{fim} NGD — {text}"))
     record = {
         "command": "train",
         "config": {**config_dict(config), "seed": settings.seed, "backend": backend.name, "dtype": backend.dtype_name,

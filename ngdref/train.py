@@ -399,8 +399,13 @@ def train(
     backend: Backend,
     seed: int = 0,
     progress: Callable[[int, dict], None] | None = None,
+    phase: Callable[[str], None] | None = None,
 ) -> TrainResult:
-    """Train ``network`` on ``dataset`` with NGD (Eq. 7) and record it beside the theory."""
+    """Train ``network`` on ``dataset`` with NGD (Eq. 7) and record it beside the theory.
+
+    ``progress(t, record)`` is called after every step; ``phase(text)`` when the run enters a phase
+    (the set-up — initialisation, Θ̄(x, x), Θ̄(x′, x), the theory lines — then the steps)."""
+    phase = phase or (lambda text: None)
     config.validate()
     _check_fits(config, network, dataset)
     t_start = time.perf_counter()
@@ -416,8 +421,10 @@ def train(
     yt = to_device(yt_host, backend) if has_test else None
     n = dataset.n_train
 
+    phase("set-up: initialising the network")
     params0 = network.init(seed, backend)
     s0 = network.signals(params0, x)
+    phase("set-up: Θ̄(x, x), Θ̄(x′, x) and the theory lines (Eq. 10, 22)")
 
     summary: dict = {"fim": fim.to_dict(), "n_params": network.n_params, "damping": fim.damping,
                      "damping_source": fim.damping_source}
@@ -435,6 +442,7 @@ def train(
     records: list = []
     status, message = "ok", f"trained {config.steps} steps"
     params = params0
+    phase("steps")
     for t in range(config.steps + 1):
         s = s0 if t == 0 else network.signals(params, x)
         ft = network.output(params, xt) if has_test else None

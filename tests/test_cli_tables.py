@@ -45,3 +45,24 @@ def test_long_notes_fold_beside_an_intact_key_column():
     lines = r.stdout.splitlines()
     assert max(len(line) for line in lines) <= 70 and "…" not in r.stdout
     assert any(line.startswith("│ unit │") for line in lines) and any(line.startswith("│ kfac │") for line in lines)
+
+
+def test_train_reports_its_phases_and_bars_show_time_remaining():
+    """train says what it is doing during its set-up (Θ̄, theory lines) before the steps start, and every
+    progress bar carries an estimate of the time remaining (issue 14)."""
+    from rich.console import Console
+    from rich.progress import TimeRemainingColumn
+
+    from ngdref.backend import get_backend
+    from ngdref.data import load_dataset
+    from ngdref.network import Network
+    from ngdref.train import TrainConfig, train
+    from ngdref_cli.common import progress_bar
+
+    ds = load_dataset("gaussian", classes=(0, 1), n_train=6, n_test=2, seed=0, input_dim=8)
+    events = []
+    train(Network.build(8, 16, 3, 1, "relu"), ds, TrainConfig(fim="bd", steps=2), get_backend("numpy"), 0,
+          progress=lambda t, rec: events.append(t), phase=events.append)
+    assert events[0].startswith("set-up") and "Θ̄" in events[1] and events[2:] == ["steps", 0, 1, 2]
+    bar = progress_bar(console=Console(force_terminal=True))
+    assert any(isinstance(c, TimeRemainingColumn) for c in bar.columns)
