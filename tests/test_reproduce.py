@@ -390,3 +390,91 @@ def test_cells_on_a_device_backend_return_host_values():
     dev = run_cells(build_cells(cfg, "strict"))[0].result
     json.dumps(dev)
     assert abs(dev["alpha_measured"] / host["alpha_measured"] - 1) < 1e-10
+
+
+THETA_BAR_TEX = r"$\bar{\Theta}$"
+
+
+def _drawn(quick, name):
+    """The matplotlib figure of ``name`` at --quick, drawn from the cells the quick run stored."""
+    from ngdref.experiments.figures.plotting import pyplot
+
+    pytest.importorskip("matplotlib")
+    plt = pyplot()
+    out, rec, _ = quick(name)
+    figure = get_figure(name)
+    config = figure.config(True, None, 0)
+    outcomes = run_cells(figure.cells(config, "numpy", "float64"), None, out / "cells")
+    rows, _, extra = figure.analyse(config, outcomes)
+    assert rows == rec["rows"]  # the same data as the written figure
+    fig = figure.draw(plt, config, rows, extra)
+    fig.tight_layout()
+    return plt, fig
+
+
+def _texts(fig) -> list[str]:
+    out = [t.get_text() for t in fig.texts]
+    if getattr(fig, "_suptitle", None) is not None:
+        out.append(fig._suptitle.get_text())
+    for ax in fig.axes:
+        out += [ax.get_title(), ax.get_xlabel(), ax.get_ylabel()] + [t.get_text() for t in ax.texts]
+        out += [t.get_text() for t in ax.get_xticklabels()]
+        if ax.get_legend() is not None:
+            out += [t.get_text() for t in ax.get_legend().get_texts()]
+    return [t for t in out if t]
+
+
+@pytest.mark.parametrize("name", FIGURES)
+def test_quick_figure_text_is_readable(quick, name):
+    """Θ̄ as mathtext (a plain combining macron is dropped by matplotlib), approximations in words,
+    integer step ticks on the training-loss figures, no empty plotted series."""
+    plt, fig = _drawn(quick, name)
+    try:
+        texts = _texts(fig)
+        assert not any("̄" in t for t in texts), texts  # no combining macron left anywhere
+        cli_names = {"gd", "bd", "exact", "tridiag", "kfac", "unit", "diag", "quasi-diag"}
+        assert not cli_names & set(texts), texts
+        assert not any(t.startswith(("BD c=", "exact c=", "GD η=")) for t in texts), texts  # the runs' CLI labels
+        if name in ("fig1b", "fig2", "fig3", "figS2"):
+            assert any(THETA_BAR_TEX in t for t in texts), texts
+        fig.canvas.draw()
+        for ax in fig.axes:
+            for line in ax.get_lines():
+                if line.get_label().startswith("×"):  # the legend proxy of a stopped run
+                    continue
+                assert len(line.get_xdata()) > 0, (name, line.get_label())
+            if name in ("fig1a", "fig1b", "figS1"):
+                ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+                assert ticks and all(float(t).is_integer() for t in ticks), ticks
+    finally:
+        plt.close(fig)
+
+
+def test_quick_figures_name_approximations_in_words(quick):
+    plt, fig = _drawn(quick, "fig1a")
+    try:
+        labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+        assert any(t.startswith("block-diagonal") for t in labels) and any(t.startswith("exact NGD") for t in labels)
+        assert not any(t.startswith("×") for t in labels)  # no run stopped: no × in the legend
+    finally:
+        plt.close(fig)
+    plt, fig = _drawn(quick, "fig3")
+    try:
+        ax = fig.axes[0]
+        assert [t.get_text() for t in ax.get_xticklabels()] == [str(w) for w in figure_config("fig3", True)["widths"]]
+        legend = ax.get_legend()
+        names = {t.get_text() for t in legend.get_texts()}
+        assert {"block-diagonal", "unit-wise", "diagonal", "quasi-diagonal"} <= names, names
+        # outside the axes: it covers no data
+        r = fig.canvas.get_renderer()
+        assert legend.get_window_extent(r).x0 >= ax.get_window_extent(r).x1
+    finally:
+        plt.close(fig)
+    plt, fig = _drawn(quick, "fig2")
+    try:
+        for ax in fig.axes:
+            labels = [t.get_text() for t in ax.get_legend().get_texts()]
+            assert "one draw of $f_0$" in labels, labels
+            assert "exact NGD" in [t.get_text() for t in ax.get_xticklabels()]
+    finally:
+        plt.close(fig)

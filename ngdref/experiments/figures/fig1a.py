@@ -15,7 +15,7 @@ from ..sweep import Cell, CellOutcome
 from .analysis import claim, fmt, holds, max_theory_gap, ratio, training_rows, worst
 from .base import Figure, mnist, net
 from .cells import train_cell, with_backend
-from .plotting import FLOOR, colors, plot_runs, quick_suffix, runs_by
+from .plotting import FLOOR, colors, fim_title, plot_runs, quick_suffix, runs_by
 
 NAME = "fig1a"
 
@@ -64,12 +64,19 @@ def analyse(config: dict, outcomes: list[CellOutcome]) -> tuple[list, list, dict
     return rows, claims, {"theory_gap_per_run": gaps}
 
 
+def _run_label(r: dict) -> str:
+    """A run in words: the approximation's title and its step size (GD: η = 1/λ_max(Θ))."""
+    if r["fim"] == "gd":
+        return f"{fim_title('gd')}, " + r"$\eta = 1/\lambda_{\max}(\Theta)$"
+    return f"{fim_title(r['fim'])}, $c = {r['lr_scale']:g}$"
+
+
 def draw(plt, config: dict, rows: list[dict], extra: dict):
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    plot_runs(ax, runs_by(rows, lambda r: r["run"]), colors(plt))
+    plot_runs(ax, runs_by(rows, _run_label), colors(plt))
     n = config["network"]
-    ax.set_title(f"Fig. 1(a){quick_suffix(config)}: MNIST 0/7, L={n['depth']}, M={n['width']}\n"
-                 "markers: network, lines: Eq. 10", fontsize=10)
+    ax.set_title(f"Fig. 1(a){quick_suffix(config)}: MNIST 0/7, $L = {n['depth']}$, $M = {n['width']}$, "
+                 r"$\eta = c/\alpha$" "\nmarkers: network, lines: Eq. 10", fontsize=10)
     ax.set_ylim(bottom=FLOOR)
     ax.legend(fontsize=8)
     return fig

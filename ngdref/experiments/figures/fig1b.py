@@ -19,7 +19,7 @@ from ..sweep import Cell, CellOutcome
 from .analysis import claim, div, fmt, holds, max_theory_gap, missing, ratio, training_rows, worst
 from .base import Figure, mnist, net
 from .cells import train_cell, with_backend
-from .plotting import FLOOR, colors, floored, plot_runs, quick_suffix, runs_by
+from .plotting import FLOOR, THETA_BAR, colors, fim_title, floored, plot_runs, quick_suffix, runs_by, tex_number
 
 NAME = "fig1b"
 
@@ -171,21 +171,23 @@ def draw(plt, config: dict, rows: list[dict], extra: dict):
     fig, axes = plt.subplots(1, len(config["depths"]), figsize=(11, 4.5))
     for ax, depth in zip(np.atleast_1d(axes), config["depths"]):
         sub = [r for r in rows if r["depth"] == depth]
-        plot_runs(ax, runs_by(sub, lambda r: f"ρ = {r['damping']:g}"), palette, theory=True)
+        plot_runs(ax, runs_by(sub, lambda r: f"$\\rho = {tex_number(r['damping'])}$"), palette, theory=True)
         ref = [r for r in sub if r["damping"] == 0 and r.get("step") is not None]
         if ref:
             ax.semilogy([r["step"] for r in ref], [floored(r["theory_train_loss"]) for r in ref], "k--", lw=1.5,
-                        label="ρ = 0: NTK dynamics (Eq. 10)")
+                        label=r"$\rho = 0$: NTK dynamics (Eq. 10)")
         if any(r.get("status") == "refused" for r in sub):
-            ax.text(0.02, 0.02, "ρ = 0 refused (Lemma 4.3: Σ singular)", transform=ax.transAxes, fontsize=8)
-        ax.set_title(f"L = {depth}, η = {config['lr']}, M = {config['network']['width']}{quick_suffix(config)}",
-                     fontsize=10)
+            ax.text(0.02, 0.02, r"$\rho = 0$ refused (Lemma 4.3: $\Sigma$ singular)", transform=ax.transAxes,
+                    fontsize=8)
+        ax.set_title(f"$L = {depth}$, $\\eta = {config['lr']}$, $M = {config['network']['width']}$"
+                     f"{quick_suffix(config)}", fontsize=10)
         observed = [r["train_loss"] for r in sub if r.get("train_loss")]
         # the damped Eq. 10 lines can explode far above the network (ρ near an eigenvalue of Θ_l): cap the axis
         ax.set_ylim(FLOOR, 30 * max(observed) if observed else None)
         ax.legend(fontsize=7)
-    fig.suptitle("Fig. 1(b): block tri-diagonal NGD; markers: network, lines: Eq. 10 with the damped Θ̄ "
-                 "(× = diverged)", fontsize=10)
+    # the × marker is explained in the legend of a panel that draws one (plot_runs), not here
+    fig.suptitle(f"Fig. 1(b): {fim_title('tridiag')} NGD; markers: network, lines: Eq. 10 with the damped "
+                 f"{THETA_BAR}", fontsize=10)
     return fig
 
 

@@ -29,7 +29,7 @@ from ..sweep import Cell, CellOutcome
 from .analysis import claim, fmt, holds, mean, missing, std, worst
 from .base import Figure, mnist, net
 from .cells import NUMBER, dataset, network, result_problem
-from .plotting import quick_suffix
+from .plotting import THETA_BAR, fim_title, quick_suffix
 
 NAME = "fig2"
 
@@ -179,26 +179,32 @@ def analyse(config: dict, outcomes: list[CellOutcome]) -> tuple[list, list, dict
 
 def draw(plt, config: dict, rows: list[dict], extra: dict):
     tasks = config["tasks"]
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4.5))
     for ax, task in zip(np.atleast_1d(axes), tasks):
         st = extra[task["name"]]["methods"]
         ms = [m for m in task["methods"] if st[m]["mean"] is not None]
         x = np.arange(len(ms))
+        dots = False
         for i, m in enumerate(ms):
             accs = [r["accuracy"] for r in rows if r["task"] == task["name"] and r["method"] == m
                     and r["seed"] != "f0=0" and not missing(r["accuracy"])]
-            ax.plot(np.full(len(accs), i) + 0.12, accs, ".", color="0.6", ms=4)
+            ax.plot(np.full(len(accs), i) + 0.12, accs, ".", color="0.6", ms=4,
+                    label=None if dots or not accs else "one draw of $f_0$")
+            dots = dots or bool(accs)
         ax.errorbar(x, [st[m]["mean"] for m in ms], yerr=[st[m]["std"] for m in ms], fmt="s", capsize=5,
-                    color="C0", label="mean ± std over f_0 draws")
+                    color="C0", label="mean ± std over $f_0$ draws")
         ax.plot(x, [np.nan if missing(st[m]["f0_zero"]) else st[m]["f0_zero"] for m in ms], "o", mfc="none",
-                color="C3", ms=9, label="f_0 = 0 (α⁻¹Θ̄y)")
-        ax.set_xticks(x, ms)
+                color="C3", ms=9, label=r"$f_0 = 0$ ($\alpha^{-1}\bar{\Theta}y$)")
+        ax.set_xticks(x, [fim_title(m) for m in ms], fontsize=8)
         d = extra[task["name"]]["data"]
-        ax.set_title(f"{task['name']}: {Path(str(d['name'])).name}, N={d['n_train']}, N'={d['n_test']}", fontsize=10)
+        ax.set_title(f"{task['name']}: {Path(str(d['name'])).name}, $N = {d['n_train']}$, $N' = {d['n_test']}$",
+                     fontsize=10)
         ax.set_ylabel("test accuracy")
         ax.grid(True, axis="y", alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(f"Fig. 2{quick_suffix(config)}: kernel-regression prediction, L=3, ReLU, analytic Θ̄", fontsize=10)
+        # below the panel, where it covers no data point
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3, frameon=False)
+    fig.suptitle(f"Fig. 2{quick_suffix(config)}: kernel-regression prediction, $L = 3$, ReLU, analytic {THETA_BAR}",
+                 fontsize=10)
     return fig
 
 

@@ -17,7 +17,7 @@ from ..sweep import Cell, CellOutcome
 from .analysis import claim, fmt, holds, mean, std
 from .base import Figure, gaussian, net
 from .cells import isotropy_cell, with_backend
-from .plotting import quick_suffix
+from .plotting import THETA_BAR, fim_title, quick_suffix, tex_number
 
 NAME = "fig3"
 
@@ -75,27 +75,33 @@ def analyse(config: dict, outcomes: list[CellOutcome]) -> tuple[list, list, dict
     return rows, claims, {"condition_number": stats}
 
 
-STYLE = {"gd": ("k", "NTK (GD)"), "bd": ("C3", "block diagonal"), "unit": ("C0", "unit-wise"),
-         "diag": ("C2", "diagonal"), "quasi-diag": ("C9", "quasi-diagonal")}
+COLOR = {"gd": "k", "bd": "C3", "unit": "C0", "diag": "C2", "quasi-diag": "C9"}
+
+
+def _label(fim: str) -> str:
+    return f"{fim_title(fim)} (NTK)" if fim == "gd" else fim_title(fim)
 
 
 def draw(plt, config: dict, rows: list[dict], extra: dict):
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    from matplotlib.ticker import NullLocator
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
     st = extra["condition_number"]
     for fim in config["fims"]:
         ws = [w for w in config["widths"] if st[fim][w]["mean"] is not None]
-        col, lab = STYLE.get(fim, ("C7", fim))
         ax.errorbar(ws, [st[fim][w]["mean"] for w in ws], yerr=[st[fim][w]["std"] for w in ws], fmt="o-",
-                    color=col, label=lab, ms=5, capsize=3)
+                    color=COLOR.get(fim, "C7"), label=_label(fim), ms=5, capsize=3)
     ax.set_xscale("log", base=2)
+    ax.set_xticks(config["widths"], [str(w) for w in config["widths"]])  # the widths as numbers, not 2^k
+    ax.xaxis.set_minor_locator(NullLocator())
     ax.set_yscale("log")
-    ax.set_xlabel("width M")
-    ax.set_ylabel("condition number of Θ̄(x, x)")
+    ax.set_xlabel("width $M$")
+    ax.set_ylabel(f"condition number of {THETA_BAR}$(x, x)$")
     d = config["data"]
-    ax.set_title(f"Fig. 3{quick_suffix(config)}: ReLU, L=3, Gaussian inputs, N={d['n_train']}, M0={d['input_dim']}, "
-                 f"ρ={config['damping']:g}", fontsize=9)
+    ax.set_title(f"Fig. 3{quick_suffix(config)}: ReLU, $L = 3$, Gaussian inputs, $N = {d['n_train']}$, "
+                 f"$M_0 = {d['input_dim']}$, $\\rho = {tex_number(config['damping'])}$", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)  # outside: covers no data
     return fig
 
 

@@ -17,7 +17,7 @@ from ..sweep import Cell, CellOutcome
 from .analysis import claim, div, fmt, holds, max_theory_gap, ratio, training_rows, worst
 from .base import Figure, mnist, net
 from .cells import train_cell, with_backend
-from .plotting import FLOOR, colors, plot_runs, quick_suffix, runs_by
+from .plotting import FLOOR, colors, fim_title, plot_runs, quick_suffix, runs_by
 
 NAME = "figS1"
 
@@ -88,15 +88,15 @@ def draw(plt, config: dict, rows: list[dict], extra: dict):
     palette = colors(plt)
     width = config["network"]["width"]
     acts = list(dict.fromkeys(r["activation"] for r in rows))
-    fig, axes = plt.subplots(1, len(acts), figsize=(5 * len(acts), 4))
+    fig, axes = plt.subplots(1, len(acts), figsize=(5 * len(acts), 4), sharey=True)
     for ax, act in zip(np.atleast_1d(axes), acts):
-        runs = runs_by([r for r in rows if r["activation"] == act], lambda r: f"c = {r['lr_scale']:g}")
+        runs = runs_by([r for r in rows if r["activation"] == act], lambda r: f"$c = {r['lr_scale']:g}$")
         plot_runs(ax, runs, palette, theory_key="isotropic_train_loss")
         alpha = next(r["alpha"] for r in rows if r["activation"] == act)
-        ax.set_title(f"{act}: α/M = {fmt(div(alpha, width), '.4f')}", fontsize=10)
+        ax.set_title(f"{act}: $\\alpha/M = {fmt(div(alpha, width), '.4f')}$", fontsize=10)
         ax.set_ylim(bottom=FLOOR)
         ax.legend(fontsize=8)
-    fig.suptitle(f"Fig. S.1{quick_suffix(config)}: unit-wise NGD, η = c/α, M = {width} "
+    fig.suptitle(f"Fig. S.1{quick_suffix(config)}: {fim_title('unit')} NGD, $\\eta = c/\\alpha$, $M = {width}$ "
                  "(markers: network, lines: Eq. 24)", fontsize=10)
     return fig
 

@@ -16,7 +16,7 @@ from ..sweep import Cell, CellOutcome
 from .analysis import claim, div, holds, mean, std, worst
 from .base import Figure, gaussian, net
 from .cells import isotropy_cell, network, with_backend
-from .plotting import quick_suffix
+from .plotting import THETA_BAR, quick_suffix
 
 NAME = "figS2"
 
@@ -87,11 +87,11 @@ def draw(plt, config: dict, rows: list[dict], extra: dict):
     per = extra["per_shift"]
     ss = sorted(s for s in per if per[s]["mean"] is not None)
     ax.errorbar(ss, [per[s]["mean"] for s in ss], yerr=[per[s]["std"] for s in ss], fmt="o", mfc="none",
-                color="C3", label="mean diagonal of Θ̄ / M (network)", capsize=3)
-    ax.set_xlabel("shift s")
-    ax.set_ylabel("α / M")
-    ax.set_title(f"Fig. S.2{quick_suffix(config)}: shifted ReLU, L=3, M={config['network']['width']}, M0=N="
-                 f"{config['data']['n_train']}", fontsize=10)
+                color="C3", label=f"mean diagonal of {THETA_BAR}$/M$ (network)", capsize=3)
+    ax.set_xlabel("shift $s$")
+    ax.set_ylabel(r"$\alpha / M$")
+    ax.set_title(f"Fig. S.2{quick_suffix(config)}: shifted ReLU, $L = 3$, $M = {config['network']['width']}$, "
+                 f"$M_0 = N = {config['data']['n_train']}$", fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     return fig

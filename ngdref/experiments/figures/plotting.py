@@ -6,6 +6,7 @@ it: without it :func:`save_plot` returns a one-line reason (:data:`PLOT_HINT`) a
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,6 +17,15 @@ from ...io import atomic_path
 PLOT_HINT = "matplotlib is not installed; the data were written, for the plot: pip install 'ngdref[plot]'"
 
 FLOOR = 1e-15  # lower y-limit of the loss plots; a theory value below it (c = 1: exactly 0) is drawn at it
+
+THETA_BAR = r"$\bar{\Theta}$"  # mathtext: matplotlib drops the combining macron of a plain "Θ̄"
+
+
+def fim_title(name: str) -> str:
+    """An approximation's name in words ("block-diagonal", "K-FAC", …): its Fisher registry title."""
+    from ...fisher import fisher_class
+
+    return fisher_class(name).spec.title
 
 
 def pyplot():
@@ -57,8 +67,28 @@ def runs_by(rows: list[dict], key: Callable[[dict], Any]) -> dict:
     return out
 
 
-def plot_runs(ax, runs: dict, palette: list, theory_key: str = "theory_train_loss", theory: bool = True) -> None:
-    """Training loss per run: markers for the network, lines for ``theory_key``, × where a run stopped."""
+def tex_number(v: float) -> str:
+    """``v`` for mathtext: a power of ten as ``10^{k}`` (1e-06 → 10^{-6}), any other number as ``:g``."""
+    if v > 0:
+        k = round(math.log10(v))
+        if abs(k) >= 3 and v == float(f"1e{k}"):
+            return f"10^{{{k}}}"
+    return f"{v:g}"
+
+
+def integer_steps(ax) -> None:
+    """Only whole numbers on the x-axis (training steps)."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def plot_runs(ax, runs: dict, palette: list, theory_key: str = "theory_train_loss", theory: bool = True) -> int:
+    """Training loss per run: markers for the network, lines for ``theory_key``, × where a run stopped.
+
+    The × gets a legend entry (black) only when one is drawn; returns the number of × drawn.
+    """
+    stopped = 0
     for i, (label, rs) in enumerate(runs.items()):
         col = palette[i % len(palette)]
         steps = [r["step"] for r in rs]
@@ -67,9 +97,14 @@ def plot_runs(ax, runs: dict, palette: list, theory_key: str = "theory_train_los
             ax.semilogy(steps, [floored(r.get(theory_key)) for r in rs], "-", color=col, lw=1.2)
         if rs[-1].get("status") not in (None, "ok"):
             ax.semilogy([steps[-1]], [loss(rs[-1]["train_loss"])], "x", color=col, ms=10, mew=2)
-    ax.set_xlabel("step t")
+            stopped += 1
+    if stopped:
+        ax.plot([], [], "x", color="k", ms=8, mew=2, label="× run stopped (diverged or non-finite)")
+    integer_steps(ax)
+    ax.set_xlabel("step $t$")
     ax.set_ylabel("training loss")
     ax.grid(True, which="major", alpha=0.3)
+    return stopped
 
 
 def save_plot(draw: Callable, config: dict, rows: list[dict], extra: dict, path: str | Path) -> str:
