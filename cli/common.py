@@ -342,28 +342,11 @@ def options_by_fim(names, given: dict) -> dict:
 
 
 def _options_help(prefix: str) -> str:
+    """``--option`` help: every registered approximation's options (read from the specs)."""
     from ngdref.fisher import REGISTRY
 
     items = [f"{o.name} ({name}: {o.help})" for name, cls in REGISTRY.items() for o in cls.spec.options]
     return prefix + " " + "; ".join(items) + "."
-
-
-class FisherOptionsOption(click.Option):
-    """``--option``: its help lists every registered approximation's options when help is shown."""
-
-    def get_help_record(self, ctx):
-        prefix = self.help
-        try:
-            self.help = _options_help(prefix)
-            return super().get_help_record(ctx)
-        finally:
-            self.help = prefix
-
-
-def option_flag(fn):
-    """``--option NAME=VALUE``: an approximation's own option, declared by its spec (repeatable)."""
-    return click.option("--option", "raw_options", cls=FisherOptionsOption, multiple=True, metavar="NAME=VALUE",
-                        help="An approximation's own option, repeatable:")(fn)
 
 
 def fim_help(prefix: str) -> str:
@@ -373,17 +356,36 @@ def fim_help(prefix: str) -> str:
     return prefix + " " + "; ".join(f"{name} ({cls.spec.title})" for name, cls in REGISTRY.items()) + "."
 
 
-class FimOption(click.Option):
-    """``--fim``: its help lists the registry as it is when help is shown (an approximation
-    registered after the CLI was imported appears too); the option's ``help`` is the prefix."""
+class RegistryHelpOption(click.Option):
+    """An option whose help is completed from the Fisher registry as it is when help is shown (an
+    approximation registered after the CLI was imported appears too); ``help`` is the prefix and
+    ``complete_help(prefix)`` the completion."""
+
+    complete_help = staticmethod(fim_help)
 
     def get_help_record(self, ctx):
         prefix = self.help
         try:
-            self.help = fim_help(prefix)
+            self.help = self.complete_help(prefix)
             return super().get_help_record(ctx)
         finally:
             self.help = prefix
+
+
+class FimOption(RegistryHelpOption):
+    """``--fim``: the registered approximations with their titles."""
+
+
+class FisherOptionsOption(RegistryHelpOption):
+    """``--option``: every registered approximation's options."""
+
+    complete_help = staticmethod(_options_help)
+
+
+def option_flag(fn):
+    """``--option NAME=VALUE``: an approximation's own option, declared by its spec (repeatable)."""
+    return click.option("--option", "raw_options", cls=FisherOptionsOption, multiple=True, metavar="NAME=VALUE",
+                        help="An approximation's own option, repeatable:")(fn)
 
 
 def parse_str_list(text: str) -> list[str]:
