@@ -12,6 +12,7 @@ there the cut-off is absolute and per entry (:func:`sum_of_squares_floor`).
 from __future__ import annotations
 
 from .backend import dtype_name_of, namespace_of
+from .errors import NgdrefError
 
 #: machine epsilon per dtype name (the one table of ngdref's cut-off conventions)
 EPS = {"float32": 1.1920928955078125e-07, "float64": 2.220446049250313e-16}
@@ -110,6 +111,8 @@ def spd_sqrt(k):
     metric Λ̃ = Λ + ρ̃I of S.159, positive definite for ρ̃ > 0)."""
     xp = namespace_of(k)
     mu, q = xp.linalg.eigh(symmetrize(k))
+    if not float(xp.min(mu)) > 0.0:
+        raise NgdrefError("the output metric Λ̃ is not positive definite (S.159 needs ρ̃ > 0)")
     root = xp.sqrt(mu)
     qt = xp.linalg.matrix_transpose(q)
     return (q * root[None, :]) @ qt, (q / root[None, :]) @ qt

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .backend import namespace_of, to_float
+from .errors import ConfigError
 
 
 def squared_error(f, y):
@@ -156,4 +157,4 @@ def get_loss(name: str, rho_tilde: float = 1.0) -> Loss:
         return MSELoss()
     if name == "ce":
         return CrossEntropyLoss(rho_tilde=rho_tilde)
-    raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
+    raise ConfigError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")

@@ -365,9 +365,10 @@ def _step_size(fim, config: TrainConfig, n: int, theta_bar, summary: dict) -> tu
 
 
 def _closed_form_observers(fim, s0: Signals, theta_bar, y, test, params0, alpha: float, eta: float, steps: int,
-                           lin: LinearizedModel | None) -> list:
+                           lin: LinearizedModel | None) -> tuple[list, object]:
     """The MSE observers after the losses: theory lines (Eq. 10, with Θ̄(x′, x) on the test inputs
-    and targets ``test`` = (x′, y′) or None; Eq. 24), distance, the linearised model ``lin``, Eq. 22."""
+    and targets ``test`` = (x′, y′) or None; Eq. 24), distance, the linearised model ``lin``, Eq. 22;
+    and the initial test outputs f_0(x′) (None without test data), so step 0 needs no second forward pass."""
     f0, y_vec = function_vector(s0.f), function_vector(y)
     s0t = s0.network.signals(params0, test[0]) if test else None
     theta_bar_test = fim.coefficient(s0t, s0) if test else None
@@ -376,8 +377,9 @@ def _closed_form_observers(fim, s0: Signals, theta_bar, y, test, params0, alpha:
     iso = isotropic_trajectory(f0, y_vec, alpha, eta, steps)
     y_h = fetch(y_vec, *([function_vector(test[1])] if test else []))  # the targets as the backend holds them
     theory_rec = TheoryRecorder(theory, iso, y_h[0], test_theory, y_h[1] if test else None)
-    return [theory_rec, DistanceRecorder(params0), *([lin] if lin else []),
-            Eq22Check(fim, s0, theta_bar, y_vec, eta, params0)]
+    observers = [theory_rec, DistanceRecorder(params0), *([lin] if lin else []),
+                 Eq22Check(fim, s0, theta_bar, y_vec, eta, params0)]
+    return observers, (s0t.f if test else None)
 
 
 def _stop(t: int, rec: dict, loss0: float, config: TrainConfig, eta: float) -> tuple[str, str] | None:
@@ -432,11 +434,13 @@ def train(
     alpha, eta = _step_size(fim, config, n, theta_bar, summary)
     observers: list = [LossRecorder(loss, y, yt)]
     lin = LinearizedModel(fim, s0, params0, y) if (config.linearized and not ce) else None
+    f0_test = None  # the initial test outputs, when set-up already has them
     if ce:
         observers.append(DistanceRecorder(params0))
     else:
         test = (xt, yt) if has_test else None
-        observers += _closed_form_observers(fim, s0, theta_bar, y, test, params0, alpha, eta, config.steps, lin)
+        more, f0_test = _closed_form_observers(fim, s0, theta_bar, y, test, params0, alpha, eta, config.steps, lin)
+        observers += more
     summary.update({"alpha": alpha, "lr": eta, "lr_scale": config.lr_scale, "setup_seconds": time.perf_counter() - t_start})
 
     records: list = []
@@ -445,7 +449,10 @@ def train(
     phase("steps")
     for t in range(config.steps + 1):
         s = s0 if t == 0 else network.signals(params, x)
-        ft = network.output(params, xt) if has_test else None
+        if t == 0 and f0_test is not None:
+            ft = f0_test
+        else:
+            ft = network.output(params, xt) if has_test else None
         step = Step(t, params, s, ft)
         rec = {"step": t}
         for obs in observers:

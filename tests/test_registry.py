@@ -287,3 +287,24 @@ def test_alpha_isotropy_and_train_report_the_same_alpha(tmp_path):
         t = json.loads(files["train"].read_text())["summary"]["alpha"]
         assert a == i == t, (fim, a, i, t)
     assert a == 30.0  # K-FAC: N·L with d = M0 + 1 = 13 >= N = 10 (S.107, folded bias)
+
+
+def test_malformed_library_arguments_are_config_errors():
+    """Library calls a user can get wrong end in ConfigError/NgdrefError (one CLI line), not a
+    TypeError, a silent True from bool('no'), or NaN from the square root of an indefinite Λ̃."""
+    from ngdref.errors import NgdrefError
+    from ngdref.fisher.layerwise import tridiagonal_sigma
+    from ngdref.linalg import spd_sqrt
+    from ngdref.losses import get_loss
+
+    net = Network((4, 8, 1), "relu", 2.0, 0.0)
+    for bad in ("no", "yes", 1):
+        with pytest.raises(ConfigError, match="forster must be True or False"):
+            get_fisher("kfac", net, forster=bad)
+    for bad in (float("nan"), None, 2.5):
+        with pytest.raises(ConfigError, match="positive integer"):
+            tridiagonal_sigma(bad)
+    with pytest.raises(ConfigError, match="unknown loss"):
+        get_loss("hinge")
+    with pytest.raises(NgdrefError, match="not positive definite"):
+        spd_sqrt(np.diag([1.0, 0.0, 2.0]))

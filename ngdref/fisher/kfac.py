@@ -160,6 +160,8 @@ class KFAC(FisherApproximation):
         if bias not in BIAS_MODES:
             raise ConfigError(f"unknown K-FAC bias handling {bias!r}; choose one of {', '.join(BIAS_MODES)}")
         self.bias = bias
+        if not isinstance(forster, (bool, np.bool_)):
+            raise ConfigError(f"forster must be True or False (the inputs are Forster-transformed or not), got {forster!r}")
         self.forster = bool(forster)
 
     def to_dict(self):

@@ -50,7 +50,8 @@ __all__ = ["BlockDiagonalFisher", "LayerWiseFisher", "TriDiagonalFisher", "layer
 # Σ and α = 1ᵀΣ⁻¹1 (Theorem 4.1, Lemma 4.3)
 # --------------------------------------------------------------------------------------
 def _check_depth(L) -> int:
-    if isinstance(L, bool) or int(L) != L or int(L) < 1:
+    integral = isinstance(L, (int, np.integer)) or (isinstance(L, float) and L.is_integer())
+    if isinstance(L, bool) or not integral or int(L) < 1:
         raise ConfigError(f"depth L must be a positive integer, got {L!r}")
     return int(L)
 
