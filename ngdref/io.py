@@ -9,10 +9,12 @@ turns (``ngdref reproduce`` holds it for a figure's whole run).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -157,6 +159,10 @@ def _lock(fd: int, blocking: bool) -> None:
 
 
 def software_versions() -> dict:
+    """What produced a result: ngdref, Python, NumPy, SciPy (CuPy when installed), the platform, the
+    git commit of the checkout ngdref runs from (``git_commit`` None, ``git_dirty`` None when it is
+    not run from a checkout) and the BLAS: ``blas_build`` as NumPy was built (``numpy.show_config``),
+    ``blas`` the libraries loaded now (``threadpoolctl``: implementation, version, architecture)."""
     import scipy
 
     from . import __version__
@@ -167,6 +173,9 @@ def software_versions() -> dict:
         "numpy": np.__version__,
         "scipy": scipy.__version__,
         "platform": platform.platform(),
+        **_git_state(),
+        "blas_build": _blas_build(),
+        "blas": _blas_runtime(),
     }
     try:  # pragma: no cover - only with a GPU
         import cupy  # type: ignore[import-not-found]
@@ -175,3 +184,50 @@ def software_versions() -> dict:
     except Exception:
         pass
     return out
+
+
+#: seconds a git query may take before the commit is recorded as unknown
+GIT_TIMEOUT = 5.0
+
+
+@functools.lru_cache(maxsize=1)
+def _git_state_cached() -> tuple:
+    root = Path(__file__).resolve().parent.parent  # the checkout's root, when ngdref runs from one
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                              timeout=GIT_TIMEOUT, check=False)
+
+    try:
+        top = git("rev-parse", "--show-toplevel")
+        if top.returncode != 0 or Path(top.stdout.strip()).resolve() != root:
+            return None, None  # installed, not a checkout (or inside some other repository)
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return None, None
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+        return head.stdout.strip(), (None if dirty.returncode != 0 else bool(dirty.stdout.strip()))
+    except (OSError, subprocess.SubprocessError):  # no git, or it hung
+        return None, None
+
+
+def _git_state() -> dict:
+    commit, dirty = _git_state_cached()
+    return {"git_commit": commit, "git_dirty": dirty}
+
+
+def _blas_build() -> dict | None:
+    try:
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+    except Exception:  # an older NumPy or another build layout
+        return None
+    return {k: blas.get(k) for k in ("name", "version", "openblas configuration") if blas.get(k) is not None}
+
+
+def _blas_runtime() -> list[dict]:
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:  # pragma: no cover - a declared dependency
+        return []
+    keys = ("user_api", "internal_api", "version", "threading_layer", "architecture")
+    return [{k: lib.get(k) for k in keys} for lib in threadpool_info() if lib.get("user_api") == "blas"]
