@@ -8,6 +8,7 @@ before the work starts; exit code 1 is reserved for a run that diverged.
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import os
 import sys
@@ -49,6 +50,24 @@ class OneLineGroup(click.Group):
         path = err.ctx.command_path if err.ctx is not None else "ngdref"
         return UserError(f"{one_line(err.format_message(), None)} (see '{path} --help')")
 
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        """Register ``cmd``, giving it the group's ``--backend``, ``--dtype`` and ``--seed`` to be
+        written after its name too (:func:`command_settings_options`); every command added, by
+        ``@cli.command()`` or ``cli.add_command``, gets them."""
+        cmd.params.extend(command_settings_options(cmd))
+        super().add_command(cmd, name)
+
+    def format_commands(self, ctx, formatter):
+        """The commands, each with its whole summary (:func:`command_summary`), wrapped, never cut."""
+        rows = []
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is not None and not cmd.hidden:
+                rows.append((name, command_summary(cmd)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
     def make_context(self, info_name, args, parent=None, **extra):
         try:
             return super().make_context(info_name, args, parent=parent, **extra)
@@ -85,7 +104,8 @@ def handle_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             if args and isinstance(args[0], Settings):
-                args[0].validate()
+                ctx = click.get_current_context(silent=True)
+                args[0].validate(None if ctx is None else ctx.command)
             return fn(*args, **kwargs)
         except NgdrefError as err:
             raise UserError(str(err)) from None
@@ -100,20 +120,33 @@ def handle_errors(fn):
 
 
 class Settings:
-    """Global options shared by every command."""
+    """Global options shared by every command: given before the command (``ngdref --seed 1 train``)
+    or after it (``ngdref train --seed 1``), the later winning; ``given`` names those given either way."""
 
-    def __init__(self, backend: str | None, dtype: str, seed: int):
+    def __init__(self, backend: str | None, dtype: str, seed: int, given=()):
         self.backend_name = backend
         self.dtype = dtype
         self.seed = seed
+        self.given = set(given)
 
-    def validate(self) -> None:
+    def set(self, name: str, value) -> None:
+        """``--name value`` given after the command (:data:`SETTINGS`): it replaces the group's value."""
+        setattr(self, SETTINGS[name]["attr"], value)
+        self.given.add(name)
+
+    def validate(self, command: click.Command | None = None) -> None:
         """Refuse a malformed environment before any work, whether or not the command uses it:
         ``NGDREF_BACKEND`` must name a backend and ``NGDREF_MAX_BYTES`` be a size (:mod:`ngdref.memory`).
-        (Whether the chosen backend is *available* — CuPy, a GPU — is checked where it is used.)"""
+        (Whether the chosen backend is *available* — CuPy, a GPU — is checked where it is used.)
+        A setting given before ``command`` that the command does not use (:func:`unused_settings`)
+        is refused: every option a command accepts does something."""
         from ngdref.backend import BACKENDS, ENV_BACKEND
         from ngdref.memory import max_bytes
 
+        unused = getattr(command, "unused_settings", {})
+        for name in SETTINGS:
+            if name in self.given and name in unused:
+                raise UserError(f"--{name} does not apply to '{command.name}' ({unused[name]}); drop it")
         if self.backend_name is None:
             env = os.environ.get(ENV_BACKEND, "")
             if env != "" and env.lower() not in BACKENDS:
@@ -125,6 +158,95 @@ class Settings:
         from ngdref.backend import get_backend
 
         return get_backend(self.backend_name, self.dtype)
+
+    def to_dict(self, backend=None, command: click.Command | None = None) -> dict:
+        """``seed``, ``backend``, ``dtype`` for a run's configuration: the backend as resolved when
+        one was made (``$NGDREF_BACKEND`` included), None for a setting ``command`` does not use."""
+        unused = getattr(command, "unused_settings", {})
+        values = {"seed": self.seed,
+                  "backend": backend.name if backend is not None else self.backend_name,
+                  "dtype": backend.dtype_name if backend is not None else self.dtype}
+        return {k: (None if k in unused else v) for k, v in values.items()}
+
+
+def _settings_types():
+    from ngdref.backend import BACKENDS, DTYPES
+
+    return {"backend": click.Choice(BACKENDS), "dtype": click.Choice(DTYPES), "seed": click.IntRange(min=0)}
+
+
+#: the settings every command shares: option name → its attribute of :class:`Settings`, default, help
+SETTINGS = {
+    "backend": {"attr": "backend_name", "default": None,
+                "help": "Array backend (default: $NGDREF_BACKEND or numpy)."},
+    "dtype": {"attr": "dtype", "default": "float64", "help": "Floating dtype."},
+    "seed": {"attr": "seed", "default": 0, "help": "Seed (>= 0) of the initialisation and the data split."},
+}
+
+
+def settings_options(fn):
+    """The group's ``--backend``, ``--dtype``, ``--seed`` (before the command)."""
+    types = _settings_types()
+    for name in reversed(list(SETTINGS)):
+        spec = SETTINGS[name]
+        fn = click.option(f"--{name}", type=types[name], default=spec["default"],
+                          show_default=spec["default"] is not None, help=spec["help"])(fn)
+    return fn
+
+
+def _set_after_command(ctx, param, value):
+    if value is not None:
+        settings = ctx.find_object(Settings)
+        if settings is not None:
+            settings.given.add(param.name)
+            if not param.hidden:  # hidden: a setting the command does not use, recorded to be refused
+                settings.set(param.name, value)
+    return value
+
+
+def command_settings_options(command: click.Command) -> list[click.Option]:
+    """``--backend``, ``--dtype``, ``--seed`` given after ``command``'s name: the same options as the
+    group's, without a default of their own (the group's value stands unless given here, and given
+    here it wins). A setting the command does not use (:func:`unused_settings`) is not shown, and
+    refused with its reason when given (:meth:`Settings.validate`)."""
+    types = _settings_types()
+    unused = getattr(command, "unused_settings", {})
+    taken = {opt for p in command.params for opt in getattr(p, "opts", ())}
+    out = []
+    for name, spec in SETTINGS.items():
+        if f"--{name}" in taken:
+            continue
+        if name in unused:
+            out.append(click.Option([f"--{name}", name], default=None, expose_value=False, hidden=True,
+                                    callback=_set_after_command))
+            continue
+        default = "as before the command" + ("" if spec["default"] is None else f", else {spec['default']}")
+        out.append(click.Option([f"--{name}", name], type=types[name], default=None, expose_value=False,
+                                callback=_set_after_command, show_default=default,
+                                help=spec["help"] + " Also accepted before the command."))
+    return out
+
+
+def unused_settings(**reasons: str):
+    """Mark the global settings a command does not use (``seed="…why…"``): it does not offer them,
+    and refuses them given before it (one line with the reason)."""
+
+    def deco(command: click.Command) -> click.Command:
+        command.unused_settings = dict(reasons)
+        return command
+
+    return deco
+
+
+def command_summary(command: click.Command) -> str:
+    """The command's summary in ``ngdref --help``: its ``short_help``, else the whole first paragraph
+    of its help (Click's own cut stops at the first '. ', so "Train with NGD (Eq. 7) …" read
+    "Train with NGD (Eq.")."""
+    if command.short_help:
+        return command.short_help
+    text = inspect.cleandoc(command.help or "").split("\f")[0]
+    first = text.split("\n\n")[0].replace("\b", "")
+    return " ".join(first.split())
 
 
 def consoles(json_path: str | None) -> Console:
@@ -195,6 +317,38 @@ def emit_json(json_path: str | None, record: dict) -> None:
         write_json(json_path, record)
     except OSError as err:  # checked at start (check_output_file); this is the disk changing under us
         raise UserError(f"cannot write the JSON record to {json_path}: {err.strerror or err}") from None
+
+
+#: options that only say where the output goes: not part of a run's configuration
+OUTPUT_ONLY = frozenset({"json_path"})
+
+
+def option_key(param: click.Parameter) -> str:
+    """A parameter's key in the JSON ``config``: its first long name (``--sigma-w2`` → ``sigma_w2``)."""
+    longs = [o for o in getattr(param, "opts", ()) if o.startswith("--")]
+    return (longs[0][2:] if longs else param.name).replace("-", "_")
+
+
+def run_config(settings: Settings, backend=None, **resolved) -> dict:
+    """Every setting of this run, for the JSON ``config``: each option of the running command as given
+    or defaulted (keyed by :func:`option_key`; output-only ones, :data:`OUTPUT_ONLY`, left out), the
+    global ``seed``, ``backend``, ``dtype`` (:meth:`Settings.to_dict`), then what the command resolved
+    from them (``resolved``: parsed lists, the ``network`` and ``dataset`` built)."""
+    ctx = click.get_current_context()
+    config = {option_key(p): ctx.params[p.name] for p in ctx.command.params
+              if p.expose_value and p.name in ctx.params and p.name not in OUTPUT_ONLY}
+    config.update(settings.to_dict(backend, ctx.command))
+    config.update(resolved)
+    return config
+
+
+def json_document(command: str, config: dict, rows: list, **results) -> dict:
+    """The one layout of every command's JSON record: ``command``, ``config`` (:func:`run_config`),
+    ``software`` (versions, git commit, BLAS: :func:`ngdref.io.software_versions`), ``rows`` (one
+    per table row), then the command's other results (``results``, e.g. ``train``'s summary)."""
+    from ngdref.io import software_versions
+
+    return {"command": command, "config": config, "software": software_versions(), "rows": rows, **results}
 
 
 def check_output_file(path: str, option: str = "--json") -> str:
@@ -392,9 +546,17 @@ def parse_str_list(text: str) -> list[str]:
     return [v for v in str(text).replace(" ", "").split(",") if v]
 
 
+#: σ_b²'s default differs between predict and the other commands: each --help says why
+SIGMA_B2_NOTE = ("Default 0.5 as in Figs. 3, S.1, S.2; predict's is 0, as in Fig. 2, because K-FAC's separate "
+                 "bias blocks (S.123) break Θ̄ = αI.")
+PREDICT_SIGMA_B2_NOTE = ("Default 0 as in Fig. 2: K-FAC's separate bias blocks (S.123) break Θ̄ = αI; the other "
+                         "commands default to 0.5, as Figs. 3, S.1, S.2.")
+
+
 def network_options(default_width: int = 4096, default_depth: int = 3, default_sigma_b2: float = 0.5,
-                    width: bool = True):
-    """--width/--depth/--activation/--shift/--sigma-w2/--sigma-b2 (``width=False``: no --width)."""
+                    width: bool = True, sigma_b2_note: str = SIGMA_B2_NOTE):
+    """--width/--depth/--activation/--shift/--sigma-w2/--sigma-b2 (``width=False``: no --width);
+    ``sigma_b2_note`` says why σ_b²'s default is what it is."""
 
     def deco(fn):
         opts = [
@@ -408,7 +570,7 @@ def network_options(default_width: int = 4096, default_depth: int = 3, default_s
             click.option("--sigma-w2", default=2.0, show_default=True, type=FiniteFloat(min=0, min_open=True),
                          help="Weight variance σ_w² > 0."),
             click.option("--sigma-b2", default=default_sigma_b2, show_default=True, type=FiniteFloat(min=0),
-                         help="Bias variance σ_b² (0: no biases)."),
+                         help=f"Bias variance σ_b² (0: no biases). {sigma_b2_note}"),
         ]
         for o in reversed(opts):
             fn = o(fn)

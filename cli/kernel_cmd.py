@@ -19,16 +19,23 @@ from .common import (
     options_by_fim,
     parse_option_pairs,
     handle_errors,
+    json_document,
     json_option,
     load_data,
     progress_bar,
     network_options,
+    PREDICT_SIGMA_B2_NOTE,
     parse_str_list,
     print_table,
+    run_config,
+    unused_settings,
 )
 
 
-@click.command()
+@unused_settings(seed="α and q_l, γ_l are deterministic: no initialisation, no data",
+                 backend="the order parameters are float64 NumPy recursions on the host",
+                 dtype="the order parameters are float64 NumPy recursions on the host")
+@click.command(short_help="Analytic α of Θ̄ = αI per approximation, with q_l and γ_l (S.128–S.141).")
 @click.option("--fim", "fims", cls=FimOption, default="exact,bd,tridiag,kfac,unit", show_default=True, help="Comma-separated approximations:")
 @click.option("--n-train", default=100, show_default=True, type=click.IntRange(min=1), help="N (K-FAC's α depends on it).")
 @click.option("--input-dim", default=784, show_default=True, type=click.IntRange(min=1), help="M0.")
@@ -56,18 +63,21 @@ def alpha(settings, fims, n_train, input_dim, outputs, raw_options, depth, width
                 [[r["fim"], "—" if r["alpha"] is None else f"{r['alpha']:.6g}",
                   "—" if r["alpha_over_width"] is None else f"{r['alpha_over_width']:.6g}", escape(r["note"])]
                  for r in rep["rows"]], justify=["right", "right", "right", "left"])
-    emit_json(json_path, {"command": "alpha", **rep})
+    config = run_config(settings, None, fim=names, option=options, network=rep["network"])
+    emit_json(json_path, json_document("alpha", config, rep["rows"], layers=rep["layers"]))
 
 
-@click.command()
+@click.command(short_help="Test accuracy of the kernel-regression prediction f_∞ (Fig. 2).")
 @click.option("--fim", "fims", cls=FimOption, default="exact,bd,tridiag,kfac", show_default=True, help="Comma-separated approximations:")
 @click.option("--kernel", type=click.Choice(["analytic", "empirical"]), default="analytic", show_default=True,
               help="Θ̄ from the infinite-width kernels or from a finite network.")
-@click.option("--seeds", default=10, show_default=True, type=click.IntRange(min=1), help="Initialisations (f_0 draws).")
+@click.option("--seeds", default=10, show_default=True, type=click.IntRange(min=1),
+              help="Initialisations (f_0 draws), seeds --seed, --seed + 1, ….")
 @click.option("--damping", default=None, type=FiniteFloat(min=0),
-              help="ρ >= 0 for --kernel empirical (default: 0, 1e-12 for unit as in `train`).")
+              help="ρ >= 0 for --kernel empirical. Default: each approximation's own, as in train "
+                   "(0; 1e-12 for unit).")
 @option_flag
-@network_options(default_sigma_b2=0.0)
+@network_options(default_sigma_b2=0.0, sigma_b2_note=PREDICT_SIGMA_B2_NOTE)
 @data_options(default_n_train=800, default_n_test=200)
 @json_option
 @click.pass_obj
@@ -85,6 +95,9 @@ def predict(settings, fims, kernel, seeds, damping, raw_options, depth, width, a
         raise UserError("--damping applies to --kernel empirical only (the analytic Θ̄ is the ρ → 0 limit)")
     if n_test < 1:
         raise UserError("predictions need test samples (--n-test >= 1)")
+    if kernel != "empirical" and settings.given & {"backend", "dtype"}:
+        raise UserError("--backend and --dtype apply to --kernel empirical only (the analytic kernels are "
+                        "float64 NumPy on the host); drop them")
     backend = settings.backend() if kernel == "empirical" else None
     ds = load_data(data, classes, n_train, n_test, input_dim, settings.seed)
     net = build_network(ds, width, depth, activation, shift, sigma_w2, sigma_b2)
@@ -94,7 +107,7 @@ def predict(settings, fims, kernel, seeds, damping, raw_options, depth, width, a
                       TimeElapsedColumn(), console=consoles("-")) as bar:
         task = bar.add_task("", total=seeds)
         rep = prediction_study(net, ds, names, kernel, seeds, backend, damping, progress=lambda k: bar.advance(task),
-                               fim_options=options)
+                               fim_options=options, first_seed=settings.seed)
     con = consoles(json_path)
     fmt = (lambda v: "—" if v is None else f"{v:.4f}")
     print_table(con, f"Test accuracy of f_∞, {kernel} Θ̄, {ds.name} classes {list(ds.classes)}, "
@@ -102,4 +115,6 @@ def predict(settings, fims, kernel, seeds, damping, raw_options, depth, width, a
                 ("fim", "mean", "± std", "f_0 = 0", "note"),
                 [[r["fim"], fmt(r["mean"]), fmt(r["std"]), fmt(r["f0_zero"]), escape(r.get("error", ""))]
                  for r in rep["rows"]], justify=["right", "right", "right", "right", "left"])
-    emit_json(json_path, {"command": "predict", "data": ds.to_dict(), "network": net.to_dict(), **rep})
+    config = run_config(settings, backend, fim=names, option=options, network=net.to_dict(), dataset=ds.to_dict(),
+                        initialisations=rep["initialisations"])
+    emit_json(json_path, json_document("predict", config, rep["rows"], methods=rep["methods"]))

@@ -22,6 +22,7 @@ from .common import (
     emit_json,
     given,
     handle_errors,
+    json_document,
     json_option,
     load_data,
     progress_bar,
@@ -29,6 +30,7 @@ from .common import (
     print_table,
     parse_int_list,
     parse_str_list,
+    run_config,
 )
 
 
@@ -36,7 +38,7 @@ def _fmt(v, spec=".4g"):
     return "—" if v is None else format(v, spec)
 
 
-@click.command()
+@click.command(short_help="Train with NGD (Eq. 7) beside the closed-form dynamics (Eq. 10).")
 @click.option("--fim", cls=FimOption, default="unit", show_default=True, help="Fisher approximation:")
 @click.option("--steps", default=10, show_default=True, type=click.IntRange(min=0), help="Training steps.")
 @click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=None,
@@ -62,7 +64,6 @@ def train(settings, fim, steps, lr, lr_scale, damping, loss, ce_damping, lineari
           depth, width, activation, shift, sigma_w2, sigma_b2, data, classes, n_train, n_test, input_dim, json_path):
     """Train with NGD (Eq. 7) and compare with the closed-form dynamics (Eq. 10, 22, 24)."""
     from ngdref.fisher import fisher_class
-    from ngdref.io import software_versions
     from ngdref.train import TrainConfig, config_dict
     from ngdref.train import train as run_train
 
@@ -108,15 +109,12 @@ def train(settings, fim, steps, lr, lr_scale, damping, loss, ce_damping, lineari
         task = bar.add_task(f"{fim} NGD", total=steps + 1, loss="")
         result = run_train(net, ds, config, backend, settings.seed, progress=progress,
                            phase=lambda text: bar.update(task, description=f"{fim} NGD — {text}"))
-    record = {
-        "command": "train",
-        "config": {**config_dict(config), "seed": settings.seed, "backend": backend.name, "dtype": backend.dtype_name,
-                   "forster": forster},
-        "network": net.to_dict(),
-        "data": ds.to_dict(),
-        "software": software_versions(),
-        **result.to_dict(),
-    }
+    done = result.to_dict()
+    # `records` is kept as an alias of `rows` (the same list) for readers of earlier records
+    record = json_document("train", run_config(settings, backend, **config_dict(config), network=net.to_dict(),
+                                               dataset=ds.to_dict()),
+                           done["records"], status=done["status"], message=done["message"], summary=done["summary"],
+                           records=done["records"])
     emit_json(json_path, record)  # first: a closed stdout (| head) must not lose the record
     s = result.summary
     title = (f"{fim} NGD, η = {s['lr']:.4g} (α = {s['alpha']:.6g}, {s.get('alpha_source', '')}), "
@@ -136,24 +134,31 @@ def train(settings, fim, steps, lr, lr_scale, damping, loss, ce_damping, lineari
         sys.exit(1)
 
 
-@click.command()
+@click.command(short_help="Isotropy of Θ̄(x, x) per approximation and width (Eq. 12, Fig. 3).")
 @click.option("--fim", "fims", cls=FimOption, default="gd,bd,unit,diag,quasi-diag", show_default=True, help="Comma-separated approximations:")
-@click.option("--widths", default="256,512,1024,2048,4096", show_default=True, help="Comma-separated hidden widths.")
-@click.option("--damping", default=0.0, show_default=True, type=FiniteFloat(min=0), help="ρ >= 0 (Fig. 3 uses 1e-12).")
+@click.option("--widths", default="256,512,1024,2048,4096", show_default=True,
+              help="Comma-separated hidden widths (one network each).")
+@click.option("--width", "-M", default=None, type=click.IntRange(min=1),
+              help="One hidden width M, as the other commands take it (instead of --widths).")
+@click.option("--damping", default=None, type=FiniteFloat(min=0),
+              help="ρ >= 0 (0 = pseudo-inverse). Default: each approximation's own, as in train "
+                   "(0; 1e-12 for unit, the paper's C.3 value); Fig. 3 uses 1e-12 for all.")
 @option_flag
 @network_options(width=False)
 @data_options(default_n_train=80, test=False)
 @json_option
 @click.pass_obj
 @handle_errors
-def isotropy(settings, fims, widths, damping, raw_options, depth, activation, shift, sigma_w2, sigma_b2, data, classes,
+def isotropy(settings, fims, widths, width, damping, raw_options, depth, activation, shift, sigma_w2, sigma_b2, data, classes,
              n_train, input_dim, json_path):
     """cond(Θ̄), measured and analytic α per approximation and width (Eq. 12, Fig. 3) on the training inputs."""
     from ngdref.experiments.isotropy import isotropy_sweep
 
     names = check_fim_names(parse_str_list(fims))
     options = options_by_fim(names, parse_option_pairs(raw_options))
-    widths_list = parse_int_list(widths, "--widths", minimum=1)
+    if width is not None and given("widths"):
+        raise UserError("give either --width (one width) or --widths (a list), not both")
+    widths_list = [width] if width is not None else parse_int_list(widths, "--widths", minimum=1)
     backend = settings.backend()
     ds = load_data(data, classes, n_train, 0, input_dim, settings.seed)
     # every option checked before the sweep: the network of the widest width and each approximation's options
@@ -172,4 +177,5 @@ def isotropy(settings, fims, widths, damping, raw_options, depth, activation, sh
                 [[r["fim"], str(r["width"]), f"{r['condition_number']:.4g}", f"{r['alpha_measured']:.6g}",
                   _fmt(r["alpha_analytic"], ".6g"), _fmt(r["measured_over_analytic"], ".5f"), f"{r['seconds']:.2f}"]
                  for r in rows], keep=2)
-    emit_json(json_path, {"command": "isotropy", "data": ds.to_dict(), "seed": settings.seed, "rows": rows})
+    config = run_config(settings, backend, fim=names, widths=widths_list, option=options, dataset=ds.to_dict())
+    emit_json(json_path, json_document("isotropy", config, rows))

@@ -27,8 +27,11 @@ def test_ntk_json_to_stdout():
     r = run(["ntk", *SMALL_NTK, "--json", "-"])
     assert r.exit_code == 0
     rec = json.loads(r.stdout)
+    assert [row["path"] for row in rec["rows"]] == ["structured"]  # structured only by default (issue 14)
+    assert rec["rows"][0]["condition_number"] > 1 and rec["config"]["explicit"] == "no"
+    rec = json.loads(run(["ntk", *SMALL_NTK, "--explicit", "yes", "--json", "-"]).stdout)
+    assert [row["path"] for row in rec["rows"]] == ["structured", "explicit"]
     assert rec["max_relative_difference"] < 1e-12
-    assert rec["structured"]["condition_number"] > 1
 
 
 def test_train_defaults_small_and_json_schema(tmp_path):
@@ -36,15 +39,16 @@ def test_train_defaults_small_and_json_schema(tmp_path):
     r = run(["train", "--fim", "bd", "--steps", "2", *SMALL, "--json", str(out)])
     assert r.exit_code == 0, r.output
     rec = json.loads(out.read_text())
-    assert set(rec) >= {"command", "config", "network", "data", "software", "status", "summary", "records"}
-    assert rec["status"] == "ok" and len(rec["records"]) == 3
-    assert set(rec["records"][0]) >= {
+    assert list(rec)[:4] == ["command", "config", "software", "rows"]
+    assert set(rec) >= {"status", "summary", "records"} and rec["records"] == rec["rows"]  # records: an alias
+    assert rec["status"] == "ok" and len(rec["rows"]) == 3
+    assert set(rec["rows"][0]) >= {
         "step", "train_loss", "theory_train_loss", "isotropic_train_loss", "test_loss", "theory_test_loss",
         "train_accuracy", "test_accuracy", "max_abs_f_minus_flin_train", "max_abs_f_minus_flin_test", "param_distance",
     }
     cfg = rec["config"]
     assert cfg["fim"] == "bd" and cfg["seed"] == 0 and cfg["backend"] == "numpy"
-    assert rec["network"]["widths"] == [784, 64, 64, 1]
+    assert cfg["network"]["widths"] == [784, 64, 64, 1] and cfg["dataset"]["n_train"] == 10
     assert rec["summary"]["alpha"] == 3.0
 
 

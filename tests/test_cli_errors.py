@@ -128,7 +128,7 @@ CATALOG = [
     row("isotropy", "--widths", "8,0", "--n-train", "6", needle="--widths", id="isotropy-widths-0"),
     row("isotropy", "--widths", "8,x", "--n-train", "6", needle="--widths", id="isotropy-widths-not-int"),
     row("isotropy", "--widths", "8", "--n-train", "6", "--damping", "nan", needle="--damping", id="isotropy-damping-nan"),
-    row("isotropy", "--widths", "8", "--width", "8", "--n-train", "6", needle="--width", id="isotropy-width-unused"),
+    row("isotropy", "--widths", "8", "--width", "8", "--n-train", "6", needle="--width", id="isotropy-width-and-widths"),
     row("isotropy", "--widths", "8", "--n-train", "6", "--n-test", "3", needle="--n-test", id="isotropy-n-test-unused"),
     row("isotropy", "--fim", "layer", "--widths", "8", "--n-train", "6", needle="sigma", id="isotropy-layer-needs-sigma"),
     # ---- alpha --------------------------------------------------------------------------------

@@ -13,13 +13,17 @@ from ..network import Network
 
 
 def isotropy_row(network: Network, fim_name: str, x_host: np.ndarray, seed: int, backend: Backend,
-                 damping: float = 0.0, fim_options: dict | None = None) -> dict:
-    """cond(Θ̄), measured α (mean diagonal) and analytic α for one network and approximation."""
+                 damping: float | None = 0.0, fim_options: dict | None = None) -> dict:
+    """cond(Θ̄), measured α (mean diagonal) and analytic α for one network and approximation.
+
+    ``damping`` ρ applies where G has a damping term (0 elsewhere: a sweep's one ρ for every G);
+    None takes the approximation's own default (its spec: 0, or 1e-12 for unit-wise), as ``train`` does."""
     params = network.init(seed, backend)
     x = to_device(x_host, backend)
     t0 = time.perf_counter()
     cls = fisher_class(fim_name)
-    damping = cls.spec.applicable_damping(damping)  # Fig. 3's ρ applies where G has a damping term
+    if damping is not None:
+        damping = cls.spec.applicable_damping(damping)  # Fig. 3's ρ applies where G has a damping term
     fim = cls(network, damping, **(fim_options or {}))
     signals = network.signals(params, x)
     stats = isotropy(fim.coefficient(signals))
@@ -30,7 +34,7 @@ def isotropy_row(network: Network, fim_name: str, x_host: np.ndarray, seed: int,
         "width": network.widths[1],
         "depth": network.depth,
         "seed": seed,
-        "damping": damping,
+        "damping": fim.damping,
         "condition_number": stats["condition_number"],
         "lambda_min": stats["lambda_min"],
         "lambda_max": stats["lambda_max"],

@@ -116,10 +116,10 @@ def empirical_accuracies(network: Network, dataset: Dataset, fim_names, seed: in
 
 def prediction_study(network: Network, dataset: Dataset, fim_names, kernel: str = "analytic", seeds: int = 10,
                      backend: Backend | None = None, damping: float | None = None, progress=None,
-                     fim_options: dict | None = None) -> dict:
-    """Accuracy of f_∞ on the test set per approximation: mean ± std over ``seeds`` initialisations
-    (and, for analytic kernels, the f_0 = 0 mean prediction); ``fim_options`` maps a name to its
-    constructor options."""
+                     fim_options: dict | None = None, first_seed: int = 0) -> dict:
+    """Accuracy of f_∞ on the test set per approximation: mean ± std over ``seeds`` initialisations,
+    seeds ``first_seed``, ``first_seed`` + 1, … (and, for analytic kernels, the f_0 = 0 mean
+    prediction); ``fim_options`` maps a name to its constructor options."""
     if dataset.n_test < 1:
         raise ConfigError("predictions need test samples (--n-test >= 1)")
     if seeds < 1:
@@ -129,12 +129,12 @@ def prediction_study(network: Network, dataset: Dataset, fim_names, kernel: str 
         predictor = AnalyticPredictor(network, dataset, fim_names, fim_options)
         info = predictor.info()
         mean_pred = predictor.accuracies(None)
-        for k in range(seeds):
+        for k in range(first_seed, first_seed + seeds):
             per_seed.append(predictor.accuracies(k))
             if progress:
                 progress(k)
     elif kernel == "empirical":
-        for k in range(seeds):
+        for k in range(first_seed, first_seed + seeds):
             per_seed.append(empirical_accuracies(network, dataset, fim_names, k, backend, damping, fim_options))
             if progress:
                 progress(k)
@@ -151,4 +151,5 @@ def prediction_study(network: Network, dataset: Dataset, fim_names, kernel: str 
             "per_seed": [a.get(name) for a in per_seed],
             **({"error": info[name]["error"]} if "error" in info.get(name, {}) else {}),
         })
-    return {"kernel": kernel, "seeds": seeds, "rows": rows, "methods": info}
+    return {"kernel": kernel, "seeds": seeds, "initialisations": list(range(first_seed, first_seed + seeds)),
+            "rows": rows, "methods": info}
