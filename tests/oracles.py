@@ -45,6 +45,9 @@ Metrics (P×P, damping included):
   over the C outputs, CN × M_l), B*_L = I_C/N; no coupling between layers. Biases (S.123,
   B.3.3): "folded" appends σ_b to the scaled input [σ_w h/√M, σ_b] inside A*;
   "separate" gives each layer's biases the FIM block ∇_{b_l}fᵀ∇_{b_l}f/N² + ρI.
+* block (block-partition, an extension of Eq. 23): F masked to tiles of θ_l = [W_l | b_l]; parameter
+  (unit i, column j) of layer l belongs to tile (l, ⌊i/g⌋, ⌊j/k⌋) — columns counted with the bias
+  last, k = "all"/None the whole row, g = "all"/None the whole layer — + ρI.
 """
 
 from __future__ import annotations
@@ -212,9 +215,26 @@ def tridiagonal_sigma(depth: int) -> np.ndarray:
     return (np.abs(i[:, None] - i[None, :]) <= 1).astype(np.float64)
 
 
-def mask(net: Net, name: str, sigma=None) -> np.ndarray:
+def block_partition_tiles(net: Net, k=None, g=None) -> np.ndarray:
+    """A tile label for every flat parameter: (layer, ⌊unit/g⌋, ⌊column/k⌋), the column of the
+    unit's [W_i | b_i] (bias last); k or g None or "all": the whole row / the whole layer."""
+    labels = []
+    for l in range(1, net.depth + 1):
+        fan, units = net.fan(l), net.widths[l]
+        kk = fan if k in (None, "all") else int(k)
+        gg = units if g in (None, "all") else int(g)
+        for i in range(units):
+            for j in range(fan):
+                labels.append((l, i // gg, j // kk))
+    return np.unique(np.array(labels), axis=0, return_inverse=True)[1].reshape(-1)
+
+
+def mask(net: Net, name: str, sigma=None, k=None, g=None) -> np.ndarray:
     """The P×P weights W with G = (JᵀΛ̃J/N) ∘ W + ρI for the masked approximations."""
     p = net.n_params
+    if name == "block":
+        tile = block_partition_tiles(net, k, g)
+        return (tile[:, None] == tile[None, :]).astype(np.float64)
     if name == "exact":
         return np.ones((p, p))
     if name in ("bd", "tridiag", "layer"):
@@ -279,7 +299,7 @@ def _kfac(net: Net, params, x, rho: float, bias: str) -> np.ndarray:
 
 
 def metric(name: str, network, params, x, rho: float = 0.0, sigma=None, bias: str = "separate",
-           output_metric=None) -> np.ndarray:
+           output_metric=None, k=None, g=1) -> np.ndarray:
     """G (P×P, damping included) of approximation ``name`` on inputs x; ``output_metric`` is Λ̃ (CN×CN)."""
     net = Net.of(network)
     if name == "gd":
@@ -291,7 +311,7 @@ def metric(name: str, network, params, x, rho: float = 0.0, sigma=None, bias: st
     fisher = j.T @ lam @ j / x.shape[0]
     if name == "quasi-diag":
         return _quasi_diagonal(net, fisher, rho)
-    return fisher * mask(net, name, sigma) + rho * np.eye(net.n_params)
+    return fisher * mask(net, name, sigma, k, g) + rho * np.eye(net.n_params)
 
 
 # ---- inverse, direction, Θ̄ -------------------------------------------------------------------
@@ -398,7 +418,7 @@ class Oracle:
 
 
 def oracle(name: str, network, params, x, rho: float = 0.0, **options) -> Oracle:
-    """The explicit oracle of ``name`` (options: ``sigma``, ``bias``, ``output_metric``) on host float64."""
+    """The explicit oracle of ``name`` (options: ``sigma``, ``bias``, ``output_metric``; block: ``k``, ``g``) on host float64."""
     net = Net.of(network)
     params = _host(params)
     x = np.asarray(x, dtype=np.float64)

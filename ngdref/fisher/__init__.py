@@ -33,11 +33,13 @@ from .layerwise import BlockDiagonalFisher, LayerWiseFisher, TriDiagonalFisher, 
 from .kfac import KFAC
 from .unitwise import UnitWiseFisher
 from .diagonal import DiagonalFisher, QuasiDiagonalFisher
+from .blockpartition import BlockPartitionFisher
 
 __all__ = [
     "KFAC",
     "REGISTRY",
     "BlockDiagonalFisher",
+    "BlockPartitionFisher",
     "DiagonalFisher",
     "ExactFisher",
     "FisherApproximation",

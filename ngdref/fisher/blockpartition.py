@@ -1,0 +1,364 @@
+"""Block-partition Fisher: unit-wise blocks (Eq. 23) split or merged — an *extension* (Section 5).
+
+Section 5 asks for "any approximation satisfying the isotropic condition that is larger than
+the entry-wise approximation but smaller than the unit-wise one". This family interpolates:
+θ_l = [W_l | b_l] (M_l × fan_l, fan_l = M_{l−1} + [σ_b > 0], the bias the last column, as in
+:mod:`ngdref.network`'s flat order) is cut into rectangular tiles of ``g`` consecutive units
+(rows) × ``k`` consecutive columns, and G keeps the FIM's diagonal blocks on those tiles:
+
+    G_block = ⊕_{l, B} (J_Bᵀ J_B / N + ρI),     J_B = ∇_{θ_B} f  (CN × q_B),  q_B = |rows|·|cols|,
+
+with the rows of J_B δ_{l,i}^{(k)}(x_n) a_{l−1}(x_n)_j (i ∈ rows, j ∈ cols; S.64).
+
+* ``k`` = "all" (or k >= fan_l), ``g`` = 1: the unit-wise FIM (Eq. 23), θ_i^{(l)} = [W_{i,:} | b_i];
+* ``k`` = "all", ``g`` = "all" (or g >= M_l): the block-diagonal FIM (Section 4.1, Σ = I);
+* ``k`` = 1, ``g`` = 1: the diagonal FIM (entry-wise, Fig. 3);
+* ``k`` < fan_l, ``g`` = 1: the *sub-unit* FIMs, groups of k incoming weights of one unit.
+
+The bias joins a group as the unit's last column: columns are cut into consecutive groups
+[0, k), [k, 2k), … of [W_{i,:} | b_i], so the bias belongs to the last group (which holds
+fan_l − k·⌊(fan_l − 1)/k⌋ <= k columns). This keeps the tiles a partition of θ_l whatever k is,
+makes k = M_{l−1} + 1 exactly unit-wise, and k = M_{l−1} separates the bias into its own
+group. Tiles of ``g`` units are cut the same way (the last group may be smaller); units of a
+layer are exchangeable at initialisation, so which g are grouped is immaterial. k and g apply
+to every layer, each capped at the layer's own size.
+
+Structured path (no P×P G, no CN×P Jacobian held at once). Per tile B, with the
+push-through identity (Jᵀ J/N + ρI)⁻¹ Jᵀ = Jᵀ (J Jᵀ/N + ρI)⁻¹ (the Woodbury form used by
+Eq. 23's unit-wise NGD, S.130–S.131):
+
+* **dual** (q_B > CN): the tile's CN×CN kernel is a Hadamard product of two Grams,
+
+      J_B J_Bᵀ = (δ_R δ_Rᵀ) ∘ (1_C1_Cᵀ ⊗ a_K a_Kᵀ),    δ_R = δ_l on the tile's units (CN × |R|),
+                                                        a_K = a_{l−1} on its columns (N × |K|),
+
+  so Δθ_B = δ_Rᵀ-weighted a_K: z = (J_BJ_Bᵀ/N + ρI)⁻¹ v, Δθ_B[i, j] = Σ_{k,n} z_k(x_n)
+  δ_{l,i}^{(k)}(x_n) a_{nj} / N, and Θ̄_B(x′, x) = [(δ′_R δ_Rᵀ) ∘ (1⊗a′_K a_Kᵀ)] (J_BJ_Bᵀ/N + ρI)⁻¹/N;
+* **primal** (q_B <= CN): J_B is formed for a chunk of tiles (CN × q_B each; chunks stay below
+  max(P_l/4, 2^21) elements), F_B = J_BᵀJ_B/N (q_B × q_B) and Δθ_B = (F_B + ρI)⁻¹ J_Bᵀ v / N,
+  Θ̄_B(x′, x) = J_B(x′)(F_B + ρI)⁻¹J_B(x)ᵀ/N — all tiles of a chunk in one GEMM.
+
+Both inverses are taken on the block's numerical range by one batched ``eigh``:
+Σ_{λ > τ} u uᵀ/(λ + ρ) with τ = rtol·λ_max (rtol = ``rtol`` or n·eps, :func:`ngdref.linalg.psd_pinv`'s
+rule for the n×n matrix decomposed). At ρ = 0 this is the pseudo-inverse (the zero-damping
+limit). At ρ > 0 it is exactly (K + ρI)⁻¹ on every vector of range(K) — and J_Bᵀv (primal) or
+the part of v that J_Bᵀ does not annihilate (dual) always is — so dropping the eigenvalues at
+or below τ changes nothing but rounding: those eigenvalues cannot be told from 0 by ``eigh``,
+and the literal solve would amplify their rounding by 1/ρ (1e12 at the default ρ). Tiles are
+rank-deficient whenever q_B < CN or samples are dead (ReLU: δ_i(x_n) = 0), so this matters.
+All N- and tile-sized algebra is float64 (as :mod:`ngdref.fisher.unitwise`); results are
+returned in the network's dtype.
+
+Isotropy. At ρ → 0, Θ̄(x, x) = Σ_B Π_B, Π_B the orthogonal projector onto the range of J_B in
+function space (Eq. 11), so tr Θ̄ = Σ_B rank J_B. For whole rows (k = "all"), C = 1 and
+K_l = a a ᵀ positive definite (fan_l >= N, independent inputs), range J_B = span{e_n : some unit
+of the tile is alive on x_n}, so Θ̄ = Σ_{l,B} diag(1[∃ i ∈ B: δ_{l,i}(x_n) ≠ 0]) exactly, and at
+large width (units independent given the previous layer) α = Σ_{l<L} Σ_B (1 − (1 − γ_l)^{|B|}) + 1
+(γ_l of S.140–S.141; +1 the output unit, as :meth:`UnitWiseFisher.analytic_alpha`): Σ γ_l M_l + 1
+at g = 1 (S.128), → L at g = M_l (Section 4.1). For k < fan_l each Π_B projects onto
+diag(δ_R)·(a k-dimensional subspace), which is not diagonal: no α is derived (the
+``subunit`` extension figure measures Θ̄).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import backend_of, dtype_name_of, namespace_of, to_device
+from ..errors import ConfigError
+from ..kernels import layer_gammas
+from ..linalg import default_rtol, symmetrize
+from . import cost
+from .base import FisherApproximation
+from .spec import FisherOption, FisherSpec, register
+
+__all__ = ["BlockPartitionFisher", "block_alpha", "parse_group_size"]
+
+ALL = "all"
+
+
+def parse_group_size(text) -> int | None:
+    """A group size from the command line or the library: a positive integer, or "all" (None)."""
+    if text is None or (isinstance(text, str) and text.strip().lower() == ALL):
+        return None
+    if isinstance(text, bool):
+        raise ConfigError(f"a group size must be a positive integer or 'all', got {text!r}")
+    if isinstance(text, (int, np.integer)):
+        value = int(text)
+    elif isinstance(text, float) and text.is_integer():
+        value = int(text)
+    else:
+        try:
+            value = int(str(text).strip())
+        except ValueError:
+            raise ConfigError(f"a group size must be a positive integer or 'all', got {text!r}") from None
+    if value < 1:
+        raise ConfigError(f"a group size must be a positive integer or 'all', got {text!r}")
+    return value
+
+
+def _cuts(size: int, chunk: int | None) -> list[np.ndarray]:
+    """Consecutive groups of ``chunk`` indices of range(size) (None: one group), as index arrays
+    (count, length) per distinct length (at most two: full groups, then the shorter last one)."""
+    chunk = size if chunk is None else min(int(chunk), size)
+    full = size // chunk
+    out = []
+    if full:
+        out.append(np.arange(full * chunk).reshape(full, chunk))
+    if size - full * chunk:
+        out.append(np.arange(full * chunk, size).reshape(1, -1))
+    return out
+
+
+def block_alpha(net, g: int | None) -> float:
+    """α of the whole-row block-partition FIM (k = "all"), C = 1: Σ_{l<L} Σ_B (1 − (1 − γ_l)^{|B|}) + 1.
+
+    The expected number of unit groups with a unit alive on a sample (units independent at large
+    width, γ_l = P(φ′(u) ≠ 0) of S.140–S.141), plus 1 for the output unit (δ_L = 1). g = 1 is
+    unit-wise's Σ γ_l M_l + 1 (S.128); g = M_l gives L − Σ_l (1 − γ_l)^{M_l} → L (Section 4.1).
+    """
+    if net.n_outputs != 1:
+        raise ConfigError(f"the block-partition α is derived for C = 1, got C = {net.n_outputs}")
+    gammas = layer_gammas(net)
+    alpha = 1.0
+    for gamma, m in zip(gammas, net.widths[1:-1]):
+        for groups in _cuts(m, g):
+            count, size = groups.shape
+            alpha += count * (1.0 - (1.0 - gamma) ** size)
+    return float(alpha)
+
+
+def _tiles(s: cost.Shape, layer: int, k: int | None, g: int | None):
+    """(count, rows per tile, columns per tile) for each tile shape of a layer."""
+    for rows in _cuts(s.m(layer), g):
+        for cols in _cuts(s.fan(layer), k):
+            yield rows.shape[0] * cols.shape[0], rows.shape[1], cols.shape[1]
+
+
+def _flops(k: int | None, g: int | None):
+    def model(s: cost.Shape, damping: float) -> dict:
+        """Per tile of q = |R|·|K| parameters: primal (q <= CN) forms J_B (CN·q), F_B (2CN·q²), eigh and
+        its inverse (11q³), J_Bᵀv and the product (2CN·q + 2q²); dual (q > CN) forms δ_Rδ_Rᵀ (2(CN)²|R|),
+        a_Ka_Kᵀ (2N²|K|), eigh + inverse (11(CN)³), the product and Δθ_B (2(CN)² + 2CN|R| + 2N·q).
+        Θ̄: primal J_B(x′)(F_B+ρI)⁻¹J_B(x)ᵀ (2q²CN + 2(CN)²q), dual the Hadamard kernel times the
+        inverse (2(CN)³)."""
+        cn, n = s.cn, s.n
+        direction = coefficient = 0.0
+        for l in s.layers:
+            for count, r, c in _tiles(s, l, k, g):
+                q = r * c
+                if q <= cn:
+                    build = cn * q + 2.0 * cn * q * q + cost.PINV * q**3
+                    direction += count * (build + 2.0 * cn * q + 2.0 * q * q)
+                    coefficient += count * (build + 2.0 * q * q * cn + 2.0 * cn * cn * q)
+                else:
+                    build = 2.0 * cn * cn * r + 2.0 * n * n * c + cn * cn + cost.PINV * cn**3
+                    direction += count * (build + 2.0 * cn * cn + 2.0 * cn * r + 2.0 * n * q)
+                    coefficient += count * (2.0 * build + 2.0 * cn**3)
+        return cost.model(
+            (direction, "per tile: primal (q <= CN) J_B, F_B, eigh(q) or dual (q > CN) Hadamard kernel, eigh(CN)"),
+            (coefficient, "per tile: the same inverse, then J_B(x′)(F_B+ρI)⁻¹J_B(x)ᵀ or kernel(x′, x) times it"),
+        )
+
+    return model
+
+
+def _float64(x):
+    xp = namespace_of(x)
+    return x if x.dtype == xp.float64 else xp.astype(x, xp.float64)
+
+
+@register
+class BlockPartitionFisher(FisherApproximation):
+    """Block-partition FIM: tiles of ``g`` units × ``k`` columns of each θ_l (module docstring).
+
+    Default k = "all", g = 1: the unit-wise FIM (Eq. 23), so the default object has its α.
+    Damping as unit-wise (``optional``, default ρ = 1e-12, the paper's C.3): ρ = 0 is the exact
+    pseudo-inverse, but the step then divides by arbitrarily small singular values of the tiles
+    and a finite network leaves the linear regime (:class:`~ngdref.fisher.unitwise.UnitWiseFisher`).
+    """
+
+    spec = FisherSpec(
+        name="block", title="block-partition",
+        summary="block-partition FIM: tiles of g units x k incoming weights (bias last) per layer (+ρI); "
+                "k=all,g=1 unit-wise, g=all block-diagonal, k=g=1 diagonal (extension of Eq. 23)",
+        equations="Eq. 23 generalised (Section 5's open question), push-through S.130-S.131",
+        aliases=("block-partition", "sub-unit"), default_damping=1e-12, multi_output_alpha=False,
+        default_damping_reason="default for block (as unit-wise: ρ = 0 leaves the linear regime at finite width; "
+                               "paper C.3 uses 1e-12)",
+        options=(FisherOption("k", "columns of [W_i | b_i] per group (positive integer, or 'all' = the unit's whole "
+                              "row; the bias is the last column)", parse=parse_group_size),
+                 FisherOption("g", "units per group (positive integer, or 'all' = the whole layer)",
+                              parse=parse_group_size)),
+        flops=_flops(None, 1),
+    )
+
+    def __init__(self, network, damping: float | None = None, rtol=None, k=ALL, g=1):
+        super().__init__(network, damping, rtol)
+        self.k = parse_group_size(k)
+        self.g = parse_group_size(g)
+
+    def to_dict(self):
+        return {**super().to_dict(), "k": ALL if self.k is None else self.k, "g": ALL if self.g is None else self.g}
+
+    @property
+    def whole_rows(self) -> bool:
+        """Every tile holds whole unit rows (k = "all" or k >= every fan_l)."""
+        net = self.network
+        return self.k is None or self.k >= max(net.layer_shape(l)[1] for l in range(1, net.depth + 1))
+
+    def flops(self, shape: cost.Shape, damping: float) -> dict:
+        """The FLOP model of this object's k and g (the spec's is the default k = "all", g = 1)."""
+        return _flops(self.k, self.g)(shape, damping)
+
+    # ---- α -------------------------------------------------------------------------------
+    def analytic_alpha(self, n_samples):
+        """:func:`block_alpha` for whole-row tiles and C = 1; ``None`` for k < fan_l (no α is derived)."""
+        if self.network.n_outputs != 1 or not self.whole_rows:
+            return None
+        return block_alpha(self.network, self.g)
+
+    def alpha_note(self) -> str:
+        if self.network.n_outputs != 1:
+            return "block-partition FIM with C > 1: no isotropy is claimed (unit-wise's Section 5 treats C = 1)"
+        if not self.whole_rows:
+            return ("groups of k < M_{l-1}+1 inputs: each block projects onto a k-dimensional subspace per unit, "
+                    "not a diagonal; no α is derived (measured mean diagonal)")
+        return ("α = Σ_{l<L} Σ_groups (1 − (1 − γ_l)^{|group|}) + 1 (g = 1: unit-wise S.128 + the output unit; "
+                "g = M_l: → L, block-diagonal); needs ρ → 0, M_{l-1}+[bias] >= N and independent inputs")
+
+    # ---- tiles ---------------------------------------------------------------------------------
+    def _budget(self, layer: int) -> int:
+        m_out, fan = self.network.layer_shape(layer)
+        return max(m_out * fan // 4, 1 << 21)
+
+    def _layer_tiles(self, layer: int):
+        """Per tile shape: (row groups (nr, r), column groups (nc, c)) as host index arrays."""
+        m_out, fan = self.network.layer_shape(layer)
+        for rows in _cuts(m_out, self.g):
+            for cols in _cuts(fan, self.k):
+                yield rows, cols
+
+    def _chunks(self, layer: int, rows, cols, c: int, n: int, n_prime: int):
+        """Chunks of (row group, column group) pairs sized to the layer's budget: (rr, cc) host index arrays."""
+        nr, r = rows.shape
+        nc, kc = cols.shape
+        q, cn = r * kc, c * n
+        per_tile = (cn * q + 3 * q * q + c * n_prime * q) if q <= cn else (4 * cn * cn + c * n_prime * cn + n * n_prime)
+        step = max(1, self._budget(layer) // max(per_tile, 1))
+        pairs = nr * nc
+        for start in range(0, pairs, step):
+            t = np.arange(start, min(pairs, start + step))
+            yield t // nc, t % nc
+
+    def _range_inverse(self, k):
+        """Σ_{λ > τ} u uᵀ/(λ + ρ) for a stack of symmetric PSD matrices (module docstring), τ = rtol·λ_max."""
+        xp = namespace_of(k)
+        n = k.shape[-1]
+        rtol = default_rtol(n, dtype_name_of(k)) if self.rtol is None else float(self.rtol)
+        w, v = xp.linalg.eigh(symmetrize(k))
+        keep = w > rtol * xp.max(xp.abs(w), axis=-1, keepdims=True)
+        safe = xp.where(keep, w + self.damping, xp.ones_like(w))
+        inv_w = xp.where(keep, 1.0 / safe, xp.zeros_like(w))
+        return (v * inv_w[..., None, :]) @ xp.linalg.matrix_transpose(v)
+
+    @staticmethod
+    def _gather(d, a, rows_t, cols_t, backend):
+        """δ on the tiles' units (T, C, N, r) and a on their columns (T, N, c), float64."""
+        xp = namespace_of(d)
+        t, r = rows_t.shape
+        kc = cols_t.shape[1]
+        c, n, _ = d.shape
+        d_t = xp.take(d, to_device(rows_t.reshape(-1), backend, "int64"), axis=2)  # (C, N, T·r)
+        d_t = xp.permute_dims(xp.reshape(d_t, (c, n, t, r)), (2, 0, 1, 3))
+        a_t = xp.take(a, to_device(cols_t.reshape(-1), backend, "int64"), axis=1)  # (N, T·c)
+        a_t = xp.permute_dims(xp.reshape(a_t, (a.shape[0], t, kc)), (1, 0, 2))
+        return d_t, a_t
+
+    @staticmethod
+    def _tile_jacobian(d_t, a_t):
+        """J_B for each tile, (T, CN, r·c): rows δ_i^{(k)}(x_n) a_{nj} (S.64)."""
+        xp = namespace_of(d_t)
+        t, c, n, r = d_t.shape
+        kc = a_t.shape[2]
+        j = d_t[:, :, :, :, None] * a_t[:, None, :, None, :]  # (T, C, N, r, c)
+        return xp.reshape(j, (t, c * n, r * kc))
+
+    @staticmethod
+    def _tile_kernel(d_p, a_p, d_t, a_t):
+        """(δ′_R δ_Rᵀ) ∘ (1⊗a′_K a_Kᵀ) per tile, (T, CN′, CN)."""
+        xp = namespace_of(d_t)
+        t, c, n, r = d_t.shape
+        n_p = d_p.shape[2]
+        left = xp.reshape(d_p, (t, c * n_p, r)) @ xp.permute_dims(xp.reshape(d_t, (t, c * n, r)), (0, 2, 1))
+        right = a_p @ xp.permute_dims(a_t, (0, 2, 1))  # (T, N′, N)
+        right = xp.reshape(xp.broadcast_to(right[:, None, :, None, :], (t, c, n_p, c, n)), (t, c * n_p, c * n))
+        return left * right
+
+    # ---- structured path ---------------------------------------------------------------------
+    def precondition(self, signals, v, output_metric=None):
+        """Δθ_B = (F_B + ρI)⁻¹ J_Bᵀ v / N per tile (primal or dual, module docstring), θ_l-shaped per layer."""
+        xp = namespace_of(v)
+        c, n = v.shape
+        vec = xp.reshape(_float64(v), (c * n,))
+        out = []
+        for l in range(1, self.network.depth + 1):
+            m_out, fan = self.network.layer_shape(l)
+            a_net = signals.a[l - 1]
+            backend = backend_of(a_net)
+            d, a = _float64(signals.delta[l - 1]), _float64(a_net)
+            values, positions = [], []
+            for rows, cols in self._layer_tiles(l):
+                r, kc = rows.shape[1], cols.shape[1]
+                q = r * kc
+                for rr, cc in self._chunks(l, rows, cols, c, n, 0):
+                    rows_t, cols_t = rows[rr], cols[cc]
+                    d_t, a_t = self._gather(d, a, rows_t, cols_t, backend)
+                    t = rows_t.shape[0]
+                    if q <= c * n:
+                        jac = self._tile_jacobian(d_t, a_t)  # (T, CN, q)
+                        jt = xp.permute_dims(jac, (0, 2, 1))
+                        inv = self._range_inverse(jt @ jac / float(n))
+                        rhs = (jt @ vec[:, None]) / float(n)  # J_Bᵀ v / N, (T, q, 1)
+                        theta = xp.reshape(inv @ rhs, (t, r, kc))
+                    else:
+                        inv = self._range_inverse(self._tile_kernel(d_t, a_t, d_t, a_t) / float(n))
+                        z = xp.reshape(inv @ vec[:, None], (t, c, n, 1))  # (J_BJ_Bᵀ/N + ρI)⁻¹ v
+                        w = xp.sum(z * d_t, axis=1)  # Σ_k z_k δ_i^{(k)}, (T, N, r)
+                        theta = xp.permute_dims(w, (0, 2, 1)) @ a_t / float(n)  # (T, r, c)
+                    values.append(xp.reshape(theta, (-1,)))
+                    positions.append((rows_t[:, :, None] * fan + cols_t[:, None, :]).reshape(-1))
+            flat = xp.concat(values)
+            order = to_device(np.argsort(np.concatenate(positions), kind="stable"), backend, "int64")
+            out.append(xp.astype(xp.reshape(xp.take(flat, order), (m_out, fan)), a_net.dtype))
+        return out
+
+    def _theta_bar(self, s, s_prime):
+        """Θ̄(x′, x) = Σ_B J_B(x′)(F_B + ρI)⁻¹J_B(x)ᵀ/N (Eq. 11) tile by tile, (CN′, CN)."""
+        sp = s if s_prime is None else s_prime
+        xp = namespace_of(s.f)
+        c, n, n_p = s.f.shape[1], s.n, sp.n
+        total = xp.zeros((c * n_p, c * n), dtype=xp.float64)
+        for l in range(1, self.network.depth + 1):
+            backend = backend_of(s.a[l - 1])
+            d, a = _float64(s.delta[l - 1]), _float64(s.a[l - 1])
+            d_p, a_p = _float64(sp.delta[l - 1]), _float64(sp.a[l - 1])
+            for rows, cols in self._layer_tiles(l):
+                q = rows.shape[1] * cols.shape[1]
+                for rr, cc in self._chunks(l, rows, cols, c, n, n_p):
+                    rows_t, cols_t = rows[rr], cols[cc]
+                    d_t, a_t = self._gather(d, a, rows_t, cols_t, backend)
+                    dp_t, ap_t = self._gather(d_p, a_p, rows_t, cols_t, backend)
+                    t = rows_t.shape[0]
+                    if q <= c * n:
+                        jac = self._tile_jacobian(d_t, a_t)  # (T, CN, q)
+                        jt = xp.permute_dims(jac, (0, 2, 1))
+                        x_t = self._range_inverse(jt @ jac / float(n)) @ jt  # (T, q, CN)
+                        jac_p = self._tile_jacobian(dp_t, ap_t)  # (T, CN′, q)
+                        left = xp.reshape(xp.permute_dims(jac_p, (1, 0, 2)), (c * n_p, t * q))
+                        total = total + left @ xp.reshape(x_t, (t * q, c * n)) / float(n)
+                    else:
+                        inv = self._range_inverse(self._tile_kernel(d_t, a_t, d_t, a_t) / float(n))
+                        cross = self._tile_kernel(dp_t, ap_t, d_t, a_t)  # (T, CN′, CN)
+                        total = total + xp.sum(cross @ inv, axis=0) / float(n)
+        return xp.astype(total, s.f.dtype)
