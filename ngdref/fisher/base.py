@@ -31,7 +31,7 @@ from typing import ClassVar
 
 from ..backend import namespace_of
 from ..errors import NgdrefError
-from ..jacobian import jvp
+from ..jacobian import jvp, vjp
 from ..network import Network, Signals
 from .spec import FisherSpec
 
@@ -107,6 +107,37 @@ class FisherApproximation(abc.ABC):
             e = xp.reshape(xp.astype(xp.arange(c * n) == j, s.f.dtype), (c, n))
             cols.append(xp.reshape(jvp(sp, self.precondition(s, e)), (-1,)))
         return xp.stack(cols, axis=1)
+
+    # ---- matrix-free products on arbitrary parameter vectors (ngdref.fisher.operators) -----
+    # v is given per layer (θ_l-shaped arrays, the flat order of ngdref.network); results are new
+    # arrays of the same shapes. Neither G (P×P) nor J (CN×P) is formed: each family builds G v and
+    # G⁻¹ v from the signals δ_l, a_{l−1} with N- or CN-sized matrices, which are kept in ``cache``
+    # (a dict owned by one operator on one set of signals) so that repeated products (CG, Lanczos)
+    # factor them once. The MSE FIM only (no cross-entropy output metric Λ̃).
+    def fisher_matvec(self, signals: Signals, v, cache: dict | None = None) -> list:
+        """G v (damping included, as in G's definition)."""
+        raise NgdrefError(f"{self.spec.title} provides no matrix-free G v (fisher_matvec)")
+
+    def inverse_matvec(self, signals: Signals, v, cache: dict | None = None) -> list:
+        """G⁻¹ v for ρ > 0, the pseudo-inverse G⁺ v at ρ = 0 (the zero-damping limit), for any v."""
+        raise NgdrefError(f"{self.spec.title} provides no matrix-free G⁻¹ v (inverse_matvec)")
+
+    def preconditioned_fisher_matvec(self, signals: Signals, v, cache: dict | None = None) -> list:
+        """G⁻¹F v with F = JᵀJ/N (Eq. 8, MSE): G⁻¹Jᵀ(Jv)/N = :meth:`precondition` of the
+        function-space vector J v. Its nonzero eigenvalues are those of Θ̄(x, x) = JG⁻¹Jᵀ/N
+        (Eq. 11; AB and BA share their nonzero spectrum)."""
+        return self.precondition(signals, jvp(signals, v))
+
+    def preconditioned_fisher_rmatvec(self, signals: Signals, v, cache: dict | None = None) -> list:
+        """(G⁻¹F)ᵀ v = F G⁻¹ v (G and F symmetric): Jᵀ(J G⁻¹v)/N."""
+        u = jvp(signals, self.inverse_matvec(signals, v, cache))
+        return vjp(signals, u / float(signals.n))
+
+    @staticmethod
+    def _layer_jvp(signals: Signals, layer: int, v_l):
+        """∇_{θ_l}f v_l = Σ_i δ_{l,i}^{(k)} (a_{l−1} v_lᵀ)_i (S.64), a (C, N) function-space vector."""
+        xp = namespace_of(v_l)
+        return xp.sum(signals.delta[layer - 1] * (signals.a[layer - 1] @ v_l.T), axis=-1)
 
     # ---- infinite width ----------------------------------------------------------------
     def analytic_theta_bar(self, cross, train, forster: bool = False):

@@ -267,6 +267,38 @@ class DiagonalFisher(FisherApproximation):
         g_rows /= xp.where(f > cut, f, xp.inf)
         return g_rows
 
+    # ---- matrix-free G v and G⁻¹ v (ngdref.fisher.operators) ---------------------------------
+    def fisher_matvec(self, signals, v, cache=None):
+        """G v entry by entry (diag: (F_ii + ρ) v_i; quasi-diag: G_qd per unit), block of units by block."""
+        xp = namespace_of(signals.f)
+        cut = self._cut(signals)
+        out = []
+        for l in range(1, self.network.depth + 1):
+            lay = _LayerArrays.of(signals, l)
+            out.append(xp.concat([self._fisher_matvec_rows(lay, rows, cut, v[l - 1][rows, :])
+                                  for rows in self._row_blocks(lay)], axis=0))
+        return out
+
+    def _fisher_matvec_rows(self, lay: _LayerArrays, rows: slice, cut: float, v_rows):
+        """(F + ρ) ∘ v for the units ``rows``."""
+        f = self._fisher_rows(lay, rows)
+        if self.damping > 0:
+            f += self.damping
+        return f * v_rows
+
+    def inverse_matvec(self, signals, v, cache=None):
+        """G⁻¹ v (G⁺ v at ρ = 0, with the cut-offs of :meth:`precondition`): the map M_i of
+        :meth:`precondition` applied to v instead of the gradient."""
+        cut = self._cut(signals)
+        out = []
+        for l in range(1, self.network.depth + 1):
+            lay = _LayerArrays.of(signals, l)
+            g = 1.0 * v[l - 1]  # a new array, preconditioned in place block by block
+            for rows in self._row_blocks(lay):
+                g[rows, :] = self._precondition_rows(lay, rows, cut, g[rows, :])
+            out.append(g)
+        return out
+
     def _theta_bar(self, s, s_prime):
         """Θ̄(x′, x) = Σ_l Σ_i J_{l,i}(x′) M_i J_{l,i}(x)ᵀ / N on each layer's training support.
 
@@ -335,6 +367,26 @@ class QuasiDiagonalFisher(DiagonalFisher):
             return super()._precondition_rows(lay, rows, cut, g_rows)
         _apply_quasi_pieces(namespace_of(g_rows), self._pieces(lay, rows, cut), g_rows)
         return g_rows
+
+    def _fisher_matvec_rows(self, lay: _LayerArrays, rows: slice, cut: float, v_rows):
+        """G_qd v per unit (module docstring): with s = Σ_j G_bj v_j + G_bb v_b,
+        (G_qd v)_j = D_j v_j + G_bj s/G_bb and (G_qd v)_b = s; a unit with G_bb <= cut is diagonal."""
+        if not self.network.has_bias:
+            return super()._fisher_matvec_rows(lay, rows, cut, v_rows)
+        xp = namespace_of(v_rows)
+        e = self._squared_delta(lay, rows)
+        g_diag = e.T @ lay.a2
+        if self.damping > 0:
+            g_diag += self.damping
+        coupling = (e.T @ lay.a[:, :-1]) * self.network.sigma_b  # G_bj
+        gw, gb = g_diag[:, :-1], g_diag[:, -1:]
+        vw, vb = v_rows[:, :-1], v_rows[:, -1:]
+        alive = gb > cut
+        inv_gb = xp.where(alive, 1.0 / xp.where(alive, gb, xp.ones_like(gb)), xp.zeros_like(gb))
+        s = xp.sum(coupling * vw, axis=1, keepdims=True) + gb * vb
+        out_w = xp.where(alive, (gw - coupling * coupling * inv_gb) * vw + coupling * (s * inv_gb), gw * vw)
+        out_b = xp.where(alive, s, gb * vb)
+        return xp.concat([out_w, out_b], axis=1)
 
     def _pieces(self, lay: _LayerArrays, rows: slice, cut: float) -> tuple:
         """The quasi-diagonal map of the units ``rows``; the bias is a's last column."""

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from ..backend import namespace_of
 from ..dynamics import gd_learning_rate
-from ..jacobian import vjp
+from ..jacobian import jvp, vjp
 from ..kernels import check_pair, right_solve, singular_input_hint, spd_factor
-from ..linalg import damped_solve, spd_sqrt
+from ..linalg import damped_inverse, damped_solve, spd_sqrt
 from ..ntk import structured_ntk
 from . import cost
 from .base import FisherApproximation
@@ -50,6 +50,14 @@ class GradientDescent(FisherApproximation):
 
     def precondition(self, signals, v, output_metric=None):
         return vjp(signals, v / signals.n)  # scale the CN vector, not P parameters
+
+    def fisher_matvec(self, signals, v, cache=None):
+        """G v = v (G = I, Eq. 4)."""
+        return [1.0 * x for x in v]
+
+    def inverse_matvec(self, signals, v, cache=None):
+        """G⁻¹ v = v."""
+        return [1.0 * x for x in v]
 
     def _theta_bar(self, s, s_prime):
         return structured_ntk(s if s_prime is None else s_prime, s)
@@ -88,6 +96,37 @@ class ExactFisher(FisherApproximation):
         else:
             z = damped_solve(theta, vec, self.damping, self.rtol)
         return vjp(signals, xp.reshape(z, (c, n)) / n)
+
+    def fisher_matvec(self, signals, v, cache=None):
+        """G v = Jᵀ(J v)/N + ρv (Eq. 8): one jvp and one vjp, no P×P matrix."""
+        out = vjp(signals, jvp(signals, v) / float(signals.n))
+        if self.damping > 0:
+            for o, x in zip(out, v):
+                o += self.damping * x
+        return out
+
+    def inverse_matvec(self, signals, v, cache=None):
+        """G⁻¹ v on any v by the push-through / Woodbury identities with the N-sized Θ = JJᵀ/N:
+
+        ρ > 0:  (JᵀJ/N + ρI)⁻¹ v = (v − Jᵀ(Θ + ρI)⁻¹ J v / N) / ρ;
+        ρ = 0:  (JᵀJ/N)⁺ v = N J⁺J⁺ᵀ v = Jᵀ Θ⁺Θ⁺ J v / N   (J⁺ = Jᵀ(JJᵀ)⁺, JJᵀ = NΘ),
+
+        Θ⁺ with the cut-off of :func:`ngdref.linalg.psd_pinv` (the one :meth:`precondition` uses).
+        (Θ + ρI)⁻¹ or Θ⁺ is computed once per ``cache``."""
+        xp = namespace_of(signals.f)
+        cache = {} if cache is None else cache
+        if "exact:dual" not in cache:
+            cache["exact:dual"] = damped_inverse(structured_ntk(signals), self.damping, self.rtol)
+        dual = cache["exact:dual"]
+        u = jvp(signals, v)
+        c, n = u.shape
+        z = dual @ xp.reshape(u, (c * n, 1))
+        if self.damping == 0:
+            z = dual @ z
+        out = vjp(signals, xp.reshape(z, (c, n)) / float(n))
+        if self.damping == 0:
+            return out
+        return [(x - o) / self.damping for o, x in zip(out, v)]
 
     def _theta_bar(self, s, s_prime):
         theta = structured_ntk(s)

@@ -121,6 +121,22 @@ def _first_layer_factor(cross, train, with_bias: bool, forster: bool):
     return p_test @ sla.pinv(p)
 
 
+def _gram_inverse_left(x, q, dual, c: float, rho: float):
+    """(c QᵀQ + ρI)⁻¹ X (ρ > 0) or (c QᵀQ)⁺ X (ρ = 0) from the dual ``dual`` (see :meth:`KFAC.inverse_matvec`)."""
+    qx = q @ x
+    if rho > 0:
+        return (x - c * (q.T @ (dual @ qx))) / rho
+    return c * (q.T @ (dual @ (dual @ qx)))
+
+
+def _gram_inverse_right(x, q, dual, c: float, rho: float):
+    """X (c QᵀQ + ρI)⁻¹ (ρ > 0) or X (c QᵀQ)⁺ (ρ = 0), the transpose of :func:`_gram_inverse_left`."""
+    xq = x @ q.T
+    if rho > 0:
+        return (x - c * ((xq @ dual) @ q)) / rho
+    return c * (((xq @ dual) @ dual) @ q)
+
+
 def _kfac_layer_flops(s: cost.Shape, l: int, with_left: bool) -> float:
     """One K-FAC layer: δ-Gram + pinv (CN), ā-Gram + pinv (N)."""
     cn, n, fan, m = s.cn, s.n, s.fan(l), s.m(l)
@@ -286,6 +302,71 @@ class KFAC(FisherApproximation):
                 col = (self.network.sigma_b / n) * (bias_inv @ xp.reshape(vec, (c * n, 1)))  # (CN, 1)
                 small = xp.concat([small, col], axis=1)
             out.append(d.T @ small)
+        return out
+
+    # ---- matrix-free G v and G⁻¹ v (ngdref.fisher.operators) ---------------------------------
+    def _split(self, signals, layer, v_l):
+        """(δ_l (CN × M_l), ā (N × d), V_w (M_l × d), V_b (M_l × 1) or None): v_l split into the
+        Kronecker-factored part and S.123's separate bias column."""
+        abar = self._abar(signals, layer)
+        dim = abar.shape[1]
+        vb = v_l[:, dim:] if self._separate_bias else None
+        return signals.delta_matrix(layer), abar, v_l[:, :dim], vb
+
+    def fisher_matvec(self, signals, v, cache=None):
+        """G v per layer, (B*+ρI) V_w (A*+ρI) = vec_row⁻¹((B*+ρI)⊗(A*+ρI) vec_row V_w) (Eq. 20, S.95)
+        with B* V = δᵀ(δV)/N and V A* = (Vāᵀ)ā/N (no M_l × M_l factor is formed; B*_L = I_C/N), and
+        S.123's bias block σ_b² δᵀ(δ v_b)/N² + ρv_b."""
+        xp = namespace_of(signals.f)
+        n, rho = float(signals.n), self.damping
+        out = []
+        for l in range(1, self.network.depth + 1):
+            d, abar, vw, vb = self._split(signals, l, v[l - 1])
+            x = (vw @ abar.T) @ abar / n
+            if rho > 0:
+                x += rho * vw
+            if l == self.network.depth:
+                y = (1.0 / n + rho) * x
+            else:
+                y = d.T @ (d @ x) / n
+                if rho > 0:
+                    y += rho * x
+            if vb is not None:
+                yb = (self.network.sigma_b2 / n**2) * (d.T @ (d @ vb))
+                if rho > 0:
+                    yb += rho * vb
+                y = xp.concat([y, yb], axis=1)
+            out.append(y)
+        return out
+
+    def inverse_matvec(self, signals, v, cache=None):
+        """G⁻¹ v per layer, (B*+ρI)⁻¹ V_w (A*+ρI)⁻¹ (the Kronecker inverse, Eq. 21), each factor by
+        push-through on its dual Gram matrix (δδᵀ/N, CN × CN; āāᵀ/N, N × N — those of
+        :meth:`precondition`): for H = c QᵀQ + ρI with dual D = (cQQᵀ + ρI)⁻¹ (ρ > 0) or (cQQᵀ)⁺ (ρ = 0),
+
+            H⁻¹X = (X − c Qᵀ D Q X)/ρ,      H⁺X = c Qᵀ D D Q X;
+
+        B*_L = I_C/N gives 1/(1/N + ρ); S.123's bias block is H with Q = δ, c = σ_b²/N²."""
+        xp = namespace_of(signals.f)
+        cache = {} if cache is None else cache
+        n, rho = signals.n, self.damping
+        out = []
+        for l in range(1, self.network.depth + 1):
+            d, abar, vw, vb = self._split(signals, l, v[l - 1])
+            key = f"kfac:{l}"
+            if key not in cache:
+                left = self._left(signals, l)
+                bias = self._bias_inverse(signals, l, left=left) if vb is not None else None
+                cache[key] = (left, self._right(abar, n), bias)
+            left, right, bias = cache[key]
+            x = _gram_inverse_right(vw, abar, right, 1.0 / n, rho)
+            if isinstance(left, float):
+                y = left * x
+            else:
+                y = _gram_inverse_left(x, d, left, 1.0 / n, rho)
+            if vb is not None:
+                y = xp.concat([y, _gram_inverse_left(vb, d, bias, self.network.sigma_b2 / n**2, rho)], axis=1)
+            out.append(y)
         return out
 
     def _theta_bar(self, signals, signals_prime):

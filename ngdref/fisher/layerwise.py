@@ -362,6 +362,89 @@ class LayerWiseFisher(FisherApproximation):
             out.append(layer_vjp(signals, l, z) / n)
         return out
 
+    # ---- matrix-free G v and G⁻¹ v (ngdref.fisher.operators) ---------------------------------
+    def fisher_matvec(self, signals, v, cache=None):
+        """G v with z_m = ∇_{θ_m}f v_m (C, N): (G v)_l = ∇_{θ_l}fᵀ (Σ_m Σ_lm z_m)/N + ρv_l (Eq. 15);
+        L jvps and L vjps."""
+        depth = self.network.depth
+        z = [self._layer_jvp(signals, m, v[m - 1]) for m in range(1, depth + 1)]
+        out = []
+        for l in range(1, depth + 1):
+            o = layer_vjp(signals, l, self._mix(z, l) / float(signals.n))
+            if self.damping > 0:
+                o += self.damping * v[l - 1]
+            out.append(o)
+        return out
+
+    def inverse_matvec(self, signals, v, cache=None):
+        """G⁻¹ v on any v, with CN- and CNL-sized matrices only. S = blockdiag(∇_{θ_l}f),
+        Σ̃ = Σ ⊗ I_CN, Ω = Σ̃SSᵀ/N (block (l, m) = Σ_lm Θ_m, as :meth:`_resolvent`).
+
+        ρ > 0 (Woodbury, S.73): G⁻¹v = (v − Sᵀ(Ω + ρI)⁻¹Σ̃Sv/N)/ρ.
+        ρ = 0: G = V K Vᵀ with V_l = ∇_{θ_l}fᵀU_l(NΛ_l)^{-1/2} (orthonormal columns) and K of
+        :meth:`_pseudo_inverse_resolvent`, so G⁺v = V K⁺ Vᵀv: per layer t_l = Λ_l^{-1/2}U_lᵀ(∇_{θ_l}f v_l)/√N,
+        s = K⁺t, (G⁺v)_l = ∇_{θ_l}fᵀ U_lΛ_l^{-1/2} s_l/√N — any nonsingular Σ, singular Θ_l included.
+        Σ ∝ 11ᵀ (S.91) is exact NGD's."""
+        if self.is_exact:
+            c = float(self.sigma[0, 0])
+            return [o / c for o in self._exact_equivalent().inverse_matvec(signals, v, cache)]
+        xp = namespace_of(signals.f)
+        cache = {} if cache is None else cache
+        depth, n = self.network.depth, signals.n
+        z = [self._layer_jvp(signals, m, v[m - 1]) for m in range(1, depth + 1)]
+        c = z[0].shape[0]
+        cn = c * n
+        if self.damping > 0:
+            if "layer:omega-inverse" not in cache:
+                kernels = layer_ntks(signals)
+                sig = to_device(self.sigma, backend_of(kernels[0]))
+                rows = [xp.concat([sig[l, k] * kernels[k] for k in range(depth)], axis=1) for l in range(depth)]
+                omega = xp.concat(rows, axis=0)
+                cache["layer:omega-inverse"] = xp.linalg.inv(omega + self.damping * xp.eye(depth * cn, dtype=omega.dtype))
+            w = [xp.reshape(self._mix(z, l), (cn,)) for l in range(1, depth + 1)]
+            y = cache["layer:omega-inverse"] @ xp.concat(w, axis=0) / float(n)
+            return [(v[l - 1] - layer_vjp(signals, l, xp.reshape(y[(l - 1) * cn : l * cn], (c, n)))) / self.damping
+                    for l in range(1, depth + 1)]
+        if "layer:pinv-factors" not in cache:
+            cache["layer:pinv-factors"] = self._pinv_factors(layer_ntks(signals))
+        co_factors, k_pinv, offsets = cache["layer:pinv-factors"]
+        root_n = float(n) ** 0.5
+        t = xp.concat([co.T @ xp.reshape(zl, (cn,)) for co, zl in zip(co_factors, z)], axis=0) / root_n
+        s = k_pinv @ t if t.shape[0] else t
+        return [layer_vjp(signals, l, xp.reshape(co @ s[int(a) : int(b)], (c, n)) / root_n)
+                for l, (co, a, b) in enumerate(zip(co_factors, offsets[:-1], offsets[1:]), start=1)]
+
+    def _mix(self, z, layer: int):
+        """Σ_m Σ_lm z_m for l = ``layer`` (1-based), a new (C, N) array."""
+        out = 0.0 * z[0]
+        for m, zm in enumerate(z):
+            if self.sigma[layer - 1, m] != 0:
+                out += float(self.sigma[layer - 1, m]) * zm
+        return out
+
+    def _pinv_factors(self, kernels):
+        """(U_lΛ_l^{-1/2} per layer, K⁺, offsets of the r_l blocks): the factors of G⁺ = V K⁺ Vᵀ with the
+        cut-offs of :meth:`_pseudo_inverse_resolvent` (r_l: eigenvalues of Θ_l above CN·eps·λ_max; K⁺
+        by :func:`~ngdref.linalg.symmetric_pinv`)."""
+        xp = namespace_of(kernels[0])
+        m = kernels[0].shape[0]
+        rtol = default_rtol(m, dtype_name_of(kernels[0])) if self.rtol is None else float(self.rtol)
+        factors, co_factors = [], []
+        for k in kernels:
+            lam, u = xp.linalg.eigh(symmetrize(k))
+            r = int(xp.sum(xp.astype(lam > rtol * xp.max(xp.abs(lam)), xp.int64)))
+            lam, u = lam[m - r :], u[:, m - r :]
+            root = xp.sqrt(lam)
+            factors.append(u * root[None, :])
+            co_factors.append(u / root[None, :])
+        sizes = [f.shape[1] for f in factors]
+        offsets = np.cumsum([0] + sizes)
+        if sum(sizes) == 0:
+            return co_factors, xp.zeros((0, 0), dtype=kernels[0].dtype), offsets
+        w = xp.concat(factors, axis=1)
+        sigma = to_device(np.repeat(np.repeat(self.sigma, sizes, axis=0), sizes, axis=1), backend_of(kernels[0]))
+        return co_factors, symmetric_pinv((w.T @ w) * sigma, self.rtol), offsets
+
     def _theta_bar(self, s, s_prime):
         if self.is_exact:
             return self._exact_equivalent()._theta_bar(s, s_prime) / float(self.sigma[0, 0])

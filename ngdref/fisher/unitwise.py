@@ -219,7 +219,9 @@ class UnitWiseFisher(FisherApproximation):
         a = signals.a[layer - 1]
         a64 = _float64(a)
         d = _float64(signals.delta[layer - 1])
-        e = (d[0, ...] * d[0, ...] if d.shape[0] == 1 else xp.sum(d * d, axis=0)).T  # (U, N)
+        # (U, N) laid out row by row: every per-unit ``take`` of a chunk then reads contiguous rows
+        # (NumPy's ``take`` copies a non-contiguous source in full on every call)
+        e = _row_major((d[0, ...] * d[0, ...] if d.shape[0] == 1 else xp.sum(d * d, axis=0)).T)
         kernel = a64 @ a64.T
         mode = self._kernel_mode(kernel)
         alive = e > 0.0
@@ -453,6 +455,56 @@ class UnitWiseFisher(FisherApproximation):
                 "only Θ̄ = α I on the training set (S.137) is known"
             )
         return unit_alpha(train.network) * np.eye(train.n)
+
+    # ---- matrix-free G v and G⁻¹ v (ngdref.fisher.operators) ---------------------------------
+    @staticmethod
+    def _unit_signals(signals, layer: int):
+        """(a_{l−1} (N, fan), e = Σ_k δ_{l,i}^{(k)}² as (N, U)) of the unit blocks G_{l,i}."""
+        xp = namespace_of(signals.f)
+        d = signals.delta[layer - 1]
+        return signals.a[layer - 1], xp.sum(d * d, axis=0)
+
+    def fisher_matvec(self, signals, v, cache=None):
+        """G v per unit, G_{l,i} v_i = aᵀ diag(e_i) a v_i/N + ρv_i (Eq. 23): two GEMMs per layer,
+        (e ∘ a Vᵀ)ᵀ a / N."""
+        n, out = float(signals.n), []
+        for l in range(1, self.network.depth + 1):
+            a, e = self._unit_signals(signals, l)
+            o = ((a @ v[l - 1].T) * e).T @ a / n
+            if self.damping > 0:
+                o += self.damping * v[l - 1]
+            out.append(o)
+        return out
+
+    def inverse_matvec(self, signals, v, cache=None):
+        """G⁻¹ v per unit by push-through with b_i = diag(√e_i) a (G_{l,i} = b_iᵀb_i/N + ρI) and the
+        N×N duals D_i = (b_ib_iᵀ/N + ρI)⁻¹ (ρ > 0) or (b_ib_iᵀ/N)⁺ (ρ = 0; cut-off of
+        :func:`~ngdref.linalg.psd_pinv` per unit), stacked over the units of a layer and kept in ``cache``:
+
+            ρ > 0: G_{l,i}⁻¹x = (x − b_iᵀ D_i b_i x/N)/ρ,      ρ = 0: G_{l,i}⁺x = b_iᵀ D_i D_i b_i x/N.
+        """
+        xp = namespace_of(signals.f)
+        cache = {} if cache is None else cache
+        n, rho, out = signals.n, self.damping, []
+        for l in range(1, self.network.depth + 1):
+            a, e = self._unit_signals(signals, l)
+            root = xp.sqrt(e).T  # (U, N)
+            key = f"unit:{l}"
+            if key not in cache:
+                k = a @ a.T
+                dual = root[:, :, None] * k[None, :, :] * root[:, None, :] / float(n)  # (U, N, N)
+                if rho > 0:
+                    cache[key] = xp.linalg.inv(dual + rho * xp.eye(n, dtype=dual.dtype))
+                else:
+                    cache[key] = psd_pinv(dual, self.rtol)
+            dual = cache[key]
+            bx = root * (v[l - 1] @ a.T)  # b_i x_i, (U, N)
+            y = (dual @ bx[:, :, None])[:, :, 0]
+            if rho == 0:
+                y = (dual @ y[:, :, None])[:, :, 0]
+            o = (root * y) @ a / float(n)  # b_iᵀ y_i / N
+            out.append(o if rho == 0 else (v[l - 1] - o) / rho)
+        return out
 
 
 def _row_major(x):
