@@ -1,0 +1,167 @@
+"""Block-partition FIM (ngdref.fisher.blockpartition, issue 16 part 2): the structured path on every
+core backend vs the explicit P×P twin of tests/oracles.py (F masked to tiles of g units × k columns,
++ρI), its unit-wise / block-diagonal / diagonal limits against those approximations, its α for
+whole-row tiles, its options, and the quick ``subunit`` extension figure."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+
+from ngdref import Network, to_device, to_host
+from ngdref.errors import ConfigError
+from ngdref.fisher import REGISTRY, fisher_class, get_fisher
+from ngdref.fisher.blockpartition import block_alpha
+from ngdref.fisher.unitwise import unit_alpha
+
+from . import oracles as O
+from .conftest import theta_bar, unit_rows
+
+# tiny nets, N = 4: C = 1 and C = 2, biases off and on, fan-in >= N (and one layer with fan-in < N: (3, …))
+CONFIGS = [
+    ((6, 10, 1), "tanh", 0.0),
+    ((6, 12, 10, 1), "relu", 0.5),
+    ((5, 10, 9, 2), "tanh", 0.3),
+    ((3, 7, 6, 2), "erf", 0.0),
+]
+# (k, g): entry-wise, sub-unit (k not dividing the fan), tiles of both kinds, whole rows, whole layers
+PARTITIONS = [(1, 1), (3, 1), (2, 2), (4, 3), ("all", 1), (1, "all"), ("all", "all")]
+
+
+def _setup(widths, act, sb2, seed=0, n=4, n_test=3):
+    rng = np.random.default_rng(seed)
+    net = Network(widths, act, 2.0, sb2)
+    return net, net.init(seed + 1), unit_rows(rng, n, widths[0]), unit_rows(rng, n_test, widths[0]), \
+        rng.standard_normal((n, widths[-1]))
+
+
+def _rel(a, b):
+    return float(np.max(np.abs(np.asarray(a) - b)) / np.max(np.abs(b)))
+
+
+def _structured(fim, net, x, xt, y, backend=None, seed=1):
+    """Δθ (flat), Θ̄(x, x), Θ̄(x′, x) of the structured path on ``backend`` (host arrays back)."""
+    p = net.init(seed, backend)
+    xb, xtb, yb = (a if backend is None else to_device(a, backend) for a in (x, xt, y))
+    s, st = net.signals(p, xb), net.signals(p, xtb)
+    d = to_host(net.flatten(fim.direction(p, xb, yb, s)))
+    return d, to_host(theta_bar(fim, s)), to_host(theta_bar(fim, s, st))
+
+
+@functools.lru_cache(maxsize=None)
+def _oracle_case(widths, act, sb2, k, g, rho):
+    """(Δθ, Θ̄(x, x), Θ̄(x′, x), tol) of the explicit twin; tol 1e-9, widened to 1e4·eps·κ(G) where the
+    pseudo-inverse of an ill-conditioned G is compared (ρ = 0)."""
+    net, p, x, xt, y = _setup(widths, act, sb2)
+    orc = O.oracle("block", net, p, x, rho, k=k, g=g)
+    return orc.direction(y), orc.theta_bar(), orc.theta_bar(xt), max(1e-9, 1e4 * O.EPS * orc.condition())
+
+
+@pytest.mark.parametrize("widths,act,sb2", CONFIGS)
+@pytest.mark.parametrize("k,g", PARTITIONS)
+@pytest.mark.parametrize("rho", [0.0, 1e-2])
+def test_structured_matches_explicit_oracle(widths, act, sb2, k, g, rho, backend):
+    """G⁻¹Jᵀv/N, Θ̄(x, x) and Θ̄(x′, x) against the P×P masked FIM, C = 1 and 2, biases on and off."""
+    net, _, x, xt, y = _setup(widths, act, sb2)
+    got = _structured(get_fisher("block", net, rho, k=k, g=g), net, x, xt, y, backend)
+    *want, tol = _oracle_case(widths, act, sb2, k, g, rho)
+    for a, b in zip(got, want):
+        assert _rel(a, b) < tol
+
+
+def test_the_oracle_is_a_partition():
+    """The twin's tiles: k = 1, g = 1 is the diagonal mask, whole rows the unit mask, whole layers BD's."""
+    net = O.Net.of(Network((5, 7, 6, 2), "relu", 2.0, 0.4))
+    assert np.array_equal(O.mask(net, "block", k=1, g=1), O.mask(net, "diag"))
+    assert np.array_equal(O.mask(net, "block", k=None, g=1), O.mask(net, "unit"))
+    assert np.array_equal(O.mask(net, "block", k=None, g=None), O.mask(net, "bd"))
+    m = O.mask(net, "block", k=4, g=3)
+    tiles = {tuple(row) for row in m.astype(bool)}  # each row of the mask is its tile's indicator
+    sizes = sorted(int(sum(t)) for t in tiles)
+    assert sum(sizes) == net.n_params and max(sizes) == 12
+    # the bias is the unit's last column: with k = M_{l−1} it is a group of its own in every layer
+    sep = O.mask(net, "block", k=5, g=1)
+    assert sep[4, :5].all() and not sep[4, 5:].any()  # layer 1, unit 0: fan 6 = 5 weights, then the bias
+    assert sep[5, 5] == 1 and not sep[5, :5].any() and not sep[5, 6:].any()
+
+
+@pytest.mark.parametrize("widths,act,sb2", CONFIGS)
+@pytest.mark.parametrize("rho", [0.0, 1e-6, 0.3])
+def test_whole_rows_are_unit_wise(widths, act, sb2, rho, backend):
+    """k = M_{l−1} + 1 (the largest fan, as an integer) and k = "all": exactly the unit-wise FIM (Eq. 23)."""
+    net, _, x, xt, y = _setup(widths, act, sb2)
+    ref = _structured(get_fisher("unit", net, rho), net, x, xt, y, backend)
+    fan = max(net.layer_shape(l)[1] for l in range(1, net.depth + 1))
+    for k in (fan, "all"):
+        got = _structured(get_fisher("block", net, rho, k=k, g=1), net, x, xt, y, backend)
+        for a, b in zip(got, ref):
+            assert _rel(a, b) < 1e-8, (k, rho)
+
+
+@pytest.mark.parametrize("widths,act,sb2", CONFIGS)
+@pytest.mark.parametrize("rho", [0.0, 1e-6, 0.3])
+def test_whole_layers_are_block_diagonal(widths, act, sb2, rho, backend):
+    """g = M_l (the largest width, as an integer) and g = "all" with whole rows: the block-diagonal FIM
+    (Section 4.1) with the same ρ in G = F_l + ρI."""
+    net, _, x, xt, y = _setup(widths, act, sb2)
+    ref = _structured(get_fisher("bd", net, rho), net, x, xt, y, backend)
+    for g in (max(net.widths[1:]), "all"):
+        got = _structured(get_fisher("block", net, rho, k="all", g=g), net, x, xt, y, backend)
+        for a, b in zip(got, ref):
+            assert _rel(a, b) < 1e-8, (g, rho)
+
+
+@pytest.mark.parametrize("rho", [1e-6, 0.3])
+def test_single_entries_are_the_diagonal_fim(rho, backend):
+    """k = g = 1: G_ii = F_ii + ρ, the diagonal FIM of Fig. 3."""
+    net, _, x, xt, y = _setup((5, 10, 9, 2), "tanh", 0.3)
+    ref = _structured(get_fisher("diag", net, rho), net, x, xt, y, backend)
+    got = _structured(get_fisher("block", net, rho, k=1, g=1), net, x, xt, y, backend)
+    for a, b in zip(got, ref):
+        assert _rel(a, b) < 1e-10
+
+
+def test_alpha_of_whole_row_tiles(backend):
+    """α = Σ_{l<L} Σ_groups (1 − (1 − γ_l)^{|group|}) + 1: unit-wise's at g = 1, → L at g = M_l; and at
+    ρ = 0 with fan-in >= N, Θ̄(x, x) is exactly diag(number of groups with a unit alive on x_n)."""
+    net = Network((24, 40, 40, 1), "relu", 2.0, 0.5)
+    assert block_alpha(net, 1) == pytest.approx(unit_alpha(net, include_output_layer=True), rel=1e-12)
+    assert block_alpha(net, None) == pytest.approx(3.0, abs=1e-10)
+    assert block_alpha(net, 4) == pytest.approx(1 + 2 * 10 * (1 - 0.5**4), rel=1e-12)
+    assert get_fisher("block", net, 0.0, k="all", g=4).analytic_alpha(16) == block_alpha(net, 4)
+    assert get_fisher("block", net, 0.0, k=8, g=1).analytic_alpha(16) is None
+    assert get_fisher("block", Network((24, 40, 2), "relu", 2.0, 0.0)).analytic_alpha(16) is None
+    rng = np.random.default_rng(3)
+    x = unit_rows(rng, 16, 24)
+    params = net.init(0, backend)
+    s = net.signals(params, to_device(x, backend))
+    tb = to_host(theta_bar(get_fisher("block", net, 0.0, k="all", g=4), s))
+    delta = [np.asarray(to_host(d))[0] for d in s.delta]  # (N, M_l)
+    count = 1.0 + sum((np.abs(d.reshape(16, -1, 4)).max(axis=2) > 0).sum(axis=1) for d in delta[:-1])
+    np.testing.assert_allclose(tb, np.diag(count), atol=1e-8)
+
+
+def test_options_and_registration():
+    """k and g: positive integers or 'all', from the command line and the library; the class is in the
+    registry with a complete spec; a default object is unit-wise."""
+    spec = fisher_class("block").spec
+    assert REGISTRY["block"] is fisher_class("sub-unit") is fisher_class("block_partition")
+    assert spec.parse_options({"k": "3", "g": "all"}) == {"k": 3, "g": None}
+    assert spec.damping == "optional" and spec.default_damping == 1e-12
+    for bad in ("0", "-2", "x", "1.5", ""):
+        with pytest.raises(ConfigError, match="positive integer or 'all'"):
+            spec.parse_options({"k": bad})
+    with pytest.raises(ConfigError, match="positive integer or 'all'"):
+        get_fisher("block", Network((4, 6, 1), "relu", 2.0, 0.0), g=True)
+    net = Network((5, 8, 1), "relu", 2.0, 0.0)
+    fim = get_fisher("block", net)
+    assert (fim.k, fim.g, fim.damping) == (None, 1, 1e-12)
+    assert fim.to_dict()["k"] == "all" and fim.to_dict()["g"] == 1
+    from ngdref.fisher.cost import Shape
+
+    shape = Shape((6, 8, 8, 1), 5, True)
+    unit = spec.flops(shape, 0.0)["direction"][0]
+    finer = get_fisher("block", Network((6, 8, 8, 1), "relu", 2.0, 0.5), k=2).flops(shape, 0.0)["direction"][0]
+    assert unit > 0 and finer > 0 and finer != unit
