@@ -546,17 +546,17 @@ def parse_str_list(text: str) -> list[str]:
     return [v for v in str(text).replace(" ", "").split(",") if v]
 
 
-#: σ_b²'s default differs between predict and the other commands: each --help says why
-SIGMA_B2_NOTE = ("Default 0.5 as in Figs. 3, S.1, S.2; predict's is 0, as in Fig. 2, because K-FAC's separate "
-                 "bias blocks (S.123) break Θ̄ = αI.")
-PREDICT_SIGMA_B2_NOTE = ("Default 0 as in Fig. 2: K-FAC's separate bias blocks (S.123) break Θ̄ = αI; the other "
-                         "commands default to 0.5, as Figs. 3, S.1, S.2.")
+#: defaults that differ between commands follow the paper's figures; every --help says so, with the reason
+SIGMA_B2_NOTE = ("Defaults follow the paper: 0.5 (Figs. 3, S.1, S.2) in every command but predict, 0 there as "
+                 "in Fig. 2 (K-FAC's separate bias blocks, S.123, break Θ̄ = αI).")
+N_TRAIN_NOTE = ("Defaults follow the paper: 100 in train, ntk and alpha (Fig. S.1), 80 in isotropy (Fig. 3), "
+                "800 in predict (Fig. 2).")
+N_TEST_NOTE = "Defaults follow the paper: 100 in train (Fig. S.1), 200 in predict (Fig. 2)."
 
 
 def network_options(default_width: int = 4096, default_depth: int = 3, default_sigma_b2: float = 0.5,
-                    width: bool = True, sigma_b2_note: str = SIGMA_B2_NOTE):
-    """--width/--depth/--activation/--shift/--sigma-w2/--sigma-b2 (``width=False``: no --width);
-    ``sigma_b2_note`` says why σ_b²'s default is what it is."""
+                    width: bool = True):
+    """--width/--depth/--activation/--shift/--sigma-w2/--sigma-b2 (``width=False``: no --width)."""
 
     def deco(fn):
         opts = [
@@ -566,11 +566,11 @@ def network_options(default_width: int = 4096, default_depth: int = 3, default_s
                             help="Hidden width M.")] if width else []),
             click.option("--activation", default="relu", show_default=True, help="relu, tanh, erf, shifted-relu, linear."),
             click.option("--shift", default=1.0, show_default=True, type=FiniteFloat(min=0),
-                         help="s >= 0 of the shifted ReLU (S.157)."),
+                         help="s >= 0 of --activation shifted-relu (S.157)."),
             click.option("--sigma-w2", default=2.0, show_default=True, type=FiniteFloat(min=0, min_open=True),
                          help="Weight variance σ_w² > 0."),
             click.option("--sigma-b2", default=default_sigma_b2, show_default=True, type=FiniteFloat(min=0),
-                         help=f"Bias variance σ_b² (0: no biases). {sigma_b2_note}"),
+                         help=f"Bias variance σ_b² (0: no biases). {SIGMA_B2_NOTE}"),
         ]
         for o in reversed(opts):
             fn = o(fn)
@@ -589,9 +589,9 @@ def data_options(default_n_train: int = 100, default_n_test: int = 100, default_
             click.option("--data", default="mnist", show_default=True, help="mnist (bundled), gaussian, or a folder with MNIST IDX / CIFAR-10 files."),
             click.option("--classes", default=default_classes, show_default=True, help="Comma-separated class labels."),
             click.option("--n-train", default=default_n_train, show_default=True, type=click.IntRange(min=1),
-                         help="Training samples N."),
+                         help=f"Training samples N. {N_TRAIN_NOTE}"),
             *([click.option("--n-test", default=default_n_test, show_default=True, type=click.IntRange(min=0),
-                            help="Test samples N'.")] if test else []),
+                            help=f"Test samples N'. {N_TEST_NOTE}")] if test else []),
             click.option("--input-dim", default=100, show_default=True, type=click.IntRange(min=1),
                          help="M0 for --data gaussian."),
         ]
@@ -617,7 +617,11 @@ def load_data(data, classes, n_train, n_test, input_dim, seed):
 
 
 def build_network(dataset_or_dim, width, depth, activation, shift, sigma_w2, sigma_b2, n_outputs=None):
+    from ngdref.activations import get_activation
     from ngdref.network import Network
+
+    if given("shift") and get_activation(activation, shift).name != "shifted-relu":
+        raise UserError(f"--shift is the s of --activation shifted-relu (S.157), not of {activation}; drop it")
 
     if hasattr(dataset_or_dim, "input_dim"):
         m0, c = dataset_or_dim.input_dim, dataset_or_dim.n_outputs

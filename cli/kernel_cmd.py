@@ -6,6 +6,7 @@ import click
 from rich.markup import escape
 
 from .common import (
+    N_TRAIN_NOTE,
     FiniteFloat,
     UserError,
     build_network,
@@ -24,7 +25,6 @@ from .common import (
     load_data,
     progress_bar,
     network_options,
-    PREDICT_SIGMA_B2_NOTE,
     parse_str_list,
     print_table,
     run_config,
@@ -35,10 +35,12 @@ from .common import (
 @unused_settings(seed="α and q_l, γ_l are deterministic: no initialisation, no data",
                  backend="the order parameters are float64 NumPy recursions on the host",
                  dtype="the order parameters are float64 NumPy recursions on the host")
-@click.command(short_help="Analytic α of Θ̄ = αI per approximation, with q_l and γ_l (S.128–S.141).")
+@click.command(short_help="Analytic α of Θ̄ = αI per approximation; q_l, γ_l (S.128–S.141).")
 @click.option("--fim", "fims", cls=FimOption, default="exact,bd,tridiag,kfac,unit", show_default=True, help="Comma-separated approximations:")
-@click.option("--n-train", default=100, show_default=True, type=click.IntRange(min=1), help="N (K-FAC's α depends on it).")
-@click.option("--input-dim", default=784, show_default=True, type=click.IntRange(min=1), help="M0.")
+@click.option("--n-train", default=100, show_default=True, type=click.IntRange(min=1),
+              help=f"N (K-FAC's α depends on it). {N_TRAIN_NOTE}")
+@click.option("--input-dim", default=784, show_default=True, type=click.IntRange(min=1),
+              help="M0 of the network (784: MNIST images; the data commands' --input-dim is M0 of --data gaussian).")
 @click.option("--outputs", default=1, show_default=True, type=click.IntRange(min=1), help="C.")
 @option_flag
 @network_options()
@@ -77,7 +79,7 @@ def alpha(settings, fims, n_train, input_dim, outputs, raw_options, depth, width
               help="ρ >= 0 for --kernel empirical. Default: each approximation's own, as in train "
                    "(0; 1e-12 for unit).")
 @option_flag
-@network_options(default_sigma_b2=0.0, sigma_b2_note=PREDICT_SIGMA_B2_NOTE)
+@network_options(default_sigma_b2=0.0)
 @data_options(default_n_train=800, default_n_test=200)
 @json_option
 @click.pass_obj

@@ -134,7 +134,7 @@ def train(settings, fim, steps, lr, lr_scale, damping, loss, ce_damping, lineari
         sys.exit(1)
 
 
-@click.command(short_help="Isotropy of Θ̄(x, x) per approximation and width (Eq. 12, Fig. 3).")
+@click.command(short_help="Isotropy of Θ̄(x, x) per approximation and width (Fig. 3).")
 @click.option("--fim", "fims", cls=FimOption, default="gd,bd,unit,diag,quasi-diag", show_default=True, help="Comma-separated approximations:")
 @click.option("--widths", default="256,512,1024,2048,4096", show_default=True,
               help="Comma-separated hidden widths (one network each).")

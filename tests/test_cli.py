@@ -102,7 +102,8 @@ def test_isotropy_table_and_json():
 
 def test_alpha_command_paper_values():
     for act, want in (("tanh", 2.0), ("relu", 1.0), ("shifted-relu", 1.723)):
-        r = run(["alpha", "--fim", "unit,bd", "--activation", act, "--shift", "1", "--json", "-"])
+        shift = ["--shift", "1"] if act == "shifted-relu" else []  # s of the shifted ReLU only
+        r = run(["alpha", "--fim", "unit,bd", "--activation", act, *shift, "--json", "-"])
         assert r.exit_code == 0
         rec = json.loads(r.stdout)
         unit = next(x for x in rec["rows"] if x["fim"] == "unit")
