@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from ..sweep import Cell, CellOutcome
 from .plotting import save_plot
@@ -25,7 +25,11 @@ class Figure:
     ``config(quick=False, data=None, seed=0)`` → the full configuration (a JSON-able dict
     with ``"figure": name``); ``cells(config, backend, dtype)`` → the sweep;
     ``analyse(config, outcomes)`` → (rows, claims, summary);
-    ``draw(plt, config, rows, summary)`` → a matplotlib figure (see :meth:`plot`).
+    ``draw(plt, config, rows, summary)`` → a matplotlib figure (see :meth:`plot`);
+    ``caption(config, rows, summary)`` → the figure's caption (Markdown: the settings, what the lines
+    and markers are, how to read it), written next to the figure with its claims (:meth:`caption_text`).
+    ``fixed``: configuration keys ``--set``/``--config`` may not change (the structure the analysis
+    relies on); ``check(config)``: what is wrong with an overridden configuration (None when fine).
     """
 
     name: str
@@ -39,10 +43,19 @@ class Figure:
     #: the figure reads ``--data`` (a folder of MNIST IDX files or CIFAR-10 batches); the others use
     #: the paper's own inputs (bundled MNIST subset, Gaussian inputs)
     takes_data: bool = False
+    caption: Callable[[dict, list, dict], str] | None = None
+    fixed: tuple[str, ...] = ()
+    check: Callable[[dict], str | None] | None = None
 
-    def plot(self, config: dict, rows: list[dict], extra: dict, path: str | Path) -> str:
-        """Write the PNG at ``path``; ``"ok"`` or a one-line reason why not (matplotlib missing)."""
-        return save_plot(self.draw, config, rows, extra, path)
+    def plot(self, config: dict, rows: list[dict], extra: dict, path: str | Path,
+             formats: Iterable[str] = ("png",)) -> str:
+        """Write the figure at ``path`` in each of ``formats`` (the suffix of ``path`` replaced by each);
+        ``"ok"`` or a one-line reason why not (matplotlib missing)."""
+        return save_plot(self.draw, config, rows, extra, path, formats)
+
+    def caption_text(self, config: dict, rows: list[dict], extra: dict) -> str:
+        """The figure's own caption (:attr:`caption`), or its claim when it has none."""
+        return self.caption(config, rows, extra) if self.caption is not None else self.claim
 
 
 def mnist(n_train: int, n_test: int, seed: int, classes=(0, 7)) -> dict:

@@ -29,7 +29,7 @@ from ..sweep import Cell, CellOutcome
 from .analysis import claim, fmt, holds, mean, missing, std, worst
 from .base import Figure, mnist, net
 from .cells import NUMBER, dataset, network, result_problem
-from .plotting import THETA_BAR, fim_title, quick_suffix
+from .plotting import THETA_BAR, fim_title, legend_outside, quick_suffix
 
 NAME = "fig2"
 
@@ -132,6 +132,14 @@ def _check_fig2_result(r: dict, p: dict) -> str | None:
 fig2_cell.check_result = _check_fig2_result
 
 
+def _check(config: dict) -> str | None:
+    for task in config["tasks"]:
+        unknown = [m for m in task["methods"] if m not in ("exact", "bd", "tridiag", "kfac")]
+        if unknown:
+            return f"{task['name']}: methods {unknown} have no analytic Θ̄ here; choose among exact, bd, tridiag, kfac"
+    return None
+
+
 def cells(config: dict, backend: str = "numpy", dtype: str = "float64") -> list[Cell]:
     """One cell per task and f_0 draw, plus f_0 = 0; analytic kernels on the host (no backend in the
     parameters), keyed by the dtype all the same so that runs with different dtypes never share cells."""
@@ -158,9 +166,12 @@ def analyse(config: dict, outcomes: list[CellOutcome]) -> tuple[list, list, dict
                 accs, f0_zero = [r["accuracy"].get(m) for r in seeded], mean_pred["accuracy"].get(m)
             stats[m] = {"mean": mean(accs), "std": std(accs), "f0_zero": f0_zero, "n_seeds": len(accs),
                         **mean_pred["methods"].get(m, {})}
+            # one type per column: ``initial_output`` says which f_0, ``seed`` is its draw (null for f_0 = 0)
             for r in seeded:
-                rows.append({"task": task["name"], "method": m, "seed": r["seed"], "accuracy": r["accuracy"].get(m)})
-            rows.append({"task": task["name"], "method": m, "seed": "f0=0", "accuracy": mean_pred["accuracy"].get(m)})
+                rows.append({"task": task["name"], "method": m, "initial_output": "sampled", "seed": r["seed"],
+                             "accuracy": r["accuracy"].get(m)})
+            rows.append({"task": task["name"], "method": m, "initial_output": "zero", "seed": None,
+                         "accuracy": mean_pred["accuracy"].get(m)})
         summary[task["name"]] = {"methods": stats, "data": mean_pred["data"], "f0_jitter": mean_pred["f0_jitter"]}
         applicable = [s for s in stats.values() if "error" not in s]
         means = [s["mean"] for s in applicable]
@@ -177,35 +188,81 @@ def analyse(config: dict, outcomes: list[CellOutcome]) -> tuple[list, list, dict
     return rows, claims, summary
 
 
+#: the smallest span of the accuracy axis, in percentage points: a 0.5 % difference is then 1/20 of the
+#: axis, not its whole height
+MIN_SPAN = 10.0
+
+
+def _accuracy_range(values: list[float], n_classes: int) -> tuple[float, float]:
+    """y-limits in percent: up to 100 % (and a little above), down to at least :data:`MIN_SPAN` below
+    it and below every value, never below chance level."""
+    chance = 100.0 / max(n_classes, 2)
+    low = min([100.0 - MIN_SPAN] + [v - 2.0 for v in values])
+    return max(low, chance - 1.0), 100.8
+
+
 def draw(plt, config: dict, rows: list[dict], extra: dict):
+    from matplotlib.ticker import MaxNLocator, PercentFormatter
+
     tasks = config["tasks"]
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4.5))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4.8))
     for ax, task in zip(np.atleast_1d(axes), tasks):
         st = extra[task["name"]]["methods"]
         ms = [m for m in task["methods"] if st[m]["mean"] is not None]
         x = np.arange(len(ms))
-        dots = False
+        dots, shown = False, []
         for i, m in enumerate(ms):
-            accs = [r["accuracy"] for r in rows if r["task"] == task["name"] and r["method"] == m
-                    and r["seed"] != "f0=0" and not missing(r["accuracy"])]
-            ax.plot(np.full(len(accs), i) + 0.12, accs, ".", color="0.6", ms=4,
+            accs = [100 * r["accuracy"] for r in rows if r["task"] == task["name"] and r["method"] == m
+                    and r["initial_output"] == "sampled" and not missing(r["accuracy"])]
+            shown += accs
+            ax.plot(np.full(len(accs), i) + 0.14, accs, ".", color="0.55", ms=4,
                     label=None if dots or not accs else "one draw of $f_0$")
             dots = dots or bool(accs)
-        ax.errorbar(x, [st[m]["mean"] for m in ms], yerr=[st[m]["std"] for m in ms], fmt="s", capsize=5,
-                    color="C0", label="mean ± std over $f_0$ draws")
-        ax.plot(x, [np.nan if missing(st[m]["f0_zero"]) else st[m]["f0_zero"] for m in ms], "o", mfc="none",
-                color="C3", ms=9, label=r"$f_0 = 0$ ($\alpha^{-1}\bar{\Theta}y$)")
+        means = np.array([100 * st[m]["mean"] for m in ms])
+        stds = np.array([100 * (st[m]["std"] or 0.0) for m in ms])
+        # the band mean ± std clipped to [0, 100] %: an accuracy has no value beyond either end
+        yerr = np.vstack([np.minimum(stds, means), np.minimum(stds, 100.0 - means)])
+        ax.errorbar(x, means, yerr=yerr, fmt="s", capsize=5, color="C0",
+                    label="mean ± std over $f_0$ draws (within 0–100 %)")
+        zero = [np.nan if missing(st[m]["f0_zero"]) else 100 * st[m]["f0_zero"] for m in ms]
+        ax.plot(x, zero, "o", mfc="none", color="C3", ms=9, label=r"$f_0 = 0$ ($\alpha^{-1}\bar{\Theta}y$)")
+        for xi, mu in zip(x, means):
+            ax.annotate(f"{mu:.1f} %", (xi, mu), xytext=(-8, 0), textcoords="offset points", ha="right",
+                        va="center", fontsize=7.5, color="C0")
+        n_classes = len(task["data"]["classes"])
+        ax.set_ylim(*_accuracy_range(shown + list(means) + [z for z in zero if not np.isnan(z)], n_classes))
+        ax.set_xlim(-0.7, len(ms) - 0.4)
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 5, 10]))
+        ax.yaxis.set_major_formatter(PercentFormatter(100, decimals=0))
         ax.set_xticks(x, [fim_title(m) for m in ms], fontsize=8)
         d = extra[task["name"]]["data"]
         ax.set_title(f"{task['name']}: {Path(str(d['name'])).name}, $N = {d['n_train']}$, $N' = {d['n_test']}$",
                      fontsize=10)
         ax.set_ylabel("test accuracy")
         ax.grid(True, axis="y", alpha=0.3)
-        # below the panel, where it covers no data point
-        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3, frameon=False)
+        legend_outside(ax, "below", ncol=2)  # below the panel, where it covers no data point
     fig.suptitle(f"Fig. 2{quick_suffix(config)}: kernel-regression prediction, $L = 3$, ReLU, analytic {THETA_BAR}",
                  fontsize=10)
     return fig
+
+
+def caption(config: dict, rows: list[dict], extra: dict) -> str:
+    n = config["network"]
+    parts = []
+    for task in config["tasks"]:
+        d = extra[task["name"]]["data"]
+        parts.append(f"{task['name']} ({Path(str(d['name'])).name}, N = {d['n_train']}, N' = {d['n_test']}; "
+                     f"{', '.join(fim_title(m) for m in task['methods'])})")
+    return (
+        "Test accuracy of the trained model's prediction f_∞(x′) = α⁻¹Θ̄(x′, x)(y − f_0(x)) + f_0(x′) (Eq. 14) "
+        f"with the analytic infinite-width Θ̄ of each Fisher (Section E): {'; '.join(parts)}. L = {n['depth']}, "
+        f"{n['activation']}, M = {n['width']}, σ_w² = {n['sigma_w2']:g}, σ_b² = {n['sigma_b2']:g}; f_0 drawn from "
+        f"the infinite-width output Gaussian process, {len(config['seeds'])} draws (seeds "
+        f"{', '.join(str(s) for s in config['seeds'])}). Squares: mean over the draws with ± std (the band clipped "
+        "to 0–100 %) and its value in %; grey dots: each draw; red circles: f_0 = 0 (α⁻¹Θ̄y). The y-axis spans "
+        f"at least {MIN_SPAN:g} percentage points (never below chance), so differences of a few tenths of a "
+        f"percent look as small as they are. {config['data_note']}."
+    )
 
 
 FIGURE = Figure(
@@ -213,5 +270,6 @@ FIGURE = Figure(
     title="Fig. 2: test accuracy of the trained model's kernel-regression prediction (analytic Θ̄)",
     summary="test accuracy of the kernel-regression prediction (analytic Θ̄)",
     claim="approximate Fishers give test accuracy comparable to exact NGD",
-    config=config, cells=cells, analyse=analyse, draw=draw, takes_data=True,
+    config=config, cells=cells, analyse=analyse, draw=draw, takes_data=True, caption=caption,
+    fixed=("f0", "data_note", "arithmetic"), check=_check,
 )

@@ -7,16 +7,15 @@ it: without it :func:`save_plot` returns a one-line reason (:data:`PLOT_HINT`) a
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
 from ...io import atomic_path
 
 PLOT_HINT = "matplotlib is not installed; the data were written, for the plot: pip install 'ngdref[plot]'"
-
-FLOOR = 1e-15  # lower y-limit of the loss plots; a theory value below it (c = 1: exactly 0) is drawn at it
 
 THETA_BAR = r"$\bar{\Theta}$"  # mathtext: matplotlib drops the combining macron of a plain "Θ̄"
 
@@ -53,8 +52,22 @@ def loss(v):
     return np.nan if v is None or v <= 0 else v
 
 
-def floored(v):
-    return np.nan if v is None else max(v, FLOOR)
+#: a predicted loss at or below this fraction of the run's initial loss is 0 up to round-off: with
+#: η = 1/α the Eq. 10 / Eq. 24 error (1 − c)^t (f_0 − y) is exactly 0 after one step (c = 1), and the
+#: float64 evaluation of it leaves ~1e-31 (a square of ~1e-16 relative round-off times L_0)
+ZERO_RELATIVE = 1e-24
+
+#: the marker styles of the runs on a loss panel, in turn: a different shape *and* size for each, hollow,
+#: so runs that coincide (exact and BD at c = 1, ρ = 1e-8 and ρ = 0) stay visible inside one another
+MARKERS = ("o", "s", "D", "^", "v", "p", "h", "<", ">")
+LINESTYLES = ("-", "--", "-.", ":", (0, (5, 1, 1, 1)), (0, (1, 3)))
+
+
+def marker_style(i: int) -> dict:
+    """Style of the ``i``-th run: its own shape, a size that grows with ``i`` (later runs enclose earlier
+    ones), its own line style for the theory line."""
+    return {"marker": MARKERS[i % len(MARKERS)], "ms": 5.0 + 1.6 * (i % len(MARKERS)),
+            "ls": LINESTYLES[i % len(LINESTYLES)]}
 
 
 def runs_by(rows: list[dict], key: Callable[[dict], Any]) -> dict:
@@ -83,23 +96,91 @@ def integer_steps(ax) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def plot_runs(ax, runs: dict, palette: list, theory_key: str = "theory_train_loss", theory: bool = True) -> int:
-    """Training loss per run: markers for the network, lines for ``theory_key``, × where a run stopped.
+def _is_zero(v, l0) -> bool:
+    """A loss that is 0 up to round-off (:data:`ZERO_RELATIVE` of the initial loss ``l0``), or ≤ 0."""
+    return v is not None and (v <= 0 or (l0 is not None and l0 > 0 and v <= ZERO_RELATIVE * l0))
 
-    The × gets a legend entry (black) only when one is drawn; returns the number of × drawn.
+
+@dataclass
+class LossAxis:
+    """The y-range of training-loss panels fitted to the data, and where a loss of 0 is drawn.
+
+    ``bottom``/``top``: half a decade beyond the smallest / largest network loss (a theory line that
+    explodes or falls further leaves through the edge).
+    ``zero``: when some loss is 0 up to round-off (c = 1 after one step), the level, 1.5 decades below
+    every other value, where it is drawn on a dotted line marked "0" — never silently off the axis.
+    """
+
+    bottom: float
+    top: float
+    zero: float | None
+
+
+def loss_axis(runs: Iterable[list[dict]], theory_key: str | None = "theory_train_loss") -> LossAxis:
+    """:class:`LossAxis` for the runs (lists of per-step rows) drawn on one or more shared panels."""
+    values, zero = [], False
+    for rs in runs:
+        l0 = rs[0].get("train_loss") if rs else None
+        for r in rs:
+            v = r.get("train_loss")  # measured: only a loss ≤ 0 is 0 (a tiny positive loss is data, drawn)
+            if v is not None and v <= 0:
+                zero = True
+            elif v is not None and not math.isnan(v):
+                values.append(v)
+            t = r.get(theory_key) if theory_key else None
+            zero = zero or _is_zero(t, l0)
+    lo, hi = (min(values), max(values)) if values else (1e-3, 1.0)
+    top = hi * 10 ** 0.5
+    if not zero:
+        return LossAxis(lo / 10 ** 0.5, top, None)
+    level = lo / 10 ** 1.5
+    return LossAxis(level / 10 ** 0.5, top, level)
+
+
+def _at(v, l0, axis: LossAxis | None):
+    """A loss for a log axis: at ``axis.zero`` when 0 (a prediction: up to round-off, ``l0`` its initial
+    loss; a measurement: ``l0`` None, ≤ 0 only), NaN when missing."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return np.nan
+    if _is_zero(v, l0):
+        return np.nan if axis is None or axis.zero is None else axis.zero
+    return v
+
+
+def plot_runs(ax, runs: dict, palette: list, theory_key: str = "theory_train_loss", theory: bool = True,
+              axis: LossAxis | None = None, styles: dict | None = None) -> int:
+    """Training loss per run: hollow markers for the network, lines for ``theory_key``, × where a run stopped.
+
+    Each run has its own colour, marker shape and size and line style (:func:`marker_style`, or
+    ``styles[label]``), so coinciding runs stay visible. With ``axis`` (:func:`loss_axis`) the y-range is
+    fitted to the data and a loss of 0 (up to round-off) is drawn on the marked zero level. The × gets
+    a legend entry (black) only when one is drawn; returns the number of × drawn.
     """
     stopped = 0
     for i, (label, rs) in enumerate(runs.items()):
         col = palette[i % len(palette)]
+        st = {**marker_style(i), **((styles or {}).get(label, {}))}
         steps = [r["step"] for r in rs]
-        ax.semilogy(steps, [loss(r["train_loss"]) for r in rs], "o", color=col, ms=5, mfc="none", label=label)
+        l0 = rs[0].get("train_loss")
+        (marks,) = ax.semilogy(steps, [_at(r["train_loss"], None, axis) for r in rs], st["marker"], color=col,
+                               ms=st["ms"], mfc="none", mew=1.2, label=label, zorder=3 + 0.01 * i)
         if theory:
-            ax.semilogy(steps, [floored(r.get(theory_key)) for r in rs], "-", color=col, lw=1.2)
+            (line,) = ax.semilogy(steps, [_at(r.get(theory_key), l0, axis) for r in rs], color=col, ls=st["ls"],
+                                  lw=1.3, zorder=2)
+            marks.theory_line = line  # the legend shows the run's marker on its line style (legend_outside)
         if rs[-1].get("status") not in (None, "ok"):
-            ax.semilogy([steps[-1]], [loss(rs[-1]["train_loss"])], "x", color=col, ms=10, mew=2)
+            ax.semilogy([steps[-1]], [_at(rs[-1]["train_loss"], None, axis)], "x", color=col, ms=10, mew=2, zorder=4)
             stopped += 1
     if stopped:
-        ax.plot([], [], "x", color="k", ms=8, mew=2, label="× run stopped (diverged or non-finite)")
+        legend_entry(ax, "× run stopped (diverged or non-finite)", marker="x", color="k", ms=8, mew=2, ls="none")
+    if axis is not None:
+        ax.set_ylim(axis.bottom, axis.top)
+        if axis.zero is not None:
+            ax.axhline(axis.zero, color="0.35", ls=":", lw=1.0, zorder=1,
+                       label="loss 0 (theory, exact: $c = 1$ after one step)")
+            # left, just after step 1 where the c = 1 lines reach it; the lowest measured losses are the last steps
+            ax.text(0.3, axis.zero * 10 ** 0.1, "theory: 0", transform=ax.get_yaxis_transform(), ha="left",
+                    va="bottom", fontsize=7, color="0.3")
     integer_steps(ax)
     ax.set_xlabel("step $t$")
     ax.set_ylabel("training loss")
@@ -107,9 +188,40 @@ def plot_runs(ax, runs: dict, palette: list, theory_key: str = "theory_train_los
     return stopped
 
 
-def save_plot(draw: Callable, config: dict, rows: list[dict], extra: dict, path: str | Path) -> str:
-    """``draw(plt, config, rows, extra)`` → a matplotlib figure, saved atomically as PNG at ``path``
-    (through a temporary file unique to this writer, so concurrent runs never clash).
+def legend_entry(ax, label: str, **style) -> None:
+    """A legend entry for something not drawn as a series (a marker explained, a run refused): a proxy
+    artist kept for :func:`legend_outside`, never added to the axes (so no plotted series is empty)."""
+    from matplotlib.lines import Line2D
+
+    if "ls" not in style and "linestyle" not in style:
+        style["ls"] = "none"
+    ax.legend_extra = [*getattr(ax, "legend_extra", []), (Line2D([], [], **style), label)]
+
+
+def legend_outside(ax, where: str = "right", ncol: int = 1, fontsize: float = 8):
+    """The panel's legend outside its axes (right of it, or below it), where it covers no data; a run of
+    :func:`plot_runs` shows its marker drawn on its theory line's style."""
+    from matplotlib.legend_handler import HandlerTuple
+
+    handles, labels = ax.get_legend_handles_labels()
+    handles = [(h, h.theory_line) if getattr(h, "theory_line", None) is not None else h for h in handles]
+    for h, label in getattr(ax, "legend_extra", []):
+        handles.append(h)
+        labels.append(label)
+    kw = {"fontsize": fontsize, "ncol": ncol, "handler_map": {tuple: HandlerTuple(ndivide=None)}, "handlelength": 3.0}
+    if where == "right":
+        return ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, **kw)
+    return ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False, **kw)
+
+
+FORMATS = ("png", "pdf", "svg")  # what ``ngdref reproduce --format`` writes (vector: pdf, svg)
+
+
+def save_plot(draw: Callable, config: dict, rows: list[dict], extra: dict, path: str | Path,
+              formats: Iterable[str] = ("png",)) -> str:
+    """``draw(plt, config, rows, extra)`` → a matplotlib figure, saved atomically at ``path`` with each
+    of ``formats`` as its suffix (through temporary files unique to this writer, so concurrent runs never
+    clash); the outside legends are kept inside the saved image (``bbox_inches="tight"``).
 
     Returns ``"ok"``, or :data:`PLOT_HINT` when matplotlib is missing.
     """
@@ -119,8 +231,9 @@ def save_plot(draw: Callable, config: dict, rows: list[dict], extra: dict, path:
     fig = draw(plt, config, rows, extra)
     try:
         fig.tight_layout()
-        with atomic_path(path, suffix=".png") as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
+        for fmt in formats:
+            with atomic_path(Path(path).with_suffix(f".{fmt}"), suffix=f".{fmt}") as tmp:
+                fig.savefig(tmp, dpi=110, format=fmt, bbox_inches="tight")
     finally:
         plt.close(fig)
     return "ok"
