@@ -13,6 +13,12 @@ from ngdref_cli.main import cli
 SMALL = ["--width", "32", "--n-train", "8", "--n-test", "8", "--data", "gaussian", "--input-dim", "12"]
 
 
+#: every numeric column of train's table (the JSON key of each)
+TRAIN_COLUMNS = ("train_loss", "theory_train_loss", "isotropic_train_loss", "linearized_model_train_loss", "test_loss",
+                 "theory_test_loss", "train_accuracy", "test_accuracy", "max_abs_f_minus_flin_train",
+                 "max_abs_f_minus_flin_test", "param_distance")
+
+
 def _fmt(v):
     return "—" if v is None else format(v, ".4g")
 
@@ -27,9 +33,13 @@ def test_train_table_fits_and_shows_every_number(columns, tmp_path):
     assert "…" not in text
     assert max(len(line) for line in text.splitlines()) <= columns
     cells = {c.strip() for line in text.splitlines() for c in line.replace("┃", "│").split("│")}
-    for rec in json.loads(out.read_text())["records"]:
-        for key in ("train_loss", "theory_train_loss", "test_loss", "param_distance", "linearized_model_train_loss"):
+    rows = json.loads(out.read_text())["rows"]
+    for rec in rows:  # every number of every row the table shows, whole
+        assert str(rec["step"]) in cells
+        for key in TRAIN_COLUMNS:
             assert _fmt(rec[key]) in cells, (columns, key, _fmt(rec[key]))
+    # the case the issue met (1.962e-28 cut to 1.9…): some of these numbers carry an exponent
+    assert any("e-" in _fmt(rec[key]) for rec in rows for key in TRAIN_COLUMNS)
 
 
 def test_isotropy_table_fits(tmp_path):
