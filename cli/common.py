@@ -555,15 +555,16 @@ N_TEST_NOTE = "Defaults follow the paper: 100 in train (Fig. S.1), 200 in predic
 
 
 def network_options(default_width: int = 4096, default_depth: int = 3, default_sigma_b2: float = 0.5,
-                    width: bool = True):
-    """--width/--depth/--activation/--shift/--sigma-w2/--sigma-b2 (``width=False``: no --width)."""
+                    width: bool = True, width_note: str = ""):
+    """--width/--depth/--activation/--shift/--sigma-w2/--sigma-b2 (``width=False``: no --width;
+    ``width_note`` completes its help)."""
 
     def deco(fn):
         opts = [
             click.option("--depth", "-L", default=default_depth, show_default=True, type=click.IntRange(min=2),
                          help="Number of layers L (>= 2)."),
             *([click.option("--width", "-M", default=default_width, show_default=True, type=click.IntRange(min=1),
-                            help="Hidden width M.")] if width else []),
+                            help=f"Hidden width M.{width_note}")] if width else []),
             click.option("--activation", default="relu", show_default=True, help="relu, tanh, erf, shifted-relu, linear."),
             click.option("--shift", default=1.0, show_default=True, type=FiniteFloat(min=0),
                          help="s >= 0 of --activation shifted-relu (S.157)."),

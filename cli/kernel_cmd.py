@@ -16,6 +16,7 @@ from .common import (
     consoles,
     data_options,
     emit_json,
+    given,
     option_flag,
     options_by_fim,
     parse_option_pairs,
@@ -79,7 +80,7 @@ def alpha(settings, fims, n_train, input_dim, outputs, raw_options, depth, width
               help="ρ >= 0 for --kernel empirical. Default: each approximation's own, as in train "
                    "(0; 1e-12 for unit).")
 @option_flag
-@network_options(default_sigma_b2=0.0)
+@network_options(default_sigma_b2=0.0, width_note=" For --kernel empirical (the analytic Θ̄ is the infinite-width limit).")
 @data_options(default_n_train=800, default_n_test=200)
 @json_option
 @click.pass_obj
@@ -95,6 +96,8 @@ def predict(settings, fims, kernel, seeds, damping, raw_options, depth, width, a
     options = options_by_fim(names, parse_option_pairs(raw_options))
     if damping is not None and kernel != "empirical":
         raise UserError("--damping applies to --kernel empirical only (the analytic Θ̄ is the ρ → 0 limit)")
+    if given("width") and kernel != "empirical":
+        raise UserError("--width applies to --kernel empirical only (the analytic Θ̄ is the infinite-width limit)")
     if n_test < 1:
         raise UserError("predictions need test samples (--n-test >= 1)")
     if kernel != "empirical" and settings.given & {"backend", "dtype"}:

@@ -27,10 +27,10 @@ BASE = {
     "isotropy": ["--widths", "16", "--fim", "bd,unit", "--n-train", "8"],
     "ntk": ["--width", "16", "--n-train", "8"],
     "alpha": ["--width", "16", "--fim", "bd,kfac,unit"],
-    "predict": ["--width", "16", "--n-train", "8", "--n-test", "4", "--seeds", "1"],
+    "predict": ["--n-train", "8", "--n-test", "4", "--seeds", "1"],  # --width: --kernel empirical only
 }
 GAUSS = ["--data", "gaussian"]
-EMPIRICAL = ["--kernel", "empirical"]
+EMPIRICAL = ["--kernel", "empirical", "--width", "16"]
 
 #: per command and option (its JSON config key): (arguments the comparison needs, the option's other value)
 VARIANTS = {
@@ -263,8 +263,9 @@ def test_every_command_takes_the_settings_after_its_name():
     for args in (["alpha", "--seed", "1"], ["--seed", "1", "alpha"], ["--dtype", "float32", "alpha"]):
         r = CliRunner().invoke(cli, args)
         assert r.exit_code == 2 and r.output.startswith("Error: --") and "does not apply to 'alpha'" in r.output
-    r = CliRunner().invoke(cli, ["predict", "--dtype", "float32", "--seeds", "1"])  # analytic kernels: float64
-    assert r.exit_code == 2 and "--kernel empirical" in r.output
+    for args in (["--dtype", "float32"], ["--width", "64"]):  # the analytic kernels: float64, infinite width
+        r = CliRunner().invoke(cli, ["predict", *args, "--seeds", "1"])
+        assert r.exit_code == 2 and "--kernel empirical" in r.output
 
 
 def test_help_shows_every_summary_whole():
