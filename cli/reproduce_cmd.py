@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 from rich.markup import escape
 from rich.table import Table
 
+from ngdref.experiments.figures.plotting import FORMATS
 from ngdref.experiments.figures.registry import REGISTRY
 
 from .common import EXIT_INTERRUPTED, UserError, consoles, emit_json, handle_errors, json_option, progress_bar
@@ -18,7 +19,8 @@ from .common import EXIT_INTERRUPTED, UserError, consoles, emit_json, handle_err
 FIGURE_CHOICES = (*REGISTRY, "all")
 
 HELP = "\n".join([
-    "Regenerate FIGURE of Karakida & Osawa (2020): data (CSV, JSON), plot (PNG) and the claim it tests.",
+    "Regenerate FIGURE of Karakida & Osawa (2020): data (CSV, JSON), plot (PNG; --format for PDF, SVG), "
+    "caption and the claim it tests ('all' also writes a contact sheet, DIR/index.html).",
     "",
     "\b",
     *(f"{name:<6} {figure.summary}" for name, figure in REGISTRY.items()),
@@ -46,26 +48,46 @@ def _mark(holds):
               help="BLAS threads per cell, the same in every executor, so results are bit-identical "
                    "whichever executor runs them (in-process on a many-core machine: raise it).")
 @click.option("--fresh", is_flag=True, help="Recompute every cell (default: reuse the finished cells in DIR/cells).")
+@click.option("--format", "formats", default="png", show_default=True, metavar="LIST",
+              help="Plot file formats, comma-separated: " + ", ".join(FORMATS) + " (pdf, svg: vector output).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override a setting of the sweep (repeatable), VALUE as in TOML: --set steps=5, "
+                   "--set widths=[64,256], --set network.width=1024, --set fig3.seeds=[0,1]; a key without a "
+                   "figure's name applies to every figure that has it. Recorded in the JSON.")
+@click.option("--config", "config_file", default=None, metavar="FILE.toml",
+              help="Overrides for a whole sweep from a TOML file: top-level keys for every figure, a table "
+                   "[fig1b] for one (--set wins over it). Recorded in the JSON.")
 @json_option
 @click.pass_obj
 @handle_errors
-def reproduce(settings, figure, quick, out, data, jobs, scheduler, threads, fresh, json_path):
+def reproduce(settings, figure, quick, out, data, jobs, scheduler, threads, fresh, formats, sets, config_file,
+              json_path):
     """Regenerate FIGURE (the help text, HELP, comes from the figure registry)."""
+    from ngdref.experiments.figures.overrides import apply_overrides, load_config_file, parse_set, split_by_figure
     from ngdref.experiments.figures.registry import figure_config
     from ngdref.experiments.figures.run import run_figure
+    from ngdref.experiments.figures.sheet import SHEET, write_contact_sheet
     from ngdref.experiments.sweep import CellError, check_scheduler_address, describe_executor, make_executor
 
     names = list(REGISTRY) if figure == "all" else [figure]
     # every check a user can fail comes before any work and any file
+    fmts = _formats(formats)
     if scheduler is not None:
         if jobs > 1:
             raise UserError("--jobs and --scheduler are exclusive (the Dask cluster sets the parallelism)")
         check_scheduler_address(scheduler)
     if data is not None:
         _check_data(data, figure)
-    folders = {name: _folder(out, name, figure) for name in names}
+    folders = {name: _folder(out, name, figure, fmts) for name in names}
+    root = Path("out") if out is None else Path(out)  # 'all': the contact sheet's folder
+    if figure == "all":
+        _check_file(root / SHEET)
     backend = settings.backend()  # validates --backend/--dtype
     configs = {name: figure_config(name, quick, data, settings.seed) for name in names}  # fig2: hashes --data
+    # overrides: the file's, then --set's (which win), each checked against the figure it applies to
+    given = {**(load_config_file(config_file) if config_file is not None else {}), **parse_set(sets)}
+    per_figure = split_by_figure(given, names, REGISTRY, configs)
+    configs = {name: apply_overrides(REGISTRY[name], configs[name], per_figure[name]) for name in names}
     con = consoles(json_path)
     err = consoles("-")
     records = []
@@ -78,6 +100,12 @@ def reproduce(settings, figure, quick, out, data, jobs, scheduler, threads, fres
             if backend.name != "numpy" or backend.dtype_name != "float64":
                 args += ["--backend", backend.name, "--dtype", backend.dtype_name]
             args += ["reproduce", name] + (["--quick"] if quick else []) + (["--threads", str(threads)] if threads != 1 else []) + (["--data", data] if data and REGISTRY[name].takes_data else [])
+            args += (["--format", ",".join(fmts)] if fmts != ("png",) else []) \
+                + (["--config", config_file] if config_file is not None else []) \
+                + [f"--set={k}={_toml(v)}" for k, v in per_figure[name].items()]
+            run_settings = {"out": str(folder), "jobs": jobs, "scheduler": scheduler,
+                            "data_folder": data if REGISTRY[name].takes_data else None, "set": list(sets),
+                            "config_file": config_file, "overrides": per_figure[name]}
             with progress_bar(TextColumn(f"[bold]{name}"), BarColumn(), MofNCompleteColumn(),
                               TextColumn("{task.fields[last]}"), TimeElapsedColumn(), console=err) as bar:
                 task = bar.add_task(name, total=None, last="")
@@ -93,7 +121,7 @@ def reproduce(settings, figure, quick, out, data, jobs, scheduler, threads, fres
                     rec = run_figure(name, folder, quick=quick, data=data, backend=backend.name, dtype=backend.dtype_name,
                                      seed=settings.seed, executor=executor, executor_name=describe_executor(jobs, scheduler),
                                      fresh=fresh, progress=progress, command=shlex.join(args), threads=threads,
-                                     config=configs[name], notice=say,
+                                     config=configs[name], notice=say, formats=fmts, settings=run_settings,
                                      on_wait=lambda lock: say(f"waiting for another run writing into {folder} "
                                                               f"(it holds {lock}) to finish"))
                 except KeyboardInterrupt:
@@ -120,7 +148,44 @@ def reproduce(settings, figure, quick, out, data, jobs, scheduler, threads, fres
             note = rec["config"].get("data_note")
             if note:
                 con.print(f"data: {escape(note)}")
-    emit_json(json_path, records[0] if len(records) == 1 else {"figures": records})
+    if figure == "all":
+        sheet = write_contact_sheet(records, root)
+        con.print(f"contact sheet: {sheet}")
+    if len(records) == 1:
+        emit_json(json_path, records[0])
+    else:
+        rows = [{"figure": r["figure"], "claim": c["claim"], "measured": c["measured"], "paper": c["paper"],
+                 "holds": c["holds"]} for r in records for c in r["claims"]]
+        config = {"figures": names, "quick": quick, "out": str(root), "jobs": jobs, "scheduler": scheduler,
+                  "threads": threads, "fresh": fresh, "format": list(fmts), "data_folder": data, "set": list(sets),
+                  "config_file": config_file, "overrides": per_figure, **settings.to_dict(backend)}
+        emit_json(json_path, {"command": "reproduce", "config": config, "software": records[0]["software"],
+                              "rows": rows, "figures": records, "contact_sheet": str(root / SHEET)})
+
+
+def _formats(text: str) -> tuple[str, ...]:
+    """``--format png,pdf,svg`` → the formats, in order, once each; UserError for an unknown one."""
+    parts = [p.strip().lower().lstrip(".") for p in text.split(",")]
+    bad = [p for p in parts if p not in FORMATS]
+    if not text.strip() or bad:
+        raise UserError(f"--format {text!r}: choose among {', '.join(FORMATS)}, comma-separated (e.g. png,pdf)")
+    return tuple(dict.fromkeys(parts))
+
+
+def _toml(v) -> str:
+    """A value as TOML writes it (for the recorded command line)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml(x) for x in v) + "]"
+    return repr(v)
+
+
+def _check_file(path: Path) -> None:
+    if os.path.lexists(path) and not path.is_file():
+        raise UserError(f"{str(path)!r} exists and is not a file; move it away or choose another --out")
 
 
 def _check_data(data: str, figure: str) -> None:
@@ -135,7 +200,7 @@ def _check_data(data: str, figure: str) -> None:
         raise UserError(f"--data {data!r} is not a folder (expected MNIST IDX files or CIFAR-10 python batches)")
 
 
-def _folder(out: str | None, name: str, figure: str) -> Path:
+def _folder(out: str | None, name: str, figure: str, formats=("png",)) -> Path:
     """The output folder of figure ``name``, refused (UserError) when it cannot be written."""
     from ngdref.io import folder_problem
 
@@ -148,10 +213,9 @@ def _folder(out: str | None, name: str, figure: str) -> Path:
         problem = folder_problem(path)
         if problem:
             raise UserError(f"output folder {str(path)!r} {problem}")
-    for file in (f"{name}.csv", f"{name}.json", f"{name}.png", "errors.log"):
-        path = folder / file
-        if os.path.lexists(path) and not path.is_file():
-            raise UserError(f"{str(path)!r} exists and is not a file; move it away or choose another --out")
+    for file in (f"{name}.csv", f"{name}.json", f"{name}.caption.md", *(f"{name}.{f}" for f in formats),
+                 "errors.log"):
+        _check_file(folder / file)
     return folder
 
 

@@ -55,7 +55,7 @@ def test_quick_figure_writes_its_files(quick, name):
     rows = list(csv.DictReader((out / f"{name}.csv").open()))
     assert len(rows) == len(rec["rows"]) > 0
     assert rec["config"]["quick"] is True and rec["software"]["numpy"]
-    assert rec["command"] == f"ngdref reproduce {name} --quick"
+    assert rec["command"] == "reproduce" and rec["command_line"] == f"ngdref reproduce {name} --quick"
     assert rec["cells"]["total"] == len(list((out / "cells").glob("*.json")))
     assert rec["claims"] and all({"claim", "measured", "paper", "holds"} <= set(c) for c in rec["claims"])
     assert "wall time" in output and rec["wall_seconds"] > 0
@@ -272,7 +272,7 @@ def test_changed_settings_do_not_reuse_cells(tmp_path):
     assert invoke(["--seed", "1", "reproduce", "figS2", "--quick", "--out", str(out)]).exit_code == 0
     rec = json.loads((out / "figS2.json").read_text())
     assert rec["cells"]["cached"] == 0 and rec["seed"] == 1
-    assert rec["command"] == "ngdref --seed 1 reproduce figS2 --quick"
+    assert rec["command_line"] == "ngdref --seed 1 reproduce figS2 --quick"
 
 
 def test_without_matplotlib_data_still_written(tmp_path, monkeypatch):
@@ -353,7 +353,7 @@ def test_fig2_on_a_user_folder(tmp_path):
     r = invoke(["reproduce", "fig2", "--quick", "--data", str(folder), "--out", str(out)])
     assert r.exit_code == 0, r.output
     rec = json.loads((out / "fig2.json").read_text())
-    assert rec["command"] == f"ngdref reproduce fig2 --quick --data {folder}"
+    assert rec["command_line"] == f"ngdref reproduce fig2 --quick --data {folder}"
     two = rec["summary"]["two-class"]
     assert two["data"]["name"] == str(folder) and two["data"]["n_train"] == 100
     assert all(m["mean"] > 0.8 for m in two["methods"].values())

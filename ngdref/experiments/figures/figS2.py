@@ -97,10 +97,22 @@ def draw(plt, config: dict, rows: list[dict], extra: dict):
     return fig
 
 
+def caption(config: dict, rows: list[dict], extra: dict) -> str:
+    n, d = config["network"], config["data"]
+    return (
+        f"α/M of unit-wise NGD with the shifted ReLU φ(u) = max(u, −s) against the shift s "
+        f"({', '.join(f'{x:g}' for x in config['shifts'])}): markers, the mean diagonal of the unit-wise "
+        f"Θ̄(x, x) / M at initialisation (mean ± std over seeds {', '.join(str(x) for x in config['seeds'])}; "
+        f"damping ρ = {config['damping']:g}); line, the closed form S.157 / M. L = {n['depth']}, M = {n['width']}, "
+        f"σ_w² = {n['sigma_w2']:g}, σ_b² = {n['sigma_b2']:g}, Gaussian inputs with M_0 = {d['input_dim']}, "
+        f"N = {d['n_train']}."
+    )
+
+
 FIGURE = Figure(
     name=NAME,
     title="Fig. S.2: α/M of unit-wise NGD with shifted ReLU vs S.157",
     summary="α/M of unit-wise NGD with shifted ReLU vs S.157",
     claim="the measured α/M of unit-wise NGD agrees with S.157 for every shift",
-    config=config, cells=cells, analyse=analyse, draw=draw,
+    config=config, cells=cells, analyse=analyse, draw=draw, caption=caption,
 )

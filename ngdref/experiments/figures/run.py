@@ -1,10 +1,11 @@
-"""Run one figure end to end: cells through an executor, then CSV, JSON and PNG.
+"""Run one figure end to end: cells through an executor, then CSV, JSON, caption and plot.
 
-    DIR/<figure>.csv     one row per run and step / seed / width
-    DIR/<figure>.json    full configuration, software versions, claims, rows, wall time
-    DIR/<figure>.png     the plot (needs matplotlib, the ``plot`` extra)
-    DIR/cells/*.json     one file per finished cell (resume; ``fresh`` recomputes)
-    DIR/errors.log       the full traceback of a cell that failed (appended)
+    DIR/<figure>.csv         one row per run and step / seed / width
+    DIR/<figure>.json        command, config (every setting), software, rows; then claims, cells, wall time
+    DIR/<figure>.caption.md  the caption: settings, what the lines and markers are, the claims table
+    DIR/<figure>.png         the plot (needs matplotlib, the ``plot`` extra); .pdf, .svg with ``formats``
+    DIR/cells/*.json         one file per finished cell (resume; ``fresh`` recomputes)
+    DIR/errors.log           the full traceback of a cell that failed (appended)
 
 A run holds the folder's lock (:func:`ngdref.io.folder_lock`) from its first cell to its last
 file, so two runs into one folder take turns: the second reuses the first's cells and writes
@@ -59,12 +60,16 @@ def run_figure(
     config: dict | None = None,
     notice: Callable[[str], None] | None = None,
     on_wait: Callable[[Path], None] | None = None,
+    formats: tuple[str, ...] = ("png",),
+    settings: dict | None = None,
 ) -> dict:
     """Run figure ``name`` (cells through ``executor``), write CSV/JSON/PNG into ``out_dir``; return the record.
 
     ``config``: the figure's configuration when the caller built it already (checks before any
     work; fig2 hashes its data once); ``notice``: one line per stored cell found malformed
-    (recomputed); ``on_wait(lock)``: called before waiting for another run writing ``out_dir``.
+    (recomputed); ``on_wait(lock)``: called before waiting for another run writing ``out_dir``;
+    ``formats``: the plot's file formats (:data:`~.plotting.FORMATS`); ``settings``: further settings of
+    the run recorded in the JSON ``config`` (the CLI's: jobs, scheduler, data folder, overrides, …).
     A failing cell raises :class:`~ngdref.experiments.sweep.CellError` after its traceback was
     appended to ``out_dir/errors.log`` (``err.log`` is that path).
     """
@@ -73,8 +78,9 @@ def run_figure(
     out = Path(out_dir)
     with folder_lock(out, on_wait):
         t0 = time.perf_counter()  # the wall time of this run, not of its wait for another
-        return _run_locked(figure, config, out, backend, dtype, seed, executor, executor_name, fresh, progress,
-                           command, plot, threads, notice, t0)
+        run = {"backend": backend, "dtype": dtype, "seed": seed, "threads": threads, "format": list(formats),
+               "executor": executor_name, "fresh": fresh, "plot": plot, **(settings or {})}
+        return _run_locked(figure, config, out, executor, progress, command, plot, notice, t0, formats, run)
 
 
 def _log_failure(out: Path, err: CellError) -> None:
@@ -88,9 +94,37 @@ def _log_failure(out: Path, err: CellError) -> None:
         err.log = None
 
 
-def _run_locked(figure, config, out, backend, dtype, seed, executor, executor_name, fresh, progress, command, plot,
-                threads, notice, t0) -> dict:
+#: the run's own settings in the JSON ``config``, beside the figure's configuration (no figure may use them)
+RUN_KEYS = ("backend", "dtype", "seed", "threads", "format", "executor", "fresh", "plot", "jobs", "scheduler",
+            "out", "data_folder", "set", "config_file", "overrides")
+
+
+def _caption(figure, config: dict, rows: list, extra: dict, claims: list, run: dict, command: str | None,
+             software: dict) -> str:
+    """The caption file: the figure's caption, the paper's claim, the settings of the run, the claims table."""
+    def cell(v) -> str:
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    mark = {True: "✓", False: "✗"}
+    lines = [f"# {figure.title}" + (" (quick)" if config.get("quick") else ""), "",
+             figure.caption_text(config, rows, extra), "",
+             f"**Claim (paper):** {figure.claim}.", "",
+             "**Settings:** " + "; ".join(f"{k} = {v}" for k, v in (
+                 ("backend", run["backend"]), ("dtype", run["dtype"]), ("seed", run["seed"]),
+                 ("BLAS threads per cell", run["threads"]), ("executor", run["executor"]),
+                 ("quick", bool(config.get("quick"))), ("overrides", run.get("overrides") or "none"),
+                 ("config file", run.get("config_file") or "none"))) + ".", "",
+             f"**Command:** `{command}`; ngdref {software.get('ngdref')}"
+             + (f", commit {software['git_commit']}" if software.get("git_commit") else "") + ".", "",
+             "| claim | measured | paper | holds |", "| --- | --- | --- | --- |"]
+    lines += [f"| {cell(c['claim'])} | {cell(c['measured'])} | {cell(c['paper'])} | {mark.get(c['holds'], '—')} |"
+              for c in claims]
+    return "\n".join(lines) + "\n"
+
+
+def _run_locked(figure, config, out, executor, progress, command, plot, notice, t0, formats, run) -> dict:
     name = figure.name
+    backend, dtype, threads, fresh = run["backend"], run["dtype"], run["threads"], run["fresh"]
     cells = figure.cells(config, backend, dtype)
     try:
         outcomes = run_cells(cells, executor, out / "cells", fresh, progress, threads, notice)
@@ -98,28 +132,36 @@ def _run_locked(figure, config, out, backend, dtype, seed, executor, executor_na
         _log_failure(out, err)
         raise
     rows, claims, extra = figure.analyse(config, outcomes)
-    files = {"csv": str(out / f"{name}.csv"), "json": str(out / f"{name}.json")}
+    files = {"csv": str(out / f"{name}.csv"), "json": str(out / f"{name}.json"),
+             "caption": str(out / f"{name}.caption.md")}
     write_atomic(files["csv"], rows_to_csv(rows))
+    software = software_versions()
+    write_atomic(files["caption"], _caption(figure, config, rows, extra, claims, run, command, software))
     plot_status = "not requested"
     if plot:
-        png = out / f"{name}.png"
+        path = out / f"{name}.png"
         try:
-            plot_status = figure.plot(config, rows, extra, png)
+            plot_status = figure.plot(config, rows, extra, path, formats)
         except Exception as exc:  # noqa: BLE001 - a drawing bug must not lose the data and the claims
             plot_status = f"plot failed ({one_line(f'{type(exc).__name__}: {exc}', 200)}); the data were written"
         if plot_status == "ok":
-            files["png"] = str(png)
+            files.update({fmt: str(path.with_suffix(f".{fmt}")) for fmt in formats})
+    clash = set(config) & set(run)
+    if clash:  # a figure's configuration must not shadow a run setting (tested over the registry)
+        raise ValueError(f"{name}: configuration keys {sorted(clash)} clash with the run's settings")
     record = {
+        "command": "reproduce",
+        "config": {**config, **run},  # every setting: the figure's sweep and the run's
+        "software": software,
+        "rows": rows,
         "figure": name,
         "title": figure.title,
-        "command": command,
-        "config": config,
+        "command_line": command,
         "backend": backend,
         "dtype": dtype,
-        "seed": seed,
-        "executor": executor_name,
+        "seed": run["seed"],
+        "executor": run["executor"],
         "threads_per_cell": threads,
-        "software": software_versions(),
         "cells": {"total": len(outcomes), "computed": sum(not o.cached for o in outcomes),
                   "cached": sum(o.cached for o in outcomes),
                   "compute_seconds": sum(o.seconds for o in outcomes if not o.cached),
@@ -128,7 +170,6 @@ def _run_locked(figure, config, out, backend, dtype, seed, executor, executor_na
         "summary": extra,
         "plot": plot_status,
         "files": files,
-        "rows": rows,
     }
     record["wall_seconds"] = time.perf_counter() - t0
     write_json(files["json"], record)
