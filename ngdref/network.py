@@ -40,7 +40,7 @@ from typing import Sequence
 import numpy as np
 
 from .activations import Activation, get_activation
-from .backend import Backend, get_backend, namespace_of, to_device
+from .backend import Backend, get_backend, namespace_of, to_device, to_host
 from .errors import ConfigError
 
 
@@ -179,6 +179,98 @@ class Network:
                 host[:, m_in] = b
             params.append(to_device(host, backend))
         return params
+
+    # -- weights from (and to) other frameworks ------------------------------------------
+    @classmethod
+    def from_arrays(
+        cls,
+        weights: Sequence,
+        biases: Sequence | None = None,
+        parameterization: str = "ntk",
+        activation: str | Activation = "relu",
+        shift: float = 1.0,
+        sigma_w2: float = 2.0,
+        sigma_b2: float | None = None,
+        backend: Backend | str | None = None,
+        dtype: str | None = None,
+    ) -> tuple["Network", list]:
+        """A network and its parameters θ_l = [W_l | b_l] from per-layer arrays (any framework, as NumPy).
+
+        ``weights[l−1]`` is W_l of shape (M_l, M_{l−1}) (out × in, as ``torch.nn.Linear.weight``; a JAX/Flax
+        kernel (in × out) must be transposed), ``biases[l−1]`` b_l of shape (M_l,); widths are read from
+        the shapes. ``parameterization``:
+
+        * ``"ntk"`` — the arrays are this library's (Eq. 1): u_l = σ_w W_l h/√M_{l−1} + σ_b b_l;
+        * ``"standard"`` — u_l = W′_l h + b′_l (PyTorch, JAX, most code). The same function in Eq. 1 has
+
+              W_l = (√M_{l−1}/σ_w) W′_l,        b_l = b′_l/σ_b.
+
+        The function f(x) is the same; the Fisher, the NTK and every Θ̄ are those of the NTK
+        parameterisation θ (the paper's), not of θ′ (their Jacobians differ by the constant factors
+        above). Biases need σ_b > 0 (``sigma_b2``, required when biases are given: it sets the scale of
+        b in θ); ``biases=None`` (or σ_b² = 0 with all-zero biases) is a network without biases."""
+        if parameterization not in ("ntk", "standard"):
+            raise ConfigError(f"parameterization must be 'ntk' or 'standard', got {parameterization!r}")
+        ws = [np.asarray(to_host(w), dtype=np.float64) for w in weights]
+        if len(ws) < 2 or any(w.ndim != 2 for w in ws):
+            raise ConfigError("weights must be a list of L >= 2 matrices W_l of shape (M_l, M_{l-1})")
+        widths = [ws[0].shape[1]] + [w.shape[0] for w in ws]
+        for l, w in enumerate(ws, start=1):
+            if w.shape[1] != widths[l - 1]:
+                raise ConfigError(f"W_{l} has shape {w.shape}: its {w.shape[1]} columns do not match the "
+                                  f"{widths[l - 1]} outputs of layer {l - 1} (W_l is (M_l, M_(l-1)), out x in)")
+        bs = None
+        if biases is not None:
+            bs = [np.asarray(to_host(b), dtype=np.float64) for b in biases]
+            if len(bs) != len(ws):
+                raise ConfigError(f"{len(bs)} bias vectors for {len(ws)} weight matrices")
+            for l, b in enumerate(bs, start=1):
+                if b.shape != (widths[l],):
+                    raise ConfigError(f"b_{l} has shape {b.shape}, expected ({widths[l]},)")
+            if sigma_b2 is None:
+                raise ConfigError("biases given: pass sigma_b2 > 0, the bias scale σ_b² of Eq. 1 (b enters as σ_b b)")
+            if float(sigma_b2) == 0:
+                if any(np.any(b != 0) for b in bs):
+                    raise ConfigError("nonzero biases need sigma_b2 > 0 (σ_b² = 0 means a network without biases)")
+                bs = None
+        net = cls(tuple(widths), get_activation(activation, shift), sigma_w2,
+                  0.0 if sigma_b2 is None else float(sigma_b2))
+        params = []
+        for l, w in enumerate(ws, start=1):
+            if parameterization == "standard":
+                w = w * (math.sqrt(widths[l - 1]) / net.sigma_w)
+            theta = w
+            if net.has_bias:
+                b = bs[l - 1] if bs is not None else np.zeros(widths[l])
+                if parameterization == "standard":
+                    b = b / net.sigma_b
+                theta = np.concatenate([w, b[:, None]], axis=1)
+            params.append(theta)
+        if not isinstance(backend, Backend):
+            backend = get_backend(backend, dtype or "float64")
+        elif dtype is not None:
+            backend = Backend(backend.name, backend.xp, dtype)
+        return net, [to_device(p, backend) for p in params]
+
+    def to_arrays(self, params, parameterization: str = "ntk") -> tuple[list, list | None]:
+        """Inverse of :meth:`from_arrays`: host NumPy float64 (W_l (M_l, M_{l−1}) per layer, b_l (M_l,) per
+        layer or ``None`` without biases), in the NTK parameterisation of Eq. 1 or as the standard
+        W′_l = σ_w W_l/√M_{l−1}, b′_l = σ_b b_l."""
+        if parameterization not in ("ntk", "standard"):
+            raise ConfigError(f"parameterization must be 'ntk' or 'standard', got {parameterization!r}")
+        self.check_params(params)
+        weights, biases = [], []
+        for l, p in enumerate(params, start=1):
+            host = np.asarray(to_host(p), dtype=np.float64)
+            m_in = self.widths[l - 1]
+            w, b = host[:, :m_in].copy(), (host[:, m_in].copy() if self.has_bias else None)
+            if parameterization == "standard":
+                w *= self.sigma_w / math.sqrt(m_in)
+                if b is not None:
+                    b *= self.sigma_b
+            weights.append(w)
+            biases.append(b)
+        return weights, (biases if self.has_bias else None)
 
     def check_params(self, params) -> None:
         if len(params) != self.depth:

@@ -237,3 +237,72 @@ def test_init_stream_does_not_depend_on_the_draw_block(monkeypatch, backend):
     no_bias = Network((7, 5, 4, 1), "relu", 2.0, 0.0)  # b_l still drawn (and dropped): same W as with biases
     with_bias = Network((7, 5, 4, 1), "relu", 2.0, 0.5)
     assert all(np.array_equal(p, q[:, :-1]) for p, q in zip(no_bias.init(1), with_bias.init(1)))
+
+
+# ---- weights from other frameworks (issue 15) ------------------------------------------------------------
+def _standard_arrays(rng, widths, bias=True):
+    """Per-layer (out × in) weights and biases as a PyTorch/JAX model holds them (standard parameterisation)."""
+    ws = [rng.standard_normal((widths[l], widths[l - 1])) / np.sqrt(widths[l - 1]) for l in range(1, len(widths))]
+    bs = [0.1 * rng.standard_normal(widths[l]) for l in range(1, len(widths))] if bias else None
+    return ws, bs
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_standard_parameterisation_forward_written_out(bias, rng, backend):
+    """A standard-parameterised net, u = W′h + b′, written out by hand (tanh hidden layers, linear output),
+    equals ngdref's forward after ``from_arrays(..., parameterization="standard")``, for σ_w² = 1.7, σ_b² = 0.3."""
+    widths = (4, 7, 5, 2)
+    ws, bs = _standard_arrays(rng, widths, bias)
+    x = rng.standard_normal((6, 4))
+    h = x
+    for l, w in enumerate(ws):
+        u = h @ w.T + (bs[l] if bias else 0.0)
+        h = np.tanh(u) if l < len(ws) - 1 else u
+    net, params = Network.from_arrays(ws, bs, parameterization="standard", activation="tanh", sigma_w2=1.7,
+                                      sigma_b2=0.3 if bias else None, backend=backend)
+    assert net.widths == widths and net.has_bias == bias
+    np.testing.assert_allclose(to_host(net.output(params, to_device(x, backend))), h, rtol=1e-12, atol=1e-14)
+    # the documented conversion W = √M_{l−1} W′/σ_w, b = b′/σ_b
+    np.testing.assert_allclose(to_host(params[1])[:, :7], np.sqrt(7) * ws[1] / np.sqrt(1.7), rtol=1e-14)
+    if bias:
+        np.testing.assert_allclose(to_host(params[1])[:, 7], bs[1] / np.sqrt(0.3), rtol=1e-14)
+
+
+@pytest.mark.parametrize("sb2", [0.0, 0.5])
+def test_from_arrays_to_arrays_round_trip(sb2, backend):
+    """to_arrays(from_arrays(...)) returns the arrays in both parameterisations; from_arrays(to_arrays(θ))
+    is θ (the same forward, bit for bit in the NTK parameterisation)."""
+    net = Network((5, 6, 4, 3), "relu", 2.0, sb2)
+    params = net.init(3, backend)
+    for par in ("ntk", "standard"):
+        ws, bs = net.to_arrays(params, par)
+        assert (bs is None) == (sb2 == 0) and all(isinstance(w, np.ndarray) for w in ws)
+        net2, params2 = Network.from_arrays(ws, bs, par, "relu", sigma_w2=2.0, sigma_b2=sb2 if sb2 else None,
+                                            backend=backend)
+        assert net2 == net
+        for p, q in zip(params, params2):
+            np.testing.assert_allclose(to_host(q), to_host(p), rtol=1e-15 if par == "standard" else 0, atol=0)
+        ws2, bs2 = net2.to_arrays(params2, par)
+        for a, b in zip(ws + (bs or []), ws2 + (bs2 or [])):
+            np.testing.assert_allclose(a, b, rtol=1e-15)
+    w_ntk, _ = net.to_arrays(params)
+    w_std, _ = net.to_arrays(params, "standard")
+    np.testing.assert_allclose(w_std[0], np.sqrt(2.0) / np.sqrt(5) * w_ntk[0], rtol=1e-15)
+
+
+def test_from_arrays_errors():
+    ws = [np.ones((3, 2)), np.ones((1, 3))]
+    with pytest.raises(ConfigError, match="parameterization"):
+        Network.from_arrays(ws, parameterization="mup")
+    with pytest.raises(ConfigError, match="columns do not match"):
+        Network.from_arrays([np.ones((3, 2)), np.ones((1, 4))])
+    with pytest.raises(ConfigError, match="L >= 2"):
+        Network.from_arrays([np.ones((3, 2))])
+    with pytest.raises(ConfigError, match="sigma_b2 > 0"):
+        Network.from_arrays(ws, [np.ones(3), np.ones(1)])
+    with pytest.raises(ConfigError, match="expected \\(1,\\)"):
+        Network.from_arrays(ws, [np.ones(3), np.ones(2)], sigma_b2=0.5)
+    with pytest.raises(ConfigError, match="nonzero biases"):
+        Network.from_arrays(ws, [np.ones(3), np.ones(1)], sigma_b2=0.0)
+    net, params = Network.from_arrays(ws, [np.zeros(3), np.zeros(1)], sigma_b2=0.0)
+    assert not net.has_bias and params[0].shape == (3, 2)
