@@ -8,6 +8,7 @@ from . import fig1a, fig1b, fig2, fig3, figS1, figS2
 from .base import Figure
 
 REGISTRY: dict[str, Figure] = {m.FIGURE.name: m.FIGURE for m in (fig1a, fig1b, fig2, fig3, figS1, figS2)}
+REGISTRY.update({m.FIGURE.name: m.FIGURE for m in (__import__(f"{__package__}.subunit", fromlist=["FIGURE"]),)})
 
 FIGURES = tuple(REGISTRY)
 
