@@ -250,7 +250,7 @@ def test_library_options_through_the_command_line(tmp_path):
     rows = {row["fim"]: row for row in json.loads(out.read_text())["rows"]}
     assert rows["layer"]["alpha_analytic"] == pytest.approx(2.5)  # 1ᵀΣ⁻¹1 = 1 + 1/2 + 1
     out = tmp_path / "pred.json"
-    r = _run(["predict", "--fim", "kfac", "--sigma-b2", "0.5", "--option", "bias=folded", "--width", "32",
+    r = _run(["predict", "--fim", "kfac", "--sigma-b2", "0.5", "--option", "bias=folded",
               "--n-train", "20", "--n-test", "10", "--seeds", "1", "--json", str(out)])
     assert r.exit_code == 0, r.output
     row = json.loads(out.read_text())["rows"][0]
