@@ -165,3 +165,31 @@ def test_options_and_registration():
     unit = spec.flops(shape, 0.0)["direction"][0]
     finer = get_fisher("block", Network((6, 8, 8, 1), "relu", 2.0, 0.5), k=2).flops(shape, 0.0)["direction"][0]
     assert unit > 0 and finer > 0 and finer != unit
+
+
+@pytest.mark.parametrize("widths,act,sb2", CONFIGS[1:3])
+@pytest.mark.parametrize("k,g", [(3, 1), (2, 2), (1, "all"), (4, 3)])
+@pytest.mark.parametrize("rho", [0.0, 1e-2])
+def test_matrix_free_products_match_the_explicit_metric(widths, act, sb2, k, g, rho, backend):
+    """fisher_matvec = G X and inverse_matvec = G⁻¹X (G⁺X at ρ = 0) of the P×P twin for partitions other
+    than the default (tests/test_operators.py covers the registry's default, unit-wise), primal and dual
+    tiles; at ρ > 0 G⁻¹(G X) = X, at ρ = 0 the projector onto range(G)."""
+    from ngdref.fisher.operators import FisherOperator
+
+    net, p, x, _, _ = _setup(widths, act, sb2)
+    fim = get_fisher("block", net, rho, k=k, g=g)
+    orc = O.oracle("block", net, p, x, rho, k=k, g=g)
+    tol = max(1e-9, 1e4 * O.EPS * orc.condition())
+    s = net.signals(net.init(1, backend), to_device(x, backend))
+    xs = np.random.default_rng(7).standard_normal((net.n_params, 3))
+    xs_dev = to_device(xs, backend)
+    g_op, inv_op = FisherOperator(fim, s, "G"), FisherOperator(fim, s, "G-inverse")
+    assert _rel(to_host(g_op.matmat(xs_dev)), orc.g @ xs) < 1e-12
+    assert _rel(to_host(inv_op.matmat(xs_dev)), orc.g_inv @ xs) < tol
+    back = to_host(inv_op.matmat(g_op.matmat(xs_dev)))
+    if rho > 0:
+        assert _rel(back, xs) < tol
+    else:
+        w, v = np.linalg.eigh(orc.g)
+        keep = w > w.size * O.EPS * w.max()
+        assert _rel(back, v[:, keep] @ v[:, keep].T @ xs) < tol

@@ -67,7 +67,7 @@ import numpy as np
 from ..backend import backend_of, dtype_name_of, namespace_of, to_device
 from ..errors import ConfigError
 from ..kernels import layer_gammas
-from ..linalg import default_rtol, symmetrize
+from ..linalg import default_rtol, psd_pinv, symmetrize
 from . import cost
 from .base import FisherApproximation
 from .spec import FisherOption, FisherSpec, register
@@ -332,6 +332,90 @@ class BlockPartitionFisher(FisherApproximation):
             order = to_device(np.argsort(np.concatenate(positions), kind="stable"), backend, "int64")
             out.append(xp.astype(xp.reshape(xp.take(flat, order), (m_out, fan)), a_net.dtype))
         return out
+
+    # ---- matrix-free products (ngdref.fisher.operators) ----------------------------------------------
+    def _per_tile(self, signals, v, apply) -> list:
+        """``apply(key, d_t, a_t, v_t)`` → (T, r, c) for every chunk of tiles, scattered back per layer;
+        v_t is v on the chunk's tiles (float64), ``key`` names the chunk (for the cache)."""
+        xp = namespace_of(signals.f)
+        c, n = signals.f.shape[1], signals.n
+        out = []
+        for l in range(1, self.network.depth + 1):
+            m_out, fan = self.network.layer_shape(l)
+            backend = backend_of(signals.a[l - 1])
+            d, a = _float64(signals.delta[l - 1]), _float64(signals.a[l - 1])
+            v_flat = xp.reshape(_float64(v[l - 1]), (-1,))
+            values, positions = [], []
+            for shape_id, (rows, cols) in enumerate(self._layer_tiles(l)):
+                for chunk_id, (rr, cc) in enumerate(self._chunks(l, rows, cols, c, n, 0)):
+                    rows_t, cols_t = rows[rr], cols[cc]
+                    pos = rows_t[:, :, None] * fan + cols_t[:, None, :]  # (T, r, c)
+                    d_t, a_t = self._gather(d, a, rows_t, cols_t, backend)
+                    v_t = xp.reshape(xp.take(v_flat, to_device(pos.reshape(-1), backend, "int64")), pos.shape)
+                    values.append(xp.reshape(apply(f"block:{l}:{shape_id}:{chunk_id}", d_t, a_t, v_t), (-1,)))
+                    positions.append(pos.reshape(-1))
+            order = to_device(np.argsort(np.concatenate(positions), kind="stable"), backend, "int64")
+            out.append(xp.astype(xp.reshape(xp.take(xp.concat(values), order), (m_out, fan)), v[l - 1].dtype))
+        return out
+
+    @staticmethod
+    def _tile_jvp(d_t, a_t, v_t):
+        """J_B v_B per tile, (T, C, N): Σ_i δ_i^{(k)}(x_n) (a_K v_{i,K}ᵀ)_n."""
+        xp = namespace_of(d_t)
+        av = a_t @ xp.permute_dims(v_t, (0, 2, 1))  # (T, N, r)
+        return xp.sum(d_t * av[:, None, :, :], axis=3)
+
+    @staticmethod
+    def _tile_vjp(d_t, a_t, z):
+        """J_Bᵀ z per tile, (T, r, c), for z (T, C, N)."""
+        xp = namespace_of(d_t)
+        w = xp.sum(z[:, :, :, None] * d_t, axis=1)  # (T, N, r)
+        return xp.permute_dims(w, (0, 2, 1)) @ a_t
+
+    def fisher_matvec(self, signals, v, cache=None):
+        """G v tile by tile: J_Bᵀ(J_B v_B)/N + ρ v_B (two thin products per tile, no G_B formed)."""
+        n = float(signals.n)
+
+        def apply(key, d_t, a_t, v_t):
+            out = self._tile_vjp(d_t, a_t, self._tile_jvp(d_t, a_t, v_t)) / n
+            return out + self.damping * v_t if self.damping > 0 else out
+
+        return self._per_tile(signals, v, apply)
+
+    def inverse_matvec(self, signals, v, cache=None):
+        """G⁻¹ v (G⁺ v at ρ = 0) tile by tile, the per-tile inverses kept in ``cache``.
+
+        Primal tiles (q_B <= CN): (F_B + ρI)⁻¹ (ρ > 0) or F_B⁺ (ρ = 0, :func:`~ngdref.linalg.psd_pinv`'s
+        cut-off) applied to v_B. Dual tiles (Woodbury, as unit-wise): with D = (J_BJ_Bᵀ/N + ρI)⁻¹,
+        G_B⁻¹x = (x − J_Bᵀ D J_B x/N)/ρ; at ρ = 0 with D = (J_BJ_Bᵀ/N)⁺, G_B⁺x = J_Bᵀ D D J_B x/N.
+        Here ρ enters literally on every eigenvalue (an arbitrary v has a part in the null space of F_B,
+        which G⁻¹ scales by 1/ρ), unlike :meth:`precondition`, whose vectors lie in the range of F_B.
+        """
+        xp = namespace_of(signals.f)
+        cache = {} if cache is None else cache
+        c, n, rho = signals.f.shape[1], signals.n, self.damping
+
+        def inverse(k):
+            if rho > 0:
+                return xp.linalg.inv(symmetrize(k) + rho * xp.eye(k.shape[-1], dtype=k.dtype))
+            return psd_pinv(k, self.rtol)
+
+        def apply(key, d_t, a_t, v_t):
+            t, r, kc = v_t.shape
+            if r * kc <= c * n:
+                if key not in cache:
+                    jac = self._tile_jacobian(d_t, a_t)
+                    cache[key] = inverse(xp.permute_dims(jac, (0, 2, 1)) @ jac / float(n))
+                return xp.reshape(cache[key] @ xp.reshape(v_t, (t, r * kc, 1)), (t, r, kc))
+            if key not in cache:
+                cache[key] = inverse(self._tile_kernel(d_t, a_t, d_t, a_t) / float(n))
+            dual = cache[key]
+            y = dual @ xp.reshape(self._tile_jvp(d_t, a_t, v_t), (t, c * n, 1))
+            if rho == 0:
+                return self._tile_vjp(d_t, a_t, xp.reshape(dual @ y, (t, c, n))) / float(n)
+            return (v_t - self._tile_vjp(d_t, a_t, xp.reshape(y, (t, c, n))) / float(n)) / rho
+
+        return self._per_tile(signals, v, apply)
 
     def _theta_bar(self, s, s_prime):
         """Θ̄(x′, x) = Σ_B J_B(x′)(F_B + ρI)⁻¹J_B(x)ᵀ/N (Eq. 11) tile by tile, (CN′, CN)."""
