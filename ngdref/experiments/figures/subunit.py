@@ -21,6 +21,9 @@ from __future__ import annotations
 import statistics
 import time
 
+import numpy as np
+
+from ...errors import NgdrefError
 from ..sweep import Cell, CellOutcome
 from .analysis import claim, fmt, holds, mean, std
 from .base import Figure, gaussian, mnist, net
@@ -140,14 +143,18 @@ def subunit_cell(p: dict) -> dict:
     alpha = iso["mean_diagonal"]
     eta = 1.0 / alpha
     xp = b.xp
-    losses, step_seconds = [], []
+    losses, step_seconds, status = [], [], "ok"
     for t in range(p["steps"] + 1):
         loss = to_float(xp.sum((s.f - y) ** 2)) / (2.0 * n)
         losses.append(finite(loss))
         if t == p["steps"] or finite(loss) is None:
             break
         t1 = time.perf_counter()
-        params = ngd_step(fim, params, s, (s.f - y).T, eta)
+        try:
+            params = ngd_step(fim, params, s, (s.f - y).T, eta)
+        except (NgdrefError, np.linalg.LinAlgError) as err:  # K-FAC's damped factor at ρ = 1e-12 with M_l < N
+            status = f"step {t + 1} failed: {type(err).__name__}: {err}"
+            break
         step_seconds.append(time.perf_counter() - t1)
         s = net.signals(params, x)
     model = fim.flops if hasattr(fim, "flops") and callable(getattr(fim, "flops")) else cls.spec.flops
@@ -159,14 +166,15 @@ def subunit_cell(p: dict) -> dict:
         "seconds_theta_bar": seconds_theta_bar,
         "seconds_step": statistics.median(step_seconds) if step_seconds else None,
         "flops_step": float(flops["direction"][0]), "flops_theta_bar": float(flops["coefficient"][0]),
-        "n_params": net.n_params,
+        "n_params": net.n_params, "train_status": status,
     }
 
 
 def _check_cell(r: dict, p: dict) -> str | None:
     keys = ("condition_number", "lambda_min", "lambda_max", "mean_diagonal", "alpha_analytic", "lr",
             "seconds_theta_bar", "seconds_step", "flops_step", "flops_theta_bar")
-    problem = result_problem(r, {**{k: NUMBER for k in keys}, "train_loss": list, "n_params": int})
+    problem = result_problem(r, {**{k: NUMBER for k in keys}, "train_loss": list, "n_params": int,
+                                 "train_status": str})
     if problem:
         return problem
     if not r["train_loss"] or not all(v is None or isinstance(v, (int, float)) for v in r["train_loss"]):
@@ -200,6 +208,7 @@ def analyse(config: dict, outcomes: list[CellOutcome]) -> tuple[list, list, dict
             "mean_diagonal": r["mean_diagonal"], "alpha_analytic": r["alpha_analytic"], "lr": r["lr"],
             "loss_1_over_0": _ratio(r["train_loss"], 1), "loss_last_over_0": _ratio(r["train_loss"], config["steps"]),
             "train_loss": " ".join("nan" if x is None else f"{x:.6g}" for x in r["train_loss"]),
+            "train_status": r["train_status"],
             "seconds_step": r["seconds_step"], "seconds_theta_bar": r["seconds_theta_bar"],
             "flops_step": r["flops_step"], "flops_theta_bar": r["flops_theta_bar"], "n_params": r["n_params"],
         })
@@ -448,7 +457,7 @@ def caption(config: dict, rows: list[dict], extra: dict) -> str:
         f"{ISOTROPIC_COND:g}, the level the claims call isotropic. (b) cond Θ̄ and (c) its mean diagonal against "
         "k/N at the largest width of each data set, dashed: whole rows (unit-wise). (d), (e) training loss of NGD "
         f"(Eq. 7) with η = 1/mean diagonal for {config['steps']} steps, first initialisation; a curve that stops "
-        "went non-finite. (f) cost of one step relative to unit-wise NGD: the FLOP model of the structured path "
+        "went non-finite or its step failed (K-FAC's damped factor inverse at ρ = 1e-12 when M_l < N). (f) cost of one step relative to unit-wise NGD: the FLOP model of the structured path "
         "(spec.flops) and the measured seconds (one core); dash-dotted: K-FAC's measured seconds."
     )
 
