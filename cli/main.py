@@ -84,6 +84,8 @@ cli.add_command(alpha)
 cli.add_command(predict)
 from .reproduce_cmd import reproduce  # noqa: E402
 cli.add_command(reproduce)
+from .spectrum_cmd import spectrum  # noqa: E402
+cli.add_command(spectrum)
 
 
 def main():  # console script entry point

@@ -275,3 +275,42 @@ def test_operator_errors():
         op.matvec(np.ones(3))
     with pytest.raises(ConfigError, match="between 1 and"):
         top_eigenvalues(op, net.n_params)
+
+
+# ---- the command ----------------------------------------------------------------------------------------
+def test_spectrum_command_json_and_table():
+    """``ngdref spectrum`` on a tiny net: --of G equals eigh of the explicit twin on the same network and data,
+    --of G-inverse-F (Arnoldi on the operator) equals --of theta-bar (eigh of coefficient), and for bd the
+    statement checked is printed with α = L and cond 1; a --top beyond CN is a one-line error, exit 2."""
+    import json
+
+    from click.testing import CliRunner
+
+    from ngdref.data import load_dataset
+    from ngdref_cli.main import cli
+
+    tiny = ["--data", "gaussian", "--input-dim", "6", "--n-train", "4", "--width", "10", "--depth", "3"]
+    runner = CliRunner()
+
+    def run(*args):
+        r = runner.invoke(cli, ["spectrum", *tiny, *args, "--json", "-"])
+        assert r.exit_code == 0, r.output
+        return json.loads(r.stdout)["rows"][0]
+
+    g = run("--fim", "kfac", "--of", "G", "--top", "3", "--damping", "0.01")
+    net = Network.build(6, 10, 3, 1, "relu", 1.0, 2.0, 0.5)
+    x = load_dataset("gaussian", classes=(0, 7), n_train=4, n_test=0, seed=0, input_dim=6).x_train
+    w = np.linalg.eigvalsh(O.oracle("kfac", net, net.init(0), x, 0.01).g)
+    np.testing.assert_allclose(g["eigenvalues"], w[::-1][:3], rtol=1e-8)
+    f = run("--fim", "diag", "--top", "4")
+    tb = run("--fim", "diag", "--top", "4", "--of", "theta-bar")
+    np.testing.assert_allclose(f["eigenvalues"], tb["eigenvalues"], rtol=1e-8)
+    assert f["condition_number"] > 1 and f["alpha_analytic"] is None
+    r = runner.invoke(cli, ["spectrum", *tiny, "--fim", "bd", "--sigma-b2", "0"])
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    assert "nonzero spectrum of G⁻¹F" in text and "α·1" in text
+    assert "cond = 1," in text and "α analytic = 3," in text
+    r = runner.invoke(cli, ["spectrum", *tiny, "--top", "5"])
+    assert r.exit_code == 2 and r.output.strip().splitlines() == [
+        "Error: --top 5 exceeds the CN = 4 nonzero eigenvalues of G-inverse-F (C = 1, N = 4); use --top 4 or fewer"]
