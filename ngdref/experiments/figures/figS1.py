@@ -101,7 +101,10 @@ def draw(plt, config: dict, rows: list[dict], extra: dict):
     # one y-range for every panel (shared axis), fitted to all of them, with the marked zero level
     axis = loss_axis([rs for runs in panels.values() for rs in runs.values()], "isotropic_train_loss")
     for k, (ax, act) in enumerate(zip(np.atleast_1d(axes), acts)):
-        plot_runs(ax, panels[act], palette, theory_key="isotropic_train_loss", axis=axis)
+        # as the paper's Fig. S.1: circles (network) and solid lines (Eq. 24); the runs' rates differ, the colours
+        # tell them apart
+        plot_runs(ax, panels[act], palette, theory_key="isotropic_train_loss", axis=axis,
+                  styles={label: {"marker": "o", "ms": 6.0, "ls": "-"} for label in panels[act]})
         alpha = next(r["alpha"] for r in rows if r["activation"] == act)
         ax.set_title(f"{act}: $\\alpha/M = {fmt(div(alpha, width), '.4f')}$", fontsize=10)
         if k:
@@ -120,8 +123,8 @@ def caption(config: dict, rows: list[dict], extra: dict) -> str:
         f"Training loss of unit-wise NGD with η = c/α (c = {', '.join(f'{c:g}' for c in config['lr_scales'])}, "
         f"α analytic: S.128/S.141/S.157) for {acts}; MNIST 0/7 (N = {d['n_train']}), L = {n['depth']}, "
         f"M = {n['width']}, σ_w² = {n['sigma_w2']:g}, σ_b² = {n['sigma_b2']:g}, damping ρ = {config['damping']:g}, "
-        f"{config['steps']} steps, seed {config['init_seed']}. Hollow markers: the finite network (one shape and "
-        "size per c); lines: Eq. 24, f_t − y = (1 − c)^t (f_0 − y). The panels share the y-axis. At c = 1 "
+        f"{config['steps']} steps, seed {config['init_seed']}. Hollow circles: the finite network (one colour "
+        "per c); solid lines: Eq. 24, f_t − y = (1 − c)^t (f_0 − y). The panels share the y-axis. At c = 1 "
         "Eq. 24 is exactly 0 after one step: drawn on the dotted line marked \"theory: 0\" below every "
         "measured value; the markers above it are the finite-width residual, not a disagreement. No "
         "measured point is clipped."
