@@ -193,3 +193,28 @@ def test_matrix_free_products_match_the_explicit_metric(widths, act, sb2, k, g, 
         w, v = np.linalg.eigh(orc.g)
         keep = w > w.size * O.EPS * w.max()
         assert _rel(back, v[:, keep] @ v[:, keep].T @ xs) < tol
+
+
+def test_quick_subunit_figure(tmp_path):
+    """`ngdref reproduce subunit --quick`'s sweep end to end (cells → CSV, JSON, PNG, caption): an
+    extension, labelled so; cond(Θ̄) falls with k on both data sets; whole layers (g = all) are
+    block-diagonal NGD (cond = 1 on Gaussian inputs); unit-wise by the block class equals unit-wise by its
+    own code."""
+    import json
+
+    from ngdref.experiments.figures import get_figure, run_figure
+
+    fig = get_figure("subunit")
+    assert fig.title.startswith("Extension:")
+    rec = run_figure("subunit", tmp_path, quick=True)
+    for ext in ("csv", "json"):
+        assert (tmp_path / f"subunit.{ext}").stat().st_size > 0
+    stats = json.loads((tmp_path / "subunit.json").read_text())["summary"]["stats"]  # as written (keys: str)
+    assert rec["summary"]["stats"]["gaussian"]["k1"][32]["cond_mean"] == stats["gaussian"]["k1"]["32"]["cond_mean"]
+    for data in ("gaussian", "mnist"):
+        cond = {vid: by_width["32"]["cond_mean"] for vid, by_width in stats[data].items()}
+        assert cond["k1"] > cond["k5"] > cond["k10"] > cond["k20"] > cond["kall"] >= 1.0
+        assert cond["kall"] == pytest.approx(cond["unit"], rel=1e-6)  # ρ = 1e-12: rounding of two solvers
+    assert stats["gaussian"]["gall"]["32"]["cond_mean"] == pytest.approx(1.0, abs=1e-6)
+    claims = rec["claims"]
+    assert claims and all({"claim", "measured", "paper", "holds"} <= set(c) for c in claims)
