@@ -6,6 +6,7 @@ with one type per column, and overrides of the sweep (--set, --config) checked b
 
 from __future__ import annotations
 
+import html
 import json
 import math
 
@@ -208,9 +209,9 @@ def test_formats_captions_and_contact_sheet(run_all):
         assert cap.count("\n| ") == len(rec["claims"]) + 2  # header, rule, one row per claim
         # the contact sheet: every figure, by a relative link, with its claims
         assert f'src="{name}/{name}.png"' in sheet and f'href="{name}/{name}.caption.md"' in sheet
-        assert rec["title"].replace("&", "&amp;") in sheet
+        assert html.escape(rec["title"]) in sheet
     assert str(root) not in sheet  # relative links only
-    n_claims = sum(len(records[n]["claims"]) for n in PAPER)
+    n_claims = sum(len(rec["claims"]) for rec in records.values())  # `all`: the registry's every figure
     assert sheet.count("<tr><td>") == n_claims
 
 
