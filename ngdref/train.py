@@ -364,22 +364,30 @@ def _step_size(fim, config: TrainConfig, n: int, theta_bar, summary: dict) -> tu
     return alpha, eta
 
 
-def _closed_form_observers(fim, s0: Signals, theta_bar, y, test, params0, alpha: float, eta: float, steps: int,
-                           lin: LinearizedModel | None) -> tuple[list, object]:
-    """The MSE observers after the losses: theory lines (Eq. 10, with Θ̄(x′, x) on the test inputs
-    and targets ``test`` = (x′, y′) or None; Eq. 24), distance, the linearised model ``lin``, Eq. 22;
-    and the initial test outputs f_0(x′) (None without test data), so step 0 needs no second forward pass."""
+def coefficients(fim, s0: Signals, s0t: Signals | None):
+    """(Θ̄(x, x), Θ̄(x′, x)) at θ_0 (the second ``None`` without test signals ``s0t``), from one set
+    of factorisations where the approximation offers it (``coefficient_pair``: unit-wise), else from
+    two calls of :meth:`~ngdref.fisher.base.FisherApproximation.coefficient`."""
+    if s0t is None:
+        return fim.coefficient(s0), None
+    pair = getattr(fim, "coefficient_pair", None)
+    return pair(s0t, s0) if pair is not None else (fim.coefficient(s0), fim.coefficient(s0t, s0))
+
+
+def _closed_form_observers(fim, s0: Signals, theta_bar, y, s0t: Signals | None, theta_bar_test, y_test, params0,
+                           alpha: float, eta: float, steps: int, lin: LinearizedModel | None) -> list:
+    """The MSE observers after the losses: theory lines (Eq. 10, with Θ̄(x′, x) ``theta_bar_test`` on
+    the test signals ``s0t`` and targets ``y_test``, or None; Eq. 24), distance, the linearised model
+    ``lin``, Eq. 22."""
     f0, y_vec = function_vector(s0.f), function_vector(y)
-    s0t = s0.network.signals(params0, test[0]) if test else None
-    theta_bar_test = fim.coefficient(s0t, s0) if test else None
+    test = s0t is not None
     f0t = function_vector(s0t.f) if test else None
     theory, test_theory = linearized_trajectory(theta_bar, f0, y_vec, eta, steps, theta_bar_test, f0t)
     iso = isotropic_trajectory(f0, y_vec, alpha, eta, steps)
-    y_h = fetch(y_vec, *([function_vector(test[1])] if test else []))  # the targets as the backend holds them
+    y_h = fetch(y_vec, *([function_vector(y_test)] if test else []))  # the targets as the backend holds them
     theory_rec = TheoryRecorder(theory, iso, y_h[0], test_theory, y_h[1] if test else None)
-    observers = [theory_rec, DistanceRecorder(params0), *([lin] if lin else []),
-                 Eq22Check(fim, s0, theta_bar, y_vec, eta, params0)]
-    return observers, (s0t.f if test else None)
+    return [theory_rec, DistanceRecorder(params0), *([lin] if lin else []),
+            Eq22Check(fim, s0, theta_bar, y_vec, eta, params0)]
 
 
 def _stop(t: int, rec: dict, loss0: float, config: TrainConfig, eta: float) -> tuple[str, str] | None:
@@ -430,17 +438,18 @@ def train(
 
     summary: dict = {"fim": fim.to_dict(), "n_params": network.n_params, "damping": fim.damping,
                      "damping_source": fim.damping_source}
-    theta_bar = None if ce else fim.coefficient(s0)
+    # MSE: the test signals at θ_0 feed Θ̄(x′, x) and step 0's f_0(x′) (no second forward pass)
+    s0t = network.signals(params0, xt) if (has_test and not ce) else None
+    theta_bar, theta_bar_test = (None, None) if ce else coefficients(fim, s0, s0t)
     alpha, eta = _step_size(fim, config, n, theta_bar, summary)
     observers: list = [LossRecorder(loss, y, yt)]
     lin = LinearizedModel(fim, s0, params0, y) if (config.linearized and not ce) else None
-    f0_test = None  # the initial test outputs, when set-up already has them
+    f0_test = None if s0t is None else s0t.f  # the initial test outputs, when set-up already has them
     if ce:
         observers.append(DistanceRecorder(params0))
     else:
-        test = (xt, yt) if has_test else None
-        more, f0_test = _closed_form_observers(fim, s0, theta_bar, y, test, params0, alpha, eta, config.steps, lin)
-        observers += more
+        observers += _closed_form_observers(fim, s0, theta_bar, y, s0t, theta_bar_test, yt, params0, alpha, eta,
+                                            config.steps, lin)
     summary.update({"alpha": alpha, "lr": eta, "lr_scale": config.lr_scale, "setup_seconds": time.perf_counter() - t_start})
 
     records: list = []

@@ -222,7 +222,7 @@ class UnitWiseFisher(FisherApproximation):
         # (U, N) laid out row by row: every per-unit ``take`` of a chunk then reads contiguous rows
         # (NumPy's ``take`` copies a non-contiguous source in full on every call)
         e = _row_major((d[0, ...] * d[0, ...] if d.shape[0] == 1 else xp.sum(d * d, axis=0)).T)
-        kernel = a64 @ a64.T
+        kernel = a64 @ _row_major(a64.T)  # K = a aᵀ; OpenBLAS's A·Bᵀ is 10–50× slower here at fan ≈ 785
         mode = self._kernel_mode(kernel)
         alive = e > 0.0
         return _Layer(layer, mode, a, a64, d, e, alive, kernel, np.asarray(to_host(alive), dtype=bool))
@@ -411,14 +411,38 @@ class UnitWiseFisher(FisherApproximation):
         full = xp.permute_dims(w, (0, 2, 1))[:, :, :, None] * eye[None, :, None, :]  # (C, N, C, N)
         return xp.reshape(full, (c * n, c * n))
 
+    def coefficient_pair(self, s_test, s):
+        """(Θ̄(x, x), Θ̄(x′, x)) = (``coefficient(s)``, ``coefficient(s_test, s)``) from one set of
+        per-unit solves: at ρ > 0 (and for a singular K at ρ = 0) every unit's block is factored once
+        for the N + N′ columns K(x, [x, x′]) instead of once per call; a layer in the exact ρ = 0 mode
+        takes S.137 on the training set as :meth:`coefficient` does."""
+        xp = namespace_of(s.f)
+        c, n, n_t = s.f.shape[1], s.n, s_test.n
+        train = test = None
+        for l in range(1, self.network.depth + 1):
+            lay = self._layer(s, l)
+            if lay.mode == _EXACT:
+                term, term_t = self._training_projector(lay), self._cross_term(lay, s_test)
+            else:
+                a_p = xp.concat([_float64(s.a[l - 1]), _float64(s_test.a[l - 1])], axis=0)
+                d_p = xp.concat([_float64(s.delta[l - 1]), _float64(s_test.delta[l - 1])], axis=1)
+                full = xp.reshape(self._cross_term_arrays(lay, a_p, d_p), (c, n + n_t, c * n))
+                term = xp.reshape(full[:, :n, :], (c * n, c * n))
+                term_t = xp.reshape(full[:, n:, :], (c * n_t, c * n))
+            train = term if train is None else train + term
+            test = term_t if test is None else test + term_t
+        return xp.astype(train, s.f.dtype), xp.astype(test, s.f.dtype)
+
     def _cross_term(self, lay: _Layer, sp):
         """Σ_i δ′_{k,s,i} Y_i[t, s] δ_{k′,t,i}/σ_{t,i}, Y_i = Φ_i(post_i ∘ K(x, x′)) (CN′, CN)."""
+        return self._cross_term_arrays(lay, _float64(sp.a[lay.layer - 1]), _float64(sp.delta[lay.layer - 1]))
+
+    def _cross_term_arrays(self, lay: _Layer, a_p, d_p):
+        """:meth:`_cross_term` from x′'s float64 a_{l−1} (N′, fan) and δ_l (C, N′, U)."""
         xp = namespace_of(lay.a)
-        a_p = _float64(sp.a[lay.layer - 1])
-        d_p = _float64(sp.delta[lay.layer - 1])  # (C, N′, U)
         c, n_p, _ = d_p.shape
         n = lay.n
-        cross = lay.a_work @ a_p.T  # K(x, x′), (N, N′)
+        cross = lay.a_work @ _row_major(a_p.T)  # K(x, x′), (N, N′) (see _layer on A·Bᵀ)
         denom = (lay.e if lay.mode == _EXACT else xp.sqrt(lay.e)).T  # (N, U)
         alive = lay.alive.T
         safe = xp.where(alive, denom, xp.ones_like(denom))
