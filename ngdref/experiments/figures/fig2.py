@@ -261,7 +261,7 @@ def caption(config: dict, rows: list[dict], extra: dict) -> str:
         f"{', '.join(str(s) for s in config['seeds'])}). Squares: mean over the draws with ± std (the band clipped "
         "to 0–100 %) and its value in %; grey dots: each draw; red circles: f_0 = 0 (α⁻¹Θ̄y). The y-axis spans "
         f"at least {MIN_SPAN:g} percentage points (never below chance), so differences of a few tenths of a "
-        f"percent look as small as they are. {config['data_note']}."
+        f"percent look as small as they are. Data: {config['data_note']}."
     )
 
 

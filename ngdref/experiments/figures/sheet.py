@@ -32,7 +32,7 @@ def _caption_body(path: str | Path) -> list[str]:
         para = para.strip()
         if not para or para.startswith(("# ", "| ")):
             continue
-        out.append(para.replace("**", ""))
+        out.append(para.replace("**", "").replace("`", ""))
     return out
 
 
