@@ -275,26 +275,45 @@ def validate_unit_inputs(x, input_dim: int, name: str = "x", atol: float = 1e-6)
     return arr
 
 
+#: elements per row block of the kernel pipeline: every temporary of :func:`analytic_kernels` is one
+#: block (8 MiB), so the kernels cost the N′×N arrays they return and little more
+_BLOCK_ELEMENTS = 1 << 20
+
+
+def _relu_both(v1, v2, c):
+    """(A, Ξ) of the ReLU from one correlation (the two branches of :func:`_relu_moments`, same operations)."""
+    rho, r = _corr(v1, v2, c)
+    theta_pi = np.pi - np.arccos(rho)
+    return np.sqrt(v1 * v2) / (2.0 * np.pi) * (r + theta_pi * rho), theta_pi / (2.0 * np.pi)
+
+
 @dataclass
 class AnalyticKernels:
     """Infinite-width kernels between ``x1`` (x′, N′ rows) and ``x2`` (x, N rows), C = 1 blocks.
 
-    ``A``: [A_0, …, A_{L−1}] (N′, N). ``Xi``: [Ξ_1, …, Ξ_{L−1}]. ``B``: [B_1, …, B_L].
-    ``var1`` / ``var2``: [Q_l(x′,x′) diag, …] and [Q_l(x,x) diag, …] for l = 1 … L,
-    the per-sample pre-activation variances used for the cross kernels.
+    ``A``: [A_0, …, A_{L−1}] (N′, N). ``Xi``: [Ξ_1, …, Ξ_{L−1}]. ``B``: [B_1, …, B_L] (B_L = 11ᵀ, a
+    read-only broadcast view). ``var1`` / ``var2``: [Q_l(x′,x′) diag, …] and [Q_l(x,x) diag, …] for
+    l = 1 … L, the per-sample pre-activation variances used for the cross kernels.
     ``layer_ntks``: [Θ_1, …, Θ_L] divided by N = len(x2) (S.68); ``ntk`` = Σ_l Θ_l.
+
+    Memory. Every entry (i, j) of every kernel depends only on x′_i, x_j and the per-sample
+    variances, so the kernels are computed a block of rows at a time. They are materialised on
+    first use: ``ntk`` alone (the NTK prediction, exact NGD) and ``feature_gram`` alone hold one
+    N′×N array each (with a few block-sized temporaries); ``A``, ``Xi``, ``B`` and ``layer_ntks``
+    (the per-layer approximations) hold 3L − 2 and L more.
     """
 
     network: Network
     x1: np.ndarray
     x2: np.ndarray
-    A: list
-    Xi: list
-    B: list
     var1: list
     var2: list
     symmetric: bool = False
+    method: str = "auto"
+    order: int = DEFAULT_ORDER
+    _lists: tuple | None = field(default=None, repr=False)
     _layer_ntks: list | None = field(default=None, repr=False)
+    _ntk: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def n(self) -> int:
@@ -304,6 +323,81 @@ class AnalyticKernels:
     @property
     def depth(self) -> int:
         return self.network.depth
+
+    # ---- the row-block pipeline ------------------------------------------------------------
+    def _rows(self):
+        n1, n2 = self.x1.shape[0], self.x2.shape[0]
+        step = max(1, _BLOCK_ELEMENTS // max(n2, 1))
+        for r0 in range(0, n1, step):
+            yield r0, min(n1, r0 + step)
+
+    def _block(self, r0: int, r1: int, layers: int, x2t):
+        """A_0 … A_{layers−1} and Ξ_1 … Ξ_{layers−1} on rows r0:r1 (S.169–S.175); ``x2t`` = x2ᵀ, contiguous."""
+        net = self.network
+        sw2, sb2 = net.sigma_w2, net.sigma_b2
+        A = [self.x1[r0:r1] @ x2t / net.input_dim]
+        Xi = []
+        for l in range(1, layers):
+            q1, q2 = self.var1[l - 1][r0:r1], self.var2[l - 1]
+            cov = sw2 * A[-1] + sb2
+            if self.symmetric:  # the diagonal is exactly the variance: ρ = 1 there
+                rows = np.arange(r1 - r0)
+                cov[rows, rows + r0] = q1
+            v1, v2 = q1[:, None], q2[None, :]
+            if self.method == "auto" and net.activation.name == "relu":
+                a, xi = _relu_both(v1, v2, cov)
+            else:
+                a = gaussian_expectation(net.activation, v1, v2, cov, "phi", self.method, self.order)
+                xi = gaussian_expectation(net.activation, v1, v2, cov, "dphi", self.method, self.order)
+            A.append(a)
+            Xi.append(xi)
+        return A, Xi
+
+    def _symmetrize(self, mat: np.ndarray) -> None:
+        """mat ← (mat + matᵀ)/2 in place, a block at a time (x′ = x: the kernels are exactly symmetric)."""
+        if not self.symmetric:
+            return
+        n = mat.shape[0]
+        step = max(1, int(math.isqrt(_BLOCK_ELEMENTS)))
+        for i in range(0, n, step):
+            ii = slice(i, min(n, i + step))
+            for j in range(i, n, step):
+                jj = slice(j, min(n, j + step))
+                avg = 0.5 * (mat[ii, jj] + mat[jj, ii].T)
+                mat[ii, jj] = avg
+                mat[jj, ii] = avg.T
+
+    def _materialize(self) -> tuple:
+        if self._lists is None:
+            L = self.depth
+            shape = (self.x1.shape[0], self.x2.shape[0])
+            A = [np.empty(shape) for _ in range(L)]
+            Xi = [np.empty(shape) for _ in range(L - 1)]
+            x2t = np.ascontiguousarray(self.x2.T)
+            for r0, r1 in self._rows():
+                a_blk, xi_blk = self._block(r0, r1, L, x2t)
+                for full, blk in zip(A + Xi, a_blk + xi_blk):
+                    full[r0:r1] = blk
+            for mat in A + Xi:
+                self._symmetrize(mat)
+            sw2 = self.network.sigma_w2
+            B = [np.broadcast_to(np.float64(1.0), shape)]
+            for l in range(L - 1, 0, -1):
+                B.insert(0, sw2 * Xi[l - 1] * B[0])  # S.172
+            self._lists = (A, Xi, B)
+        return self._lists
+
+    @property
+    def A(self) -> list:
+        return self._materialize()[0]
+
+    @property
+    def Xi(self) -> list:
+        return self._materialize()[1]
+
+    @property
+    def B(self) -> list:
+        return self._materialize()[2]
 
     @property
     def layer_ntks(self) -> list:
@@ -316,16 +410,44 @@ class AnalyticKernels:
 
     @property
     def ntk(self) -> np.ndarray:
-        """Θ(x′, x) = Σ_l Θ_l (S.169–S.170), the C = 1 block."""
-        return sum(self.layer_ntks)
+        """Θ(x′, x) = Σ_l Θ_l (S.169–S.170), the C = 1 block; without the per-layer lists, one
+        N′×N array computed a block of rows at a time (the same formula, entry by entry)."""
+        if self._layer_ntks is not None or self._lists is not None:
+            return sum(self.layer_ntks)
+        if self._ntk is None:
+            L, n = self.depth, self.n
+            sw2, sb2 = self.network.sigma_w2, self.network.sigma_b2
+            out = np.empty((self.x1.shape[0], self.x2.shape[0]))
+            x2t = np.ascontiguousarray(self.x2.T)
+            for r0, r1 in self._rows():
+                a_blk, xi_blk = self._block(r0, r1, L, x2t)
+                b = 1.0  # B_L = 11ᵀ (multiplying by 1.0 is exact); B_l = σ_w² Ξ_l ⊙ B_{l+1} (S.172)
+                terms = [None] * L
+                for l in range(L - 1, -1, -1):  # Θ of layer l + 1
+                    if l < L - 1:
+                        b = sw2 * xi_blk[l] * b
+                    terms[l] = (sw2 * b * a_blk[l] + sb2 * b) / n
+                out[r0:r1] = sum(terms)
+            self._symmetrize(out)
+            self._ntk = out
+        return self._ntk
 
     def feature_gram(self, layer: int, bias: bool = True) -> np.ndarray:
         """Ã_{l−1} = σ_w² A_{l−1} + σ_b² 11ᵀ (the limit of a_{l−1}(x′) a_{l−1}(x)ᵀ), 1-based ``layer``.
 
-        ``bias=False`` drops the σ_b² 11ᵀ term (weights only).
-        """
-        g = self.network.sigma_w2 * self.A[layer - 1]
-        return g + self.network.sigma_b2 if bias else g
+        ``bias=False`` drops the σ_b² 11ᵀ term (weights only). Without the per-layer lists, one new
+        N′×N array computed a block of rows at a time."""
+        sw2, sb2 = self.network.sigma_w2, self.network.sigma_b2
+        if self._lists is not None:
+            g = sw2 * self.A[layer - 1]
+            return g + sb2 if bias else g
+        out = np.empty((self.x1.shape[0], self.x2.shape[0]))
+        x2t = np.ascontiguousarray(self.x2.T)
+        for r0, r1 in self._rows():
+            g = sw2 * self._block(r0, r1, layer, x2t)[0][layer - 1]
+            out[r0:r1] = g + sb2 if bias else g
+        self._symmetrize(out)
+        return out
 
     def full(self, matrix: np.ndarray) -> np.ndarray:
         """I_C ⊗ matrix: a C = 1 block expanded to the network's C outputs (output-major)."""
@@ -343,7 +465,9 @@ def analytic_kernels(
 
     ``x2=None`` gives the Gram kernels of ``x1`` (N = len(x1)). Inputs must be (N, M0)
     with unit-norm rows. ``order`` is the Gauss–Hermite order per dimension (quadrature
-    path only); ``method="quadrature"`` forces quadrature for every activation.
+    path only); ``method="quadrature"`` forces quadrature for every activation. The
+    per-sample variances are computed here; the N′×N kernels when first used
+    (:class:`AnalyticKernels`, "Memory").
     """
     if not isinstance(net, Network):
         raise ConfigError(f"net must be an ngdref.Network, got {type(net).__name__}")
@@ -351,36 +475,27 @@ def analytic_kernels(
     symmetric = x2 is None
     b = a if symmetric else validate_unit_inputs(x2, net.input_dim, "x2")
     sw2, sb2, act = net.sigma_w2, net.sigma_b2, net.activation
-    L = net.depth
+    if method not in ("auto", "quadrature"):
+        raise ConfigError(f"method must be 'auto' or 'quadrature', got {method!r}")
+    if int(order) < 2:
+        raise ConfigError(f"quadrature order must be >= 2, got {order}")
 
-    def expect(v1, v2, c, which):
-        return gaussian_expectation(act, v1, v2, c, which, method, order)
+    def expect(v, which):
+        return gaussian_expectation(act, v, v, v, which, method, order)
 
-    A = [a @ b.T / net.input_dim]
     d1 = np.sum(a * a, axis=1) / net.input_dim  # A_0(x′, x′) diagonal
     d2 = d1 if symmetric else np.sum(b * b, axis=1) / net.input_dim
-    Xi, var1, var2 = [], [], []
-    for l in range(1, L + 1):
+    var1, var2 = [], []
+    for l in range(1, net.depth + 1):
         q1, q2 = sw2 * d1 + sb2, sw2 * d2 + sb2  # Q_l diagonals (S.175)
+        if np.any(q1 <= 0) or np.any(q2 <= 0):
+            raise ConfigError("pre-activation variances must be positive")
         var1.append(q1)
         var2.append(q2)
-        if l == L:
-            break
-        v1, v2 = q1[:, None], q2[None, :]
-        cov = sw2 * A[-1] + sb2
-        if symmetric:  # the diagonal is exactly the variance: ρ = 1 there
-            np.fill_diagonal(cov, q1)
-        A.append(expect(v1, v2, cov, "phi"))
-        Xi.append(expect(v1, v2, cov, "dphi"))
-        d1 = expect(q1, q1, q1, "phi")
-        d2 = d1 if symmetric else expect(q2, q2, q2, "phi")
-        if symmetric:
-            A[-1] = 0.5 * (A[-1] + A[-1].T)
-            Xi[-1] = 0.5 * (Xi[-1] + Xi[-1].T)
-    B = [np.ones((a.shape[0], b.shape[0]))]
-    for l in range(L - 1, 0, -1):
-        B.insert(0, sw2 * Xi[l - 1] * B[0])  # S.172
-    return AnalyticKernels(net, a, b, A, Xi, B, var1, var2, symmetric)
+        if l < net.depth:
+            d1 = expect(q1, "phi")
+            d2 = d1 if symmetric else expect(q2, "phi")
+    return AnalyticKernels(net, a, b, var1, var2, symmetric, method, int(order))
 
 
 # --------------------------------------------------------------------------------------
