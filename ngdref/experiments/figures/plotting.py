@@ -157,6 +157,7 @@ def plot_runs(ax, runs: dict, palette: list, theory_key: str = "theory_train_los
     a legend entry (black) only when one is drawn; returns the number of × drawn.
     """
     stopped = 0
+    zero_steps = []
     for i, (label, rs) in enumerate(runs.items()):
         col = palette[i % len(palette)]
         st = {**marker_style(i), **((styles or {}).get(label, {}))}
@@ -168,6 +169,7 @@ def plot_runs(ax, runs: dict, palette: list, theory_key: str = "theory_train_los
             (line,) = ax.semilogy(steps, [_at(r.get(theory_key), l0, axis) for r in rs], color=col, ls=st["ls"],
                                   lw=1.3, zorder=2)
             marks.theory_line = line  # the legend shows the run's marker on its line style (legend_outside)
+            zero_steps += [r["step"] for r in rs if _is_zero(r.get(theory_key), l0)]
         if rs[-1].get("status") not in (None, "ok"):
             ax.semilogy([steps[-1]], [_at(rs[-1]["train_loss"], None, axis)], "x", color=col, ms=10, mew=2, zorder=4)
             stopped += 1
@@ -178,9 +180,11 @@ def plot_runs(ax, runs: dict, palette: list, theory_key: str = "theory_train_los
         if axis.zero is not None:
             ax.axhline(axis.zero, color="0.35", ls=":", lw=1.0, zorder=1,
                        label="loss 0 (theory, exact: $c = 1$ after one step)")
-            # left, just after step 1 where the c = 1 lines reach it; the lowest measured losses are the last steps
-            ax.text(0.3, axis.zero * 10 ** 0.1, "theory: 0", transform=ax.get_yaxis_transform(), ha="left",
-                    va="bottom", fontsize=7, color="0.3")
+            # where the first prediction reaches 0 (step 1 at c = 1): the measured losses there are still far
+            # above the line, the lowest ones come at the last steps
+            first = min(zero_steps) if zero_steps else 0
+            ax.annotate("theory: 0", (first, axis.zero), xytext=(4, 2), textcoords="offset points", ha="left",
+                        va="bottom", fontsize=7, color="0.3")
     integer_steps(ax)
     ax.set_xlabel("step $t$")
     ax.set_ylabel("training loss")
