@@ -46,8 +46,9 @@ Metrics (P×P, damping included):
   B.3.3): "folded" appends σ_b to the scaled input [σ_w h/√M, σ_b] inside A*;
   "separate" gives each layer's biases the FIM block ∇_{b_l}fᵀ∇_{b_l}f/N² + ρI.
 * block (block-partition, an extension of Eq. 23): F masked to tiles of θ_l = [W_l | b_l]; parameter
-  (unit i, column j) of layer l belongs to tile (l, ⌊i/g⌋, ⌊j/k⌋) — columns counted with the bias
-  last, k = "all"/None the whole row, g = "all"/None the whole layer — + ρI.
+  (unit i, column j) of layer l belongs to tile (l, min(⌊i/g⌋, ⌊M_l/g⌋ − 1), min(⌊j/k⌋, ⌊fan/k⌋ − 1))
+  (the last group takes the remainder) — columns counted with the bias last, k = "all"/None the
+  whole row, g = "all"/None the whole layer — + ρI.
 """
 
 from __future__ import annotations
@@ -217,15 +218,16 @@ def tridiagonal_sigma(depth: int) -> np.ndarray:
 
 def block_partition_tiles(net: Net, k=None, g=None) -> np.ndarray:
     """A tile label for every flat parameter: (layer, ⌊unit/g⌋, ⌊column/k⌋), the column of the
-    unit's [W_i | b_i] (bias last); k or g None or "all": the whole row / the whole layer."""
+    unit's [W_i | b_i] (bias last), each index capped at its number of whole groups minus one (the
+    last group takes the remainder); k or g None or "all": the whole row / the whole layer."""
     labels = []
     for l in range(1, net.depth + 1):
         fan, units = net.fan(l), net.widths[l]
-        kk = fan if k in (None, "all") else int(k)
-        gg = units if g in (None, "all") else int(g)
+        kk = fan if k in (None, "all") else min(int(k), fan)
+        gg = units if g in (None, "all") else min(int(g), units)
         for i in range(units):
             for j in range(fan):
-                labels.append((l, i // gg, j // kk))
+                labels.append((l, min(i // gg, units // gg - 1), min(j // kk, fan // kk - 1)))
     return np.unique(np.array(labels), axis=0, return_inverse=True)[1].reshape(-1)
 
 

@@ -80,11 +80,15 @@ def test_the_oracle_is_a_partition():
     m = O.mask(net, "block", k=4, g=3)
     tiles = {tuple(row) for row in m.astype(bool)}  # each row of the mask is its tile's indicator
     sizes = sorted(int(sum(t)) for t in tiles)
-    assert sum(sizes) == net.n_params and max(sizes) == 12
-    # the bias is the unit's last column: with k = M_{l−1} it is a group of its own in every layer
-    sep = O.mask(net, "block", k=5, g=1)
-    assert sep[4, :5].all() and not sep[4, 5:].any()  # layer 1, unit 0: fan 6 = 5 weights, then the bias
-    assert sep[5, 5] == 1 and not sep[5, :5].any() and not sep[5, 6:].any()
+    # layer 1: 7 units → groups of 3 and 4, fan 6 → one group (the last group takes the remainder): 4×6
+    assert sum(sizes) == net.n_params and max(sizes) == 24 and min(sizes) == 12
+    # the bias is the unit's last column and joins the last group: fan 6 = 5 weights + bias, k = 3
+    sep = O.mask(net, "block", k=3, g=1)
+    assert sep[0, :3].all() and not sep[0, 3:].any()
+    assert sep[5, 3:6].all() and not sep[5, :3].any() and not sep[5, 6:].any()
+    # k = 4 on fan 6: one group of 6 (no group smaller than k), = unit-wise in that layer
+    assert sep.shape == O.mask(net, "block", k=4, g=1).shape
+    assert np.array_equal(O.mask(net, "block", k=4, g=1)[:6, :6], np.ones((6, 6)))
 
 
 @pytest.mark.parametrize("widths,act,sb2", CONFIGS)

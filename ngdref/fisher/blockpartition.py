@@ -16,10 +16,13 @@ with the rows of J_B δ_{l,i}^{(k)}(x_n) a_{l−1}(x_n)_j (i ∈ rows, j ∈ col
 * ``k`` < fan_l, ``g`` = 1: the *sub-unit* FIMs, groups of k incoming weights of one unit.
 
 The bias joins a group as the unit's last column: columns are cut into consecutive groups
-[0, k), [k, 2k), … of [W_{i,:} | b_i], so the bias belongs to the last group (which holds
-fan_l − k·⌊(fan_l − 1)/k⌋ <= k columns). This keeps the tiles a partition of θ_l whatever k is,
-makes k = M_{l−1} + 1 exactly unit-wise, and k = M_{l−1} separates the bias into its own
-group. Tiles of ``g`` units are cut the same way (the last group may be smaller); units of a
+[0, k), [k, 2k), … of [W_{i,:} | b_i] and the last group takes the remainder, so every group
+holds k … 2k − 1 columns (⌊fan_l/k⌋ groups; one, the whole row, when k > fan_l/2) and the bias
+belongs to the last one. This keeps the tiles a partition of θ_l whatever k is, makes
+k = M_{l−1} + 1 exactly unit-wise, and never leaves a group smaller than k — which matters: a
+tile is isotropic-friendly only when it has at least as many columns as the samples its units
+are alive on (see Isotropy below), and a short remainder group would break that for every unit.
+Tiles of ``g`` units are cut the same way (the last group takes the remainder); units of a
 layer are exchangeable at initialisation, so which g are grouped is immaterial. k and g apply
 to every layer, each capped at the layer's own size.
 
@@ -57,7 +60,10 @@ large width (units independent given the previous layer) α = Σ_{l<L} Σ_B (1 �
 (γ_l of S.140–S.141; +1 the output unit, as :meth:`UnitWiseFisher.analytic_alpha`): Σ γ_l M_l + 1
 at g = 1 (S.128), → L at g = M_l (Section 4.1). For k < fan_l each Π_B projects onto
 diag(δ_R)·(a k-dimensional subspace), which is not diagonal: no α is derived (the
-``subunit`` extension figure measures Θ̄).
+``subunit`` extension figure measures Θ̄). A single-unit tile is the exact diagonal projector
+diag(1[δ_i(x_n) ≠ 0]) as soon as a_K restricted to the unit's alive samples S_i has full row
+rank, i.e. generically when k_B >= |S_i|; ReLU units with σ_b² > 0 are alive on anything from
+none to all N samples, so that needs k >= N.
 """
 
 from __future__ import annotations
@@ -98,15 +104,15 @@ def parse_group_size(text) -> int | None:
 
 
 def _cuts(size: int, chunk: int | None) -> list[np.ndarray]:
-    """Consecutive groups of ``chunk`` indices of range(size) (None: one group), as index arrays
-    (count, length) per distinct length (at most two: full groups, then the shorter last one)."""
+    """Consecutive groups of ``chunk`` indices of range(size), the last one taking the remainder (so it
+    holds chunk … 2·chunk − 1 indices; None or chunk >= size: one group), as index arrays (count, length)
+    per distinct length (at most two: the full groups, then the last one)."""
     chunk = size if chunk is None else min(int(chunk), size)
-    full = size // chunk
+    groups = size // chunk
     out = []
-    if full:
-        out.append(np.arange(full * chunk).reshape(full, chunk))
-    if size - full * chunk:
-        out.append(np.arange(full * chunk, size).reshape(1, -1))
+    if groups > 1:
+        out.append(np.arange((groups - 1) * chunk).reshape(groups - 1, chunk))
+    out.append(np.arange((groups - 1) * chunk, size).reshape(1, -1))
     return out
 
 
@@ -186,10 +192,11 @@ class BlockPartitionFisher(FisherApproximation):
         aliases=("block-partition", "sub-unit"), default_damping=1e-12, multi_output_alpha=False,
         default_damping_reason="default for block (as unit-wise: ρ = 0 leaves the linear regime at finite width; "
                                "paper C.3 uses 1e-12)",
-        options=(FisherOption("k", "columns of [W_i | b_i] per group (positive integer, or 'all' = the unit's whole "
-                              "row; the bias is the last column)", parse=parse_group_size),
-                 FisherOption("g", "units per group (positive integer, or 'all' = the whole layer)",
-                              parse=parse_group_size)),
+        options=(FisherOption("k", "columns of [W_i | b_i] per group, the last group taking the remainder (positive "
+                              "integer, or 'all' = the unit's whole row; the bias is the last column)",
+                              parse=parse_group_size),
+                 FisherOption("g", "units per group, the last taking the remainder (positive integer, or 'all' = the "
+                              "whole layer)", parse=parse_group_size)),
         flops=_flops(None, 1),
     )
 

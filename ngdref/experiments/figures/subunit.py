@@ -3,7 +3,8 @@
 Section 5 of the paper: "It would be interesting to explore any approximation satisfying the
 isotropic condition that is larger than the entry-wise approximation but smaller than the unit-wise
 one." The block-partition FIM (:mod:`ngdref.fisher.blockpartition`) cuts each unit's row
-θ_i^{(l)} = [W_{i,:} | b_i] into groups of k incoming weights (bias last; k = 1 entry-wise-like,
+θ_i^{(l)} = [W_{i,:} | b_i] into groups of k incoming weights (bias last, the last group taking the
+remainder; k = 1 entry-wise-like,
 k = M_{l−1} + 1 unit-wise) and, the other way, merges g units into one block (g = 1 unit-wise,
 g = M_l block-diagonal). On Fig. 3's setting (L = 3, ReLU, σ_w² = 2, σ_b² = 0.5, Gaussian inputs,
 N = 80, M0 = 100, ρ = 1e-12) and on the bundled MNIST 0/7 subset (N = 80, M0 = 784) this sweeps
@@ -71,7 +72,7 @@ def _plain(v: dict) -> str:
 def config(quick: bool = False, data: str | None = None, seed: int = 0) -> dict:
     """Fig. 3's network and ρ; Gaussian inputs (N = 80, M0 = 100) and MNIST 0/7 (N = 80, M0 = 784).
 
-    k = 1 … 80 (k/N = 1/80 … 1) with g = 1, whole rows with g = 1, 4, 16, all, and unit-wise NGD and
+    k = 1 … 160 (k/N = 1/80 … 2) with g = 1, whole rows with g = 1, 4, 16, all, and unit-wise NGD and
     K-FAC by their own code. The full sweep keeps to ~15 min on one core: Gaussian M = 64 … 512 with two
     seeds and M = 1024 for the variants around the isotropy threshold (one seed), MNIST (whose first
     layer has 785 columns) M = 64 … 512 with one seed."""
@@ -81,8 +82,8 @@ def config(quick: bool = False, data: str | None = None, seed: int = 0) -> dict:
                 "mnist": {"data": mnist(n, 0, seed), "widths": [16, 32], "seeds": [seed], "extra": []}}
         steps = 2
     else:
-        ks, gs, n = [1, 8, 20, 40, 60, 80], [4, 16], 80
-        near = ["k40", "k60", "k80", "kall", "unit", "kfac"]
+        ks, gs, n = [1, 8, 20, 40, 60, 80, 120, 160], [4, 16], 80
+        near = ["k60", "k80", "k120", "kall", "unit", "kfac"]
         sets = {"gaussian": {"data": gaussian(n, 100, seed), "widths": [64, 128, 256, 512],
                              "seeds": [seed, seed + 1], "extra": [{"width": 1024, "variants": near}]},
                 "mnist": {"data": mnist(n, 0, seed), "widths": [64, 128, 256, 512], "seeds": [seed], "extra": []}}
