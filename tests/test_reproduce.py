@@ -141,6 +141,9 @@ POISON = {
     "figS1": ("relu: c=1", _poison_record(lambda p: (p["network"]["activation"], p["train"]["lr_scale"]),
                                           ("relu", 0.5), 2)),
     "figS2": ("α/M measured", _poison_result(lambda p: True, "alpha_measured")),
+    "finite-width": ("loss₁/loss₀ at c = 1", _poison_result(lambda p: p["sweep"] == "width" and p["fim"] == "bd"
+                                                            and p["width"] == 128, "loss_ratio")),
+    "kfac-multi-output": ("no bias: structure", _poison_result(lambda p: p["variant"] == "no bias", "iso_dev")),
 }
 
 
