@@ -50,6 +50,9 @@ def workdir(tmp_path, monkeypatch):
     (tmp_path / "half" / "cells").parent.mkdir()
     (tmp_path / "half" / "cells").write_text("a file where the cells go\n")
     (tmp_path / "taken" / "figS2.csv").mkdir(parents=True)
+    (tmp_path / "vector" / "figS2.svg").mkdir(parents=True)  # --format svg would write here
+    (tmp_path / "capt" / "figS2.caption.md").mkdir(parents=True)
+    (tmp_path / "sheet" / "index.html").mkdir(parents=True)  # reproduce all's contact sheet
     return tmp_path
 
 
@@ -91,6 +94,16 @@ USER_ERRORS = [
     (["fig9"], "fig9"),
     (["figS2", "--json", "empty"], "folder"),
     (["figS2", "--json", "afile/x.json"], "afile"),
+    (["figS2", "--out", "vector", "--format", "png,svg"], "figS2.svg"),
+    (["figS2", "--out", "capt"], "figS2.caption.md"),
+    (["all", "--quick", "--out", "sheet"], "index.html"),
+    (["figS2", "--format", "png;pdf"], "--format"),
+    (["figS2", "--format", "jpeg"], "--format"),
+    (["figS2", "--set", "shifts=[0.5", "--quick"], "cannot read the value"),
+    (["figS2", "--config", "afile"], "not valid TOML"),
+    (["figS2", "--config", "empty"], "folder"),
+    (["figS2", "--config", "nofile.toml"], "does not exist"),
+    (["all", "--quick", "--set", "nokey=1"], "unknown key"),
 ]
 
 
