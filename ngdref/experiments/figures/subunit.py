@@ -335,8 +335,11 @@ def draw(plt, config: dict, rows: list[dict], extra: dict):
     st, variants = extra["stats"], config["variants"]
     names = list(config["datasets"])
     first, second = names[0], names[-1]
-    fig, axes = plt.subplots(2, 3, figsize=(15, 10))
-    (a_cond, a_k, a_diag), (a_l1, a_l2, a_cost) = axes
+    fig = plt.figure(figsize=(15, 11))
+    grid = fig.add_gridspec(3, 3, height_ratios=[1.0, 1.0, 0.14])
+    (a_cond, a_k, a_diag), (a_l1, a_l2, a_cost) = [[fig.add_subplot(grid[i, j]) for j in range(3)] for i in range(2)]
+    a_legend = fig.add_subplot(grid[2, :])  # the shared legend of (a), (d), (e), in its own row: it covers no data
+    a_legend.axis("off")
     handles = {}
 
     # (a) cond(Θ̄) against width on the first data set (Fig. 3's setting)
@@ -379,7 +382,7 @@ def draw(plt, config: dict, rows: list[dict], extra: dict):
         ax.legend(fontsize=7, loc="upper right" if ax is a_k else "lower left")
     a_k.axhline(extra["isotropic_cond"], color="0.6", lw=0.8, ls="-.")
     a_k.set_title("(b) condition number against $k/N$ ($g = 1$)", fontsize=10)
-    a_diag.set_title("(c) mean diagonal (η = 1/mean diagonal) against $k/N$", fontsize=10)
+    a_diag.set_title("(c) mean diagonal ($\\eta$ = 1/mean diagonal) against $k/N$", fontsize=10)
 
     # (d), (e) training loss at the largest width with every variant, η = 1/mean diagonal
     for ax, name, tag in ((a_l1, first, "(d)"), (a_l2, second, "(e)")):
@@ -397,7 +400,7 @@ def draw(plt, config: dict, rows: list[dict], extra: dict):
         ax.set_xlabel("step $t$")
         ax.set_ylabel("training loss")
         ax.set_xticks(range(config["steps"] + 1))
-        ax.set_title(f"{tag} {_title(name)}, $M = {w}$: NGD with η = 1/mean diagonal", fontsize=10)
+        ax.set_title(f"{tag} {_title(name)}, $M = {w}$: NGD with $\\eta$ = 1/mean diagonal", fontsize=10)
         ax.grid(True, which="major", alpha=0.3)
 
     # (f) cost of one step relative to unit-wise NGD (its own code)
@@ -428,15 +431,15 @@ def draw(plt, config: dict, rows: list[dict], extra: dict):
     for ax in (a_cond,):
         ax.grid(True, which="both", alpha=0.3)
 
-    fig.legend(list(handles.values()), list(handles.keys()), loc="lower center", ncol=5, fontsize=8, frameon=False,
-               bbox_to_anchor=(0.5, 0.0))
+    a_legend.legend(list(handles.values()), list(handles.keys()), loc="center", ncol=7, fontsize=8, frameon=False,
+                    title="legend of (a), (d), (e)", title_fontsize=8)
     net_ = config["network"]
     dd = config["datasets"][first]["data"]
     fig.suptitle(f"Extension: sub-unit block Fishers{quick_suffix(config)} — ReLU, $L = {net_['depth']}$, "
                  f"$\\sigma_b^2 = {net_['sigma_b2']:g}$, $N = {dd['n_train']}$, "
                  f"$\\rho = {tex_number(config['damping'])}$; blocks of $k$ incoming weights (bias last) of one unit, "
                  "or of $g$ whole units", fontsize=11)
-    fig.tight_layout(rect=(0, 0.09, 1, 0.96))
+    fig.tight_layout()
     return fig
 
 
