@@ -297,10 +297,10 @@ class AnalyticKernels:
     ``layer_ntks``: [Θ_1, …, Θ_L] divided by N = len(x2) (S.68); ``ntk`` = Σ_l Θ_l.
 
     Memory. Every entry (i, j) of every kernel depends only on x′_i, x_j and the per-sample
-    variances, so the kernels are computed a block of rows at a time. They are materialised on
-    first use: ``ntk`` alone (the NTK prediction, exact NGD) and ``feature_gram`` alone hold one
-    N′×N array each (with a few block-sized temporaries); ``A``, ``Xi``, ``B`` and ``layer_ntks``
-    (the per-layer approximations) hold 3L − 2 and L more.
+    variances, so the kernels are computed a block of rows at a time (a few block-sized
+    temporaries) and each list only when first used: ``ntk`` alone (exact NGD) and each
+    ``feature_gram`` hold one N′×N array, ``layer_ntks`` L (layer-wise NGD), ``A`` L, ``Xi`` and
+    ``B`` L − 1 each (K-FAC). Each first use is one pass over the entries.
     """
 
     network: Network
@@ -311,7 +311,9 @@ class AnalyticKernels:
     symmetric: bool = False
     method: str = "auto"
     order: int = DEFAULT_ORDER
-    _lists: tuple | None = field(default=None, repr=False)
+    _A: list | None = field(default=None, repr=False)
+    _Xi: list | None = field(default=None, repr=False)
+    _B: list | None = field(default=None, repr=False)
     _layer_ntks: list | None = field(default=None, repr=False)
     _ntk: np.ndarray | None = field(default=None, repr=False)
 
@@ -367,53 +369,67 @@ class AnalyticKernels:
                 mat[ii, jj] = avg
                 mat[jj, ii] = avg.T
 
-    def _materialize(self) -> tuple:
-        if self._lists is None:
-            L = self.depth
-            shape = (self.x1.shape[0], self.x2.shape[0])
-            A = [np.empty(shape) for _ in range(L)]
-            Xi = [np.empty(shape) for _ in range(L - 1)]
-            x2t = np.ascontiguousarray(self.x2.T)
-            for r0, r1 in self._rows():
-                a_blk, xi_blk = self._block(r0, r1, L, x2t)
-                for full, blk in zip(A + Xi, a_blk + xi_blk):
+    def _stream(self, layers: int, kinds: tuple) -> dict:
+        """One pass of the row-block pipeline writing the requested full lists: "A" (A_0 … A_{L−1}),
+        "Xi" (Ξ_1 … Ξ_{L−1}), "B" (B_1 … B_{L−1}; B_L is the broadcast 11ᵀ) and "ntk" (Θ_1 … Θ_L,
+        S.68 with 1/N), each symmetrised at x′ = x."""
+        L, n = self.depth, self.n
+        sw2, sb2 = self.network.sigma_w2, self.network.sigma_b2
+        shape = (self.x1.shape[0], self.x2.shape[0])
+        sizes = {"A": L, "Xi": L - 1, "B": L - 1, "ntk": L}
+        out = {k: [np.empty(shape) for _ in range(sizes[k])] for k in kinds}
+        x2t = np.ascontiguousarray(self.x2.T)
+        for r0, r1 in self._rows():
+            a_blk, xi_blk = self._block(r0, r1, layers, x2t)
+            for k, blks in (("A", a_blk), ("Xi", xi_blk)):
+                for full, blk in zip(out.get(k, ()), blks):
                     full[r0:r1] = blk
-            for mat in A + Xi:
+            if "B" in out or "ntk" in out:
+                b = 1.0  # B_L = 11ᵀ (multiplying by 1.0 is exact); B_l = σ_w² Ξ_l ⊙ B_{l+1} (S.172)
+                for l in range(L - 1, -1, -1):  # layer l + 1
+                    if l < L - 1:
+                        b = sw2 * xi_blk[l] * b
+                        if "B" in out:
+                            out["B"][l][r0:r1] = b
+                    if "ntk" in out:
+                        out["ntk"][l][r0:r1] = (sw2 * b * a_blk[l] + sb2 * b) / n
+        for mats in out.values():
+            for mat in mats:
                 self._symmetrize(mat)
-            sw2 = self.network.sigma_w2
-            B = [np.broadcast_to(np.float64(1.0), shape)]
-            for l in range(L - 1, 0, -1):
-                B.insert(0, sw2 * Xi[l - 1] * B[0])  # S.172
-            self._lists = (A, Xi, B)
-        return self._lists
+        return out
 
     @property
     def A(self) -> list:
-        return self._materialize()[0]
+        if self._A is None:
+            self._A = self._stream(self.depth, ("A",))["A"]
+        return self._A
 
     @property
     def Xi(self) -> list:
-        return self._materialize()[1]
+        if self._Xi is None:
+            self._Xi = self._stream(self.depth, ("Xi",))["Xi"]
+        return self._Xi
 
     @property
     def B(self) -> list:
-        return self._materialize()[2]
+        if self._B is None:
+            self._B = self._stream(self.depth, ("B",))["B"] + [
+                np.broadcast_to(np.float64(1.0), (self.x1.shape[0], self.x2.shape[0]))]
+        return self._B
 
     @property
     def layer_ntks(self) -> list:
+        """[Θ_1, …, Θ_L] (S.68, divided by N)."""
         if self._layer_ntks is None:
-            sw2, sb2 = self.network.sigma_w2, self.network.sigma_b2
-            self._layer_ntks = [
-                (sw2 * self.B[l] * self.A[l] + sb2 * self.B[l]) / self.n for l in range(self.depth)
-            ]
+            self._layer_ntks = self._stream(self.depth, ("ntk",))["ntk"]
         return self._layer_ntks
 
     @property
     def ntk(self) -> np.ndarray:
-        """Θ(x′, x) = Σ_l Θ_l (S.169–S.170), the C = 1 block; without the per-layer lists, one
+        """Θ(x′, x) = Σ_l Θ_l (S.169–S.170), the C = 1 block; without the per-layer Θ_l, one
         N′×N array computed a block of rows at a time (the same formula, entry by entry)."""
-        if self._layer_ntks is not None or self._lists is not None:
-            return sum(self.layer_ntks)
+        if self._layer_ntks is not None:
+            return sum(self._layer_ntks)
         if self._ntk is None:
             L, n = self.depth, self.n
             sw2, sb2 = self.network.sigma_w2, self.network.sigma_b2
@@ -421,7 +437,7 @@ class AnalyticKernels:
             x2t = np.ascontiguousarray(self.x2.T)
             for r0, r1 in self._rows():
                 a_blk, xi_blk = self._block(r0, r1, L, x2t)
-                b = 1.0  # B_L = 11ᵀ (multiplying by 1.0 is exact); B_l = σ_w² Ξ_l ⊙ B_{l+1} (S.172)
+                b = 1.0
                 terms = [None] * L
                 for l in range(L - 1, -1, -1):  # Θ of layer l + 1
                     if l < L - 1:
@@ -438,8 +454,8 @@ class AnalyticKernels:
         ``bias=False`` drops the σ_b² 11ᵀ term (weights only). Without the per-layer lists, one new
         N′×N array computed a block of rows at a time."""
         sw2, sb2 = self.network.sigma_w2, self.network.sigma_b2
-        if self._lists is not None:
-            g = sw2 * self.A[layer - 1]
+        if self._A is not None:
+            g = sw2 * self._A[layer - 1]
             return g + sb2 if bias else g
         out = np.empty((self.x1.shape[0], self.x2.shape[0]))
         x2t = np.ascontiguousarray(self.x2.T)
@@ -502,13 +518,22 @@ def analytic_kernels(
 # Linear algebra helpers
 # --------------------------------------------------------------------------------------
 def spd_factor(mat: np.ndarray, what: str, hint: str = "", rcond: float = SPD_RCOND):
-    """Cholesky factor of a training-set kernel, or NgdrefError if it is (numerically) singular."""
-    mat = 0.5 * (mat + mat.T)
+    """Cholesky factor of a training-set kernel, or NgdrefError if it is (numerically) singular.
+
+    Memory: one N×N array besides ``mat`` (its symmetric part, factored in place); the norm for
+    the condition estimate is summed a block of rows at a time."""
+    mat = _symmetric_part(mat)
+    step = max(1, _BLOCK_ELEMENTS // max(mat.shape[0], 1))
+    colsum = np.zeros(mat.shape[1])
+    for r0 in range(0, mat.shape[0], step):
+        colsum += np.sum(np.abs(mat[r0 : r0 + step]), axis=0)
+    anorm = float(np.max(colsum))
+    if not np.isfinite(anorm):
+        raise ValueError("array must not contain infs or NaNs")
     try:
-        cf = sla.cho_factor(mat, lower=True, check_finite=True)
+        cf = sla.cho_factor(mat, lower=True, overwrite_a=True, check_finite=False)
     except (np.linalg.LinAlgError, sla.LinAlgError):
         raise NgdrefError(f"{what} on the training set is not positive definite{hint}") from None
-    anorm = float(np.max(np.sum(np.abs(mat), axis=0)))
     rc, info = sla.lapack.dpocon(cf[0], anorm, uplo="L")
     if info != 0 or not rc > rcond:
         raise NgdrefError(
@@ -516,6 +541,19 @@ def spd_factor(mat: np.ndarray, what: str, hint: str = "", rcond: float = SPD_RC
             f"number {rc:.2g} <= {rcond:g}){hint}"
         )
     return cf
+
+
+def _symmetric_part(mat: np.ndarray) -> np.ndarray:
+    """(mat + matᵀ)/2 as a new array, a block at a time (no N×N temporaries)."""
+    n = mat.shape[0]
+    out = np.empty_like(mat, dtype=np.float64)
+    step = max(1, int(math.isqrt(_BLOCK_ELEMENTS)))
+    for i in range(0, n, step):
+        ii = slice(i, min(n, i + step))
+        for j in range(0, n, step):
+            jj = slice(j, min(n, j + step))
+            out[ii, jj] = 0.5 * (mat[ii, jj] + mat[jj, ii].T)
+    return out
 
 
 def right_solve(cross: np.ndarray, cf) -> np.ndarray:

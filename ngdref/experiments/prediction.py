@@ -16,6 +16,7 @@ initialised with that seed, and f_0 its own output.
 from __future__ import annotations
 
 import numpy as np
+from scipy import linalg as sla
 
 from .. import kernels as K
 from ..backend import Backend, to_device, to_host
@@ -30,9 +31,34 @@ def _accuracy(pred: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(np.argmax(pred, axis=1) == np.argmax(y, axis=1)))
 
 
+def _isotropy_deviation(tb_train: np.ndarray, alpha: float) -> float:
+    """max |Θ̄(x, x)/α − I|, a block of rows at a time (no N×N temporaries)."""
+    n = tb_train.shape[0]
+    step = max(1, (1 << 20) // max(n, 1))
+    dev = 0.0
+    for r0 in range(0, n, step):
+        blk = tb_train[r0 : r0 + step] / alpha
+        rows = np.arange(blk.shape[0])
+        blk[rows, rows + r0] -= 1.0
+        dev = max(dev, float(np.max(np.abs(blk))))
+    return dev
+
+
+def _jittered(k: np.ndarray, jitter: float) -> np.ndarray:
+    out = k.copy()
+    out.flat[:: k.shape[0] + 1] += jitter
+    return out
+
+
 class AnalyticPredictor:
     """Seed-independent part of the analytic predictions: one regression matrix per approximation
-    and the Cholesky factor of the joint train/test covariance of f_0."""
+    and the Cholesky factor of the joint train/test covariance of f_0.
+
+    Memory (N training, N′ test samples): the kernels are computed a block of rows at a time
+    (:class:`ngdref.kernels.AnalyticKernels`) and released once the regression matrices are built;
+    each approximation keeps its N′×N regression matrix; the joint covariance of f_0 is factored by
+    blocks, [[L₁₁, 0], [L₂₁, L₂₂]] with L₁₁L₁₁ᵀ = K(x, x), L₂₁ = K(x′, x)L₁₁⁻ᵀ and
+    L₂₂L₂₂ᵀ = K(x′, x′) − L₂₁L₂₁ᵀ (each with the jitter), never as one (N + N′)² array."""
 
     def __init__(self, network: Network, dataset: Dataset, fim_names, fim_options: dict | None = None):
         self.network, self.dataset = network, dataset
@@ -44,32 +70,40 @@ class AnalyticPredictor:
         for name in fim_names:
             fim = get_fisher(name, network, **(fim_options or {}).get(name, {}))
             try:  # the approximation's infinite-width Θ̄ (C = 1 block), Section 4 / Appendix E
-                tb_train, tb_cross = fim.analytic_theta_bar(train, train), fim.analytic_theta_bar(cross, train)
+                tb_train = fim.analytic_theta_bar(train, train)
+                alpha = fim.analytic_alpha(n)
+                dev = None if alpha is None else _isotropy_deviation(tb_train, alpha)
+                if alpha is not None and dev < 1e-6:
+                    del tb_train  # not needed: α⁻¹ Θ̄(x′, x)
+                    reg, formula = fim.analytic_theta_bar(cross, train) / alpha, "α⁻¹ Θ̄(x′,x) (isotropic, Section 4.4)"
+                else:
+                    tb_cross = fim.analytic_theta_bar(cross, train)
+                    reg, formula = np.linalg.solve(tb_train.T, tb_cross.T).T, "Θ̄(x′,x) Θ̄⁻¹ (Eq. 10, t → ∞)"
+                    del tb_train, tb_cross
             except NgdrefError as err:
                 self.methods[name] = {"error": str(err)}
                 continue
-            alpha = fim.analytic_alpha(n)
-            dev = None if alpha is None else float(np.max(np.abs(tb_train / alpha - np.eye(n))))
-            if alpha is not None and dev < 1e-6:
-                reg, formula = tb_cross / alpha, "α⁻¹ Θ̄(x′,x) (isotropic, Section 4.4)"
-            else:
-                reg, formula = np.linalg.solve(tb_train.T, tb_cross.T).T, "Θ̄(x′,x) Θ̄⁻¹ (Eq. 10, t → ∞)"
             self.methods[name] = {"reg": reg, "alpha": alpha, "isotropy_deviation": dev, "formula": formula}
         last = network.depth
         k_train, k_cross = train.feature_gram(last), cross.feature_gram(last)
+        del train, cross  # the kernels' cached N×N arrays
         k_test = K.analytic_kernels(net1, dataset.x_test).feature_gram(last)
-        cov = np.block([[k_train, k_cross.T], [k_cross, k_test]])
-        cov = 0.5 * (cov + cov.T)
-        scale = float(np.mean(np.diag(cov)))
-        self.chol, self.jitter = None, 0.0
+        scale = float(np.mean(np.concatenate([np.diag(k_train), np.diag(k_test)])))
+        self.l11 = self.l21 = self.l22 = None
+        self.jitter = 0.0
         for exponent in range(-12, -3):
+            self.jitter = scale * 10.0**exponent
             try:
-                self.jitter = scale * 10.0**exponent
-                self.chol = np.linalg.cholesky(cov + self.jitter * np.eye(cov.shape[0]))
-                break
-            except np.linalg.LinAlgError:
+                l11 = sla.cholesky(_jittered(k_train, self.jitter), lower=True, overwrite_a=True, check_finite=False)
+                l21 = sla.solve_triangular(l11, k_cross.T, lower=True, check_finite=False).T  # K(x′, x) L₁₁⁻ᵀ
+                schur = _jittered(k_test, self.jitter)
+                schur -= l21 @ l21.T
+                l22 = sla.cholesky(schur, lower=True, overwrite_a=True, check_finite=False)
+            except (np.linalg.LinAlgError, sla.LinAlgError):
                 continue
-        if self.chol is None:
+            self.l11, self.l21, self.l22 = l11, l21, l22
+            break
+        if self.l11 is None:
             raise NgdrefError("the covariance of f_0 is not positive definite even with jitter 1e-4·mean diagonal")
 
     def sample_f0(self, seed: int | None):
@@ -77,9 +111,9 @@ class AnalyticPredictor:
         ds = self.dataset
         if seed is None:
             return np.zeros_like(ds.y_train), np.zeros_like(ds.y_test)
-        z = np.random.default_rng(seed).standard_normal((self.chol.shape[0], ds.n_outputs))
-        f = self.chol @ z
-        return f[: ds.n_train], f[ds.n_train :]
+        n = ds.n_train
+        z = np.random.default_rng(seed).standard_normal((n + ds.n_test, ds.n_outputs))
+        return self.l11 @ z[:n], self.l21 @ z[:n] + self.l22 @ z[n:]
 
     def accuracies(self, seed: int | None) -> dict:
         f0, f0t = self.sample_f0(seed)
