@@ -76,7 +76,9 @@ def to_markdown(result: dict) -> str:
                 if not sel:
                     continue
                 lines.append(f"**{title} — {backend} {dtype}** (ms; ×floor = time / (counted FLOPs / GEMM rate); "
-                             "peak = tracemalloc peak of one call; peak/P = peak / (P × itemsize))")
+                             "peak = tracemalloc peak of one call; peak/P = peak / (P × itemsize); RSS = growth of the "
+                             "resident set's high-water mark over one call in a forked child, BLAS workspaces included; "
+                             "RSS/P likewise)")
                 lines.append("")
                 rows = []
                 for c in sel:
@@ -89,10 +91,12 @@ def to_markdown(result: dict) -> str:
                         _f(c.get("time_over_floor"), ".1f") if ok else "—",
                         _mib(c.get("peak_bytes")) if ok else "—",
                         _f(c.get("peak_over_params")) if ok else "—",
+                        _mib(c.get("peak_rss_growth_bytes")) if ok else "—",
+                        _f(c.get("peak_rss_growth_over_params")) if ok else "—",
                         "ok" if ok else f"{c['status']}: {c['note'][:90]}",
                     ])
                 lines += _table(["case", "M", "median", "min–max", "reps", "GFLOP/s", "×floor", "peak MiB",
-                                 "peak/P", "status"], rows)
+                                 "peak/P", "RSS MiB", "RSS/P", "status"], rows)
                 lines.append("")
 
     other = [c for c in cases if c["group"] in ("train", "analytic", "cli")]
@@ -105,8 +109,12 @@ def to_markdown(result: dict) -> str:
             rows.append([c["group"], _label(c), c.get("width") or "—", c.get("n") or "—",
                          _ms(c.get("median_s")) if ok else "—", c.get("repeats", "—") if ok else "—",
                          _mib(c.get("peak_bytes")) if ok else "—",
+                         _mib(c.get("peak_rss_growth_bytes")) if ok else "—",
+                         _mib(c.get("peak_rss_bytes")) if ok else "—",
+                         _f(c.get("over_gemm4096")) if ok else "—",
                          "ok" if ok else f"{c['status']}: {c['note'][:90]}"])
-        lines += _table(["group", "case", "M", "N", "median", "reps", "peak MiB", "status"], rows)
+        lines += _table(["group", "case", "M", "N", "median", "reps", "peak MiB", "RSS growth MiB", "peak RSS MiB",
+                         "× GEMM 4096²", "status"], rows)
         lines.append("")
 
     r = result["ratios"]

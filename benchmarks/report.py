@@ -61,7 +61,8 @@ def print_report(result: dict, console: Console | None = None) -> None:
     for group, backend, dtype in groups:
         rows = [c for c in cases if (c["group"], c["backend"], c["dtype"]) == (group, backend, dtype)]
         t = Table(title=f"{group} — {backend} {dtype}", show_lines=False)
-        for col in ("case", "M", "N", "P", "median ms", "reps", "GFLOP/s", "×floor", "peak MiB", "peak/params", "status"):
+        for col in ("case", "M", "N", "P", "median ms", "reps", "GFLOP/s", "×floor", "peak MiB", "peak/params",
+                    "RSS MiB", "RSS/params", "status"):
             t.add_column(col, justify="right" if col not in ("case", "status") else "left")
         for c in rows:
             ok = c["status"] == "ok"
@@ -76,6 +77,8 @@ def print_report(result: dict, console: Console | None = None) -> None:
                 _f(c.get("time_over_floor"), ".1f") if ok else "—",
                 _mib(c.get("peak_bytes")) if ok else "—",
                 _f(c.get("peak_over_params")) if ok else "—",
+                _mib(c.get("peak_rss_growth_bytes", c.get("peak_rss_bytes"))) if ok else "—",
+                _f(c.get("peak_rss_growth_over_params")) if ok else "—",
                 "ok" if ok else escape(f"{c['status']}: {c['note'][:70]}"),
             )
         con.print(t)

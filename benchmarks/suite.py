@@ -21,6 +21,11 @@ Groups of cases
 ``analytic``  ``ngdref.kernels.analytic_kernels(...).ntk`` (ReLU closed forms) at N = 1,000 / 5,000
 ``peer``      neural-tangents' empirical NTK on the same weights (subprocess; optional)
 ``cli``       wall time of ``ngdref train --fim unit`` with its defaults (subprocess)
+``operator``  the matrix-free operators of :mod:`ngdref.fisher.operators` per approximation: one
+              ``G-matvec`` and one ``G-inverse-matvec`` (its N-sized factors built in the warm-up call
+              and reused, as in CG or Lanczos) on a fixed vector, beside ``signals`` (forward + backward)
+              of the same network; ``over_signals`` = matvec / signals time, ``peak_over_params``
+              (tracemalloc) and ``rss_growth_bytes`` (resident set sampled during the warm-up call)
 """
 
 from __future__ import annotations
@@ -85,6 +90,7 @@ class SuiteConfig:
     analytic_n: tuple = (1000, 5000)
     analytic_input_dim: int = 784
     train_case: bool = True
+    operator_cases: bool = True
     train_dtypes: tuple = ("float64",)
     peer: str = "auto"  # "auto" | "off"
     peer_python: str | None = None
@@ -266,6 +272,8 @@ class Runner:
                     rec["time_over_floor"] = med / rec["gemm_floor_s"]
             if param_bytes and m.peak_bytes is not None:
                 rec["peak_over_params"] = m.peak_bytes / param_bytes
+            if param_bytes and m.peak_rss_growth_bytes is not None:
+                rec["peak_rss_growth_over_params"] = m.peak_rss_growth_bytes / param_bytes
         if extra:
             rec.update(extra)
         rec["id"] = self._id(rec)
@@ -544,6 +552,48 @@ class Runner:
                 rec["train_setup_seconds"] = summ.get("setup_seconds")
                 rec["train_seconds"] = summ.get("seconds")
 
+    def run_operators(self, backend: str, dtype: str, width: int, ds) -> None:
+        """G v and G⁻¹ v (:mod:`ngdref.fisher.operators`) per approximation beside ``signals`` (issue 15: a G
+        matvec costs about one forward + backward, peak memory within 2 × P)."""
+        from ngdref.backend import get_backend, to_device
+        from ngdref.fisher.operators import FisherOperator
+
+        cfg = self.cfg
+        be = get_backend(backend, dtype)
+        net = self._network(cfg.input_dim, width)
+        params = net.init(cfg.seed, be)
+        x = to_device(ds.x_train, be)
+        p = net.n_params
+        pbytes = p * _itemsize(dtype)
+        common = {"backend": backend, "dtype": dtype, "width": width, "widths": list(net.widths),
+                  "n": int(x.shape[0]), "c": 1, "n_params": p, "group": "operator"}
+        rss = _rss_growth(lambda: net.signals(params, x))
+        ref = self.case({**common, "case": "signals"}, lambda: net.signals(params, x), param_bytes=pbytes,
+                        extra={"rss_growth_bytes": rss})
+        signals_s = ref.get("median_s")
+        sig = net.signals(params, x)
+        v = to_device(np.random.default_rng(cfg.seed).standard_normal(p), be)
+        for name in fisher_names(cfg):
+            try:
+                fim, damping, note = make_fisher(name, net, cfg.damping, cfg.fallback_damping)
+            except Exception as exc:
+                self._record({**common, "case": "G-matvec", "fim": name}, "error", f"construction failed: {exc}",
+                             param_bytes=pbytes)
+                continue
+            for of in ("G", "G-inverse"):
+                op = FisherOperator(fim, sig, of)
+                if of == "G-inverse":
+                    op.matvec(v)  # the N-sized factors, once (kept by the operator)
+                rss = _rss_growth(lambda: op.matvec(v))
+                extra = {"damping": damping, "rss_growth_bytes": rss,
+                         "rss_growth_over_params": (rss / pbytes) if rss is not None else None}
+                if note:
+                    extra["damping_note"] = note
+                rec = self.case({**common, "case": f"{of}-matvec", "fim": name}, lambda: op.matvec(v),
+                                param_bytes=pbytes, extra=extra)
+                if rec["status"] == "ok" and signals_s:
+                    rec["over_signals"] = rec["median_s"] / signals_s
+
     def run_analytic(self) -> None:
         from ngdref.kernels import analytic_kernels
 
@@ -570,19 +620,27 @@ class Runner:
         cmd = [exe, "train", "--fim", "unit"] if exe else [sys.executable, "-c",
                                                            "from ngdref_cli.main import main; main()", "train",
                                                            "--fim", "unit"]
+        # the command runs under a small wrapper whose only child it is: the wrapper's RUSAGE_CHILDREN
+        # high-water mark is then the command's own peak RSS (this process has other children: the probes)
+        wrapper = [sys.executable, "-c", _RSS_WRAPPER, *cmd]
+        gemm_before = _gemm4096_s()
         t0 = time.perf_counter()
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=self.cfg.cli_timeout_s,
+            proc = subprocess.run(wrapper, capture_output=True, text=True, timeout=self.cfg.cli_timeout_s,
                                   stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
             self._record(base, "error", f"timed out after {self.cfg.cli_timeout_s:.0f} s",
                          extra={"command": " ".join(cmd), "wall_s": self.cfg.cli_timeout_s})
             return
         wall = time.perf_counter() - t0
+        gemm = min(gemm_before, _gemm4096_s())
+        stderr, peak_rss = _split_rss_line(proc.stderr)
         extra = {"command": "ngdref train --fim unit" if exe else " ".join(cmd), "wall_s": wall,
-                 "returncode": proc.returncode, "stderr_tail": proc.stderr[-800:], "stdout_tail": proc.stdout[-1500:],
-                 "median_s": wall, "times_s": [wall], "repeats": 1,
-                 "timing": "one run of the command, wall clock including interpreter start-up and data loading"}
+                 "returncode": proc.returncode, "stderr_tail": stderr[-800:], "stdout_tail": proc.stdout[-1500:],
+                 "median_s": wall, "times_s": [wall], "repeats": 1, "peak_rss_bytes": peak_rss,
+                 "gemm4096_s": gemm, "over_gemm4096": wall / gemm,
+                 "timing": "one run of the command, wall clock including interpreter start-up and data loading; "
+                           "gemm4096_s = the faster of two 4096×4096 float64 products timed just before and after"}
         status = "ok" if proc.returncode == 0 else "error"
         self._record(base, status, "" if status == "ok" else f"exit code {proc.returncode}", extra=extra)
 
@@ -604,6 +662,13 @@ class Runner:
                     if limit is not None and width > limit:
                         continue
                     self.run_width(backend, dtype, width, ds)
+        if cfg.operator_cases:
+            for backend in backends:
+                for dtype in cfg.dtypes:
+                    for width in sorted(cfg.widths):
+                        limit = cfg.max_width.get(backend)
+                        if limit is None or width <= limit:
+                            self.run_operators(backend, dtype, width, ds)
         peer = {"status": "off"}
         if "numpy" in backends:
             self.run_explicit()
@@ -655,6 +720,70 @@ class Runner:
             "note": "1/5/15-minute load averages; above ~0 the machine was shared with other work while timing",
         }
         return result
+
+
+#: runs ``sys.argv[1:]`` and prints its peak RSS (bytes) as the last stderr line
+_RSS_WRAPPER = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
+                "print('peak_rss_bytes', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024, file=sys.stderr); "
+                "sys.exit(r.returncode)")
+
+
+def _split_rss_line(stderr: str) -> tuple[str, int | None]:
+    """(stderr without the wrapper's last line, the peak RSS it reports)."""
+    head, _, last = stderr.rstrip("\n").rpartition("\n")
+    if last.startswith("peak_rss_bytes "):
+        return head, int(last.split()[1])
+    return stderr, None
+
+
+def _gemm4096_s() -> float:
+    """Wall time of one 4096×4096 float64 product (after one warm-up): the yardstick of issue 17's
+    target for ``ngdref train --fim unit`` (≤ 5× this, measured in the same run)."""
+    a = np.random.default_rng(0).standard_normal((4096, 4096))
+    a @ a[:64]
+    t0 = time.perf_counter()
+    a @ a.T.copy()
+    return time.perf_counter() - t0
+
+
+def _rss_bytes() -> int | None:
+    """Resident set size of this process (Linux /proc/self/statm), or None elsewhere."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+def _rss_growth(fn, interval_s: float = 0.0005) -> int | None:
+    """Peak growth of the resident set over one call of ``fn`` (sampled every ``interval_s`` by a thread;
+    a lower bound of the true peak, which may fall between samples). Unlike tracemalloc it sees every
+    allocation (BLAS workspaces included) but also pages the allocator keeps after a free."""
+    import gc
+    import threading
+
+    gc.collect()
+    base = _rss_bytes()
+    if base is None:
+        return None
+    peak = [base]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            now = _rss_bytes() or 0
+            peak[0] = max(peak[0], now)
+            time.sleep(interval_s)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    try:
+        fn()
+    finally:
+        done.set()
+        t.join()
+    peak[0] = max(peak[0], _rss_bytes() or 0)
+    return max(0, peak[0] - base)
 
 
 # --------------------------------------------------------------------------------------
