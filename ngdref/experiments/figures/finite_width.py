@@ -16,7 +16,7 @@ one NGD step (Eq. 7) from θ_0 on MNIST 0/7 (N = 100, L = 3, ReLU, σ_w² = 2, �
 α and η as ``ngdref train`` chooses them: α analytic where the paper gives one (BD: L, tri-diagonal:
 Lemma 4.3, K-FAC: NL, S.107; unit-wise: S.128), η = c/α; exact NGD η = c/λ_max(Θ̄) (its α = 1).
 The damping is each approximation's default (ρ = 0, the pseudo-inverse; unit-wise ρ = 1e-12 as in
-C.3), and for unit-wise NGD the same measurement runs over ρ = 1e-16 … 1e-6 at two widths.
+C.3), and for unit-wise NGD the same measurement runs over ρ = 1e-16 … 1e-6 at three widths.
 
 Analysis: mean and spread (min–max over seeds) per width, and a power law ⟨q⟩ ∝ M^(−κ) fitted by
 least squares on log q against log M over all seeds (:func:`power_law_fit`: κ with its 95 %
@@ -64,9 +64,9 @@ def config(quick: bool = False, data: str | None = None, seed: int = 0) -> dict:
         "lr_scale": 1.0,
         # unit-wise ρ in the width sweep (its default, C.3); the other approximations use ρ = 0 (pseudo-inverse)
         "damping": 1e-12,
-        # unit-wise ρ sweep at two widths
+        # unit-wise ρ sweep at three widths
         "dampings": [1e-14, 1e-10, 1e-6] if quick else [1e-16, 1e-14, 1e-12, 1e-10, 1e-8, 1e-6],
-        "damping_widths": [32, 128] if quick else [512, 2048],
+        "damping_widths": [32, 128] if quick else [512, 2048, 4096],  # 4096: Fig. 1(a)'s and S.1's width
     }
 
 
@@ -220,6 +220,9 @@ def analyse(config: dict, outcomes: list[CellOutcome]) -> tuple[list, list, dict
             else:  # a value at round-off is no point of a power law (it is 0): fitted on the others
                 keep = [r for r in rs if r[q] is None or abs(r[q]) >= ROUND_OFF]
                 fits[q][fim], notes[q][fim] = power_law_fit([r["width"] for r in keep], [r[q] for r in keep]), None
+                zero = sorted({r["width"] for r in rs} - {r["width"] for r in keep})
+                if zero and fits[q][fim] is None:
+                    notes[q][fim] = f"≡ 0 (round-off) at M = {', '.join(str(w) for w in zero)}; too few other points"
     damp: dict = {}
     for w in config["damping_widths"]:
         damp[w] = {}
@@ -393,7 +396,7 @@ def caption(config: dict, rows: list[dict], extra: dict) -> str:
         "loss ratio L(θ_1)/L(θ_0); ‖Θ̄_0/α − I‖₂ (isotropy at initialisation, Eq. 12); ‖Θ̄_1 − Θ̄_0‖₂/α (Θ̄ of Eq. 11 "
         "recomputed at θ_1); ‖θ_1 − θ_0‖/‖θ_0‖; max_n |f_1 − f_1^lin| with f_1^lin = f_0 − ηΘ̄_0(f_0 − y) (S.23). "
         "Markers: mean over the initialisations, bars: min–max; solid lines: least-squares power law M^−κ on all "
-        "points (legend: κ and its 95 % confidence interval, Student t); grey: M^−1/2 (dotted) and M^−1 (dashed) "
+        "points above round-off (legend: κ and its 95 % confidence interval, Student t); grey: M^−1/2 (dotted) and M^−1 (dashed) "
         "guides. Values below 1e-10 are round-off (exactly 0 in exact arithmetic) and are named, not drawn. Last "
         f"panel: unit-wise L(θ_1)/L(θ_0) against ρ at M = {' and '.join(str(w) for w in config['damping_widths'])} "
         "(mean, min–max); the horizontal line is no change of the loss."
