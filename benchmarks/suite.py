@@ -582,8 +582,13 @@ class Runner:
                 continue
             for of in ("G", "G-inverse"):
                 op = FisherOperator(fim, sig, of)
-                if of == "G-inverse":
-                    op.matvec(v)  # the N-sized factors, once (kept by the operator)
+                try:
+                    if of == "G-inverse":
+                        op.matvec(v)  # the N-sized factors, once (kept by the operator)
+                except Exception as exc:
+                    self._record({**common, "case": f"{of}-matvec", "fim": name}, "error",
+                                 f"{type(exc).__name__}: {exc}"[:400], param_bytes=pbytes)
+                    continue
                 rss = _rss_growth(lambda: op.matvec(v))
                 extra = {"damping": damping, "rss_growth_bytes": rss,
                          "rss_growth_over_params": (rss / pbytes) if rss is not None else None}

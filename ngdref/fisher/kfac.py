@@ -125,16 +125,22 @@ def _gram_inverse_left(x, q, dual, c: float, rho: float):
     """(c QᵀQ + ρI)⁻¹ X (ρ > 0) or (c QᵀQ)⁺ X (ρ = 0) from the dual ``dual`` (see :meth:`KFAC.inverse_matvec`)."""
     qx = q @ x
     if rho > 0:
-        return (x - c * (q.T @ (dual @ qx))) / rho
-    return c * (q.T @ (dual @ (dual @ qx)))
+        out = q.T @ (-c * (dual @ qx))  # (X − c QᵀDQX)/ρ in place: no second X-sized temporary
+        out += x
+        out /= rho
+        return out
+    return q.T @ (c * (dual @ (dual @ qx)))
 
 
 def _gram_inverse_right(x, q, dual, c: float, rho: float):
     """X (c QᵀQ + ρI)⁻¹ (ρ > 0) or X (c QᵀQ)⁺ (ρ = 0), the transpose of :func:`_gram_inverse_left`."""
     xq = x @ q.T
     if rho > 0:
-        return (x - c * ((xq @ dual) @ q)) / rho
-    return c * (((xq @ dual) @ dual) @ q)
+        out = (-c * (xq @ dual)) @ q
+        out += x
+        out /= rho
+        return out
+    return (c * ((xq @ dual) @ dual)) @ q
 
 
 def _kfac_layer_flops(s: cost.Shape, l: int, with_left: bool) -> float:
@@ -305,37 +311,42 @@ class KFAC(FisherApproximation):
         return out
 
     # ---- matrix-free G v and G⁻¹ v (ngdref.fisher.operators) ---------------------------------
-    def _split(self, signals, layer, v_l):
-        """(δ_l (CN × M_l), ā (N × d), V_w (M_l × d), V_b (M_l × 1) or None): v_l split into the
-        Kronecker-factored part and S.123's separate bias column."""
-        abar = self._abar(signals, layer)
-        dim = abar.shape[1]
-        vb = v_l[:, dim:] if self._separate_bias else None
-        return signals.delta_matrix(layer), abar, v_l[:, :dim], vb
+    def _operator_factor(self, signals, layer):
+        """ā of the Kronecker factor, as wide as θ_l: with S.123's separate bias blocks its bias column is 0,
+        so V ā ᵀ ā acts on the weights only and the bias column is written separately (no slice of V
+        and no concatenation: one θ_l-sized result per layer)."""
+        a = signals.a[layer - 1]
+        if not self._separate_bias:
+            return a
+        xp = namespace_of(a)
+        return a * xp.concat([xp.ones((1, a.shape[1] - 1), dtype=a.dtype), xp.zeros((1, 1), dtype=a.dtype)], axis=1)
 
     def fisher_matvec(self, signals, v, cache=None):
         """G v per layer, (B*+ρI) V_w (A*+ρI) = vec_row⁻¹((B*+ρI)⊗(A*+ρI) vec_row V_w) (Eq. 20, S.95)
         with B* V = δᵀ(δV)/N and V A* = (Vāᵀ)ā/N (no M_l × M_l factor is formed; B*_L = I_C/N), and
         S.123's bias block σ_b² δᵀ(δ v_b)/N² + ρv_b."""
-        xp = namespace_of(signals.f)
         n, rho = float(signals.n), self.damping
         out = []
         for l in range(1, self.network.depth + 1):
-            d, abar, vw, vb = self._split(signals, l, v[l - 1])
-            x = (vw @ abar.T) @ abar / n
+            d, abar, vl = signals.delta_matrix(l), self._operator_factor(signals, l), v[l - 1]
+            x = (vl @ abar.T) @ abar
+            x /= n
             if rho > 0:
-                x += rho * vw
+                x += rho * vl
             if l == self.network.depth:
-                y = (1.0 / n + rho) * x
+                y = x
+                y *= 1.0 / n + rho
             else:
-                y = d.T @ (d @ x) / n
+                y = d.T @ (d @ x)
+                y /= n
                 if rho > 0:
                     y += rho * x
-            if vb is not None:
+            if self._separate_bias:  # the bias column: S.123's block (B* acts column by column)
+                vb = vl[:, -1:]
                 yb = (self.network.sigma_b2 / n**2) * (d.T @ (d @ vb))
                 if rho > 0:
                     yb += rho * vb
-                y = xp.concat([y, yb], axis=1)
+                y[:, -1:] = yb
             out.append(y)
         return out
 
@@ -347,25 +358,25 @@ class KFAC(FisherApproximation):
             H⁻¹X = (X − c Qᵀ D Q X)/ρ,      H⁺X = c Qᵀ D D Q X;
 
         B*_L = I_C/N gives 1/(1/N + ρ); S.123's bias block is H with Q = δ, c = σ_b²/N²."""
-        xp = namespace_of(signals.f)
         cache = {} if cache is None else cache
         n, rho = signals.n, self.damping
         out = []
         for l in range(1, self.network.depth + 1):
-            d, abar, vw, vb = self._split(signals, l, v[l - 1])
+            d, abar, vl = signals.delta_matrix(l), self._operator_factor(signals, l), v[l - 1]
             key = f"kfac:{l}"
             if key not in cache:
                 left = self._left(signals, l)
-                bias = self._bias_inverse(signals, l, left=left) if vb is not None else None
-                cache[key] = (left, self._right(abar, n), bias)
+                bias = self._bias_inverse(signals, l, left=left) if self._separate_bias else None
+                cache[key] = (left, self._right(self._abar(signals, l), n), bias)
             left, right, bias = cache[key]
-            x = _gram_inverse_right(vw, abar, right, 1.0 / n, rho)
+            # the zero bias column of ``abar`` leaves the Gram matrix āāᵀ of the weights unchanged
+            y = _gram_inverse_right(vl, abar, right, 1.0 / n, rho)
             if isinstance(left, float):
-                y = left * x
+                y *= left
             else:
-                y = _gram_inverse_left(x, d, left, 1.0 / n, rho)
-            if vb is not None:
-                y = xp.concat([y, _gram_inverse_left(vb, d, bias, self.network.sigma_b2 / n**2, rho)], axis=1)
+                y = _gram_inverse_left(y, d, left, 1.0 / n, rho)
+            if self._separate_bias:
+                y[:, -1:] = _gram_inverse_left(vl[:, -1:], d, bias, self.network.sigma_b2 / n**2, rho)
             out.append(y)
         return out
 
