@@ -187,3 +187,32 @@ def test_float32_training_stays_float32(mnist20, backend):
         d = get_fisher(name, net).direction(p, s.h[0], to_device(mnist20.y_train, b32), s)
         assert all(dtype_name_of(a) == "float32" for a in d)
         assert dtype_name_of(coefficient(get_fisher(name, net), s)) == "float32"
+
+
+# ---- the set-up's Θ̄ pair (issue 17): one set of factorisations for x and x′ --------------------
+@pytest.mark.parametrize("widths,act,sb2,name,rho", [
+    ((6, 12, 10, 1), "relu", 0.5, "unit", 1e-2),  # damped: x and x′ columns in one solve per unit
+    ((5, 10, 9, 2), "tanh", 0.3, "unit", 1e-2),  # C = 2
+    ((6, 12, 10, 1), "relu", 0.5, "unit", 0.0),  # exact zero-damping mode: S.137 on x, solves on x′
+    ((3, 8, 9, 1), "relu", 0.5, "unit", 0.0),  # first layer singular (M0 + 1 < N): pseudo-inverse mode
+    ((6, 12, 10, 1), "relu", 0.5, "bd", 0.0),  # no coefficient_pair: two coefficient calls
+])
+def test_setup_coefficients_match_oracle(widths, act, sb2, name, rho, backend):
+    """train's (Θ̄(x, x), Θ̄(x′, x)) at θ_0 equal the explicit P×P twin J G⁻¹ Jᵀ / N."""
+    from ngdref.train import coefficients
+
+    rng = np.random.default_rng(0)
+    net = Network(widths, act, 2.0, sb2)
+    x, xt = unit_rows(rng, 5, widths[0]), unit_rows(rng, 3, widths[0])
+    p = net.init(1, backend)
+    s, st = net.signals(p, to_device(x, backend)), net.signals(p, to_device(xt, backend))
+    fim = get_fisher(name, net, rho)
+    c_train, c_test = coefficients(fim, s, st)
+    orc = O.oracle(name, net, net.init(1), x, rho)
+    tol = max(1e-9, 50 * O.EPS * orc.condition())
+    for got, want in ((c_train, orc.theta_bar()), (c_test, orc.theta_bar(xt))):
+        got = to_host(got)
+        assert got.shape == want.shape
+        assert np.max(np.abs(got - want)) / np.max(np.abs(want)) < tol
+    alone, none = coefficients(fim, s, None)
+    assert none is None and np.array_equal(to_host(alone), to_host(coefficient(fim, s)))
