@@ -25,7 +25,7 @@ Groups of cases
               ``G-matvec`` and one ``G-inverse-matvec`` (its N-sized factors built in the warm-up call
               and reused, as in CG or Lanczos) on a fixed vector, beside ``signals`` (forward + backward)
               of the same network; ``over_signals`` = matvec / signals time, ``peak_over_params``
-              (tracemalloc) and ``rss_growth_bytes`` (resident set sampled during the warm-up call)
+              (tracemalloc) and ``peak_rss_growth_over_params`` (the forked-child RSS probe)
 """
 
 from __future__ import annotations
@@ -567,9 +567,7 @@ class Runner:
         pbytes = p * _itemsize(dtype)
         common = {"backend": backend, "dtype": dtype, "width": width, "widths": list(net.widths),
                   "n": int(x.shape[0]), "c": 1, "n_params": p, "group": "operator"}
-        rss = _rss_growth(lambda: net.signals(params, x))
-        ref = self.case({**common, "case": "signals"}, lambda: net.signals(params, x), param_bytes=pbytes,
-                        extra={"rss_growth_bytes": rss})
+        ref = self.case({**common, "case": "signals"}, lambda: net.signals(params, x), param_bytes=pbytes)
         signals_s = ref.get("median_s")
         sig = net.signals(params, x)
         v = to_device(np.random.default_rng(cfg.seed).standard_normal(p), be)
@@ -589,9 +587,7 @@ class Runner:
                     self._record({**common, "case": f"{of}-matvec", "fim": name}, "error",
                                  f"{type(exc).__name__}: {exc}"[:400], param_bytes=pbytes)
                     continue
-                rss = _rss_growth(lambda: op.matvec(v))
-                extra = {"damping": damping, "rss_growth_bytes": rss,
-                         "rss_growth_over_params": (rss / pbytes) if rss is not None else None}
+                extra = {"damping": damping}
                 if note:
                     extra["damping_note"] = note
                 rec = self.case({**common, "case": f"{of}-matvec", "fim": name}, lambda: op.matvec(v),
@@ -749,46 +745,6 @@ def _gemm4096_s() -> float:
     t0 = time.perf_counter()
     a @ a.T.copy()
     return time.perf_counter() - t0
-
-
-def _rss_bytes() -> int | None:
-    """Resident set size of this process (Linux /proc/self/statm), or None elsewhere."""
-    try:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError, AttributeError):
-        return None
-
-
-def _rss_growth(fn, interval_s: float = 0.0005) -> int | None:
-    """Peak growth of the resident set over one call of ``fn`` (sampled every ``interval_s`` by a thread;
-    a lower bound of the true peak, which may fall between samples). Unlike tracemalloc it sees every
-    allocation (BLAS workspaces included) but also pages the allocator keeps after a free."""
-    import gc
-    import threading
-
-    gc.collect()
-    base = _rss_bytes()
-    if base is None:
-        return None
-    peak = [base]
-    done = threading.Event()
-
-    def sample():
-        while not done.is_set():
-            now = _rss_bytes() or 0
-            peak[0] = max(peak[0], now)
-            time.sleep(interval_s)
-
-    t = threading.Thread(target=sample, daemon=True)
-    t.start()
-    try:
-        fn()
-    finally:
-        done.set()
-        t.join()
-    peak[0] = max(peak[0], _rss_bytes() or 0)
-    return max(0, peak[0] - base)
 
 
 # --------------------------------------------------------------------------------------
