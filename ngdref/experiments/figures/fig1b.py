@@ -239,7 +239,8 @@ def caption(config: dict, rows: list[dict], extra: dict) -> str:
         "network, one shape and size per ρ (larger for smaller ρ, so runs that coincide — ρ = 1e-6, 1e-8 and "
         "0 — stay visible one inside the other); coloured lines: Eq. 10 with the damped Θ̄ of each run; black "
         "dashed: ρ = 0 (the NTK dynamics, α = 2). Each panel's y-axis spans its measured losses.\n\n"
-        f"L = 4: the damped dynamics approach ρ = 0 as ρ → 0. {window_note(config, extra, tex=False)} The "
+        f"L = 4: the damped dynamics approach ρ = 0 as ρ → 0 (the window of instability shows there too, as a "
+        f"smaller rebound of the loss). {window_note(config, extra, tex=False)} The "
         "paper's \"explodes as ρ → 0\" is what a grid that stops inside the window shows (REPRODUCTION.md, "
         "Fig. 1(b), also for the damping in the published code's units)."
     )

@@ -66,7 +66,7 @@ LINESTYLES = ("-", "--", "-.", ":", (0, (5, 1, 1, 1)), (0, (1, 3)))
 def marker_style(i: int) -> dict:
     """Style of the ``i``-th run: its own shape, a size that grows with ``i`` (later runs enclose earlier
     ones), its own line style for the theory line."""
-    return {"marker": MARKERS[i % len(MARKERS)], "ms": 5.0 + 1.6 * (i % len(MARKERS)),
+    return {"marker": MARKERS[i % len(MARKERS)], "ms": 5.0 + 1.2 * (i % len(MARKERS)),
             "ls": LINESTYLES[i % len(LINESTYLES)]}
 
 
@@ -101,12 +101,15 @@ def _is_zero(v, l0) -> bool:
     return v is not None and (v <= 0 or (l0 is not None and l0 > 0 and v <= ZERO_RELATIVE * l0))
 
 
+MARGIN = 0.8  # decades of room beyond the extreme measured losses (the largest markers are drawn whole)
+
+
 @dataclass
 class LossAxis:
     """The y-range of training-loss panels fitted to the data, and where a loss of 0 is drawn.
 
-    ``bottom``/``top``: half a decade beyond the smallest / largest network loss (a theory line that
-    explodes or falls further leaves through the edge).
+    ``bottom``/``top``: :data:`MARGIN` decades beyond the smallest / largest network loss, room for the
+    largest marker (a theory line that explodes or falls further leaves through the edge).
     ``zero``: when some loss is 0 up to round-off (c = 1 after one step), the level, 1.5 decades below
     every other value, where it is drawn on a dotted line marked "0" — never silently off the axis.
     """
@@ -130,11 +133,11 @@ def loss_axis(runs: Iterable[list[dict]], theory_key: str | None = "theory_train
             t = r.get(theory_key) if theory_key else None
             zero = zero or _is_zero(t, l0)
     lo, hi = (min(values), max(values)) if values else (1e-3, 1.0)
-    top = hi * 10 ** 0.5
+    top = hi * 10 ** MARGIN
     if not zero:
-        return LossAxis(lo / 10 ** 0.5, top, None)
+        return LossAxis(lo / 10 ** MARGIN, top, None)
     level = lo / 10 ** 1.5
-    return LossAxis(level / 10 ** 0.5, top, level)
+    return LossAxis(level / 10 ** MARGIN, top, level)
 
 
 def _at(v, l0, axis: LossAxis | None):
