@@ -20,8 +20,8 @@ The bias joins a group as the unit's last column: columns are cut into consecuti
 holds k … 2k − 1 columns (⌊fan_l/k⌋ groups; one, the whole row, when k > fan_l/2) and the bias
 belongs to the last one. This keeps the tiles a partition of θ_l whatever k is, makes
 k = M_{l−1} + 1 exactly unit-wise, and never leaves a group smaller than k — which matters: a
-tile is isotropic-friendly only when it has at least as many columns as the samples its units
-are alive on (see Isotropy below), and a short remainder group would break that for every unit.
+tile is a diagonal projector only when it has at least as many (non-zero, independent) columns as
+the samples its units are alive on (see Isotropy below), and a short remainder group would break that for every unit.
 Tiles of ``g`` units are cut the same way (the last group takes the remainder); units of a
 layer are exchangeable at initialisation, so which g are grouped is immaterial. k and g apply
 to every layer, each capped at the layer's own size.
@@ -62,8 +62,10 @@ at g = 1 (S.128), → L at g = M_l (Section 4.1). For k < fan_l each Π_B projec
 diag(δ_R)·(a k-dimensional subspace), which is not diagonal: no α is derived (the
 ``subunit`` extension figure measures Θ̄). A single-unit tile is the exact diagonal projector
 diag(1[δ_i(x_n) ≠ 0]) as soon as a_K restricted to the unit's alive samples S_i has full row
-rank, i.e. generically when k_B >= |S_i|; ReLU units with σ_b² > 0 are alive on anything from
-none to all N samples, so that needs k >= N.
+rank: at least |S_i| of its k_B columns non-zero and independent there. ReLU units with σ_b² > 0
+are alive on anything from none to all N samples, and a dead unit of layer l − 1 (or a blank
+pixel) is a zero column of a_{l−1}, so that needs k well above N (measured on Fig. 3's setting
+and MNIST: k ≈ 1.5–2 N; REPRODUCTION.md, "Extension: sub-unit block Fishers").
 """
 
 from __future__ import annotations
