@@ -335,3 +335,24 @@ def test_numerical_failure_is_an_error_line_not_a_traceback(workdir):
     assert r.exit_code == 2 and "Traceback" not in r.stderr and not out.exists()
     assert lines[-1].startswith("Error: the linear algebra failed") and "--sigma-w2" in lines[-1]
     assert all(ln.startswith("Warning: ") for ln in lines[:-1]), r.stderr
+
+
+def test_kfac_singular_damped_factor_is_a_config_error_not_linalgerror():
+    """ρ = 1e-12 below the round-off of a K-FAC factor (inputs of scale 1e6, a first layer narrower than
+    N = 6, two repeated samples): inv raises LinAlgError; the user gets a ConfigError (→ CLI exit 2, one
+    line) naming the factor, the ρ and what to use instead. ρ = 0 (the pseudo-inverse) runs."""
+    import numpy as np
+
+    from ngdref import Network
+    from ngdref.fisher import get_fisher
+
+    net = Network((3, 2, 2, 1), "relu", 2.0, 0.0)
+    x = np.ones((6, 3)) * 1e6
+    x[3:] *= 2
+    y = np.zeros((6, 1))
+    p = net.init(0)
+    s = net.signals(p, x)
+    with pytest.raises(ConfigError, match=r"numerically singular at ρ = 1e-12: use ρ = 0 .*larger --damping"):
+        get_fisher("kfac", net, 1e-12).direction(p, x, y, s)
+    d = get_fisher("kfac", net, 0.0).direction(p, x, y, s)
+    assert all(np.all(np.isfinite(w)) for w in net.flatten(d)[None])

@@ -241,10 +241,24 @@ class KFAC(FisherApproximation):
         if self.forster:
             return ("Forster-transformed inputs: α = N(L-1)+M0 for M0 < N without bias (S.111), NL for M0 >= N "
                     "(S.107)")
-        return ("α = NL needs d >= N first-layer input dimensions (d = M0, +1 with the bias folded; S.107); for "
-                "d < N Θ̄ is not isotropic (S.109) unless the inputs are Forster-transformed (S.111, forster=True)")
+        return ("α = NL needs d >= N first-layer input dimensions (d = M0, +1 with the bias folded; S.107) and "
+                "full-rank N × N Gram matrices of each layer's δ_l and ā_l (dead ReLU units at small widths M, "
+                "e.g. with biases at M = 16, break it: Θ̄ is then not isotropic); for d < N Θ̄ is not isotropic "
+                "(S.109) unless the inputs are Forster-transformed (S.111, forster=True)")
 
     # ---- pieces -----------------------------------------------------------------------
+    def _damped_inverse(self, k, factor: str):
+        """:func:`~ngdref.linalg.damped_inverse` of a factor's N × N dual; a factor that is singular to
+        working precision at ρ > 0 (ρ below round-off of the Gram matrix, e.g. ρ = 1e-12 with a layer
+        narrower than N) is a :class:`~ngdref.errors.ConfigError` saying what to use, not a raw LinAlgError."""
+        try:
+            return damped_inverse(k, self.damping, self.rtol)
+        except Exception as exc:  # numpy.linalg.LinAlgError, or the array backend's own class of that name
+            if type(exc).__name__ != "LinAlgError":
+                raise
+            raise ConfigError(f"K-FAC's factor {factor} is numerically singular at ρ = {self.damping:g}: use ρ = 0 "
+                              "(its pseudo-inverse) or a larger --damping") from None
+
     def _abar(self, signals, layer):
         a = signals.a[layer - 1]
         if self._separate_bias:
@@ -261,11 +275,12 @@ class KFAC(FisherApproximation):
         if b_gram is None:
             d = signals.delta_matrix(layer)
             b_gram = d @ d.T
-        return damped_inverse(b_gram / n, self.damping, self.rtol)
+        return self._damped_inverse(b_gram / n, f"B_l/N + ρI (l = {layer}, the output-side factor)")
 
     def _right(self, abar, n, a_gram=None):
         """(Ā/N + ρI)⁻¹ (dual, N × N), Ā = ā āᵀ (``a_gram`` when the caller already has it)."""
-        return damped_inverse((abar @ abar.T if a_gram is None else a_gram) / n, self.damping, self.rtol)
+        return self._damped_inverse((abar @ abar.T if a_gram is None else a_gram) / n,
+                                    "A_l + ρI (a layer's input-side factor)")
 
     def _bias_inverse(self, signals, layer, b_gram=None, left=None):
         """(σ_b² B_l/N² + ρI)⁻¹ (S.123's bias block, dual); ``left`` = (B_l/N)⁺ when already known.
@@ -279,7 +294,8 @@ class KFAC(FisherApproximation):
         if b_gram is None:
             d = signals.delta_matrix(layer)
             b_gram = d @ d.T
-        return damped_inverse(self.network.sigma_b2 * b_gram / n**2, self.damping, self.rtol)
+        return self._damped_inverse(self.network.sigma_b2 * b_gram / n**2,
+                                    f"σ_b² B_l/N² + ρI (l = {layer}, the bias block)")
 
     # ---- structured path ---------------------------------------------------------------
     def precondition(self, signals, v, output_metric=None):
