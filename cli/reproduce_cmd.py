@@ -97,8 +97,9 @@ def reproduce(settings, figure, quick, out, data, jobs, scheduler, threads, fres
             args = ["ngdref"]
             if settings.seed:
                 args += ["--seed", str(settings.seed)]
-            if backend.name != "numpy" or backend.dtype_name != "float64":
-                args += ["--backend", backend.name, "--dtype", backend.dtype_name]
+            # a global setting is spelled out only when it is not the default, each on its own
+            args += ["--backend", backend.name] if backend.name != "numpy" else []
+            args += ["--dtype", backend.dtype_name] if backend.dtype_name != "float64" else []
             args += ["reproduce", name] + (["--quick"] if quick else []) + (["--threads", str(threads)] if threads != 1 else []) + (["--data", data] if data and REGISTRY[name].takes_data else [])
             args += (["--format", ",".join(fmts)] if fmts != ("png",) else []) \
                 + (["--config", config_file] if config_file is not None else []) \
@@ -132,7 +133,8 @@ def reproduce(settings, figure, quick, out, data, jobs, scheduler, threads, fres
                     _cell_failed(name, exc)
                 except OSError as exc:  # the out folder became unwritable, the disk is full, …
                     where = f" {exc.filename}" if exc.filename else ""
-                    raise UserError(f"{name}: cannot write{where}: {exc.strerror or exc}") from None
+                    raise UserError(f"{name}: cannot write{where}: {exc.strerror or exc}; choose another --out "
+                                    "(a writable folder with free space)") from None
             records.append(rec)
             table = Table(title=REGISTRY[name].title + (" [quick]" if quick else ""), title_justify="left")
             for col, kw in (("claim", {"ratio": 3}), ("measured", {"ratio": 3}), ("paper", {"ratio": 2}), ("", {})):

@@ -814,7 +814,10 @@ def _sample_indices(
     for c, n_c in zip(classes, counts):
         pool = np.flatnonzero(labels == c)
         if n_c > pool.size:
-            raise DataError(f"class {c} has {pool.size} {what} in {name}; requested {n_c}")
+            fit = min(int(np.sum(labels == k)) for k in classes) * len(classes)
+            option = "--n-test" if "test" in what else "--n-train" if "train" in what else "--n-train + --n-test"
+            raise DataError(f"class {c} has {pool.size} {what} in {name}; requested {n_c}: use {option} ≤ {fit} "
+                            f"for classes {','.join(str(k) for k in classes)}, or --data PATH for a larger set")
         picked.append(rng.permutation(pool)[:n_c])
     return picked
 
@@ -867,9 +870,12 @@ def _from_pools(
         for c, a, b in zip(classes, c_train, c_test):
             available = int(np.sum(labels == c))
             if a + b > available:
+                fit = min(int(np.sum(labels == k)) for k in classes) * len(classes)
+                remedy = f"--n-train ≤ {fit - n_test}" if n_test < fit else f"--n-train + --n-test ≤ {fit}"
                 raise DataError(
                     f"class {c} has {available} samples in {name}; "
-                    f"requested {a + b} ({a} train + {b} test)"
+                    f"requested {a + b} ({a} train + {b} test): use {remedy} for classes "
+                    f"{','.join(str(k) for k in classes)}, or --data PATH for a larger set"
                 )
         both = [a + b for a, b in zip(c_train, c_test)]
         picked = _sample_indices(labels, classes, both, rng, name, "samples")

@@ -71,7 +71,8 @@ CATALOG = [
     row("train", *T, "--classes", "0,11", needle="class 11", id="classes-absent"),
     row("ntk", "--width", "8", "--n-train", "0", needle="--n-train", id="n-train-0"),
     row("train", "--width", "8", "--n-train", "6", "--n-test", "-1", needle="--n-test", id="n-test-negative"),
-    row("ntk", "--width", "8", "--n-train", "100000", needle="requested", id="n-train-too-many"),
+    row("ntk", "--width", "8", "--n-train", "100000", needle="use --n-train ≤ 1000 for classes 0,7, or --data PATH",
+        id="n-train-too-many"),
     row("ntk", *N, "--data", "gaussian", "--input-dim", "0", needle="--input-dim", id="input-dim-0"),
     row("train", *T, "--input-dim", "20", needle="--input-dim", id="input-dim-without-gaussian"),
     # ---- --json (every command) ------------------------------------------------------------

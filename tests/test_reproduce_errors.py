@@ -104,6 +104,8 @@ USER_ERRORS = [
     (["figS2", "--config", "empty"], "folder"),
     (["figS2", "--config", "nofile.toml"], "does not exist"),
     (["all", "--quick", "--set", "nokey=1"], "unknown key"),
+    (["fig3", "--quick", "--set", "widths=[16]", "--set", "widths=[32]"], "--set widths is given twice"),
+    (["figS2", "--quick", "--out", "/proc/ngdref-x"], "choose another --out"),
 ]
 
 
@@ -425,3 +427,6 @@ def test_fig2_regenerated_data_and_another_dtype_are_recomputed(tmp_path):
     assert regenerated["cells"]["cached"] == 0 and regenerated["rows"] != first["rows"]
     in32 = run("--dtype", "float32")
     assert in32["cells"]["cached"] == 0 and in32["dtype"] == "float32"
+    # the recorded command spells out a global setting only when it is not the default, each on its own
+    assert in32["command_line"].startswith("ngdref --dtype float32 reproduce fig2") and "--backend" not in in32["command_line"]
+    assert regenerated["command_line"].startswith("ngdref reproduce fig2")

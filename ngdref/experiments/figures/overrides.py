@@ -83,7 +83,11 @@ def parse_set(pairs) -> dict[str, Any]:
         if not sep or not key:
             raise ConfigError(f"--set {pair!r}: write KEY=VALUE, e.g. --set steps=5 or --set widths=[64,128]")
         value = parse_value(text)
-        out.update(_flatten({key: value}) if isinstance(value, dict) else {key: value})
+        new = _flatten({key: value}) if isinstance(value, dict) else {key: value}
+        twice = [k for k in new if k in out]
+        if twice:
+            raise ConfigError(f"--set {twice[0]} is given twice; give each key once")
+        out.update(new)
     return out
 
 
