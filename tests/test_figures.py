@@ -327,3 +327,66 @@ def test_fixed_and_checked_keys_of_each_figure():
     assert cfg["steps"] == 2 and cfg["network"]["width"] == 64
     assert figure_config("fig1a", True)["steps"] != 2  # the default is left unchanged
     assert not math.isnan(cfg["runs"][0]["lr_scale"])
+
+
+def _effective_cells(cells) -> list[str]:
+    """Each cell's parameters as the cell uses them: a per-cell ``width`` replaces the network's width."""
+    out = []
+    for c in cells:
+        q = json.loads(json.dumps(c.params))
+        if "width" in q and isinstance(q.get("network"), dict):
+            q["network"]["width"] = q["width"]
+        out.append(json.dumps(q, sort_keys=True))
+    return out
+
+
+def _perturbed(v):
+    if isinstance(v, bool):
+        return not v
+    if isinstance(v, (int, float)):
+        return v * 1.5 + 3 if isinstance(v, float) else v + 3
+    if isinstance(v, str):
+        return v + "x"
+    if isinstance(v, list) and v and not isinstance(v[0], (dict, list)):
+        return [_perturbed(x) for x in v]
+    return None  # tables and lists of tables: not probed
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_unread_keys_are_exactly_those_no_cell_reads_and_are_refused(name):
+    """B4: a key is declared unread (Figure.unread) iff changing it leaves every cell as the cell uses it
+    unchanged (probed on every settable scalar/list leaf of the quick configuration); overriding one is
+    refused in one line that says what to set instead, with the figure's name or without."""
+    import copy
+
+    from ngdref.errors import ConfigError
+    from ngdref.experiments.figures.overrides import _flatten, apply_overrides, split_by_figure, unread_remedy
+
+    figure = get_figure(name)
+    config = figure_config(name, True)
+    base = _effective_cells(figure.cells(config, "numpy", "float64"))
+    found = set()
+    for key, value in _flatten(config).items():
+        if key in ("figure", "quick") or key.split(".")[0] in figure.fixed or _perturbed(value) is None:
+            continue
+        changed = copy.deepcopy(config)
+        node, parts = changed, [int(p) if p.isdigit() else p for p in key.split(".")]
+        for p in parts[:-1]:
+            node = node[p]
+        node[parts[-1]] = _perturbed(value)
+        try:
+            same = _effective_cells(figure.cells(changed, "numpy", "float64")) == base
+        except Exception:  # noqa: BLE001 - a value the cells cannot take is read
+            same = False
+        if same:
+            found.add(key)
+    assert found == {k for k, _ in figure.unread}, name
+    for key, remedy in figure.unread:
+        old = config
+        for p in key.split("."):
+            old = old[p]
+        with pytest.raises(ConfigError, match=f"{name}: {key} is not read: .*use|{name}: {key} is not read: "):
+            apply_overrides(figure, config, {key: _perturbed(old)})
+        with pytest.raises(ConfigError, match="is not read"):
+            split_by_figure({key: _perturbed(old)}, [name], REGISTRY, {name: config})
+        assert unread_remedy(figure, key) == remedy and "\n" not in remedy

@@ -106,6 +106,9 @@ USER_ERRORS = [
     (["all", "--quick", "--set", "nokey=1"], "unknown key"),
     (["fig3", "--quick", "--set", "widths=[16]", "--set", "widths=[32]"], "--set widths is given twice"),
     (["figS2", "--quick", "--out", "/proc/ngdref-x"], "choose another --out"),
+    (["fig3", "--quick", "--set", "network.width=1024"], "fig3: network.width is not read: the sweep sets the width "
+                                                          "per cell: use --set widths=[…]"),
+    (["fig1b", "--quick", "--set", "fig1b.network.depth=3"], "use --set depths=[…]"),
 ]
 
 

@@ -29,7 +29,8 @@ class Figure:
     ``caption(config, rows, summary)`` → the figure's caption (Markdown: the settings, what the lines
     and markers are, how to read it), written next to the figure with its claims (:meth:`caption_text`).
     ``fixed``: configuration keys ``--set``/``--config`` may not change (the structure the analysis
-    relies on); ``check(config)``: what is wrong with an overridden configuration (None when fine).
+    relies on); ``check(config)``: what is wrong with an overridden configuration (None when fine);
+    ``unread``: (key, what to set instead) for keys the sweep does not read.
     """
 
     name: str
@@ -46,6 +47,10 @@ class Figure:
     caption: Callable[[dict, list, dict], str] | None = None
     fixed: tuple[str, ...] = ()
     check: Callable[[dict], str | None] | None = None
+    #: configuration keys the sweep never reads because another key sets that value per cell (fig3's
+    #: ``network.width``: it sweeps ``widths``), each with what to set instead; ``--set``/``--config`` of
+    #: one is refused (tests/test_figures.py checks each is truly unread: the cells do not change with it)
+    unread: tuple[tuple[str, str], ...] = ()
 
     def plot(self, config: dict, rows: list[dict], extra: dict, path: str | Path,
              formats: Iterable[str] = ("png",)) -> str:

@@ -252,4 +252,5 @@ FIGURE = Figure(
     summary="block tri-diagonal NGD, L = 4 and 5, damping ρ → 0 (Lemma 4.3)",
     claim="tri-diagonal NGD converges at L = 4 but explodes as ρ → 0 at L = 5 = 3s + 2 (Σ singular)",
     config=config, cells=cells, analyse=analyse, draw=draw, caption=caption, check=_check,
+    unread=(("network.depth", "the sweep sets the depth per cell: use --set depths=[…]"),),
 )

@@ -138,4 +138,6 @@ FIGURE = Figure(
     claim="unit-wise NGD with η = 1/α converges in one step and follows Eq. 24 for every activation",
     config=config, cells=cells, analyse=analyse, draw=draw, caption=caption, fixed=("activations",),
     check=_check,
+    unread=(("network.activation", "each panel sets its own (tanh, ReLU, shifted ReLU; fixed)"),
+            ("network.shift", "each panel sets its own (activations, fixed)")),
 )

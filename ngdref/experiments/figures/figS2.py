@@ -115,4 +115,5 @@ FIGURE = Figure(
     summary="α/M of unit-wise NGD with shifted ReLU vs S.157",
     claim="the measured α/M of unit-wise NGD agrees with S.157 for every shift",
     config=config, cells=cells, analyse=analyse, draw=draw, caption=caption,
+    unread=(("network.shift", "the sweep sets the shift per cell: use --set shifts=[…]"),),
 )

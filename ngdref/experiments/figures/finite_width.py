@@ -418,4 +418,5 @@ FIGURE = Figure(
     summary="extension: one-step residual, Θ̄ isotropy and motion, lazy-training gaps against width (power laws)",
     claim="the finite-width deviations from the theory vanish as M → ∞ (the paper gives no rate)",
     config=config, cells=cells, analyse=analyse, draw=draw, caption=caption, check=_check,
+    unread=(("network.width", "the sweep sets the width per cell: use --set widths=[…] (or damping_widths=[…])"),),
 )

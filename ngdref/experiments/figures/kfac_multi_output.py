@@ -413,4 +413,7 @@ FIGURE = Figure(
     summary="extension: structure of K-FAC's Θ̄ for C = 2, 5, 10 outputs (biases, Forster) and its learning rate",
     claim="Section 4.3 leaves C > 1 open: the data say whether Θ̄ is isotropic, block-isotropic or neither",
     config=config, cells=cells, analyse=analyse, draw=draw, caption=caption, check=_check,
+    unread=(("network.width", "the sweep sets the width per cell: use --set widths=[…]"),
+            ("network.sigma_b2", "each variant sets σ_b² (0 without bias, 0.5 with): choose --set variants=[…]"),
+            ("mnist.classes", "the digits are 0 … C−1 per C: use --set classes=[…]")),
 )

@@ -5,7 +5,7 @@ the levels and list indices as numbers: ``steps``, ``widths``, ``network.width``
 ``tasks.0.data.n_train``. A VALUE is written as in TOML: ``5``, ``1e-3``, ``[64, 128, 256]``,
 ``true``, ``"relu"`` (a bare word is a string). A key prefixed with a figure's name
 (``fig3.widths=[64, 128]``) applies to that figure only; without it, to every figure being run
-whose configuration has the key, and to at least one of them (else it is refused).
+whose configuration has the key and whose sweep reads it, and to at least one of them (else it is refused).
 
 A TOML file holds the same: top-level keys and tables (``[network]``, dotted keys) for every figure,
 a table named after a figure (``[fig1b]``) for that figure::
@@ -20,7 +20,8 @@ a table named after a figure (``[fig1b]``) for that figure::
 A value must have the kind of the value it replaces (an integer for an integer, a list of numbers
 for a list of numbers …), sizes (widths, depths, steps, N) are ≥ 1, every number is finite and ≥ 0;
 keys the analysis relies on (``figure``, ``quick``, a figure's :attr:`~.base.Figure.fixed` keys) are
-not settable. Everything is checked before any work (:class:`~ngdref.errors.ConfigError`, one
+not settable, nor a key the sweep does not read (:attr:`~.base.Figure.unread`: fig3's ``network.width``,
+as it sweeps ``widths``), refused with what to set instead. Everything is checked before any work (:class:`~ngdref.errors.ConfigError`, one
 line). The overridden values change the cells' parameters, hence their keys: a stored cell of
 other settings is never reused.
 """
@@ -123,13 +124,26 @@ def split_by_figure(overrides: dict[str, Any], names: list[str], registry: dict[
                 raise ConfigError(f"{key!r}: name a key of {head}'s configuration after '{head}.'")
             out[head][rest] = value
             continue
-        takers = [n for n in names if _has(configs[n], key)]
+        takers = [n for n in names if _has(configs[n], key) and unread_remedy(registry[n], key) is None]
+        readers_not = [n for n in names if _has(configs[n], key) and n not in takers]
+        if not takers and readers_not:
+            n = readers_not[0]
+            raise ConfigError(f"{n}: {key} is not read: {unread_remedy(registry[n], key)}")
         if not takers:
             keys = sorted({k for n in names for k in _settable(configs[n], registry[n])})
             raise ConfigError(f"unknown key {key!r} for {', '.join(names)}; settable: {', '.join(keys)}")
         for n in takers:
             out[n][key] = value
     return out
+
+
+def unread_remedy(figure: Figure, key: str) -> str | None:
+    """What to set instead when ``key`` (or a key above or below it) is one the figure does not read
+    (:attr:`~.base.Figure.unread`); None when the figure reads it."""
+    for k, remedy in figure.unread:
+        if key == k or key.startswith(k + ".") or k.startswith(key + "."):
+            return remedy
+    return None
 
 
 def _settable(config: dict, figure: Figure) -> list[str]:
@@ -252,6 +266,9 @@ def apply_overrides(figure: Figure, config: dict, overrides: dict[str, Any]) -> 
             what = "use --quick" if parts[0] == "quick" else "the analysis relies on it"
             raise ConfigError(f"{name}: {parts[0]!r} cannot be set ({what}); settable: "
                               f"{', '.join(_settable(config, figure))}")
+        remedy = unread_remedy(figure, key)
+        if remedy is not None:
+            raise ConfigError(f"{name}: {key} is not read: {remedy}")
         if not _has(out, key):
             raise ConfigError(f"{name} has no setting {key!r}; settable: {', '.join(_settable(config, figure))}")
         node = out

@@ -474,4 +474,6 @@ FIGURE = Figure(
     claim="(extension, no claim in advance) where a block-partition Fisher smaller than unit-wise is isotropic, "
           "and at what cost",
     config=config, cells=cells, analyse=analyse, draw=draw, caption=caption, fixed=("variants",),
+    unread=(("network.width", "the sweep sets the width per cell: use --set datasets.gaussian.widths=[…] "
+                              "or datasets.mnist.widths=[…]"),),
 )
