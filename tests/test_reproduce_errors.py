@@ -109,6 +109,9 @@ USER_ERRORS = [
     (["fig3", "--quick", "--set", "network.width=1024"], "fig3: network.width is not read: the sweep sets the width "
                                                           "per cell: use --set widths=[…]"),
     (["fig1b", "--quick", "--set", "fig1b.network.depth=3"], "use --set depths=[…]"),
+    (["fig3", "--quick", "--set", "widths=[16,16]"], "fig3: widths has 16 twice; give each value once"),
+    (["fig3", "--quick", "--set", "seeds=[0, 1, 0]"], "fig3: seeds has 0 twice"),
+    (["figS2", "--quick", "--set", "shifts=[1, 1.0]"], "figS2: shifts has 1.0 twice"),
 ]
 
 

@@ -218,6 +218,10 @@ def _coerce(old, new, key: str):
     raise bad
 
 
+def _toml_text(v) -> str:
+    return f'"{v}"' if isinstance(v, str) else ("true" if v is True else "false" if v is False else repr(v))
+
+
 def _last(key: str) -> str:
     """The last named part of a dotted key (``tasks.0.methods.1`` → ``methods``)."""
     return next(p for p in reversed(key.replace(": ", ".").split(".")) if not p.isdigit())
@@ -275,6 +279,11 @@ def apply_overrides(figure: Figure, config: dict, overrides: dict[str, Any]) -> 
         for part in parts[:-1]:
             node = node[part]
         new = _coerce(node[parts[-1]], value, f"{name}: {key}")
+        if isinstance(new, list):  # a value twice would make two cells of one key (or count a class twice)
+            seen = [v for v in new if not isinstance(v, (dict, list))]
+            twice = next((v for i, v in enumerate(seen) if v in seen[:i]), None)
+            if twice is not None:
+                raise ConfigError(f"{name}: {key} has {_toml_text(twice)} twice; give each value once")
         _check_numbers(new, f"{name}: {key}")
         _check_names(new, f"{name}: {key}")
         node[parts[-1]] = new
@@ -282,7 +291,11 @@ def apply_overrides(figure: Figure, config: dict, overrides: dict[str, Any]) -> 
     if problem:
         raise ConfigError(f"{name}: {problem}")
     try:
+        keys: set = set()
         for cell in figure.cells(out, "numpy", "float64"):  # every network the sweep builds must be valid
+            if cell.key in keys:
+                raise ConfigError(f"these settings make the cell {cell.key} twice; give each value of a list once")
+            keys.add(cell.key)
             q = cell.params
             if isinstance(q.get("network"), dict) and isinstance(q.get("data"), dict):
                 network(q["network"], q["data"]["input_dim"], 1, width=q.get("width"))
