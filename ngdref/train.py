@@ -114,14 +114,19 @@ def ngd_step(fim: FisherApproximation, params: list, signals: Signals, residual,
 
     Memory contract: with ``in_place=False`` θ_{t+1} is a new list of new arrays and ``params`` is
     left as it was (so θ_0 can be kept); with ``in_place=True`` the arrays of ``params`` are
-    overwritten with θ_{t+1} and the same list is returned. Either way the only temporary is the
-    direction returned by ``fim.precondition``, scaled by η in place.
+    overwritten with θ_{t+1} and the same list is returned. Either way the only parameter-sized
+    arrays made are those of the direction returned by ``fim.precondition`` (fresh, its contract):
+    scaled by η in place, and with ``in_place=False`` turned into θ_{t+1} = θ_t − ηΔθ in place
+    (−ηΔθ + θ_t is the same floating-point sum), so that θ_t, θ_{t+1} and Δθ never coexist.
     """
     direction = fim.precondition(signals, residual, output_metric)
-    for d in direction:  # fresh arrays (precondition's contract)
-        d *= eta
     if not in_place:
-        return [p - d for p, d in zip(params, direction)]
+        for p, d in zip(params, direction):
+            d *= -eta
+            d += p
+        return direction
+    for d in direction:
+        d *= eta
     for p, d in zip(params, direction):
         p -= d
     return params
@@ -233,7 +238,7 @@ _DISTANCE_BLOCK = 1 << 16
 
 def squared_distance(params, params0, shift=None):
     """‖θ − θ_0 (− shift)‖₂² over all layers as a 0-d array, summed a block of rows at a time so
-    the differences stay small (no parameter-sized temporary)."""
+    the differences stay small (no parameter-sized temporary); a ``None`` layer of ``params0`` is 0."""
     xp = namespace_of(params[0])
     total = None
     for l, (p, q) in enumerate(zip(params, params0)):
@@ -241,7 +246,7 @@ def squared_distance(params, params0, shift=None):
         rows = max(1, _DISTANCE_BLOCK // max(1, p.shape[1]))
         for r0 in range(0, m, rows):
             r1 = min(m, r0 + rows)  # explicit: the array API does not clamp out-of-bounds slices
-            diff = p[r0:r1, :] - q[r0:r1, :]
+            diff = p[r0:r1, :] - q[r0:r1, :] if q is not None else xp.asarray(p[r0:r1, :], copy=True)
             if shift is not None:
                 diff -= shift[l][r0:r1, :]
             part = xp.sum(diff * diff)
@@ -273,9 +278,9 @@ class Eq22Check(Observer):
             return {}
         predicted = parameter_displacement(self.fim, self.signals0, self.theta_bar, function_vector(self.signals0.f),
                                            self.y_vec, self.eta, step.t)
-        xp = namespace_of(predicted[0])
+        zero = [None] * len(predicted)
         h = [float(v) for v in fetch(squared_distance(step.params, self.params0, predicted),
-                                     *[xp.sum(d * d) for d in predicted])]
+                                     squared_distance(predicted, zero))]
         diff, norm = math.sqrt(h[0]), math.sqrt(sum(h[1:]))
         return {"eq22_relative_error": diff / norm if norm > 0 else float("nan")}
 
