@@ -239,9 +239,19 @@ def test_json_layout_and_one_type_per_column(run_all):
                                                      and not isinstance(v, bool) else type(v).__name__)
         mixed = {k: t for k, t in columns.items() if len(t) > 1}
         assert not mixed, (name, mixed)
+        assert all(list(row) == list(rec["rows"][0]) for row in rec["rows"]), name  # C2: one key set, one order
     fig2 = records["fig2"]["rows"]
     assert {r["initial_output"] for r in fig2} == {"sampled", "zero"}
     assert all((r["seed"] is None) == (r["initial_output"] == "zero") for r in fig2)
+
+
+def test_uniform_rows_fill_missing_columns_with_none_in_first_seen_order():
+    from ngdref.experiments.figures.run import uniform_rows
+
+    rows = uniform_rows([{"a": 1, "b": 2}, {"a": 3, "message": "refused"}, {"c": 0.5, "a": 4}])
+    assert rows == [{"a": 1, "b": 2, "message": None, "c": None}, {"a": 3, "b": None, "message": "refused", "c": None},
+                    {"a": 4, "b": None, "message": None, "c": 0.5}]
+    assert all(list(r) == ["a", "b", "message", "c"] for r in rows) and uniform_rows([]) == []
 
 
 def test_all_json_has_the_common_layout(run_all):

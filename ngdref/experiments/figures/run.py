@@ -27,6 +27,15 @@ from ..sweep import DEFAULT_CELL_THREADS, CellError, CellOutcome, run_cells
 from .registry import get_figure
 
 
+def uniform_rows(rows: list[dict]) -> list[dict]:
+    """Every row with the same columns, in the order of their first appearance, None where a row lacks one
+    (fig1b's refused L = 5, ρ = 0 row has a ``message`` and no losses): JSON rows as tabular as the CSV."""
+    fields: dict = {}
+    for r in rows:
+        fields.update(dict.fromkeys(r))
+    return [{k: r.get(k) for k in fields} for r in rows]
+
+
 def rows_to_csv(rows: list[dict]) -> str:
     """Rows as CSV: the union of their keys in first-seen order; None as an empty field."""
     fields: list[str] = []
@@ -132,6 +141,7 @@ def _run_locked(figure, config, out, executor, progress, command, plot, notice, 
         _log_failure(out, err)
         raise
     rows, claims, extra = figure.analyse(config, outcomes)
+    rows = uniform_rows(rows)
     files = {"csv": str(out / f"{name}.csv"), "json": str(out / f"{name}.json"),
              "caption": str(out / f"{name}.caption.md")}
     write_atomic(files["csv"], rows_to_csv(rows))
