@@ -197,14 +197,21 @@ def _k_value(v: dict):
     return k if isinstance(k, int) and v["options"].get("g") == 1 else None
 
 
+def _option_text(v: dict, name: str) -> str | None:
+    """A block variant's k or g as ``--option`` writes it ("1", "20", "all"): one type (str) per column,
+    None for an approximation without it (unit-wise, K-FAC)."""
+    value = v["options"].get(name)
+    return None if value is None else str(value)
+
+
 def analyse(config: dict, outcomes: list[CellOutcome]) -> tuple[list, list, dict]:
     rows = []
     for o in outcomes:
         p, r = o.params, o.result
         v = p["variant"]
         rows.append({
-            "data": p["data_name"], "variant": v["id"], "approximation": _label(v), "k": v["options"].get("k", ""),
-            "g": v["options"].get("g", ""), "width": p["width"], "seed": p["seed"],
+            "data": p["data_name"], "variant": v["id"], "approximation": _label(v), "k": _option_text(v, "k"),
+            "g": _option_text(v, "g"), "width": p["width"], "seed": p["seed"],
             "condition_number": r["condition_number"], "lambda_min": r["lambda_min"], "lambda_max": r["lambda_max"],
             "mean_diagonal": r["mean_diagonal"], "alpha_analytic": r["alpha_analytic"], "lr": r["lr"],
             "loss_1_over_0": _ratio(r["train_loss"], 1), "loss_last_over_0": _ratio(r["train_loss"], config["steps"]),
@@ -470,7 +477,7 @@ def caption(config: dict, rows: list[dict], extra: dict) -> str:
 FIGURE = Figure(
     name=NAME,
     title="Extension: sub-unit block Fishers between entry-wise and unit-wise (Section 5's open question)",
-    summary="extension: block-partition Fishers (k weights or g units per block) — isotropy, training, cost",
+    summary="extension: block-partition Fishers between entry- and unit-wise",
     claim="(extension, no claim in advance) where a block-partition Fisher smaller than unit-wise is isotropic, "
           "and at what cost",
     config=config, cells=cells, analyse=analyse, draw=draw, caption=caption, fixed=("variants",),
