@@ -18,13 +18,16 @@ from .common import EXIT_INTERRUPTED, UserError, consoles, emit_json, handle_err
 
 FIGURE_CHOICES = (*REGISTRY, "all")
 
+_NAME_WIDTH = max(len(name) for name in FIGURE_CHOICES)
 HELP = "\n".join([
     "Regenerate FIGURE of Karakida & Osawa (2020): data (CSV, JSON), plot (PNG; --format for PDF, SVG), "
     "caption and the claim it tests ('all' also writes a contact sheet, DIR/index.html).",
     "",
     "\b",
-    *(f"{name:<6} {figure.summary}" for name, figure in REGISTRY.items()),
-    f"{'all':<6} every figure above",
+    # one column of names as wide as the longest; each summary is one short line (the figure's caption and
+    # module docstring hold the rest)
+    *(f"{name:<{_NAME_WIDTH}}  {figure.summary}" for name, figure in REGISTRY.items()),
+    f"{'all':<{_NAME_WIDTH}}  every figure above",
 ])
 
 

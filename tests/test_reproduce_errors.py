@@ -436,3 +436,17 @@ def test_fig2_regenerated_data_and_another_dtype_are_recomputed(tmp_path):
     # the recorded command spells out a global setting only when it is not the default, each on its own
     assert in32["command_line"].startswith("ngdref --dtype float32 reproduce fig2") and "--backend" not in in32["command_line"]
     assert regenerated["command_line"].startswith("ngdref reproduce fig2")
+
+
+def test_reproduce_help_lists_figures_in_one_column_with_short_summaries():
+    """K2: every figure's line of `reproduce --help` has its summary in one column (the width of the longest
+    name), each summary at most 70 characters (the rest is in the figure's caption and docstring)."""
+    from ngdref.experiments.figures.registry import REGISTRY
+
+    r = CliRunner().invoke(cli, ["reproduce", "--help"], env={"COLUMNS": "100"})
+    assert r.exit_code == 0
+    lines = {ln.split()[0]: ln for ln in r.output.splitlines() if ln.split() and ln.split()[0] in [*REGISTRY, "all"]}
+    assert set(lines) == {*REGISTRY, "all"}
+    starts = {ln.index(REGISTRY[n].summary if n in REGISTRY else "every figure above") for n, ln in lines.items()}
+    assert len(starts) == 1, lines
+    assert all(len(f.summary) <= 70 for f in REGISTRY.values())

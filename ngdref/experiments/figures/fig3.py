@@ -130,7 +130,7 @@ def caption(config: dict, rows: list[dict], extra: dict) -> str:
 FIGURE = Figure(
     name=NAME,
     title="Fig. 3: condition number of Θ̄(x, x) against width",
-    summary="condition number of Θ̄ against width (NTK, BD, unit-wise, diagonal, quasi-diagonal)",
+    summary="cond(Θ̄) against width: NTK, BD, unit-wise, diagonal, quasi-diagonal",
     claim="cond(Θ̄) → 1 with width for BD and unit-wise NGD, not for the entry-wise Fishers",
     config=config, cells=cells, analyse=analyse, draw=draw, caption=caption, check=_check,
     unread=(("network.width", "the sweep sets the width per cell: use --set widths=[…]"),),

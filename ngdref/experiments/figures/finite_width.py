@@ -415,7 +415,7 @@ def _check(config: dict) -> str | None:
 FIGURE = Figure(
     name=NAME,
     title="Extension: finite-width distance from the NGD theory after one step, against width",
-    summary="extension: one-step residual, Θ̄ isotropy and motion, lazy-training gaps against width (power laws)",
+    summary="extension: finite-width residual, isotropy, lazy gaps against M",
     claim="the finite-width deviations from the theory vanish as M → ∞ (the paper gives no rate)",
     config=config, cells=cells, analyse=analyse, draw=draw, caption=caption, check=_check,
     unread=(("network.width", "the sweep sets the width per cell: use --set widths=[…] (or damping_widths=[…])"),),

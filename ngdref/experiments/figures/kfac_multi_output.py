@@ -410,7 +410,7 @@ def _check(config: dict) -> str | None:
 FIGURE = Figure(
     name=NAME,
     title="Extension: K-FAC with C > 1 outputs — is Θ̄ isotropic, block-isotropic or neither?",
-    summary="extension: structure of K-FAC's Θ̄ for C = 2, 5, 10 outputs (biases, Forster) and its learning rate",
+    summary="extension: K-FAC's Θ̄ and its learning rate for C = 2, 5, 10 outputs",
     claim="Section 4.3 leaves C > 1 open: the data say whether Θ̄ is isotropic, block-isotropic or neither",
     config=config, cells=cells, analyse=analyse, draw=draw, caption=caption, check=_check,
     unread=(("network.width", "the sweep sets the width per cell: use --set widths=[…]"),
