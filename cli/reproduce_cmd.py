@@ -68,6 +68,7 @@ def reproduce(settings, figure, quick, out, data, jobs, scheduler, threads, fres
     """Regenerate FIGURE (the help text, HELP, comes from the figure registry)."""
     from ngdref.experiments.figures.overrides import apply_overrides, load_config_file, parse_set, split_by_figure
     from ngdref.experiments.figures.registry import figure_config
+    from ngdref.experiments.figures.cells import check_sweep_memory
     from ngdref.experiments.figures.run import run_figure
     from ngdref.experiments.figures.sheet import SHEET, write_contact_sheet
     from ngdref.experiments.sweep import CellError, check_scheduler_address, describe_executor, make_executor
@@ -91,6 +92,8 @@ def reproduce(settings, figure, quick, out, data, jobs, scheduler, threads, fres
     given = {**(load_config_file(config_file) if config_file is not None else {}), **parse_set(sets)}
     per_figure = split_by_figure(given, names, REGISTRY, configs)
     configs = {name: apply_overrides(REGISTRY[name], configs[name], per_figure[name]) for name in names}
+    for name in names:  # the largest cell must fit (B5: --set widths=[20000] is refused here, not OOM-killed)
+        check_sweep_memory(name, REGISTRY[name].cells(configs[name], backend.name, backend.dtype_name), jobs)
     con = consoles(json_path)
     err = consoles("-")
     records = []

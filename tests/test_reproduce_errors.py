@@ -110,6 +110,8 @@ USER_ERRORS = [
                                                           "per cell: use --set widths=[…]"),
     (["fig1b", "--quick", "--set", "fig1b.network.depth=3"], "use --set depths=[…]"),
     (["fig3", "--quick", "--set", "widths=[16,16]"], "fig3: widths has 16 twice; give each value once"),
+    (["fig3", "--quick", "--set", "widths=[20000]"], "would hold at least 6.0 GiB"),
+    (["fig1a", "--quick", "--set", "network.width=20000"], "above the limit of 4.0 GiB"),
     (["fig3", "--quick", "--set", "seeds=[0, 1, 0]"], "fig3: seeds has 0 twice"),
     (["figS2", "--quick", "--set", "shifts=[1, 1.0]"], "figS2: shifts has 1.0 twice"),
 ]
@@ -450,3 +452,26 @@ def test_reproduce_help_lists_figures_in_one_column_with_short_summaries():
     starts = {ln.index(REGISTRY[n].summary if n in REGISTRY else "every figure above") for n, ln in lines.items()}
     assert len(starts) == 1, lines
     assert all(len(f.summary) <= 70 for f in REGISTRY.values())
+
+
+def test_sweep_memory_estimate_counts_parameters_and_signals_and_refuses_up_front(workdir, monkeypatch):
+    """B5: the estimate of a cell is itemsize · (k·P + 3·(N + N′)·ΣM_l), P counted here by hand (fig3 quick,
+    M = 32: L = 3, M0 = 30, N = 20, σ_b² > 0: biases; k = 2 for an isotropy cell, 4 for a training cell); a sweep
+    whose largest cell (times --jobs) is above NGDREF_MAX_BYTES is refused before any file, with the estimate."""
+    from ngdref.experiments.figures.cells import cell_memory, check_sweep_memory
+
+    cells = build_cells(figure_config("fig3", quick=True))
+    m32 = next(c for c in cells if c.params["width"] == 32)
+    p = (30 * 32 + 32) + (32 * 32 + 32) + (32 + 1)
+    assert cell_memory(m32)[0] == 8 * (2 * p + 3 * 20 * (32 + 32 + 1))
+    train = build_cells(figure_config("fig1a", quick=True))[0]  # M = 1024, M0 = 100, N + N' = 40, σ_b² = 0: no biases
+    p1 = 100 * 1024 + 1024 * 1024 + 1024
+    assert cell_memory(train)[0] == 8 * (4 * p1 + 3 * 40 * (1024 + 1024 + 1))
+    assert cell_memory(build_cells(figure_config("fig2", quick=True))[0]) == (0, "")  # analytic: no network
+    one = check_sweep_memory("fig1a", [train])
+    monkeypatch.setenv("NGDREF_MAX_BYTES", str(2 * one))
+    assert check_sweep_memory("fig1a", [train, train], jobs=2) == 2 * one
+    before = _tree(workdir)
+    r = CliRunner().invoke(cli, ["reproduce", "fig1a", "--quick", "--jobs", "3"])
+    assert r.exit_code == 2 and "× 3 cells at once (--jobs)" in _one_error_line(r) and "MiB" in r.stderr
+    assert _tree(workdir) == before

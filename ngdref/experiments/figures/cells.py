@@ -165,3 +165,58 @@ def _check_isotropy_result(r: dict, p: dict) -> str | None:
 
 
 isotropy_cell.check_result = _check_isotropy_result
+
+
+# ---- memory: refuse a sweep whose largest cell would not fit, before its first cell -------------------
+#: ``func.param_arrays``: how many parameter-sized (P) arrays a cell function holds at once, at least —
+#: training: θ_0 (kept for Eq. 22's distance), θ_t, the direction Δθ and the gradient (4); an isotropy
+#: measurement: θ and one P-sized array (an entry-wise Fisher's diagonal, a direction) (2). A function
+#: without it builds no network of the sweep's width (Fig. 2's analytic kernels) and is not estimated.
+train_cell.param_arrays = 4
+isotropy_cell.param_arrays = 2
+
+
+def cell_memory(cell) -> tuple[int, str]:
+    """A lower-bound estimate of the bytes one cell holds at once, and how it was counted.
+
+    bytes = itemsize · (k·P + 3·(N + N′)·ΣM_l): k parameter-sized arrays (``param_arrays`` of the cell
+    function) of the network's P parameters, and its layer signals (pre-activations u, activations a and
+    back-propagated δ, one N × M_l array each per layer) on the training and test inputs. Structures
+    that are not P- or signal-sized (N × N duals, an approximation's own factors) are left out: the true
+    peak is higher, never lower. 0 for a cell function without ``param_arrays``.
+    """
+    k = getattr(cell.func, "param_arrays", 0)
+    q = cell.params
+    if not k or not isinstance(q.get("network"), dict) or not isinstance(q.get("data"), dict):
+        return 0, ""
+    d = q["data"]
+    c = q.get("n_outputs") or (len(d.get("classes", ())) if len(d.get("classes", ())) > 2 else 1)
+    net = network(q["network"], d["input_dim"], c, width=q.get("width"))
+    itemsize = 4 if q.get("dtype") == "float32" else 8
+    n = int(d.get("n_train", 0)) + int(d.get("n_test", 0))
+    p = net.n_params
+    signals = 3 * n * sum(net.widths[1:])
+    return itemsize * (k * p + signals), (f"{k} parameter-sized arrays of P = {p:,} and the layer signals of "
+                                          f"N + N′ = {n} inputs, {itemsize} bytes each")
+
+
+def check_sweep_memory(name: str, cells, jobs: int = 1) -> int:
+    """Refuse (:class:`~ngdref.errors.MemoryLimitError`, one line with the GiB estimate) a sweep whose largest
+    cell — times the cells that run at once (``jobs``) — would exceed the limit of :mod:`ngdref.memory`
+    (``NGDREF_MAX_BYTES``, default 4 GiB; here a cell's whole estimate :func:`cell_memory`, not one array).
+    Returns the estimate in bytes."""
+    from ...errors import MemoryLimitError
+    from ...memory import human, max_bytes
+
+    sized = [(cell_memory(c), c) for c in cells]
+    if not sized:
+        return 0
+    (nbytes, how), cell = max(sized, key=lambda t: t[0][0])
+    at_once = max(1, min(jobs, len(sized)))
+    total, limit = nbytes * at_once, max_bytes()
+    if total > limit:
+        par = f" × {at_once} cells at once (--jobs)" if at_once > 1 else ""
+        raise MemoryLimitError(
+            f"{name}: its largest cell {cell.key} would hold at least {human(nbytes)}{par} ({how}), above the "
+            f"limit of {human(limit)}; use smaller widths, fewer --jobs, or raise NGDREF_MAX_BYTES")
+    return total

@@ -184,6 +184,7 @@ def _check_cell(r: dict, p: dict) -> str | None:
 
 
 subunit_cell.check_result = _check_cell
+subunit_cell.param_arrays = 4  # it trains: θ_0, θ_t, Δθ, the gradient (cells.cell_memory)
 
 
 # ---- analysis -------------------------------------------------------------------------------------
