@@ -357,3 +357,8 @@ def test_kfac_singular_damped_factor_is_a_config_error_not_linalgerror():
         get_fisher("kfac", net, 1e-12).direction(p, x, y, s)
     d = get_fisher("kfac", net, 0.0).direction(p, x, y, s)
     assert all(np.all(np.isfinite(w)) for w in net.flatten(d)[None])
+
+
+def test_alpha_outputs_help_says_what_c_is():
+    r = CliRunner().invoke(cli, ["alpha", "--help"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0 and "Number of outputs C (classes)." in r.output
