@@ -18,7 +18,7 @@ Groups of cases
               every repeat times the same network)
 ``explicit``  a tiny network where the P×P oracles fit: structured vs explicit time and memory
 ``train``     ``ngdref.train.train`` with 1 step (includes its setup: Θ̄, theory lines), if present
-``analytic``  ``ngdref.kernels.analytic_kernels(...).ntk`` (ReLU closed forms) at N = 1,000 / 5,000
+``analytic``  ``ngdref.kernels.analytic_kernels(...).ntk`` (ReLU closed forms) at N = 1,000 / 5,000 / 10,000
 ``peer``      neural-tangents' empirical NTK on the same weights (subprocess; optional)
 ``cli``       wall time of ``ngdref train --fim unit`` with its defaults (subprocess)
 ``operator``  the matrix-free operators of :mod:`ngdref.fisher.operators` per approximation: one
@@ -87,7 +87,7 @@ class SuiteConfig:
     explicit_jacobian_bytes: int = 4 * GiB
     explicit_metric_bytes: int = 4 * GiB  # the three P×P arrays of the explicit oracle
     tiny: dict | None = field(default_factory=lambda: {"width": 32, "input_dim": 16, "n": 32})
-    analytic_n: tuple = (1000, 5000)
+    analytic_n: tuple = (1000, 5000, 10000)  # 10,000: the paper's Fig. 2 size (issue 17, target 3)
     analytic_input_dim: int = 784
     train_case: bool = True
     operator_cases: bool = True
