@@ -246,7 +246,7 @@ def squared_distance(params, params0, shift=None):
         rows = max(1, _DISTANCE_BLOCK // max(1, p.shape[1]))
         for r0 in range(0, m, rows):
             r1 = min(m, r0 + rows)  # explicit: the array API does not clamp out-of-bounds slices
-            diff = p[r0:r1, :] - q[r0:r1, :] if q is not None else xp.asarray(p[r0:r1, :], copy=True)
+            diff = p[r0:r1, :] - q[r0:r1, :] if q is not None else p[r0:r1, :] * 1.0  # a block copy (exact)
             if shift is not None:
                 diff -= shift[l][r0:r1, :]
             part = xp.sum(diff * diff)
