@@ -42,7 +42,8 @@ from .common import (
               help=f"N (K-FAC's α depends on it). {N_TRAIN_NOTE}")
 @click.option("--input-dim", default=784, show_default=True, type=click.IntRange(min=1),
               help="M0 of the network (784: MNIST images; the data commands' --input-dim is M0 of --data gaussian).")
-@click.option("--outputs", default=1, show_default=True, type=click.IntRange(min=1), help="Number of outputs C (classes).")
+@click.option("--outputs", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Number of outputs C (classes).")
 @option_flag
 @network_options()
 @json_option

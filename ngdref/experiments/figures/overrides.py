@@ -21,9 +21,9 @@ A value must have the kind of the value it replaces (an integer for an integer, 
 for a list of numbers …), sizes (widths, depths, steps, N) are ≥ 1, every number is finite and ≥ 0;
 keys the analysis relies on (``figure``, ``quick``, a figure's :attr:`~.base.Figure.fixed` keys) are
 not settable, nor a key the sweep does not read (:attr:`~.base.Figure.unread`: fig3's ``network.width``,
-as it sweeps ``widths``), refused with what to set instead. Everything is checked before any work (:class:`~ngdref.errors.ConfigError`, one
-line). The overridden values change the cells' parameters, hence their keys: a stored cell of
-other settings is never reused.
+as it sweeps ``widths``), refused with what to set instead. Everything is checked before any work
+(:class:`~ngdref.errors.ConfigError`, one line). The overridden values change the cells'
+parameters, hence their keys: a stored cell of other settings is never reused.
 """
 
 from __future__ import annotations
