@@ -41,6 +41,12 @@ class BackendError(NgdrefError):
     """A backend was requested that cannot be used here."""
 
 
+#: the exception classes a backend's ``xp.linalg`` raises for a singular matrix: NumPy, the strict
+#: backend (array-api-strict wraps NumPy) and CuPy (its cuSOLVER info check raises
+#: ``numpy.linalg.LinAlgError``) all raise NumPy's class; ``except LINALG_ERRORS`` catches each of them
+LINALG_ERRORS: tuple[type[Exception], ...] = (np.linalg.LinAlgError,)
+
+
 _STRICT_PATCHED = False
 
 

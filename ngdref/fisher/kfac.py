@@ -44,7 +44,7 @@ import math
 import numpy as np
 from scipy import linalg as sla
 
-from ..backend import namespace_of
+from ..backend import LINALG_ERRORS, namespace_of
 from ..errors import ConfigError, NgdrefError
 from ..kernels import check_pair, right_solve, spd_factor
 from ..linalg import damped_inverse
@@ -253,9 +253,7 @@ class KFAC(FisherApproximation):
         narrower than N) is a :class:`~ngdref.errors.ConfigError` saying what to use, not a raw LinAlgError."""
         try:
             return damped_inverse(k, self.damping, self.rtol)
-        except Exception as exc:  # numpy.linalg.LinAlgError, or the array backend's own class of that name
-            if type(exc).__name__ != "LinAlgError":
-                raise
+        except LINALG_ERRORS:  # NumPy's LinAlgError on every backend (ngdref.backend.LINALG_ERRORS)
             raise ConfigError(f"K-FAC's factor {factor} is numerically singular at ρ = {self.damping:g}: use ρ = 0 "
                               "(its pseudo-inverse) or a larger --damping") from None
 

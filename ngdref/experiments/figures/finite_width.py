@@ -99,7 +99,7 @@ def _half_mse(f: np.ndarray, y: np.ndarray) -> float:
 
 def finite_width_cell(p: dict) -> dict:
     """One NGD step (Eq. 7) at c = 1 from θ_0 and the five distances from the theory (module docstring)."""
-    from ...backend import namespace_of, to_device, to_host
+    from ...backend import to_device, to_host
     from ...diagnostics import isotropy
     from ...fisher import get_fisher
     from ...train import fetch, ngd_step, squared_distance
@@ -127,8 +127,9 @@ def finite_width_cell(p: dict) -> dict:
     s1 = net.signals(params1, x)
     f1 = np.asarray(to_host(s1.f), dtype=np.float64)
     tb1 = np.asarray(to_host(fim.coefficient(s1)), dtype=np.float64)
-    xp = namespace_of(params0[0])
-    d2, *n2 = (float(v) for v in fetch(squared_distance(params1, params0), *[xp.sum(q * q) for q in params0]))
+    # ‖θ_1 − θ_0‖² and ‖θ_0‖² blockwise (a None reference is 0): no parameter-sized temporary
+    d2, n2 = (float(v) for v in fetch(squared_distance(params1, params0),
+                                      squared_distance(params0, [None] * len(params0))))
     loss0, loss1 = _half_mse(f0, y), _half_mse(f1, y)
     lin_loss1 = float(np.sum((flin1 - y.T.reshape(-1)) ** 2) / (2 * n))
     return {
@@ -139,7 +140,7 @@ def finite_width_cell(p: dict) -> dict:
         "condition_number": finite(stats["condition_number"]),
         "mean_diagonal_over_alpha": finite(stats["mean_diagonal"] / alpha),
         "theta_bar_change": finite(float(np.linalg.norm(tb1 - tb0, 2)) / alpha),
-        "param_change": finite(math.sqrt(d2 / sum(n2))),
+        "param_change": finite(math.sqrt(d2 / n2)),
         "flin_gap": finite(float(np.max(np.abs(f1.T.reshape(-1) - flin1)))),
         "seconds": finite(time.perf_counter() - t0),
     }
