@@ -370,13 +370,12 @@ def _step_size(fim, config: TrainConfig, n: int, theta_bar, summary: dict) -> tu
 
 
 def coefficients(fim, s0: Signals, s0t: Signals | None):
-    """(Θ̄(x, x), Θ̄(x′, x)) at θ_0 (the second ``None`` without test signals ``s0t``), from one set
-    of factorisations where the approximation offers it (``coefficient_pair``: unit-wise), else from
-    two calls of :meth:`~ngdref.fisher.base.FisherApproximation.coefficient`."""
+    """(Θ̄(x, x), Θ̄(x′, x)) at θ_0 (Eq. 11; the second ``None`` without test signals ``s0t``) by
+    :meth:`~ngdref.fisher.base.FisherApproximation.coefficient_pair` (one set of factorisations
+    where the approximation can share them: unit-wise)."""
     if s0t is None:
         return fim.coefficient(s0), None
-    pair = getattr(fim, "coefficient_pair", None)
-    return pair(s0t, s0) if pair is not None else (fim.coefficient(s0), fim.coefficient(s0t, s0))
+    return fim.coefficient_pair(s0t, s0)
 
 
 def _closed_form_observers(fim, s0: Signals, theta_bar, y, s0t: Signals | None, theta_bar_test, y_test, params0,

@@ -195,7 +195,8 @@ def test_float32_training_stays_float32(mnist20, backend):
     ((5, 10, 9, 2), "tanh", 0.3, "unit", 1e-2),  # C = 2
     ((6, 12, 10, 1), "relu", 0.5, "unit", 0.0),  # exact zero-damping mode: S.137 on x, solves on x′
     ((3, 8, 9, 1), "relu", 0.5, "unit", 0.0),  # first layer singular (M0 + 1 < N): pseudo-inverse mode
-    ((6, 12, 10, 1), "relu", 0.5, "bd", 0.0),  # no coefficient_pair: two coefficient calls
+    ((6, 12, 10, 1), "relu", 0.5, "kfac", 1e-3),  # the base class's pair, another family
+    ((6, 12, 10, 1), "relu", 0.5, "bd", 0.0),  # the base class's coefficient_pair: two coefficient calls
 ])
 def test_setup_coefficients_match_oracle(widths, act, sb2, name, rho, backend):
     """train's (Θ̄(x, x), Θ̄(x′, x)) at θ_0 equal the explicit P×P twin J G⁻¹ Jᵀ / N."""

@@ -96,6 +96,22 @@ class FisherApproximation(abc.ABC):
         """
         return self._theta_bar(s_prime, None) if s is None else self._theta_bar(s, s_prime)
 
+    def coefficient_pair(self, s_prime: Signals, s: Signals):
+        """(Θ̄(x, x), Θ̄(x′, x)), Θ̄(x′, x) = J(x′) G⁻¹ J(x)ᵀ / N (Eq. 11) with G built on the training
+        set x (signals ``s``) and x′ the test set (``s_prime``; x′ first, as :meth:`coefficient`): the
+        training coefficient of the dynamics (Eq. 10) and its test-set twin. Default: two
+        :meth:`coefficient` calls; an approximation that can share its factorisations between the two
+        (unit-wise) overrides it."""
+        return self.coefficient(s), self.coefficient(s_prime, s)
+
+    def flops(self, shape, damping: float) -> dict:
+        """This object's FLOP model ``{"direction": (flops, formula), "coefficient": (…)}`` for a
+        :class:`~ngdref.fisher.cost.Shape`: the spec's (``spec.flops``); an approximation whose cost
+        depends on its options (block partition: k, g) overrides it."""
+        if self.spec.flops is None:
+            raise NgdrefError(f"{self.spec.title} has no FLOP model (spec.flops)")
+        return self.spec.flops(shape, damping)
+
     def _theta_bar(self, s: Signals, s_prime: Signals | None):
         """Θ̄(x′, x) with G built on the signals ``s`` of x (``s_prime`` None: x′ = x). Generic:
         from CN preconditioned columns, Θ̄[:, j] = J(x′) G⁻¹ J(x)ᵀ e_j / N."""

@@ -158,8 +158,7 @@ def subunit_cell(p: dict) -> dict:
             break
         step_seconds.append(time.perf_counter() - t1)
         s = net.signals(params, x)
-    model = fim.flops if hasattr(fim, "flops") and callable(getattr(fim, "flops")) else cls.spec.flops
-    flops = model(Shape.of(net, n), damping)
+    flops = fim.flops(Shape.of(net, n), damping)  # the block partition's own k, g
     return {
         "condition_number": finite(iso["condition_number"]), "lambda_min": finite(iso["lambda_min"]),
         "lambda_max": finite(iso["lambda_max"]), "mean_diagonal": finite(alpha),
