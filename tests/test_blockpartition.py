@@ -1,7 +1,7 @@
 """Block-partition FIM (ngdref.fisher.blockpartition, issue 16 part 2): the structured path on every
 core backend vs the explicit P×P twin of tests/oracles.py (F masked to tiles of g units × k columns,
 +ρI), its unit-wise / block-diagonal / diagonal limits against those approximations, its α for
-whole-row tiles, its options, and the quick ``subunit`` extension figure."""
+whole-row tiles, its options, and the quick ``sub-unit`` extension figure."""
 
 from __future__ import annotations
 
@@ -200,7 +200,7 @@ def test_matrix_free_products_match_the_explicit_metric(widths, act, sb2, k, g, 
 
 
 def test_quick_subunit_figure(tmp_path):
-    """`ngdref reproduce subunit --quick`'s sweep end to end (cells → CSV, JSON, PNG, caption): an
+    """`ngdref reproduce sub-unit --quick`'s sweep end to end (cells → CSV, JSON, PNG, caption): an
     extension, labelled so; cond(Θ̄) falls with k on both data sets (k > fan/2: whole rows); whole layers (g = all) are
     block-diagonal NGD (cond = 1 on Gaussian inputs); unit-wise by the block class equals unit-wise by its
     own code."""
@@ -208,12 +208,12 @@ def test_quick_subunit_figure(tmp_path):
 
     from ngdref.experiments.figures import get_figure, run_figure
 
-    fig = get_figure("subunit")
+    fig = get_figure("sub-unit")
     assert fig.title.startswith("Extension:")
-    rec = run_figure("subunit", tmp_path, quick=True)
+    rec = run_figure("sub-unit", tmp_path, quick=True)
     for ext in ("csv", "json"):
-        assert (tmp_path / f"subunit.{ext}").stat().st_size > 0
-    stats = json.loads((tmp_path / "subunit.json").read_text())["summary"]["stats"]  # as written (keys: str)
+        assert (tmp_path / f"sub-unit.{ext}").stat().st_size > 0
+    stats = json.loads((tmp_path / "sub-unit.json").read_text())["summary"]["stats"]  # as written (keys: str)
     assert rec["summary"]["stats"]["gaussian"]["k1"][32]["cond_mean"] == stats["gaussian"]["k1"]["32"]["cond_mean"]
     for data in ("gaussian", "mnist"):
         cond = {vid: by_width["32"]["cond_mean"] for vid, by_width in stats[data].items()}
@@ -224,9 +224,32 @@ def test_quick_subunit_figure(tmp_path):
     assert stats["gaussian"]["gall"]["32"]["cond_mean"] == pytest.approx(1.0, abs=1e-6)
     claims = rec["claims"]
     assert claims and all({"claim", "measured", "paper", "holds"} <= set(c) for c in claims)
-    rows = json.loads((tmp_path / "subunit.json").read_text())["rows"]  # C1: one type per column, null = n/a
+    rows = json.loads((tmp_path / "sub-unit.json").read_text())["rows"]  # C1: one type per column, null = n/a
     by_variant = {r["variant"]: (r["k"], r["g"]) for r in rows}
     assert by_variant["k5"] == ("5", "1") and by_variant["kall"] == ("all", "1")
     assert by_variant["gall"] == ("all", "all")
     assert by_variant["unit"] == (None, None) and by_variant["kfac"] == (None, None)
     assert {type(r[c]) for r in rows for c in ("k", "g")} == {str, type(None)}
+
+
+def test_subunit_grid_is_settable_and_checked():
+    """The k/g grid of `reproduce sub-unit` is set by ``--set ks=[…]``/``gs=[…]`` (the cells follow it);
+    a k < 1, a g < 2 (g = 1 is the whole-row variant, always swept) or an ``extra`` variant no longer in
+    the grid is refused in one line before any work."""
+    from ngdref.errors import ConfigError
+    from ngdref.experiments.figures import figure_config, get_figure
+    from ngdref.experiments.figures.overrides import apply_overrides, parse_set
+
+    fig = get_figure("sub-unit")
+    cfg = apply_overrides(fig, figure_config("sub-unit", True), parse_set(["ks=[2, 7]", "gs=[3]"]))
+    ids = {c.params["variant"]["id"] for c in fig.cells(cfg, "numpy", "float64")}
+    assert ids == {"k2", "k7", "kall", "g3", "gall", "unit", "kfac"}
+    k7 = next(c.params["variant"] for c in fig.cells(cfg, "numpy", "float64") if c.params["variant"]["id"] == "k7")
+    assert k7["options"] == {"k": 7, "g": 1}
+    for pair, needle in (("ks=[0, 3]", "ks = .*integer ≥ 1"), ("gs=[1]", "gs = .*integer ≥ 2"),
+                         ("ks=[1.5]", "expected an integer")):
+        with pytest.raises(ConfigError, match=needle):
+            apply_overrides(fig, figure_config("sub-unit", True), parse_set([pair]))
+    full = figure_config("sub-unit", False)  # its M = 1024 extra names k60, k80, k120
+    with pytest.raises(ConfigError, match="k60.*not in the sweep"):
+        apply_overrides(fig, full, parse_set(["ks=[1, 8]"]))

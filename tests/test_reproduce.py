@@ -145,7 +145,7 @@ POISON = {
     "finite-width": ("loss₁/loss₀ at c = 1", _poison_result(lambda p: p["sweep"] == "width" and p["fim"] == "bd"
                                                             and p["width"] == 128, "loss_ratio")),
     "kfac-multi-output": ("no bias: structure", _poison_result(lambda p: p["variant"] == "no bias", "iso_dev")),
-    "subunit": ("gaussian, M = 32: whole-row blocks",
+    "sub-unit": ("gaussian, M = 32: whole-row blocks",
                 _poison_result(lambda p: p["data_name"] == "gaussian" and p["variant"]["id"] == "g4"
                                and p["width"] == 32, "condition_number")),
 }

@@ -60,7 +60,7 @@ large width (units independent given the previous layer) α = Σ_{l<L} Σ_B (1 �
 (γ_l of S.140–S.141; +1 the output unit, as :meth:`UnitWiseFisher.analytic_alpha`): Σ γ_l M_l + 1
 at g = 1 (S.128), → L at g = M_l (Section 4.1). For k < fan_l each Π_B projects onto
 diag(δ_R)·(a k-dimensional subspace), which is not diagonal: no α is derived (the
-``subunit`` extension figure measures Θ̄). A single-unit tile is the exact diagonal projector
+``sub-unit`` extension figure measures Θ̄). A single-unit tile is the exact diagonal projector
 diag(1[δ_i(x_n) ≠ 0]) as soon as a_K restricted to the unit's alive samples S_i has full row
 rank: at least |S_i| of its k_B columns non-zero and independent there. ReLU units with σ_b² > 0
 are alive on anything from none to all N samples, and a dead unit of layer l − 1 (or a blank

@@ -5,11 +5,11 @@ from __future__ import annotations
 from ...errors import ConfigError
 from ..sweep import Cell
 from . import fig1a, fig1b, fig2, fig3, figS1, figS2
-from . import finite_width, kfac_multi_output, subunit  # extensions beyond the paper (issue 16)
+from . import finite_width, kfac_multi_output, sub_unit  # extensions beyond the paper (issue 16)
 from .base import Figure
 
 REGISTRY: dict[str, Figure] = {m.FIGURE.name: m.FIGURE for m in (fig1a, fig1b, fig2, fig3, figS1, figS2)}
-REGISTRY.update({m.FIGURE.name: m.FIGURE for m in (finite_width, kfac_multi_output, subunit)})  # extensions (issue 16)
+REGISTRY.update({m.FIGURE.name: m.FIGURE for m in (finite_width, kfac_multi_output, sub_unit)})  # extensions (issue 16)
 
 FIGURES = tuple(REGISTRY)
 

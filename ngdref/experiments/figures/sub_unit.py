@@ -31,7 +31,7 @@ from .base import Figure, gaussian, mnist, net
 from .cells import NUMBER, backend_of, dataset, finite, network, result_problem, with_backend
 from .plotting import THETA_BAR, fim_title, quick_suffix, tex_number
 
-NAME = "subunit"
+NAME = "sub-unit"
 
 #: the data sets in words (titles, legends)
 DATA_TITLES = {"gaussian": "Gaussian inputs", "mnist": "MNIST 0/7"}
@@ -49,21 +49,16 @@ def _variant(kind: str, value=None) -> dict:
     return {"id": kind, "fim": kind, "options": {}}
 
 
-def _label(v: dict) -> str:
-    """A variant in words (legends, claims): k and g in mathtext, the reference FIMs by their titles."""
+def _label(v: dict, tex: bool = True) -> str:
+    """A variant in words, the reference FIMs by their titles: k and g in mathtext for legends
+    (``tex``), in plain text for the claims table."""
     if v["fim"] != "block":
         return fim_title(v["fim"])
     k, g = v["options"]["k"], v["options"]["g"]
-    if g == 1:
-        return "unit-wise (block, $k$ = all)" if k == "all" else f"sub-unit, $k = {k}$"
-    return "block-diagonal (block, $g$ = all)" if g == "all" else f"unit groups, $g = {g}$"
-
-
-def _plain(v: dict) -> str:
-    """A variant in plain words for the claims table."""
-    if v["fim"] != "block":
-        return fim_title(v["fim"])
-    k, g = v["options"]["k"], v["options"]["g"]
+    if tex:
+        if g == 1:
+            return "unit-wise (block, $k$ = all)" if k == "all" else f"sub-unit, $k = {k}$"
+        return "block-diagonal (block, $g$ = all)" if g == "all" else f"unit groups, $g = {g}$"
     if g == 1:
         return "unit-wise (k=all)" if k == "all" else f"k={k}"
     return "block-diagonal (g=all)" if g == "all" else f"g={g}"
@@ -72,10 +67,11 @@ def _plain(v: dict) -> str:
 def config(quick: bool = False, data: str | None = None, seed: int = 0) -> dict:
     """Fig. 3's network and ρ; Gaussian inputs (N = 80, M0 = 100) and MNIST 0/7 (N = 80, M0 = 784).
 
-    k = 1 … 160 (k/N = 1/80 … 2) with g = 1, whole rows with g = 1, 4, 16, all, and unit-wise NGD and
-    K-FAC by their own code. The full sweep keeps to ~15 min on one core: Gaussian M = 64 … 512 with two
-    seeds and M = 1024 for the variants around the isotropy threshold (one seed), MNIST (whose first
-    layer has 785 columns) M = 64 … 512 with one seed."""
+    k = 1 … 160 (k/N = 1/80 … 2, ``ks``) with g = 1, whole rows with g = 1, 4, 16 (``gs``), all, and
+    unit-wise NGD and K-FAC by their own code (:func:`variants`; ``ks`` and ``gs`` are settable).
+    The full sweep keeps to ~15 min on one core: Gaussian M = 64 … 512 with two seeds and M = 1024
+    for the variants around the isotropy threshold (one seed), MNIST (whose first layer has 785
+    columns) M = 64 … 512 with one seed."""
     if quick:
         ks, gs, n = [1, 5, 10, 20], [4], 20
         sets = {"gaussian": {"data": gaussian(n, 30, seed), "widths": [16, 32], "seeds": [seed], "extra": []},
@@ -88,16 +84,40 @@ def config(quick: bool = False, data: str | None = None, seed: int = 0) -> dict:
                              "seeds": [seed, seed + 1], "extra": [{"width": 1024, "variants": near}]},
                 "mnist": {"data": mnist(n, 0, seed), "widths": [64, 128, 256, 512], "seeds": [seed], "extra": []}}
         steps = 3
-    variants = ([_variant("sub", k) for k in ks] + [_variant("sub", "all")] + [_variant("group", g) for g in gs]
-                + [_variant("group", "all"), _variant("unit"), _variant("kfac")])
     return {
         "figure": NAME, "quick": quick,
         "network": net(0, 3, sigma_b2=0.5),
-        "variants": variants,
+        "ks": ks, "gs": gs,
         "damping": 1e-12,
         "datasets": sets,
         "steps": steps,
     }
+
+
+def variants(config: dict) -> list[dict]:
+    """The sweep's approximations: sub-unit k for each of ``ks`` (g = 1), whole rows (k = all, g = 1),
+    unit groups g for each of ``gs`` (k = all), whole layers (g = all), unit-wise NGD and K-FAC."""
+    return ([_variant("sub", k) for k in config["ks"]] + [_variant("sub", "all")]
+            + [_variant("group", g) for g in config["gs"]] + [_variant("group", "all"), _variant("unit"),
+                                                              _variant("kfac")])
+
+
+def check(config: dict) -> str | None:
+    """An overridden configuration's k/g grid: k ≥ 1 and g ≥ 2 integers (g = 1 is the whole-row
+    variant, always swept), and every ``extra`` variant one of the sweep's."""
+    for key, low in (("ks", 1), ("gs", 2)):
+        bad = [v for v in config[key] if isinstance(v, bool) or not isinstance(v, int) or v < low]
+        if bad:
+            return f"{key} = {config[key]!r}: each must be an integer ≥ {low}" + (
+                " (g = 1, whole rows, is always swept)" if key == "gs" else "")
+    ids = {v["id"] for v in variants(config)}
+    for name, d in config["datasets"].items():
+        for e in d["extra"]:
+            missing = [vid for vid in e["variants"] if vid not in ids]
+            if missing:
+                return (f"datasets.{name}.extra (M = {e['width']}) names {', '.join(missing)}, not in the sweep; "
+                        f"add them to ks/gs (variants: {', '.join(sorted(ids))})")
+    return None
 
 
 def _widths(d: dict) -> list[int]:
@@ -107,8 +127,8 @@ def _widths(d: dict) -> list[int]:
 def cells(config: dict, backend: str = "numpy", dtype: str = "float64") -> list[Cell]:
     out = []
     for data_name, d in config["datasets"].items():
-        plan = [(w, s, v) for w in d["widths"] for s in d["seeds"] for v in config["variants"]]
-        plan += [(e["width"], d["seeds"][0], v) for e in d["extra"] for v in config["variants"]
+        plan = [(w, s, v) for w in d["widths"] for s in d["seeds"] for v in variants(config)]
+        plan += [(e["width"], d["seeds"][0], v) for e in d["extra"] for v in variants(config)
                  if v["id"] in e["variants"]]
         for width, seed, v in plan:
             p = with_backend({"figure": NAME, "network": config["network"], "data": d["data"], "data_name": data_name,
@@ -223,7 +243,7 @@ def analyse(config: dict, outcomes: list[CellOutcome]) -> tuple[list, list, dict
     stats: dict = {}
     for data_name, d in config["datasets"].items():
         stats[data_name] = {}
-        for v in config["variants"]:
+        for v in variants(config):
             per_width = {}
             for w in _widths(d):
                 rs = [r for r in rows if r["data"] == data_name and r["variant"] == v["id"] and r["width"] == w]
@@ -241,7 +261,7 @@ def analyse(config: dict, outcomes: list[CellOutcome]) -> tuple[list, list, dict
                 }
             stats[data_name][v["id"]] = per_width
     claims = _claims(config, stats)
-    return rows, claims, {"stats": stats, "labels": {v["id"]: _label(v) for v in config["variants"]},
+    return rows, claims, {"stats": stats, "labels": {v["id"]: _label(v) for v in variants(config)},
                           "isotropic_cond": ISOTROPIC_COND}
 
 
@@ -251,8 +271,8 @@ def _at(stats, data_name, vid, w, key):
 
 def _claims(config: dict, stats: dict) -> list:
     claims = []
-    variants = config["variants"]
-    subs = [v for v in variants if _k_value(v) is not None]
+    vs = variants(config)
+    subs = [v for v in vs if _k_value(v) is not None]
     for data_name, d in config["datasets"].items():
         n = d["data"]["n_train"]
         wmax = max(d["widths"])
@@ -277,7 +297,7 @@ def _claims(config: dict, stats: dict) -> list:
             claims.append(claim(f"{data_name}: sub-unit cond(Θ̄), M = {w0} → {wtop}", txt,
                                 "no claim in the paper (extension): does isotropy appear with width?", None,
                                 None))
-        groups = [v for v in variants if v["fim"] == "block" and v["options"]["k"] == "all"]
+        groups = [v for v in vs if v["fim"] == "block" and v["options"]["k"] == "all"]
         gc = [_at(stats, data_name, v["id"], wmax, "cond_mean") for v in groups]
         claims.append(claim(
             f"{data_name}, M = {wmax}: whole-row blocks of g units, cond(Θ̄)",
@@ -293,13 +313,13 @@ def _claims(config: dict, stats: dict) -> list:
             f"max |measured/α − 1| = {fmt(max(dev) if all(x is not None for x in dev) else None, '.3g')}",
             "extension of S.128 (g = 1) and Section 4.1 (g = M_l, α = L)",
             holds(dev, lambda x: max(x) < 0.05), dev))
-        losses = {v["id"]: _at(stats, data_name, v["id"], wmax, "loss_1_over_0") for v in variants}
+        losses = {v["id"]: _at(stats, data_name, v["id"], wmax, "loss_1_over_0") for v in vs}
         claims.append(claim(
             f"{data_name}, M = {wmax}: NGD at η = 1/mean diagonal, loss after 1 step / initial",
-            ", ".join(f"{_plain(v)}: {fmt(losses[v['id']], '.3g')}" for v in variants),
+            ", ".join(f"{_label(v, tex=False)}: {fmt(losses[v['id']], '.3g')}" for v in vs),
             "η = c/α converges for 0 < c < 2 only when Θ̄ ≈ αI (Corollary 4.2)", None, losses))
         best = found[0]["id"] if found else None
-        names = {v["id"]: _plain(v) for v in variants}
+        names = {v["id"]: _label(v, tex=False) for v in vs}
         secs = {vid: _at(stats, data_name, vid, wmax, "seconds_step") for vid in ("unit", "kfac", "kall", best) if vid}
         flops = {vid: _at(stats, data_name, vid, wmax, "flops_step") for vid in secs}
         cheaper = (holds([secs[best], secs["unit"], flops[best], flops["unit"]],
@@ -313,21 +333,25 @@ def _claims(config: dict, stats: dict) -> list:
 
 
 # ---- plot ----------------------------------------------------------------------------------------
-def _style(v: dict, variants: list, plt) -> dict:
-    """Sub-unit k: viridis from small to large k, solid, circles; unit groups g: reds, dashed, squares;
-    unit-wise (whole rows) black; the reference FIMs grey (unit-wise by its own code: hollow diamonds)."""
-    if v["fim"] == "unit":
-        return {"color": "k", "ls": "none", "marker": "D", "mfc": "none", "ms": 9}
-    if v["fim"] == "kfac":
-        return {"color": "0.5", "ls": ":", "marker": "v"}
-    k, g = v["options"]["k"], v["options"]["g"]
-    if g == 1 and k == "all":
-        return {"color": "k", "ls": "-", "marker": "o"}
-    if g == 1:
-        subs = [x for x in variants if _k_value(x) is not None]
+#: the fixed variants' styles by variant id: unit-wise (whole rows) black; the reference FIMs by their
+#: own code grey (unit-wise: hollow diamonds); the k and g families are coloured by :func:`_style`
+STYLES = {
+    "kall": {"color": "k", "ls": "-", "marker": "o"},
+    "unit": {"color": "k", "ls": "none", "marker": "D", "mfc": "none", "ms": 9},
+    "kfac": {"color": "0.5", "ls": ":", "marker": "v"},
+}
+
+
+def _style(v: dict, vs: list, plt) -> dict:
+    """:data:`STYLES` for the fixed variants; sub-unit k: viridis from small to large k, solid,
+    circles; unit groups g: reds, dashed, squares."""
+    if v["id"] in STYLES:
+        return dict(STYLES[v["id"]])
+    if _k_value(v) is not None:
+        subs = [x for x in vs if _k_value(x) is not None]
         i = [x["id"] for x in subs].index(v["id"])
         return {"color": plt.get_cmap("viridis")(0.9 * i / max(1, len(subs) - 1)), "ls": "-", "marker": "o"}
-    groups = [x for x in variants if x["fim"] == "block" and x["options"]["g"] != 1]
+    groups = [x for x in vs if x["fim"] == "block" and x["options"]["g"] != 1]
     i = [x["id"] for x in groups].index(v["id"])
     return {"color": plt.get_cmap("autumn")(0.75 * i / max(1, len(groups) - 1)), "ls": "--", "marker": "s"}
 
@@ -339,7 +363,7 @@ def _title(name: str) -> str:
 def draw(plt, config: dict, rows: list[dict], extra: dict):
     from matplotlib.ticker import NullLocator
 
-    st, variants = extra["stats"], config["variants"]
+    st, vs = extra["stats"], variants(config)
     names = list(config["datasets"])
     first, second = names[0], names[-1]
     fig = plt.figure(figsize=(15, 11))
@@ -351,12 +375,12 @@ def draw(plt, config: dict, rows: list[dict], extra: dict):
 
     # (a) cond(Θ̄) against width on the first data set (Fig. 3's setting)
     d = config["datasets"][first]
-    for v in variants:
+    for v in vs:
         ws = [w for w in _widths(d) if _at(st, first, v["id"], w, "cond_mean") is not None]
         if not ws:
             continue
         (h,) = a_cond.plot(ws, [_at(st, first, v["id"], w, "cond_mean") for w in ws], label=_label(v),
-                           **{"ms": 5, **_style(v, variants, plt)})
+                           **{"ms": 5, **_style(v, vs, plt)})
         handles[_label(v)] = h
     a_cond.set_xscale("log", base=2)
     a_cond.set_xticks(_widths(d), [str(w) for w in _widths(d)])
@@ -368,7 +392,7 @@ def draw(plt, config: dict, rows: list[dict], extra: dict):
     a_cond.set_title(f"(a) {_title(first)}: condition number against width", fontsize=10)
 
     # (b), (c) cond and mean diagonal against k/N at the largest width with every variant
-    subs = [v for v in variants if _k_value(v) is not None]
+    subs = [v for v in vs if _k_value(v) is not None]
     for name, marker in ((first, "o"), (second, "s")):
         d = config["datasets"][name]
         n, w = d["data"]["n_train"], max(d["widths"])
@@ -395,13 +419,13 @@ def draw(plt, config: dict, rows: list[dict], extra: dict):
     for ax, name, tag in ((a_l1, first, "(d)"), (a_l2, second, "(e)")):
         d = config["datasets"][name]
         w = max(d["widths"])
-        for v in variants:
+        for v in vs:
             curve = _at(st, name, v["id"], w, "loss_curve")
             if not curve:
                 continue
             pts = [(t, x) for t, x in enumerate(curve) if x is not None and x > 0]
             if pts:
-                style = {"ms": 5, **_style(v, variants, plt)}
+                style = {"ms": 5, **_style(v, vs, plt)}
                 style["ls"] = style["ls"] if style["ls"] != "none" else ":"
                 ax.semilogy([t for t, _ in pts], [x for _, x in pts], label=_label(v), **style)
         ax.set_xlabel("step $t$")
@@ -480,7 +504,7 @@ FIGURE = Figure(
     summary="extension: block-partition Fishers between entry- and unit-wise",
     claim="(extension, no claim in advance) where a block-partition Fisher smaller than unit-wise is isotropic, "
           "and at what cost",
-    config=config, cells=cells, analyse=analyse, draw=draw, caption=caption, fixed=("variants",),
+    config=config, cells=cells, analyse=analyse, draw=draw, caption=caption, check=check,
     unread=(("network.width", "the sweep sets the width per cell: use --set datasets.gaussian.widths=[…] "
                               "or datasets.mnist.widths=[…]"),),
 )
