@@ -286,7 +286,8 @@ def print_table(console: Console, title: str, headers, rows, keep: int = 1, just
     for n, group in enumerate(groups):
         columns = list(range(keep)) + group
         label = title if len(groups) == 1 else f"{title} ({n + 1}/{len(groups)})"
-        table = Table(title=label, title_justify="left")
+        console.print(Text(label, style="italic"), soft_wrap=False)  # the console's width, not the table's
+        table = Table(title_justify="left")
         for i in columns:
             room = avail - (key_cost if i >= keep else 0) - 3  # what a single wide cell may take
             table.add_column(headers[i], justify=justify[i], overflow="fold", width=max(1, min(widths[i], room)))
@@ -540,6 +541,22 @@ def option_flag(fn):
     """``--option NAME=VALUE``: an approximation's own option, declared by its spec (repeatable)."""
     return click.option("--option", "raw_options", cls=FisherOptionsOption, multiple=True, metavar="NAME=VALUE",
                         help="An approximation's own option, repeatable:")(fn)
+
+
+DAMPING_HELP = "ρ >= 0 (0 = pseudo-inverse). Default: each approximation's own (0; 1e-12 for unit, the paper's C.3 value)."
+
+
+def single_fim_options(default: str):
+    """``--fim`` (one approximation, ``default``), ``--damping`` and ``--option NAME=VALUE``: the options
+    every single-approximation command (train, spectrum) shares."""
+
+    def deco(fn):
+        fn = option_flag(fn)
+        fn = click.option("--damping", default=None, type=FiniteFloat(min=0), help=DAMPING_HELP)(fn)
+        return click.option("--fim", cls=FimOption, default=default, show_default=True,
+                            help="Fisher approximation:")(fn)
+
+    return deco
 
 
 def parse_str_list(text: str) -> list[str]:

@@ -4,27 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .common import (
-    FiniteFloat,
-    FimOption,
-    UserError,
-    build_network,
-    check_fim_names,
-    check_params_fit,
-    consoles,
-    data_options,
-    emit_json,
-    handle_errors,
-    json_document,
-    json_option,
-    load_data,
-    network_options,
-    option_flag,
-    options_by_fim,
-    parse_option_pairs,
-    print_table,
-    run_config,
-)
+from . import common
 
 
 def _fmt(v, spec=".10g"):
@@ -32,22 +12,20 @@ def _fmt(v, spec=".10g"):
 
 
 @click.command(short_help="Top eigenvalues of G, G⁻¹F or Θ̄ by Lanczos on the matrix-free operator.")
-@click.option("--fim", cls=FimOption, default="bd", show_default=True, help="Fisher approximation:")
+@common.single_fim_options("bd")
 @click.option("--of", "of", type=click.Choice(["G-inverse-F", "G", "theta-bar"]), default="G-inverse-F",
               show_default=True,
               help="G-inverse-F: G⁻¹F (F = JᵀJ/N), whose nonzero spectrum is Θ̄'s; G: the damped G; "
                    "theta-bar: Θ̄(x, x) from coefficient (CN × CN, eigh).")
 @click.option("--top", "-k", default=None, type=click.IntRange(min=1),
               help="Number of eigenvalues (largest magnitude). Default: 5, at most CN for G-inverse-F and theta-bar "
-                   "(whose nonzero spectrum has CN values).")
-@click.option("--damping", default=None, type=FiniteFloat(min=0),
-              help="ρ >= 0 (0 = pseudo-inverse). Default: each approximation's own (0; 1e-12 for unit).")
-@option_flag
-@network_options()
-@data_options(test=False)
-@json_option
+                   "(whose nonzero spectrum has CN values). The condition number is printed only for --top CN "
+                   "(the whole nonzero spectrum); otherwise λ₁/λ_k of the top k.")
+@common.network_options()
+@common.data_options(test=False)
+@common.json_option
 @click.pass_obj
-@handle_errors
+@common.handle_errors
 def spectrum(settings, fim, of, top, damping, raw_options, depth, width, activation, shift, sigma_w2, sigma_b2, data,
              classes, n_train, input_dim, json_path):
     """Top-k eigenvalues of G, of the preconditioned Fisher G⁻¹F or of Θ̄(x, x) (Eq. 11) on the training
@@ -59,33 +37,42 @@ def spectrum(settings, fim, of, top, damping, raw_options, depth, width, activat
     from ngdref.experiments.spectrum import check_request, spectrum_report
     from ngdref.fisher import fisher_class
 
-    (fim,) = check_fim_names([fim])
-    options = options_by_fim([fim], parse_option_pairs(raw_options))[fim]
+    (fim,) = common.check_fim_names([fim])
+    options = common.options_by_fim([fim], common.parse_option_pairs(raw_options))[fim]
     backend = settings.backend()
-    ds = load_data(data, classes, n_train, 0, input_dim, settings.seed)
-    net = build_network(ds, width, depth, activation, shift, sigma_w2, sigma_b2)
-    check_params_fit(net, backend.dtype_name)
+    ds = common.load_data(data, classes, n_train, 0, input_dim, settings.seed)
+    net = common.build_network(ds, width, depth, activation, shift, sigma_w2, sigma_b2)
+    common.check_params_fit(net, backend.dtype_name)
     try:  # every user error before the network is drawn
         top = check_request(net, ds.n_train, of, top)
         fisher_class(fim).spec.resolve_damping(damping)
     except NgdrefError as err:
-        raise UserError(str(err)) from None
+        raise common.UserError(str(err)) from None
     rec = spectrum_report(net, fim, ds.x_train, settings.seed, backend, of, top, damping, options)
-    con = consoles(json_path)
+    con = common.consoles(json_path)
     label = {"G-inverse-F": "G⁻¹F", "G": "G", "theta-bar": "Θ̄(x, x)"}[of]
     alpha = rec["alpha_analytic"]
-    rows = [[str(i + 1), _fmt(v), _fmt(v / alpha if alpha else None, ".10f")] for i, v in enumerate(rec["eigenvalues"])]
+    rows = [{"k": i + 1, "lambda": v, "lambda_over_alpha": r}
+            for i, (v, r) in enumerate(zip(rec["eigenvalues"], rec["eigenvalues_over_alpha"]))]
     con.print(f"{ds.name}, N = {ds.n_train}, widths {list(net.widths)}, P = {net.n_params}")
-    print_table(con, f"Top {top} eigenvalues of {label}, {fim} (ρ = {rec['damping']:g})", ("k", "λ_k", "λ_k / α"), rows)
+    common.print_table(con, f"Top {top} eigenvalues of {label}, {fim} (ρ = {rec['damping']:g})", ("k", "λ_k", "λ_k/α"),
+                       [[str(r["k"]), _fmt(r["lambda"]), _fmt(r["lambda_over_alpha"])] for r in rows])
     con.print(f"method: {rec['method']}; {rec['seconds']:.2f} s")
     if of != "G":
         con.print(f"checked: {rec['statement']}.")
-        scope = "the whole nonzero spectrum" if rec["whole_nonzero_spectrum"] else f"the top {top} of CN = {net.n_outputs * ds.n_train}"
+        if rec["whole_nonzero_spectrum"]:
+            scope, ratio = "the whole nonzero spectrum", f"cond = {rec['condition_number']:.10g}"
+        else:
+            cn = net.n_outputs * ds.n_train
+            scope = f"the top {top} of CN = {cn}"
+            ratio = f"λ₁/λ_{top} (top {top}; the condition number needs --top {cn}) = {rec['top_ratio']:.10g}"
         if alpha is not None:
-            con.print(f"measured ({scope}): cond = {rec['condition_number']:.10g}, α analytic = {alpha:.10g}, "
+            con.print(f"measured ({scope}): {ratio}, α analytic = {alpha:.10g}, "
                       f"max |λ/α − 1| = {rec['max_relative_deviation_from_alpha']:.3e}")
         else:
-            con.print(f"measured ({scope}): cond = {rec['condition_number']:.10g}; no analytic α for {fim} "
+            con.print(f"measured ({scope}): {ratio}; no analytic α for {fim} "
                       f"({rec['alpha_note'] or 'see its spec'})")
-    config = run_config(settings, backend, option=options, network=net.to_dict(), dataset=ds.to_dict())
-    emit_json(json_path, json_document("spectrum", config, [rec]))
+    summary = {k: v for k, v in rec.items() if k not in ("eigenvalues", "eigenvalues_over_alpha")}
+    config = common.run_config(settings, backend, option=options, network=net.to_dict(), dataset=ds.to_dict(),
+                               spectrum=summary)
+    common.emit_json(json_path, common.json_document("spectrum", config, rows))

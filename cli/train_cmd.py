@@ -14,6 +14,7 @@ from .common import (
     check_fim_names,
     check_params_fit,
     FimOption,
+    single_fim_options,
     option_flag,
     options_by_fim,
     parse_option_pairs,
@@ -39,19 +40,16 @@ def _fmt(v, spec=".4g"):
 
 
 @click.command(short_help="Train with NGD (Eq. 7) beside the closed-form dynamics (Eq. 10).")
-@click.option("--fim", cls=FimOption, default="unit", show_default=True, help="Fisher approximation:")
+@single_fim_options("unit")
 @click.option("--steps", default=10, show_default=True, type=click.IntRange(min=0), help="Training steps.")
 @click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=None,
               help="Learning rate η > 0 (instead of --lr-scale).")
 @click.option("--lr-scale", default=1.0, show_default=True, type=FiniteFloat(min=0, min_open=True),
               help="c in η = c/α (Corollary 4.2: 0 < c < 2 converges); for gd η = c/λ_max(Θ).")
-@click.option("--damping", default=None, type=FiniteFloat(min=0),
-              help="ρ >= 0 (0 = pseudo-inverse). Default: each approximation's own (0; 1e-12 for unit, the paper's C.3 value).")
 @click.option("--loss", type=click.Choice(["mse", "ce"]), default="mse", show_default=True, help="Loss (ce: Appendix D).")
 @click.option("--ce-damping", default=1.0, show_default=True, type=FiniteFloat(min=0, min_open=True),
               help="ρ̃ > 0 added to Λ for cross-entropy (S.159); small ρ̃ makes steps up to 1/ρ̃ larger.")
 @click.option("--linearized/--no-linearized", default=False, show_default=True, help="Also train the linearised model with G_0 fixed (S.23–S.24).")
-@option_flag
 @click.option("--sigma", default=None, help="Short for --option sigma=… (Σ of --fim layer, rows separated by ';', Eq. 15).")
 @click.option("--kfac-bias", default=None, help="Short for --option bias=… (K-FAC: separate or folded, S.123).")
 @click.option("--forster/--no-forster", default=False, show_default=True, help="Forster-transform the training inputs (B.3.1(ii)); for K-FAC with M0 < N.")

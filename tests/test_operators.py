@@ -295,7 +295,10 @@ def test_spectrum_command_json_and_table():
     def run(*args):
         r = runner.invoke(cli, ["spectrum", *tiny, *args, "--json", "-"])
         assert r.exit_code == 0, r.output
-        return json.loads(r.stdout)["rows"][0]
+        doc = json.loads(r.stdout)
+        assert [row["k"] for row in doc["rows"]] == list(range(1, len(doc["rows"]) + 1))  # one row per eigenvalue
+        return {**doc["config"]["spectrum"], "eigenvalues": [row["lambda"] for row in doc["rows"]],
+                "over_alpha": [row["lambda_over_alpha"] for row in doc["rows"]]}
 
     g = run("--fim", "kfac", "--of", "G", "--top", "3", "--damping", "0.01")
     net = Network.build(6, 10, 3, 1, "relu", 1.0, 2.0, 0.5)
@@ -305,12 +308,21 @@ def test_spectrum_command_json_and_table():
     f = run("--fim", "diag", "--top", "4")
     tb = run("--fim", "diag", "--top", "4", "--of", "theta-bar")
     np.testing.assert_allclose(f["eigenvalues"], tb["eigenvalues"], rtol=1e-8)
-    assert f["condition_number"] > 1 and f["alpha_analytic"] is None
+    assert f["condition_number"] > 1 and f["alpha_analytic"] is None and f["over_alpha"] == [None] * 4
+    part = run("--fim", "diag", "--top", "2")  # not the whole spectrum: no condition number claimed
+    assert part["condition_number"] is None and part["top_ratio"] == part["eigenvalues"][0] / part["eigenvalues"][1]
+    bd = run("--fim", "bd", "--top", "4")
+    np.testing.assert_allclose(bd["over_alpha"], np.asarray(bd["eigenvalues"]) / 3.0, rtol=1e-15)
     r = runner.invoke(cli, ["spectrum", *tiny, "--fim", "bd", "--sigma-b2", "0"])
     assert r.exit_code == 0, r.output
     text = " ".join(r.output.split())
     assert "nonzero spectrum of G⁻¹F" in text and "α·1" in text
-    assert "cond = 1," in text and "α analytic = 3," in text
+    assert "λ₁/λ_4 (top 4; the condition number needs --top 4)" not in text and "α analytic = 3," in text
+    r = runner.invoke(cli, ["spectrum", *tiny, "--fim", "bd", "--sigma-b2", "0", "--top", "4"])
+    assert "cond = 1," in " ".join(r.output.split())
+    r = runner.invoke(cli, ["spectrum", *tiny, "--fim", "bd", "--damping", "1e300", "--top", "2"])
+    lam, over = r.output.split("│ 1 │")[1].split("│")[:2]
+    assert float(over) > 0 and abs(float(over) - float(lam) / 3.0) <= 1e-9 * float(over)  # %.10g: not rounded to 0
     r = runner.invoke(cli, ["spectrum", *tiny, "--top", "5"])
     assert r.exit_code == 2 and r.output.strip().splitlines() == [
         "Error: --top 5 exceeds the CN = 4 nonzero eigenvalues of G-inverse-F (C = 1, N = 4); use --top 4 or fewer"]

@@ -17,7 +17,7 @@ from ..backend import Backend, to_device
 from ..diagnostics import eigenvalues
 from ..errors import ConfigError
 from ..fisher import fisher_class
-from ..fisher.operators import FisherOperator, top_eigenvalues
+from ..fisher.operators import FisherOperator, max_eigenvalues, top_eigenvalues
 from ..network import Network
 
 #: what ``spectrum`` can measure
@@ -29,6 +29,10 @@ STATEMENT = ("for an isotropic approximation (Eq. 12, Θ̄(x, x) = αI) the nonz
 
 #: eigenvalues reported when ``top`` is not given (at most CN for G⁻¹F and Θ̄)
 DEFAULT_TOP = 5
+
+#: most eigenvalues asked of Lanczos/Arnoldi (``of`` = G, G-inverse-F): ARPACK's cost grows like k²·P
+#: plus ~2k operator products per restart, so k = 1000 at the paper's width runs for many minutes
+MAX_LANCZOS_TOP = 200
 
 
 def check_request(network: Network, n_samples: int, of: str, top: int | None) -> int:
@@ -45,16 +49,30 @@ def check_request(network: Network, n_samples: int, of: str, top: int | None) ->
     if of != "G" and top > cn:
         raise ConfigError(f"--top {top} exceeds the CN = {cn} nonzero eigenvalues of {of} (C = "
                           f"{network.n_outputs}, N = {n_samples}); use --top {cn} or fewer")
-    if of == "G" and top > network.n_params - 2:
-        raise ConfigError(f"--top {top}: Lanczos gives at most P − 2 = {network.n_params - 2} eigenvalues of G")
+    most = max_eigenvalues(network.n_params)
+    if of == "G" and top > most:
+        how = f"P − 2 = {most}" if most < network.n_params else f"P = {most}"
+        raise ConfigError(f"--top {top}: at most {how} eigenvalues of G exist to compute; use --top {most} or fewer")
+    if of != "theta-bar" and top > MAX_LANCZOS_TOP:
+        hint = "" if of == "G" else " or --of theta-bar for the whole nonzero spectrum (eigh of the CN × CN Θ̄)"
+        raise ConfigError(f"--top {top}: Lanczos/Arnoldi for more than {MAX_LANCZOS_TOP} eigenvalues runs for many "
+                          f"minutes at this size; use --top {MAX_LANCZOS_TOP} or fewer{hint}")
     return int(top)
+
+
+def eigenvalues_over_alpha(eigenvalues, alpha: float | None) -> list:
+    """λ_k/α for each eigenvalue (None entries without an analytic α)."""
+    return [None if not alpha else float(v) / float(alpha) for v in eigenvalues]
 
 
 def spectrum_report(network: Network, fim_name: str, x_host: np.ndarray, seed: int, backend: Backend,
                     of: str = "G-inverse-F", top: int | None = None, damping: float | None = None,
                     fim_options: dict | None = None) -> dict:
     """The ``top`` eigenvalues of largest magnitude of ``of`` (descending) on the training inputs, with
-    α (analytic where the paper gives one), their condition number λ_max/λ_min and max|λ/α − 1|."""
+    α (analytic where the paper gives one), λ/α, max|λ/α − 1| and ``top_ratio`` = λ₁/λ_k of the k computed.
+    ``condition_number`` (λ_max/λ_min of the nonzero spectrum) only when k = CN, the whole nonzero spectrum
+    of G⁻¹F or Θ̄ (None otherwise: the top k cannot bound the smallest nonzero eigenvalue; ask for
+    ``top`` = CN, or ``of="theta-bar"``, for the condition number)."""
     n = int(x_host.shape[0])
     top = check_request(network, n, of, top)
     fim = fisher_class(fim_name)(network, damping, **(fim_options or {}))
@@ -74,6 +92,7 @@ def spectrum_report(network: Network, fim_name: str, x_host: np.ndarray, seed: i
     ev = np.sort(np.asarray(ev, dtype=np.float64))[::-1]
     alpha = fim.analytic_alpha(n) if of != "G" else None
     lo, hi = float(ev[-1]), float(ev[0])
+    whole = of != "G" and top == network.n_outputs * n
     record = {
         "fim": fim.name,
         "of": of,
@@ -84,7 +103,11 @@ def spectrum_report(network: Network, fim_name: str, x_host: np.ndarray, seed: i
         "damping": fim.damping,
         "top": int(top),
         "eigenvalues": [float(v) for v in ev],
-        "condition_number": hi / lo if lo > 0 else float("inf"),
+        # λ₁/λ_k of the k computed: the condition number only when they are the whole nonzero spectrum
+        # (k = CN); with k < CN the smallest nonzero eigenvalue is not computed, so it is not claimed
+        "top_ratio": hi / lo if lo > 0 else float("inf"),
+        "condition_number": (hi / lo if lo > 0 else float("inf")) if whole else None,
+        "eigenvalues_over_alpha": eigenvalues_over_alpha(ev, alpha),
         "method": method,
         "alpha_analytic": alpha,
         "max_relative_deviation_from_alpha": (float(np.max(np.abs(ev / alpha - 1.0))) if alpha else None),
@@ -94,5 +117,5 @@ def spectrum_report(network: Network, fim_name: str, x_host: np.ndarray, seed: i
     }
     if of != "G":
         record["statement"] = STATEMENT
-        record["whole_nonzero_spectrum"] = bool(top == network.n_outputs * n)
+        record["whole_nonzero_spectrum"] = bool(whole)
     return record

@@ -150,14 +150,23 @@ def tridiagonal_alpha_closed_form(L: int, a: float = 1.0, b: float = 1.0) -> flo
 
 
 def parse_sigma(text: str) -> np.ndarray:
-    """Σ from the command line: rows separated by ';', entries by ',' (e.g. "1,0;0,1")."""
+    """Σ from the command line: rows separated by ';', entries by ',' (e.g. "1,0;0,1"). A nonsingular Σ with
+    α = 1ᵀΣ⁻¹1 <= 0 (e.g. '1,0;0,-1', α = 0) is refused here, before any work: Θ̄ = αI (Eq. 16) would make
+    NGD stand still or climb. Indefinite Σ with α > 0 stay allowed: Theorem 4.1 only inverts Σ, and the
+    paper's tri-diagonal Σ (Eq. 19) is indefinite for L >= 3."""
     try:
         rows = [[float(v) for v in row.split(",")] for row in str(text).split(";")]
     except ValueError:
         raise ConfigError(f"Σ must be numbers, rows separated by ';' and entries by ',' (e.g. '1,0;0,1'), got {text!r}") from None
     if len({len(r) for r in rows}) != 1:
         raise ConfigError(f"Σ rows have different lengths: {text!r}")
-    return np.asarray(rows, dtype=np.float64)
+    sigma = np.asarray(rows, dtype=np.float64)
+    if sigma.shape[0] == sigma.shape[1] and np.all(np.isfinite(sigma)) and not _is_singular(sigma):
+        alpha = float(np.sum(np.linalg.solve(sigma, np.ones(sigma.shape[0]))))
+        if not alpha > small_matrix_rtol(sigma.shape[0]) * float(np.max(np.abs(np.linalg.inv(sigma)))):
+            raise ConfigError(f"Σ = {text!r} gives α = 1ᵀΣ⁻¹1 = {alpha:.3g} <= 0 (Eq. 16): Θ̄ = αI is then not a descent "
+                              "direction; use a Σ with 1ᵀΣ⁻¹1 > 0, e.g. a positive definite one like '1,0;0,1'")
+    return sigma
 
 
 def _check_symmetric(sigma: np.ndarray) -> None:

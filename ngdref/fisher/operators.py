@@ -43,7 +43,7 @@ from ..errors import ConfigError, NgdrefError
 from ..network import Network, Signals
 from .base import FisherApproximation
 
-__all__ = ["OPERATORS", "FisherOperator", "fisher_operator", "split_layer", "to_flat", "to_layers",
+__all__ = ["OPERATORS", "FisherOperator", "fisher_operator", "max_eigenvalues", "split_layer", "to_flat", "to_layers",
            "top_eigenvalues"]
 
 #: what an operator represents: G (damping included), G⁻¹ (G⁺ at ρ = 0), G⁻¹F (F = JᵀJ/N)
@@ -217,35 +217,83 @@ def fisher_operator(fisher: FisherApproximation, signals: Signals, of: str = "G"
 
 
 # ---- spectra -------------------------------------------------------------------------------------
-def top_eigenvalues(operator: FisherOperator, k: int, tol: float = 0.0, seed: int = 0) -> np.ndarray:
-    """The k eigenvalues of largest magnitude (host float64, descending) by Lanczos: SciPy's ``eigsh``
-    for a symmetric operator (G, G⁻¹), ``eigs`` (implicitly restarted Arnoldi) for G⁻¹F, whose
-    eigenvalues are real (those of the symmetric Θ̄) — their imaginary parts are dropped after
-    checking they are at rounding level. CuPy's ``eigsh`` for symmetric operators on CuPy; otherwise
-    the host bridge of :meth:`FisherOperator.to_scipy`. ``tol`` is ARPACK's (0: machine precision);
-    the start vector is drawn from ``seed``, so the result is reproducible."""
+#: up to this P, :func:`top_eigenvalues` forms the operator column by column and diagonalises it densely
+DENSE_P = 64
+
+
+def max_eigenvalues(n_params: int) -> int:
+    """How many eigenvalues :func:`top_eigenvalues` can return for P = ``n_params``: all P when the
+    operator is diagonalised densely (P ≤ :data:`DENSE_P`), else P − 2 (ARPACK needs k < P − 1)."""
+    return int(n_params) if n_params <= DENSE_P else int(n_params) - 2
+
+
+def _imaginary_tolerance(operator: FisherOperator, scale: float) -> float:
+    """Largest imaginary part of a G⁻¹F eigenvalue still taken as rounding: Arnoldi on the
+    non-symmetric G⁻¹F resolves eigenvalues to about ‖G⁻¹F‖·eps·√P (eps of the operator's dtype),
+    and a cluster (an isotropic spectrum is one multiple eigenvalue) splits into complex pairs of
+    about that size, amplified by the conditioning of G (ρ small). 1e4·√P·eps·scale covers both in
+    float64 (≈1e-10 relative at P = 1e4) and float32 (≈5e-2) while a genuinely complex spectrum
+    (a non-symmetric Θ̄, a bug) stays far above it in float64."""
+    eps = float(np.finfo(np.dtype(backend_of(operator.signals.f).dtype_name)).eps)
+    return 1e4 * np.sqrt(operator.shape[0]) * eps * max(scale, 1e-300)
+
+
+def top_eigenvalues(operator: FisherOperator, k: int, tol: float = 0.0, seed: int = 0,
+                    ncv: int | None = None) -> np.ndarray:
+    """The k eigenvalues of largest magnitude (host float64, ordered by descending |λ|) by Lanczos:
+    SciPy's ``eigsh`` for a symmetric operator (G, G⁻¹), ``eigs`` (implicitly restarted Arnoldi) for
+    G⁻¹F, whose eigenvalues are real (those of the symmetric Θ̄) — their imaginary parts are dropped;
+    above :func:`_imaginary_tolerance` (rounding in the operator's dtype) a RuntimeWarning names the
+    residue (a numerical limit, not a user error). CuPy's ``eigsh`` for symmetric operators on CuPy
+    (with the same start vector, on the device); otherwise the host bridge of
+    :meth:`FisherOperator.to_scipy`. ``tol`` is ARPACK's (0: machine precision); the start vector is
+    drawn from ``seed``, so the result is reproducible. For P ≤ 64 the operator is formed column by
+    column and diagonalised densely (Lanczos needs k < P − 1)."""
     p = operator.shape[0]
     k = int(k)
+    if p <= DENSE_P:
+        if not 1 <= k <= p:
+            raise ConfigError(f"k must be between 1 and P = {p} (got {k}); use --top {p} or fewer")
+        xp = operator.xp
+        dense = to_host(operator.matmat(xp.eye(p, dtype=operator.dtype))).astype(np.float64)
+        w = np.linalg.eigvalsh((dense + dense.T) / 2) if operator.symmetric else np.linalg.eigvals(dense)
+        w = _real_part(operator, w)
+        return w[np.argsort(-np.abs(w), kind="stable")][:k]
     if not 1 <= k < p - 1:
-        raise ConfigError(f"k must be between 1 and P − 2 = {p - 2} for Lanczos (got {k})")
+        raise ConfigError(f"k must be between 1 and P − 2 = {p - 2} for Lanczos (got {k}); use --top {p - 2} or fewer")
     name = backend_of(operator.signals.f).name
     v0 = np.random.default_rng(seed).standard_normal(p)
     if operator.symmetric and name == "cupy":
         from cupyx.scipy.sparse.linalg import eigsh as cu_eigsh  # type: ignore[import-not-found]
 
-        w = to_host(cu_eigsh(operator.to_cupyx(), k=k, which="LM", tol=tol, return_eigenvectors=False))
-        return np.sort(np.asarray(w, dtype=np.float64))[::-1]
-    from scipy.sparse.linalg import eigs, eigsh
-
-    lin = operator.to_scipy(host=name != "numpy")
-    if operator.symmetric:
-        w = eigsh(lin, k=k, which="LM", tol=tol, v0=v0, return_eigenvectors=False)
+        backend = backend_of(operator.signals.f)
+        v0_dev = to_device(v0.astype(np.dtype(backend.dtype_name)), backend)
+        w = to_host(cu_eigsh(operator.to_cupyx(), k=k, which="LM", tol=tol, ncv=ncv, v0=v0_dev,
+                             return_eigenvectors=False))
     else:
-        w = eigs(lin, k=k, which="LM", tol=tol, v0=v0, return_eigenvectors=False)
-        scale = float(np.max(np.abs(w))) if w.size else 0.0
-        if float(np.max(np.abs(w.imag), initial=0.0)) > 1e-6 * max(scale, 1e-300):
-            raise NgdrefError(f"G⁻¹F has eigenvalues with imaginary parts {np.max(np.abs(w.imag)):.3g} (relative to "
-                              f"{scale:.3g}); its nonzero spectrum should be that of the symmetric Θ̄")
-        w = w.real
+        from scipy.sparse.linalg import eigs, eigsh
+
+        lin = operator.to_scipy(host=name != "numpy")
+        if operator.symmetric:
+            w = eigsh(lin, k=k, which="LM", tol=tol, v0=v0, ncv=ncv, return_eigenvectors=False)
+        else:
+            w = _real_part(operator, eigs(lin, k=k, which="LM", tol=tol, v0=v0, ncv=ncv, return_eigenvectors=False))
     w = np.asarray(w, dtype=np.float64)
     return w[np.argsort(-np.abs(w), kind="stable")]
+
+
+def _real_part(operator: FisherOperator, w) -> np.ndarray:
+    """Real parts of G⁻¹F's eigenvalues; a RuntimeWarning when the imaginary residue exceeds rounding."""
+    import warnings
+
+    w = np.asarray(w)
+    if not np.iscomplexobj(w):
+        return w.astype(np.float64)
+    scale = float(np.max(np.abs(w))) if w.size else 0.0
+    residue = float(np.max(np.abs(w.imag), initial=0.0))
+    if residue > _imaginary_tolerance(operator, scale):
+        warnings.warn(f"G⁻¹F's computed eigenvalues have imaginary parts up to {residue:.3g} (relative "
+                      f"{residue / max(scale, 1e-300):.3g}), above rounding in {backend_of(operator.signals.f).dtype_name}; reporting the "
+                      "real parts (the exact spectrum, Θ̄'s, is real: ill-conditioned G at small ρ or low "
+                      "precision — use float64 or a larger --damping)", RuntimeWarning, stacklevel=3)
+    return np.asarray(w.real, dtype=np.float64)
