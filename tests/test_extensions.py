@@ -65,6 +65,18 @@ def test_finite_width_quick_records(quick):
     assert rec["summary"]["fits"]["param_change"]["bd"]["kappa"] > 0
 
 
+def test_finite_width_dampings_are_each_approximations_default():
+    """The width sweep's ρ: unit-wise (default 1e-12) takes the config's ``damping``, the others their
+    ρ = 0 (pseudo-inverse), whatever the config's ``damping`` is."""
+    from ngdref.experiments.figures.overrides import apply_overrides, parse_set
+
+    fig = get_figure("finite-width")
+    cfg = apply_overrides(fig, fig.config(quick=True), parse_set(["damping=1e-9"]))
+    rho = {c.params["fim"]: c.params["damping"] for c in fig.cells(cfg, "numpy", "float64")
+           if c.params["sweep"] == "width"}
+    assert rho == {"exact": 0.0, "bd": 0.0, "tridiag": 0.0, "kfac": 0.0, "unit": 1e-9}
+
+
 def test_kfac_multi_output_quick_structure(quick):
     _, rec = quick("kfac-multi-output")
     n = rec["config"]["n_train"]
@@ -89,9 +101,16 @@ def _flat_step(params, direction, eta):
     return out
 
 
+#: α of the explicit-step case (L = 3, ReLU, M = 8, N = 5, no bias), from the paper, not from the cell:
+#: exact NGD 1 (Eq. 13), block-diagonal L (Section 4.1), K-FAC without bias NL (S.107), unit-wise
+#: Σ_{l<L} γ_l M_l + 1 = 2·(8/2) + 1 (S.128, γ_l = 1/2 for ReLU, plus the output unit's exact I)
+STEP_ALPHA = {"exact": 1.0, "bd": 3.0, "kfac": 5 * 3.0, "unit": 2 * 8 / 2 + 1.0}
+
+
 @pytest.mark.parametrize("fim,rho", [("exact", 0.0), ("bd", 0.0), ("kfac", 0.0), ("unit", 1e-3)])
 def test_finite_width_cell_matches_the_explicit_step(fim, rho):
-    """One NGD step by the oracle's P×P G (pseudo-)inverse and literal Jacobian gives the cell's five numbers."""
+    """One NGD step by the oracle's P×P G (pseudo-)inverse and literal Jacobian, with the paper's α
+    (STEP_ALPHA) and η = c/α, gives the cell's α, η and five numbers."""
     from ngdref.backend import get_backend
     from ngdref.experiments.figures.cells import dataset, network
 
@@ -104,7 +123,9 @@ def test_finite_width_cell_matches_the_explicit_step(fim, rho):
     net = network(net_cfg, ds.input_dim, 1, width=8)
     params0 = [np.asarray(q) for q in net.init(1, get_backend("numpy"))]
     x, y = ds.x_train, ds.y_train
-    alpha, eta = got["alpha"], got["lr"]
+    alpha = STEP_ALPHA[fim]
+    eta = p["lr_scale"] / alpha  # η = c/α (Corollary 4.2)
+    assert got["alpha"] == pytest.approx(alpha, rel=1e-12) and got["lr"] == pytest.approx(eta, rel=1e-12)
     o0 = oracles.oracle(fim, net, params0, x, rho)
     tb0 = o0.theta_bar()
     f0 = oracles.outputs(o0.net, params0, x)

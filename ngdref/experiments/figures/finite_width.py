@@ -62,7 +62,8 @@ def config(quick: bool = False, data: str | None = None, seed: int = 0) -> dict:
         "widths": [32, 64, 128] if quick else [256, 512, 1024, 2048, 4096, 8192],
         "seeds": list(range(seed, seed + (2 if quick else 5))),
         "lr_scale": 1.0,
-        # unit-wise ρ in the width sweep (its default, C.3); the other approximations use ρ = 0 (pseudo-inverse)
+        # ρ in the width sweep of the approximations that damp by default (unit-wise, C.3); the others
+        # use their default ρ = 0 (pseudo-inverse)
         "damping": 1e-12,
         # unit-wise ρ sweep at three widths
         "dampings": [1e-14, 1e-10, 1e-6] if quick else [1e-16, 1e-14, 1e-12, 1e-10, 1e-8, 1e-6],
@@ -71,7 +72,12 @@ def config(quick: bool = False, data: str | None = None, seed: int = 0) -> dict:
 
 
 def _damping(fim: str, config: dict) -> float:
-    return config["damping"] if fim == "unit" else 0.0
+    """ρ of ``fim`` in the width sweep: each approximation's default (its spec), with ``config["damping"]``
+    in place of a non-zero default (unit-wise's 1e-12, C.3); ρ = 0 (the pseudo-inverse) otherwise."""
+    from ...fisher import fisher_class
+
+    default = fisher_class(fim).spec.default_damping
+    return float(config["damping"]) if default > 0 else float(default)
 
 
 def cells(config: dict, backend: str = "numpy", dtype: str = "float64") -> list[Cell]:
