@@ -365,7 +365,8 @@ class KFAC(FisherApproximation):
         return out
 
     def inverse_matvec(self, signals, v, cache=None):
-        """G⁻¹ v per layer, (B*+ρI)⁻¹ V_w (A*+ρI)⁻¹ (the Kronecker inverse, Eq. 21), each factor by
+        """G⁻¹ v per layer, (B*+ρI)⁻¹ V_w (A*+ρI)⁻¹: the inverse of Eq. 20's Kronecker product with the
+        factors of S.95, (B⊗A)⁻¹ = B⁻¹⊗A⁻¹ (Eq. 21 is K-FAC's Θ̄, not this inverse), each factor by
         push-through on its dual Gram matrix (δδᵀ/N, CN × CN; āāᵀ/N, N × N — those of
         :meth:`precondition`): for H = c QᵀQ + ρI with dual D = (cQQᵀ + ρI)⁻¹ (ρ > 0) or (cQQᵀ)⁺ (ρ = 0),
 

@@ -535,32 +535,63 @@ class UnitWiseFisher(FisherApproximation):
             out.append(o)
         return out
 
+    def _unit_chunk(self, layer: int, n: int) -> int:
+        """Units per chunk of :meth:`inverse_matvec`: its (c, N, N) dual stack and the two temporaries of
+        its factorisation stay within the layer's budget and P/4 elements (peak ≲ 2P, issue 15)."""
+        budget = min(self._budget(layer), max(self.network.n_params // 4, 1))
+        return max(1, budget // (3 * n * n))
+
+    def _unit_duals(self, root, k, n: int):
+        """The factors of one chunk of units: (b_ib_iᵀ/N + ρI)⁻¹ (ρ > 0) or (b_ib_iᵀ/N)⁺ (ρ = 0), (c, N, N)."""
+        xp = namespace_of(root)
+        dual = root[:, :, None] * k[None, :, :] * root[:, None, :] / float(n)  # (c, N, N)
+        if self.damping > 0:
+            dual += self.damping * xp.eye(n, dtype=dual.dtype)
+            return xp.linalg.inv(dual)
+        return psd_pinv(dual, self.rtol)
+
     def inverse_matvec(self, signals, v, cache=None):
         """G⁻¹ v per unit by push-through with b_i = diag(√e_i) a (G_{l,i} = b_iᵀb_i/N + ρI) and the
         N×N duals D_i = (b_ib_iᵀ/N + ρI)⁻¹ (ρ > 0) or (b_ib_iᵀ/N)⁺ (ρ = 0; cut-off of
-        :func:`~ngdref.linalg.psd_pinv` per unit), stacked over the units of a layer and kept in ``cache``:
+        :func:`~ngdref.linalg.psd_pinv` per unit):
 
             ρ > 0: G_{l,i}⁻¹x = (x − b_iᵀ D_i b_i x/N)/ρ,      ρ = 0: G_{l,i}⁺x = b_iᵀ D_i D_i b_i x/N.
-        """
+
+        Memory: the units go in chunks of :meth:`_unit_chunk` (a (c, N, N) stack each, within the layer's
+        budget and P/4 elements); a chunk's D_i are kept in ``cache`` while all kept factors total at most
+        P elements, the others are recomputed on every product (U·N² > P at the paper's widths).
+
+        Accuracy (ρ > 0): any backward-stable G⁻¹x errs by about eps·‖x‖/ρ (cond G = ‖G‖/ρ); the
+        Woodbury form attains it. For x in the range of G − ρI (a gradient Jᵀr/N) the exact answer is
+        only ~‖x‖/λ, so at ρ = 1e-12 the relative error is ~eps·λ/ρ ≈ 1e-6 — that is G's conditioning,
+        not the algorithm's: no product with an arbitrary x can know that x lies in the range.
+        ``precondition``/``direction`` work in sample space (x = Jᵀr given by r) and are accurate to eps."""
         xp = namespace_of(signals.f)
         cache = {} if cache is None else cache
         n, rho, out = signals.n, self.damping, []
+        kept = cache.setdefault("unit:kept", [0])
         for l in range(1, self.network.depth + 1):
             a, e = self._unit_signals(signals, l)
             root = xp.sqrt(e).T  # (U, N)
-            key = f"unit:{l}"
-            if key not in cache:
-                k = a @ a.T
-                dual = root[:, :, None] * k[None, :, :] * root[:, None, :] / float(n)  # (U, N, N)
-                if rho > 0:
-                    cache[key] = xp.linalg.inv(dual + rho * xp.eye(n, dtype=dual.dtype))
-                else:
-                    cache[key] = psd_pinv(dual, self.rtol)
-            dual = cache[key]
+            k = cache.get(f"unit:K:{l}")
+            if k is None:
+                k = cache[f"unit:K:{l}"] = a @ a.T
             bx = root * (v[l - 1] @ a.T)  # b_i x_i, (U, N)
-            y = (dual @ bx[:, :, None])[:, :, 0]
-            if rho == 0:
-                y = (dual @ y[:, :, None])[:, :, 0]
+            units, step, ys = root.shape[0], self._unit_chunk(l, n), []
+            for lo in range(0, units, step):
+                hi = min(units, lo + step)
+                key = f"unit:{l}:{lo}"
+                dual = cache.get(key)
+                if dual is None:
+                    dual = self._unit_duals(root[lo:hi, :], k, n)
+                    if kept[0] + (hi - lo) * n * n <= self.network.n_params:
+                        cache[key] = dual
+                        kept[0] += (hi - lo) * n * n
+                y = (dual @ bx[lo:hi, :, None])[:, :, 0]
+                if rho == 0:
+                    y = (dual @ y[:, :, None])[:, :, 0]
+                ys.append(y)
+            y = ys[0] if len(ys) == 1 else xp.concat(ys, axis=0)
             o = (root * y) @ a / float(n)  # b_iᵀ y_i / N
             out.append(o if rho == 0 else (v[l - 1] - o) / rho)
         return out
