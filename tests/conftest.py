@@ -62,3 +62,28 @@ def theta_bar(fim, s_train, s_test=None):
     """Θ̄(x′, x) of ``fim`` through its public ``coefficient``, G built on ``s_train``; Θ̄(x, x) when
     ``s_test`` is None. The one place in the tests that knows coefficient's argument order (x′ first)."""
     return fim.coefficient(s_train) if s_test is None else fim.coefficient(s_test, s_train)
+
+
+@pytest.fixture(scope="session")
+def reproduced(tmp_path_factory):
+    """`ngdref reproduce NAME --quick --out DIR` once per figure per test session (lazily), shared by
+    the modules that check its records and its drawing: ``reproduced(name)`` → (folder, JSON record,
+    terminal output)."""
+    import json
+
+    from click.testing import CliRunner
+
+    from ngdref_cli.main import cli
+
+    root = tmp_path_factory.mktemp("reproduce")
+    cache: dict = {}
+
+    def get(name):
+        if name not in cache:
+            out = root / name
+            r = CliRunner().invoke(cli, ["reproduce", name, "--quick", "--out", str(out)], catch_exceptions=False)
+            assert r.exit_code == 0, r.output
+            cache[name] = (out, json.loads((out / f"{name}.json").read_text()), r.output)
+        return cache[name]
+
+    return get

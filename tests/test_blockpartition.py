@@ -199,22 +199,19 @@ def test_matrix_free_products_match_the_explicit_metric(widths, act, sb2, k, g, 
         assert _rel(back, v[:, keep] @ v[:, keep].T @ xs) < tol
 
 
-def test_quick_subunit_figure(tmp_path):
+def test_quick_subunit_figure(reproduced):
     """`ngdref reproduce sub-unit --quick`'s sweep end to end (cells → CSV, JSON, PNG, caption): an
     extension, labelled so; cond(Θ̄) falls with k on both data sets (k > fan/2: whole rows); whole layers (g = all) are
     block-diagonal NGD (cond = 1 on Gaussian inputs); unit-wise by the block class equals unit-wise by its
     own code."""
-    import json
-
-    from ngdref.experiments.figures import get_figure, run_figure
+    from ngdref.experiments.figures import get_figure
 
     fig = get_figure("sub-unit")
     assert fig.title.startswith("Extension:")
-    rec = run_figure("sub-unit", tmp_path, quick=True)
-    for ext in ("csv", "json"):
-        assert (tmp_path / f"sub-unit.{ext}").stat().st_size > 0
-    stats = json.loads((tmp_path / "sub-unit.json").read_text())["summary"]["stats"]  # as written (keys: str)
-    assert rec["summary"]["stats"]["gaussian"]["k1"][32]["cond_mean"] == stats["gaussian"]["k1"]["32"]["cond_mean"]
+    out, rec, _ = reproduced("sub-unit")  # conftest: one run per session, shared with test_figures
+    for ext in ("csv", "json", "png"):
+        assert (out / f"sub-unit.{ext}").stat().st_size > 0
+    stats = rec["summary"]["stats"]  # as written (keys: str)
     for data in ("gaussian", "mnist"):
         cond = {vid: by_width["32"]["cond_mean"] for vid, by_width in stats[data].items()}
         assert cond["k1"] > cond["k5"] > cond["k10"] > cond["k20"] >= 1.0
@@ -224,7 +221,7 @@ def test_quick_subunit_figure(tmp_path):
     assert stats["gaussian"]["gall"]["32"]["cond_mean"] == pytest.approx(1.0, abs=1e-6)
     claims = rec["claims"]
     assert claims and all({"claim", "measured", "paper", "holds"} <= set(c) for c in claims)
-    rows = json.loads((tmp_path / "sub-unit.json").read_text())["rows"]  # C1: one type per column, null = n/a
+    rows = rec["rows"]  # C1: one type per column, null = n/a
     by_variant = {r["variant"]: (r["k"], r["g"]) for r in rows}
     assert by_variant["k5"] == ("5", "1") and by_variant["kall"] == ("all", "1")
     assert by_variant["gall"] == ("all", "all")

@@ -5,38 +5,25 @@ measure on synthetic data with known answers."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from ngdref.experiments.figures import get_figure
 from ngdref.experiments.figures.finite_width import finite_width_cell, power_law_fit
 from ngdref.experiments.figures.kfac_multi_output import block_structure
-from ngdref_cli.main import cli
 
 from . import oracles
 
-EXTENSIONS = ("finite-width", "kfac-multi-output")
+EXTENSIONS = ("finite-width", "kfac-multi-output", "sub-unit")
 
 
-@pytest.fixture(scope="module")
-def quick(tmp_path_factory):
-    """Each extension figure once through `ngdref reproduce NAME --quick` (lazily): (folder, JSON record)."""
-    root = tmp_path_factory.mktemp("extensions")
-    cache: dict = {}
-
-    def get(name):
-        if name not in cache:
-            out = root / name
-            r = CliRunner().invoke(cli, ["reproduce", name, "--quick", "--out", str(out)], catch_exceptions=False)
-            assert r.exit_code == 0, r.output
-            cache[name] = (out, json.loads((out / f"{name}.json").read_text()))
-        return cache[name]
-
-    return get
+@pytest.fixture
+def quick(reproduced):
+    """Each extension figure once through `ngdref reproduce NAME --quick` (conftest's session-wide
+    ``reproduced``, shared with test_reproduce and test_figures): (folder, JSON record)."""
+    return lambda name: reproduced(name)[:2]
 
 
 @pytest.mark.parametrize("name", EXTENSIONS)

@@ -20,6 +20,7 @@ from ngdref.experiments.sweep import run_cells
 from ngdref_cli.main import cli
 
 PAPER = ("fig1a", "fig1b", "fig2", "fig3", "figS1", "figS2")  # the paper's figures (`all`)
+EXTENSIONS = ("finite-width", "kfac-multi-output", "sub-unit")  # issue 16's figures beyond the paper
 LOSS_FIGURES = ("fig1a", "fig1b", "figS1")
 THETA_BAR_TEX = ("\\bar{\\Theta}", "\\bar\\Theta")
 
@@ -59,19 +60,54 @@ def drawn(run_all):
     root, records = run_all
     figs = {}
     for name in PAPER:
-        figure = get_figure(name)
-        config = figure_config(name, quick=True)
-        outcomes = run_cells(figure.cells(config, "numpy", "float64"), None, root / name / "cells")
-        rows, _, extra = figure.analyse(config, outcomes)
-        rows = uniform_rows(rows)  # as run_figure writes them
-        assert rows == records[name]["rows"]
-        fig = figure.draw(plt, config, rows, extra)
-        fig.tight_layout()
-        fig.canvas.draw()
-        figs[name] = (fig, rows, config)
+        figs[name] = _redrawn(plt, name, root / name)
+        assert figs[name][1] == records[name]["rows"]
     yield figs
     for fig, _, _ in figs.values():
         plt.close(fig)
+
+
+def _redrawn(plt, name: str, folder):
+    """Figure ``name`` at --quick drawn again from the cells stored under ``folder`` (no cell re-run):
+    (matplotlib figure, rows as run_figure writes them, config)."""
+    figure = get_figure(name)
+    config = figure_config(name, quick=True)
+    outcomes = run_cells(figure.cells(config, "numpy", "float64"), None, folder / "cells")
+    rows, _, extra = figure.analyse(config, outcomes)
+    rows = uniform_rows(rows)  # as run_figure writes them
+    fig = figure.draw(plt, config, rows, extra)
+    fig.tight_layout()
+    fig.canvas.draw()
+    return fig, rows, config
+
+
+@pytest.fixture(scope="module")
+def drawn_extensions(reproduced):
+    """The extension figures at --quick (conftest's session-wide ``reproduced``: each sweep run once per
+    session) drawn again from their stored cells, lazily: ``get(name)`` → (figure, rows, config)."""
+    from ngdref.experiments.figures.plotting import pyplot
+
+    pytest.importorskip("matplotlib")
+    plt = pyplot()
+    figs: dict = {}
+
+    def get(name):
+        if name not in figs:
+            out, rec, _ = reproduced(name)
+            figs[name] = _redrawn(plt, name, out)
+            assert figs[name][1] == rec["rows"]
+        return figs[name]
+
+    yield get
+    for fig, _, _ in figs.values():
+        plt.close(fig)
+
+
+def _drawn(request, name):
+    """(figure, rows, config) of a paper figure (``drawn``) or an extension (``drawn_extensions``)."""
+    if name in PAPER:
+        return request.getfixturevalue("drawn")[name]
+    return request.getfixturevalue("drawn_extensions")(name)
 
 
 def _texts(fig) -> list[str]:
@@ -103,21 +139,21 @@ def _data_points(ax) -> np.ndarray:
     return np.vstack(pts) if pts else np.zeros((0, 2))
 
 
-@pytest.mark.parametrize("name", PAPER)
-def test_theta_bar_as_mathtext_where_meant(drawn, name):
-    fig, _, _ = drawn[name]
+@pytest.mark.parametrize("name", PAPER + EXTENSIONS)
+def test_theta_bar_as_mathtext_where_meant(request, name):
+    fig, _, _ = _drawn(request, name)
     texts = _texts(fig)
     assert not any("\u0304" in t for t in texts), texts  # a combining macron: matplotlib drops it
     assert not any("Θ" in t for t in texts), texts  # a plain Θ glyph would read as the NTK
-    if name in ("fig1b", "fig2", "fig3", "figS2"):
+    if name in ("fig1b", "fig2", "fig3", "figS2") + EXTENSIONS:
         assert any(any(m in t for m in THETA_BAR_TEX) for t in texts), texts
     if name == "fig3":
         assert any(m in fig.axes[0].get_ylabel() for m in THETA_BAR_TEX)
 
 
-@pytest.mark.parametrize("name", PAPER)
-def test_no_legend_covers_a_data_point(drawn, name):
-    fig, _, _ = drawn[name]
+@pytest.mark.parametrize("name", PAPER + EXTENSIONS)
+def test_no_legend_covers_a_data_point(request, name):
+    fig, _, _ = _drawn(request, name)
     renderer = fig.canvas.get_renderer()
     legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None] + list(fig.legends)
     assert legends, name
@@ -129,10 +165,13 @@ def test_no_legend_covers_a_data_point(drawn, name):
             assert not inside.any(), (name, ax.get_title(), pts[inside][:3], box)
 
 
-@pytest.mark.parametrize("name", PAPER)
-def test_no_plotted_series_is_empty(drawn, name):
-    fig, _, _ = drawn[name]
+@pytest.mark.parametrize("name", PAPER + EXTENSIONS)
+def test_no_plotted_series_is_empty(request, name):
+    fig, _, _ = _drawn(request, name)
     for ax in fig.axes:
+        if not ax.axison and not ax.get_lines() and not ax.collections:  # a panel that only holds a legend
+            assert ax.get_legend() is not None and ax.get_legend().get_texts(), (name, "an empty panel")
+            continue
         lines = ax.get_lines()
         assert lines, (name, ax.get_title())
         for line in lines:

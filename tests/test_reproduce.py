@@ -22,22 +22,10 @@ def invoke(args, **kw):
     return CliRunner().invoke(cli, args, catch_exceptions=False, **kw)
 
 
-@pytest.fixture(scope="module")
-def quick(tmp_path_factory):
-    """Run each figure once in --quick mode (lazily) and return its JSON record."""
-    root = tmp_path_factory.mktemp("reproduce")
-    cache: dict = {}
-
-    def get(name):
-        if name not in cache:
-            out = root / name
-            r = invoke(["reproduce", name, "--quick", "--out", str(out)])
-            assert r.exit_code == 0, r.output
-            rec = json.loads((out / f"{name}.json").read_text())
-            cache[name] = (out, rec, r.output)
-        return cache[name]
-
-    return get
+@pytest.fixture
+def quick(reproduced):
+    """Each figure once in --quick mode (conftest's session-wide ``reproduced``): (folder, record, output)."""
+    return reproduced
 
 
 def _claim(rec, start):
