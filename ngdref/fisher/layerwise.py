@@ -331,28 +331,14 @@ class LayerWiseFisher(FisherApproximation):
         """
         xp = namespace_of(kernels[0])
         m = kernels[0].shape[0]
-        backend = backend_of(kernels[0])
         half = inv_half = None
         if metric is not None:
             half, inv_half = spd_sqrt(metric)
             kernels = [half @ k @ half for k in kernels]
-        rtol = default_rtol(m, dtype_name_of(kernels[0])) if self.rtol is None else float(self.rtol)
-        factors, co_factors = [], []
-        for k in kernels:
-            lam, u = xp.linalg.eigh(symmetrize(k))
-            r = int(xp.sum(xp.astype(lam > rtol * xp.max(xp.abs(lam)), xp.int64)))
-            lam, u = lam[m - r :], u[:, m - r :]  # eigh sorts ascending: the r kept are last
-            root = xp.sqrt(lam)
-            factors.append(u * root[None, :])  # W_l = U_l Λ_l^{1/2}
-            co_factors.append(u / root[None, :])  # (W_lᵀ)⁺ = U_l Λ_l^{-1/2}
-        sizes = [f.shape[1] for f in factors]
-        if sum(sizes) == 0:  # G = 0
+        factors, co_factors, k_pinv, offsets = self._pinv_factors(kernels, with_w=True)
+        if int(offsets[-1]) == 0:  # G = 0
             return [xp.zeros((m, m), dtype=kernels[0].dtype) for _ in kernels]
-        w = xp.concat(factors, axis=1)  # CN × Σ r_l
-        sigma = to_device(np.repeat(np.repeat(self.sigma, sizes, axis=0), sizes, axis=1), backend)
-        k_mat = (w.T @ w) * sigma  # K_lm = Σ_lm W_lᵀW_m
-        sol = symmetric_pinv(k_mat, self.rtol) @ w.T  # K⁺Wᵀ, (Σ r_l) × CN
-        offsets = np.cumsum([0] + sizes)
+        sol = k_pinv @ xp.concat(factors, axis=1).T  # K⁺Wᵀ, (Σ r_l) × CN
         blocks = [c @ sol[int(a) : int(b), :] for c, a, b in zip(co_factors, offsets[:-1], offsets[1:])]
         return blocks if metric is None else [half @ b @ inv_half for b in blocks]
 
@@ -431,10 +417,10 @@ class LayerWiseFisher(FisherApproximation):
                 out += float(self.sigma[layer - 1, m]) * zm
         return out
 
-    def _pinv_factors(self, kernels):
-        """(U_lΛ_l^{-1/2} per layer, K⁺, offsets of the r_l blocks): the factors of G⁺ = V K⁺ Vᵀ with the
-        cut-offs of :meth:`_pseudo_inverse_resolvent` (r_l: eigenvalues of Θ_l above CN·eps·λ_max; K⁺
-        by :func:`~ngdref.linalg.symmetric_pinv`)."""
+    def _pinv_factors(self, kernels, with_w: bool = False):
+        """(U_lΛ_l^{-1/2} per layer, K⁺, offsets of the r_l blocks): the factors of G⁺ = V K⁺ Vᵀ derived in
+        :meth:`_pseudo_inverse_resolvent` (r_l: eigenvalues of Θ_l above CN·eps·λ_max; K⁺ by
+        :func:`~ngdref.linalg.symmetric_pinv`); ``with_w=True`` puts W_l = U_lΛ_l^{1/2} per layer first."""
         xp = namespace_of(kernels[0])
         m = kernels[0].shape[0]
         rtol = default_rtol(m, dtype_name_of(kernels[0])) if self.rtol is None else float(self.rtol)
@@ -442,17 +428,19 @@ class LayerWiseFisher(FisherApproximation):
         for k in kernels:
             lam, u = xp.linalg.eigh(symmetrize(k))
             r = int(xp.sum(xp.astype(lam > rtol * xp.max(xp.abs(lam)), xp.int64)))
-            lam, u = lam[m - r :], u[:, m - r :]
+            lam, u = lam[m - r :], u[:, m - r :]  # eigh sorts ascending: the r kept are last
             root = xp.sqrt(lam)
-            factors.append(u * root[None, :])
-            co_factors.append(u / root[None, :])
+            factors.append(u * root[None, :])  # W_l = U_l Λ_l^{1/2}
+            co_factors.append(u / root[None, :])  # (W_lᵀ)⁺ = U_l Λ_l^{-1/2}
         sizes = [f.shape[1] for f in factors]
         offsets = np.cumsum([0] + sizes)
         if sum(sizes) == 0:
-            return co_factors, xp.zeros((0, 0), dtype=kernels[0].dtype), offsets
-        w = xp.concat(factors, axis=1)
-        sigma = to_device(np.repeat(np.repeat(self.sigma, sizes, axis=0), sizes, axis=1), backend_of(kernels[0]))
-        return co_factors, symmetric_pinv((w.T @ w) * sigma, self.rtol), offsets
+            k_pinv = xp.zeros((0, 0), dtype=kernels[0].dtype)
+        else:
+            w = xp.concat(factors, axis=1)  # CN × Σ r_l
+            sigma = to_device(np.repeat(np.repeat(self.sigma, sizes, axis=0), sizes, axis=1), backend_of(kernels[0]))
+            k_pinv = symmetric_pinv((w.T @ w) * sigma, self.rtol)  # K_lm = Σ_lm W_lᵀW_m
+        return (factors, co_factors, k_pinv, offsets) if with_w else (co_factors, k_pinv, offsets)
 
     def _theta_bar(self, s, s_prime):
         if self.is_exact:
