@@ -25,6 +25,8 @@ import os
 import sys
 import time
 
+from .timing import run_in_child
+
 
 def _step_case(name: str, width: int, backend_name: str, n: int, depth: int, seed: int = 0) -> dict:
     """Initialise and take one step; the record (time and memory of this process)."""
@@ -79,36 +81,6 @@ def _step_case(name: str, width: int, backend_name: str, n: int, depth: int, see
     return rec
 
 
-def _in_child(fn, *args) -> dict:
-    """``fn(*args)`` in a forked child; its record (or an error record)."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        status = 1
-        try:
-            os.close(read_end)
-            try:
-                rec = fn(*args)
-            except Exception as exc:  # recorded, the run goes on
-                rec = {"status": "error", "note": f"{type(exc).__name__}: {exc}"[:400]}
-            os.write(write_end, json.dumps(rec).encode())
-            status = 0
-        finally:
-            os._exit(status)
-    os.close(write_end)
-    chunks = []
-    while True:
-        chunk = os.read(read_end, 1 << 16)
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(read_end)
-    _, code = os.waitpid(pid, 0)
-    if not chunks:
-        return {"status": "error", "note": f"child died (wait status {code}; out of memory?)"}
-    return json.loads(b"".join(chunks))
-
-
 def run(widths, fims=None, backend: str = "numpy", n: int = 100, depth: int = 3, budget_s: float = 600.0,
         log=print) -> dict:
     from ngdref.fisher import REGISTRY
@@ -124,7 +96,7 @@ def run(widths, fims=None, backend: str = "numpy", n: int = 100, depth: int = 3,
                 continue
             t0 = time.perf_counter()
             rec = (_step_case(name, width, backend, n, depth) if backend == "cupy"
-                   else _in_child(_step_case, name, width, backend, n, depth))
+                   else run_in_child(_step_case, name, width, backend, n, depth))
             rec.setdefault("fim", name)
             rec.setdefault("width", width)
             rec["case_wall_s"] = time.perf_counter() - t0

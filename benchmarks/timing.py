@@ -26,6 +26,7 @@ is recorded with every case.
 from __future__ import annotations
 
 import gc
+import json
 import os
 import statistics
 import time
@@ -109,43 +110,60 @@ def _resident_bytes() -> int | None:
         return None
 
 
-def probe_rss(fn) -> tuple[int, int] | None:
-    """(peak resident bytes, growth over the start) of one call of ``fn`` in a forked child process,
-    from its ``getrusage`` high-water mark (a fresh process per call: the mark starts at the resident
-    set of the fork, not at the parent's own past peak). ``None`` without ``fork``/``/proc`` (or if the
-    call failed in the child)."""
-    if not hasattr(os, "fork") or _resident_bytes() is None:
-        return None
-    import resource
-
-    gc.collect()
+def run_in_child(fn, *args) -> dict:
+    """``fn(*args)`` (a JSON-able dict) in a forked child process, its record sent back through a pipe:
+    a fresh process per call (its ``getrusage`` high-water mark starts at the fork's resident set).
+    An exception in the child is an error record ``{"status": "error", "note": …}``, as is a child that
+    died without a record (killed: out of memory?). The child leaves by ``os._exit`` (no parent's exit
+    handlers run twice)."""
     read_end, write_end = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child: one call, report, leave without running the parent's exit handlers
+    if pid == 0:  # the child: one call, report, leave
         status = 1
         try:
             os.close(read_end)
-            start = _resident_bytes()
-            fn()
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-            os.write(write_end, f"{peak} {start}".encode())
+            try:
+                rec = fn(*args)
+            except Exception as exc:  # recorded, the parent goes on
+                rec = {"status": "error", "note": f"{type(exc).__name__}: {exc}"[:400]}
+            os.write(write_end, json.dumps(rec).encode())
             status = 0
         finally:
             os._exit(status)
     os.close(write_end)
     chunks = []
     while True:
-        chunk = os.read(read_end, 4096)
+        chunk = os.read(read_end, 1 << 16)
         if not chunk:
             break
         chunks.append(chunk)
     os.close(read_end)
-    os.waitpid(pid, 0)
-    try:
-        peak, start = (int(v) for v in b"".join(chunks).split())
-    except ValueError:
+    _, code = os.waitpid(pid, 0)
+    if not chunks:
+        return {"status": "error", "note": f"child died (wait status {code}; out of memory?)"}
+    return json.loads(b"".join(chunks))
+
+
+def _rss_of_call(fn) -> dict:
+    import resource
+
+    start = _resident_bytes()
+    fn()
+    return {"peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "start": start}  # KiB on Linux
+
+
+def probe_rss(fn) -> tuple[int, int] | None:
+    """(peak resident bytes, growth over the start) of one call of ``fn`` in a forked child process
+    (:func:`run_in_child`), from its ``getrusage`` high-water mark (a fresh process per call: the mark
+    starts at the resident set of the fork, not at the parent's own past peak). ``None`` without
+    ``fork``/``/proc`` (or if the call failed in the child)."""
+    if not hasattr(os, "fork") or _resident_bytes() is None:
         return None
-    return peak, max(0, peak - start)
+    gc.collect()
+    rec = run_in_child(_rss_of_call, fn)
+    if "peak" not in rec:
+        return None
+    return rec["peak"], max(0, rec["peak"] - rec["start"])
 
 
 def _probe_cupy(fn, sync) -> tuple[float, int]:
