@@ -64,6 +64,19 @@ def theta_bar(fim, s_train, s_test=None):
     return fim.coefficient(s_train) if s_test is None else fim.coefficient(s_test, s_train)
 
 
+def structured(fim, net, x, xt, y, backend=None, seed=1):
+    """Δθ (flat), Θ̄(x, x), Θ̄(x′, x) of ``fim``'s structured path at θ_0 = ``net.init(seed, backend)``
+    on ``backend`` (host arrays ``x``, ``xt``, ``y`` moved there; host arrays back), for the comparisons
+    with the explicit oracles of tests/oracles.py."""
+    from ngdref.backend import to_device, to_host
+
+    p = net.init(seed, backend)
+    xb, xtb, yb = (a if backend is None else to_device(a, backend) for a in (x, xt, y))
+    s, st = net.signals(p, xb), net.signals(p, xtb)
+    d = to_host(net.flatten(fim.direction(p, xb, yb, s)))
+    return d, to_host(theta_bar(fim, s)), to_host(theta_bar(fim, s, st))
+
+
 @pytest.fixture(scope="session")
 def reproduced(tmp_path_factory):
     """`ngdref reproduce NAME --quick --out DIR` once per figure per test session (lazily), shared by

@@ -17,7 +17,7 @@ from ngdref.fisher.blockpartition import block_alpha
 from ngdref.fisher.unitwise import unit_alpha
 
 from . import oracles as O
-from .conftest import theta_bar, unit_rows
+from .conftest import structured, theta_bar, unit_rows
 
 # tiny nets, N = 4: C = 1 and C = 2, biases off and on, fan-in >= N (and one layer with fan-in < N: (3, …))
 CONFIGS = [
@@ -41,15 +41,6 @@ def _rel(a, b):
     return float(np.max(np.abs(np.asarray(a) - b)) / np.max(np.abs(b)))
 
 
-def _structured(fim, net, x, xt, y, backend=None, seed=1):
-    """Δθ (flat), Θ̄(x, x), Θ̄(x′, x) of the structured path on ``backend`` (host arrays back)."""
-    p = net.init(seed, backend)
-    xb, xtb, yb = (a if backend is None else to_device(a, backend) for a in (x, xt, y))
-    s, st = net.signals(p, xb), net.signals(p, xtb)
-    d = to_host(net.flatten(fim.direction(p, xb, yb, s)))
-    return d, to_host(theta_bar(fim, s)), to_host(theta_bar(fim, s, st))
-
-
 @functools.lru_cache(maxsize=None)
 def _oracle_case(widths, act, sb2, k, g, rho):
     """(Δθ, Θ̄(x, x), Θ̄(x′, x), tol) of the explicit twin; tol 1e-9, widened to 1e4·eps·κ(G) where the
@@ -65,7 +56,7 @@ def _oracle_case(widths, act, sb2, k, g, rho):
 def test_structured_matches_explicit_oracle(widths, act, sb2, k, g, rho, backend):
     """G⁻¹Jᵀv/N, Θ̄(x, x) and Θ̄(x′, x) against the P×P masked FIM, C = 1 and 2, biases on and off."""
     net, _, x, xt, y = _setup(widths, act, sb2)
-    got = _structured(get_fisher("block", net, rho, k=k, g=g), net, x, xt, y, backend)
+    got = structured(get_fisher("block", net, rho, k=k, g=g), net, x, xt, y, backend)
     *want, tol = _oracle_case(widths, act, sb2, k, g, rho)
     for a, b in zip(got, want):
         assert _rel(a, b) < tol
@@ -96,10 +87,10 @@ def test_the_oracle_is_a_partition():
 def test_whole_rows_are_unit_wise(widths, act, sb2, rho, backend):
     """k = M_{l−1} + 1 (the largest fan, as an integer) and k = "all": exactly the unit-wise FIM (Eq. 23)."""
     net, _, x, xt, y = _setup(widths, act, sb2)
-    ref = _structured(get_fisher("unit", net, rho), net, x, xt, y, backend)
+    ref = structured(get_fisher("unit", net, rho), net, x, xt, y, backend)
     fan = max(net.layer_shape(l)[1] for l in range(1, net.depth + 1))
     for k in (fan, "all"):
-        got = _structured(get_fisher("block", net, rho, k=k, g=1), net, x, xt, y, backend)
+        got = structured(get_fisher("block", net, rho, k=k, g=1), net, x, xt, y, backend)
         for a, b in zip(got, ref):
             assert _rel(a, b) < 1e-8, (k, rho)
 
@@ -110,9 +101,9 @@ def test_whole_layers_are_block_diagonal(widths, act, sb2, rho, backend):
     """g = M_l (the largest width, as an integer) and g = "all" with whole rows: the block-diagonal FIM
     (Section 4.1) with the same ρ in G = F_l + ρI."""
     net, _, x, xt, y = _setup(widths, act, sb2)
-    ref = _structured(get_fisher("bd", net, rho), net, x, xt, y, backend)
+    ref = structured(get_fisher("bd", net, rho), net, x, xt, y, backend)
     for g in (max(net.widths[1:]), "all"):
-        got = _structured(get_fisher("block", net, rho, k="all", g=g), net, x, xt, y, backend)
+        got = structured(get_fisher("block", net, rho, k="all", g=g), net, x, xt, y, backend)
         for a, b in zip(got, ref):
             assert _rel(a, b) < 1e-8, (g, rho)
 
@@ -121,8 +112,8 @@ def test_whole_layers_are_block_diagonal(widths, act, sb2, rho, backend):
 def test_single_entries_are_the_diagonal_fim(rho, backend):
     """k = g = 1: G_ii = F_ii + ρ, the diagonal FIM of Fig. 3."""
     net, _, x, xt, y = _setup((5, 10, 9, 2), "tanh", 0.3)
-    ref = _structured(get_fisher("diag", net, rho), net, x, xt, y, backend)
-    got = _structured(get_fisher("block", net, rho, k=1, g=1), net, x, xt, y, backend)
+    ref = structured(get_fisher("diag", net, rho), net, x, xt, y, backend)
+    got = structured(get_fisher("block", net, rho, k=1, g=1), net, x, xt, y, backend)
     for a, b in zip(got, ref):
         assert _rel(a, b) < 1e-10
 

@@ -20,7 +20,7 @@ from ngdref.errors import ConfigError, NgdrefError
 from ngdref.fisher import KFAC, LayerWiseFisher, get_fisher, tridiagonal_sigma
 
 from . import oracles as O
-from .conftest import theta_bar, unit_rows
+from .conftest import structured, theta_bar, unit_rows
 
 # well-conditioned tiny nets: N = 4 samples, fan-in >= N
 CONFIGS = [
@@ -78,15 +78,6 @@ def _oracle_case(widths, act, sb2, name, opts_key, rho):
     return orc.direction(y), orc.theta_bar(), orc.theta_bar(xt), _tolerance(orc)
 
 
-def _structured(fim, net, x, xt, y, backend=None, seed=1):
-    """Δθ (flat), Θ̄(x, x), Θ̄(x′, x) of the structured path on ``backend`` (host arrays back)."""
-    p = net.init(seed, backend)
-    xb, xtb, yb = (a if backend is None else to_device(a, backend) for a in (x, xt, y))
-    s, st = net.signals(p, xb), net.signals(p, xtb)
-    d = to_host(net.flatten(fim.direction(p, xb, yb, s)))
-    return d, to_host(theta_bar(fim, s)), to_host(theta_bar(fim, s, st))
-
-
 # ---- structured path vs explicit oracle ----------------------------------------------------
 @pytest.mark.parametrize("widths,act,sb2", CONFIGS)
 @pytest.mark.parametrize("name,opts", FIMS, ids=[f"{n}-{'-'.join(map(str, o.values()))}" for n, o in FIMS])
@@ -102,7 +93,7 @@ def test_structured_matches_explicit_oracle(widths, act, sb2, name, opts, rho, b
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         fim = get_fisher(name, net, rho, **_options(opts, net.depth))
-        d, c_train, c_test = _structured(fim, net, x, xt, y, backend)
+        d, c_train, c_test = structured(fim, net, x, xt, y, backend)
     want_d, want_train, want_test, tol = _oracle_case(widths, act, sb2, name, tuple(opts.items()), rho)
     assert _rel(d, want_d) < tol
     assert _rel(c_train, want_train) < tol
@@ -114,8 +105,8 @@ def test_backends_agree_with_numpy(name, device_backend):
     """The same structured computation on every other core backend agrees with NumPy to rounding (1e-12)."""
     net, _, x, xt, y = _setup((6, 12, 10, 1), "relu", 0.5)
     fim = get_fisher(name, net, 0.0)
-    ref = _structured(fim, net, x, xt, y)
-    got = _structured(fim, net, x, xt, y, device_backend)
+    ref = structured(fim, net, x, xt, y)
+    got = structured(fim, net, x, xt, y, device_backend)
     for a, b in zip(got, ref):
         assert _rel(a, b) < 1e-12
 
@@ -128,7 +119,7 @@ def test_layer_with_constant_sigma_matches_oracle(c, rho, backend):
     net, p, x, xt, y = _setup((6, 12, 10, 1), "relu", 0.5)
     sigma = c * np.ones((3, 3))
     orc = O.oracle("layer", net, p, x, rho, sigma=sigma)
-    d, c_train, c_test = _structured(LayerWiseFisher(net, rho, sigma=sigma), net, x, xt, y, backend)
+    d, c_train, c_test = structured(LayerWiseFisher(net, rho, sigma=sigma), net, x, xt, y, backend)
     assert _rel(d, orc.direction(y)) < 1e-9
     assert _rel(c_train, orc.theta_bar()) < 1e-9
     assert _rel(c_test, orc.theta_bar(xt)) < 1e-9
@@ -139,7 +130,7 @@ def test_kfac_single_sample_is_block_diagonal(backend):
     step and Θ̄ equal the oracle BD ones."""
     net, p, x, xt, y = _setup((6, 10, 8, 1), "tanh", 0.0, n=1)
     orc = O.oracle("bd", net, p, x)
-    d, c_train, c_test = _structured(get_fisher("kfac", net, 0.0), net, x, xt, y, backend)
+    d, c_train, c_test = structured(get_fisher("kfac", net, 0.0), net, x, xt, y, backend)
     assert _rel(d, orc.direction(y)) < 1e-9
     assert _rel(c_train, orc.theta_bar()) < 1e-9
     assert _rel(c_test, orc.theta_bar(xt)) < 1e-9
@@ -162,7 +153,7 @@ def test_damping_enters_once(name, backend):
     net, p, x, xt, y = _setup((6, 10, 1) if name != "layer" else (6, 10, 9, 1), "tanh", 0.3)
     opts = {"sigma": _dense_sigma(net.depth)} if name == "layer" else {}
     orc = O.oracle(name, net, p, x, 0.37, **opts)
-    d, c_train, c_test = _structured(get_fisher(name, net, 0.37, **opts), net, x, xt, y, backend)
+    d, c_train, c_test = structured(get_fisher(name, net, 0.37, **opts), net, x, xt, y, backend)
     assert _rel(d, orc.direction(y)) < 1e-10
     assert _rel(c_train, orc.theta_bar()) < 1e-10
     assert _rel(c_test, orc.theta_bar(xt)) < 1e-10
@@ -289,7 +280,7 @@ def test_layerwise_singular_layer_kernel_is_the_pseudo_inverse(name, backend):
     opts = {"sigma": _dense_sigma(3)} if name == "layer" else {}
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
-        d, c_train, c_test = _structured(get_fisher(name, net, 0.0, **opts), net, x, xt, y, backend, seed=0)
+        d, c_train, c_test = structured(get_fisher(name, net, 0.0, **opts), net, x, xt, y, backend, seed=0)
     orc = O.oracle(name, net, net.init(0), x, **opts)
     tol = max(1e-9, 1e4 * O.EPS * orc.condition())
     assert _rel(d, orc.direction(y)) < tol
