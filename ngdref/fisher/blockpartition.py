@@ -370,7 +370,10 @@ class BlockPartitionFisher(FisherApproximation):
                     values.append(xp.reshape(apply(f"block:{l}:{shape_id}:{chunk_id}", d_t, a_t, v_t), (-1,)))
                     positions.append(pos.reshape(-1))
             order = to_device(np.argsort(np.concatenate(positions), kind="stable"), backend, "int64")
-            out.append(xp.astype(xp.reshape(xp.take(xp.concat(values), order), (m_out, fan)), v[l - 1].dtype))
+            flat = xp.concat(values)
+            values.clear()  # the pieces go before the scatter: at most two P_l-sized arrays at once
+            flat = xp.take(flat, order)
+            out.append(xp.astype(xp.reshape(flat, (m_out, fan)), v[l - 1].dtype, copy=False))
         return out
 
     @staticmethod
