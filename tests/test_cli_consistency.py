@@ -32,6 +32,21 @@ BASE = {
 GAUSS = ["--data", "gaussian"]
 EMPIRICAL = ["--kernel", "empirical", "--width", "16"]
 
+#: the activation and variance options of every command that builds a network (as VARIANTS' entries)
+ACTIVATION_VARIANTS = {
+    "activation": ([], ["--activation", "tanh"]),
+    "shift": (["--activation", "shifted-relu"], ["--shift", "0.5"]),
+    "sigma_w2": ([], ["--sigma-w2", "1.5"]),
+    "sigma_b2": ([], ["--sigma-b2", "0.1"]),
+}
+#: the training-set options of every command that reads data
+DATA_VARIANTS = {
+    "data": ([], GAUSS),
+    "classes": ([], ["--classes", "1,2"]),
+    "n_train": ([], ["--n-train", "6"]),
+    "input_dim": (GAUSS, ["--input-dim", "12"]),
+}
+
 #: per command and option (its JSON config key): (arguments the comparison needs, the option's other value)
 VARIANTS = {
     "train": {
@@ -49,15 +64,9 @@ VARIANTS = {
         "forster": (["--fim", "kfac", "--sigma-b2", "0", *GAUSS, "--input-dim", "4", "--lr", "0.1"], ["--forster"]),
         "depth": ([], ["--depth", "2"]),
         "width": ([], ["--width", "24"]),
-        "activation": ([], ["--activation", "tanh"]),
-        "shift": (["--activation", "shifted-relu"], ["--shift", "0.5"]),
-        "sigma_w2": ([], ["--sigma-w2", "1.5"]),
-        "sigma_b2": ([], ["--sigma-b2", "0.1"]),
-        "data": ([], GAUSS),
-        "classes": ([], ["--classes", "1,2"]),
-        "n_train": ([], ["--n-train", "6"]),
+        **ACTIVATION_VARIANTS,
+        **DATA_VARIANTS,
         "n_test": ([], ["--n-test", "6"]),
-        "input_dim": (GAUSS, ["--input-dim", "12"]),
     },
     "isotropy": {
         "fim": ([], ["--fim", "bd,exact"]),
@@ -66,26 +75,14 @@ VARIANTS = {
         "damping": ([], ["--damping", "1e-3"]),
         "option": (["--fim", "kfac"], ["--option", "bias=folded"]),
         "depth": ([], ["--depth", "2"]),
-        "activation": ([], ["--activation", "tanh"]),
-        "shift": (["--activation", "shifted-relu"], ["--shift", "0.5"]),
-        "sigma_w2": ([], ["--sigma-w2", "1.5"]),
-        "sigma_b2": ([], ["--sigma-b2", "0.1"]),
-        "data": ([], GAUSS),
-        "classes": ([], ["--classes", "1,2"]),
-        "n_train": ([], ["--n-train", "6"]),
-        "input_dim": (GAUSS, ["--input-dim", "12"]),
+        **ACTIVATION_VARIANTS,
+        **DATA_VARIANTS,
     },
     "ntk": {
         "depth": ([], ["--depth", "2"]),
         "width": ([], ["--width", "24"]),
-        "activation": ([], ["--activation", "tanh"]),
-        "shift": (["--activation", "shifted-relu"], ["--shift", "0.5"]),
-        "sigma_w2": ([], ["--sigma-w2", "1.5"]),
-        "sigma_b2": ([], ["--sigma-b2", "0.1"]),
-        "data": ([], GAUSS),
-        "classes": ([], ["--classes", "1,2"]),
-        "n_train": ([], ["--n-train", "6"]),
-        "input_dim": (GAUSS, ["--input-dim", "12"]),
+        **ACTIVATION_VARIANTS,
+        **DATA_VARIANTS,
         "explicit": ([], ["--explicit", "yes"]),
     },
     "alpha": {
@@ -96,10 +93,7 @@ VARIANTS = {
         "option": ([], ["--option", "bias=folded"]),
         "depth": ([], ["--depth", "4"]),
         "width": ([], ["--width", "24"]),
-        "activation": ([], ["--activation", "tanh"]),
-        "shift": (["--activation", "shifted-relu"], ["--shift", "0.5"]),
-        "sigma_w2": ([], ["--sigma-w2", "1.5"]),
-        "sigma_b2": ([], ["--sigma-b2", "0.1"]),
+        **ACTIVATION_VARIANTS,
     },
     "predict": {
         "fim": ([], ["--fim", "exact"]),
@@ -109,15 +103,9 @@ VARIANTS = {
         "option": (["--fim", "kfac", "--sigma-b2", "0.5"], ["--option", "bias=folded"]),  # biases needed
         "depth": ([], ["--depth", "4"]),
         "width": (EMPIRICAL, ["--width", "24"]),
-        "activation": ([], ["--activation", "tanh"]),
-        "shift": (["--activation", "shifted-relu"], ["--shift", "0.5"]),
-        "sigma_w2": ([], ["--sigma-w2", "1.5"]),
-        "sigma_b2": ([], ["--sigma-b2", "0.1"]),
-        "data": ([], GAUSS),
-        "classes": ([], ["--classes", "1,2"]),
-        "n_train": ([], ["--n-train", "6"]),
+        **ACTIVATION_VARIANTS,
+        **DATA_VARIANTS,
         "n_test": ([], ["--n-test", "6"]),
-        "input_dim": (GAUSS, ["--input-dim", "12"]),
     },
 }
 for _name in ("train", "isotropy", "ntk", "predict"):  # the global settings, after the command
