@@ -166,20 +166,13 @@ def _has(config, key: str) -> bool:
     return True
 
 
+#: a configuration value's kind in words, by type (bool before int: a bool is an int)
+KINDS = ((bool, "true/false"), (int, "an integer"), (float, "a number"), (str, "a string"), (list, "a list"),
+         (dict, "a table"))
+
+
 def _kind(v) -> str:
-    if isinstance(v, bool):
-        return "true/false"
-    if isinstance(v, int):
-        return "an integer"
-    if isinstance(v, float):
-        return "a number"
-    if isinstance(v, str):
-        return "a string"
-    if isinstance(v, list):
-        return "a list"
-    if isinstance(v, dict):
-        return "a table"
-    return type(v).__name__
+    return next((word for t, word in KINDS if isinstance(v, t)), type(v).__name__)
 
 
 def _coerce(old, new, key: str):
