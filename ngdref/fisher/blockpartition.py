@@ -427,8 +427,11 @@ class BlockPartitionFisher(FisherApproximation):
             return value
 
         def inverse(k):
-            if rho > 0:
-                return xp.linalg.inv(symmetrize(k) + rho * xp.eye(k.shape[-1], dtype=k.dtype))
+            if rho > 0:  # in the eigenbasis, eigenvalues clipped at 0 (PSD): (λ + ρ)⁻¹ stays accurate where
+                # F_B is singular, which an LU inverse of F_B + ρI (cond ‖F_B‖/ρ) spreads over the range
+                w, vec = xp.linalg.eigh(symmetrize(k))
+                inv_w = 1.0 / (xp.where(w > 0, w, xp.zeros_like(w)) + rho)
+                return (vec * inv_w[..., None, :]) @ xp.linalg.matrix_transpose(vec)
             return psd_pinv(k, self.rtol)
 
         def apply(key, d_t, a_t, v_t):
@@ -440,8 +443,10 @@ class BlockPartitionFisher(FisherApproximation):
                     inv = keep(key, inverse(xp.permute_dims(jac, (0, 2, 1)) @ jac / float(n)))
                 return xp.reshape(inv @ xp.reshape(v_t, (t, r * kc, 1)), (t, r, kc))
             dual = cache.get(key)
-            if dual is None:
-                dual = keep(key, inverse(self._tile_kernel(d_t, a_t, d_t, a_t) / float(n)))
+            if dual is None:  # ρ > 0: on the range of J_BJ_Bᵀ only (J_Bᵀ annihilates the rest; an LU inverse
+                # would put 1/ρ on its rounding-level null directions, then /ρ again: eps/ρ² errors at C > 1)
+                k = self._tile_kernel(d_t, a_t, d_t, a_t) / float(n)
+                dual = keep(key, self._range_inverse(k) if rho > 0 else inverse(k))
             y = dual @ xp.reshape(self._tile_jvp(d_t, a_t, v_t), (t, c * n, 1))
             if rho == 0:
                 return self._tile_vjp(d_t, a_t, xp.reshape(dual @ y, (t, c, n))) / float(n)
