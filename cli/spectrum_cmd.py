@@ -73,6 +73,5 @@ def spectrum(settings, fim, of, top, damping, raw_options, depth, width, activat
             con.print(f"measured ({scope}): {ratio}; no analytic α for {fim} "
                       f"({rec['alpha_note'] or 'see its spec'})")
     summary = {k: v for k, v in rec.items() if k not in ("eigenvalues", "eigenvalues_over_alpha")}
-    config = common.run_config(settings, backend, option=options, network=net.to_dict(), dataset=ds.to_dict(),
-                               spectrum=summary)
-    common.emit_json(json_path, common.json_document("spectrum", config, rows))
+    config = common.run_config(settings, backend, option=options, network=net.to_dict(), dataset=ds.to_dict())
+    common.emit_json(json_path, common.json_document("spectrum", config, rows, spectrum=summary))

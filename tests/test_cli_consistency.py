@@ -18,8 +18,8 @@ from ngdref_cli.main import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
-#: reproduce's options are tested with the figures (tests/test_reproduce.py)
-COMMANDS = ("train", "isotropy", "ntk", "alpha", "predict")
+#: every command but reproduce, whose options are tested with the figures (tests/test_reproduce.py)
+COMMANDS = tuple(sorted(set(cli.commands) - {"reproduce"}))
 
 #: the smallest run of each command (bundled MNIST, widths of 16)
 BASE = {
@@ -28,6 +28,7 @@ BASE = {
     "ntk": ["--width", "16", "--n-train", "8"],
     "alpha": ["--width", "16", "--fim", "bd,kfac,unit"],
     "predict": ["--n-train", "8", "--n-test", "4", "--seeds", "1"],  # --width: --kernel empirical only
+    "spectrum": ["--width", "16", "--n-train", "8"],
 }
 GAUSS = ["--data", "gaussian"]
 EMPIRICAL = ["--kernel", "empirical", "--width", "16"]
@@ -108,7 +109,18 @@ VARIANTS = {
         "n_test": ([], ["--n-test", "6"]),
     },
 }
-for _name in ("train", "isotropy", "ntk", "predict"):  # the global settings, after the command
+VARIANTS["spectrum"] = {
+    "fim": ([], ["--fim", "exact"]),
+    "of": ([], ["--of", "G"]),
+    "top": ([], ["--top", "3"]),
+    "damping": ([], ["--damping", "1e-3"]),
+    "option": (["--fim", "kfac"], ["--option", "bias=folded"]),
+    "depth": ([], ["--depth", "2"]),
+    "width": ([], ["--width", "24"]),
+    **ACTIVATION_VARIANTS,
+    **DATA_VARIANTS,
+}
+for _name in ("train", "isotropy", "ntk", "predict", "spectrum"):  # the global settings, after the command
     _ctx = EMPIRICAL if _name == "predict" else []
     VARIANTS[_name].update(seed=([], ["--seed", "1"]), dtype=(_ctx, ["--dtype", "float32"]),
                            backend=(_ctx, ["--backend", "strict"]))

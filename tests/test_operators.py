@@ -297,7 +297,7 @@ def test_spectrum_command_json_and_table():
         assert r.exit_code == 0, r.output
         doc = json.loads(r.stdout)
         assert [row["k"] for row in doc["rows"]] == list(range(1, len(doc["rows"]) + 1))  # one row per eigenvalue
-        return {**doc["config"]["spectrum"], "eigenvalues": [row["lambda"] for row in doc["rows"]],
+        return {**doc["spectrum"], "eigenvalues": [row["lambda"] for row in doc["rows"]],
                 "over_alpha": [row["lambda_over_alpha"] for row in doc["rows"]]}
 
     g = run("--fim", "kfac", "--of", "G", "--top", "3", "--damping", "0.01")
