@@ -156,6 +156,14 @@ CATALOG = [
         id="predict-layer-needs-sigma"),
     row("--backend", "cupy", "predict", "--kernel", "empirical", "--seeds", "1", *T, needle="cupy", id="predict-no-cupy",
         marks=pytest.mark.skipif(GPU, reason="CuPy and a GPU are present")),
+    # ---- spectrum -----------------------------------------------------------------------------
+    row("spectrum", *N, "--top", "7", needle="use --top 6 or fewer", id="spectrum-top-beyond-cn"),
+    row("spectrum", *N, "--of", "G", "--top", "1000", needle="use --top 200 or fewer", id="spectrum-top-too-many"),
+    row("spectrum", "--data", "gaussian", "--input-dim", "2", "--width", "2", "--depth", "2", "--n-train", "2", "--of", "G",
+        "--top", "20", needle="use --top 9 or fewer", id="spectrum-top-beyond-p"),
+    row("spectrum", *N, "--depth", "2", "--fim", "layer", "--option", "sigma=1,0;0,-1", needle="1ᵀΣ⁻¹1",
+        id="spectrum-sigma-alpha-zero"),
+    row("spectrum", *N, "--of", "theta", needle="--of", id="spectrum-of-unknown"),
 ]
 
 
@@ -184,9 +192,9 @@ def _files(folder) -> dict:
 
 def test_catalog_is_large_and_covers_every_command():
     assert len(CATALOG) >= 50
-    commands = {next(a for a in p.values[0] if a in ("train", "isotropy", "ntk", "alpha", "predict", "trian"))
+    commands = {next(a for a in p.values[0] if a in ("train", "isotropy", "ntk", "alpha", "predict", "spectrum", "trian"))
                 for p in CATALOG}
-    assert commands >= {"train", "isotropy", "ntk", "alpha", "predict"}
+    assert commands >= {"train", "isotropy", "ntk", "alpha", "predict", "spectrum"}
 
 
 @pytest.mark.parametrize("args,env,needle", CATALOG)
