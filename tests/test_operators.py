@@ -225,7 +225,9 @@ def test_paper_width_spectrum_of_preconditioned_fisher_is_that_of_theta_bar(name
     """M = 4096 (paper width), L = 2, N = 8, C = 1, M0 = 10 >= N, ρ = 0 (unit: its default 1e-12): the
     nonzero spectrum of G⁻¹F (P = 45 056) by Arnoldi (``eigs``, all CN = 8 nonzero eigenvalues) equals
     the eigenvalues of Θ̄(x, x) = ``coefficient`` of the same run to 1e-8 relative. For bd and K-FAC,
-    isotropic here, it is α·1: α = L = 2 (Eq. 18) and α = NL = 16 (S.107), condition number 1 to 1e-8."""
+    isotropic here, it is α·1: α = L = 2 (Eq. 18) and α = NL = 16 (S.107), condition number 1 to 1e-8. For
+    unit-wise and diag, whose Θ̄ is not α·1 here, also the eigenvalues of a Θ̄ written out in the test from
+    J's entries (:func:`_explicit_theta_bar`), independent of ``coefficient``."""
     n, m0 = 8, 10
     rng = np.random.default_rng(3)
     net = Network((m0, 4096, 1), "relu", 2.0, 0.0)
@@ -239,6 +241,31 @@ def test_paper_width_spectrum_of_preconditioned_fisher_is_that_of_theta_bar(name
         alpha = fim.analytic_alpha(n)
         assert alpha == {"bd": 2.0, "kfac": 16.0}[name]
         np.testing.assert_allclose(got, alpha, rtol=1e-8)
+    if name in ("unit", "diag"):  # Θ̄ built here from J's entries, sharing nothing with ``coefficient``
+        np.testing.assert_allclose(got, np.linalg.eigvalsh(_explicit_theta_bar(name, s, fim.damping)), rtol=1e-8)
+
+
+def _explicit_theta_bar(name, s, rho):
+    """Θ̄(x, x) = Σ_B J_B(J_BᵀJ_B/N + ρI)⁺J_Bᵀ/N (Eq. 11) for C = 1, L = 2, written out from the rows
+    J_{n,(i,j)} = δ_i(x_n) a_j(x_n) (S.64): unit-wise B = one unit (per unit J_B (N × fan), through the
+    eigenvalues of K_B = J_BJ_Bᵀ/N, λ/(λ + ρ), since J_B(J_BᵀJ_B/N + ρ)⁻¹J_Bᵀ/N = K_B(K_B + ρ)⁻¹);
+    diag B = one parameter (F_jj = Σ_n J_nj²/N, pseudo-inverse at F_jj = 0)."""
+    n = s.n
+    blocks = []  # per layer: J as (units, N, fan)
+    for layer in range(2):
+        a, d = np.asarray(to_host(s.a[layer])), np.asarray(to_host(s.delta[layer]))[0]  # (N, fan), (N, units)
+        blocks.append(d.T[:, :, None] * a[None, :, :])
+    if name == "diag":
+        jac = np.concatenate([np.transpose(j, (1, 0, 2)).reshape(n, -1) for j in blocks], axis=1)  # (N, P)
+        f = np.sum(jac * jac, axis=0) / n + rho
+        inv = np.divide(1.0, f, out=np.zeros_like(f), where=f > 0)
+        return (jac * inv) @ jac.T / n
+    theta = np.zeros((n, n))
+    for j in blocks:
+        w, v = np.linalg.eigh(j @ np.transpose(j, (0, 2, 1)) / n)  # (units, N), K_B per unit
+        w = np.clip(w, 0.0, None)
+        theta += np.sum((v * (w / (w + rho))[:, None, :]) @ np.transpose(v, (0, 2, 1)), axis=0)
+    return theta
 
 
 # ---- flat vectors --------------------------------------------------------------------------------------
