@@ -12,22 +12,23 @@ from rich.markup import escape
 from rich.table import Table
 
 from ngdref.experiments.figures.plotting import FORMATS
-from ngdref.experiments.figures.registry import REGISTRY
+from ngdref.experiments.figures.registry import GROUP_HELP, GROUPS, REGISTRY
 
 from .common import EXIT_INTERRUPTED, UserError, consoles, emit_json, handle_errors, json_option, progress_bar
 
-FIGURE_CHOICES = (*REGISTRY, "all")
+FIGURE_CHOICES = (*REGISTRY, *GROUPS)
 
 _NAME_WIDTH = max(len(name) for name in FIGURE_CHOICES)
 HELP = "\n".join([
     "Regenerate FIGURE of Karakida & Osawa (2020): data (CSV, JSON), plot (PNG; --format for PDF, SVG), "
-    "caption and the claim it tests ('all' also writes a contact sheet, DIR/index.html).",
+    "caption and the claim it tests (a group — all, extensions, everything — also writes a contact sheet, "
+    "DIR/index.html).",
     "",
     "\b",
     # one column of names as wide as the longest; each summary is one short line (the figure's caption and
     # module docstring hold the rest)
     *(f"{name:<{_NAME_WIDTH}}  {figure.summary}" for name, figure in REGISTRY.items()),
-    f"{'all':<{_NAME_WIDTH}}  every figure above",
+    *(f"{group:<{_NAME_WIDTH}}  {GROUP_HELP[group]}" for group in GROUPS),
 ])
 
 
@@ -39,7 +40,7 @@ def _mark(holds):
 @click.argument("figure", type=click.Choice(FIGURE_CHOICES))
 @click.option("--quick", is_flag=True, help="Shrink widths, sizes and steps so the figure runs in seconds.")
 @click.option("--out", "out", default=None, metavar="DIR",
-              help="Output folder (default out/<figure>; with 'all', DIR/<figure> for each figure).")
+              help="Output folder (default out/<figure>; with a group, DIR/<figure> for each figure).")
 @click.option("--data", default=None, metavar="PATH",
               help="For the figures that read data (fig2): a folder with MNIST IDX files or CIFAR-10 python "
                    "batches (default: bundled MNIST subset).")
@@ -73,7 +74,7 @@ def reproduce(settings, figure, quick, out, data, jobs, scheduler, threads, fres
     from ngdref.experiments.figures.sheet import SHEET, write_contact_sheet
     from ngdref.experiments.sweep import CellError, check_scheduler_address, describe_executor, make_executor
 
-    names = list(REGISTRY) if figure == "all" else [figure]
+    names = list(GROUPS[figure]) if figure in GROUPS else [figure]
     # every check a user can fail comes before any work and any file
     fmts = _formats(formats)
     if scheduler is not None:
@@ -81,10 +82,10 @@ def reproduce(settings, figure, quick, out, data, jobs, scheduler, threads, fres
             raise UserError("--jobs and --scheduler are exclusive (the Dask cluster sets the parallelism)")
         check_scheduler_address(scheduler)
     if data is not None:
-        _check_data(data, figure)
+        _check_data(data, figure, names)
     folders = {name: _folder(out, name, figure, fmts) for name in names}
-    root = Path("out") if out is None else Path(out)  # 'all': the contact sheet's folder
-    if figure == "all":
+    root = Path("out") if out is None else Path(out)  # a group: the contact sheet's folder
+    if figure in GROUPS:
         _check_file(root / SHEET)
     backend = settings.backend()  # validates --backend/--dtype
     configs = {name: figure_config(name, quick, data, settings.seed) for name in names}  # fig2: hashes --data
@@ -156,7 +157,7 @@ def reproduce(settings, figure, quick, out, data, jobs, scheduler, threads, fres
             note = rec["config"].get("data_note")
             if note:
                 con.print(f"data: {escape(note)}")
-    if figure == "all":
+    if figure in GROUPS:
         sheet = write_contact_sheet(records, root)
         con.print(f"contact sheet: {sheet}")
     if len(records) == 1:
@@ -196,11 +197,12 @@ def _check_file(path: Path) -> None:
         raise UserError(f"{str(path)!r} exists and is not a file; move it away or choose another --out")
 
 
-def _check_data(data: str, figure: str) -> None:
+def _check_data(data: str, figure: str, names: list[str]) -> None:
     """``--data``: only for figures that take data (the others use the paper's own inputs), a folder or ``mnist``."""
     takers = [name for name, fig in REGISTRY.items() if fig.takes_data]
-    if figure != "all" and not REGISTRY[figure].takes_data:
-        raise UserError(f"--data is used by {', '.join(takers)} only; {figure} uses the inputs of the paper "
+    if not any(REGISTRY[name].takes_data for name in names):
+        what = f"{figure} uses" if figure not in GROUPS else f"none of {figure} ({', '.join(names)}) reads it; they use"
+        raise UserError(f"--data is used by {', '.join(takers)} only; {what} the inputs of the paper "
                         "(bundled MNIST subset or Gaussian inputs): drop --data")
     if not data.strip():
         raise UserError("--data is empty: give a folder with MNIST IDX files or CIFAR-10 python batches")
@@ -216,7 +218,7 @@ def _folder(out: str | None, name: str, figure: str, formats=("png",)) -> Path:
         problem = folder_problem(out)
         if problem:
             raise UserError(f"--out {out!r} {problem}")
-    folder = Path("out") / name if out is None else (Path(out) / name if figure == "all" else Path(out))
+    folder = Path("out") / name if out is None else (Path(out) / name if figure in GROUPS else Path(out))
     for path in (folder, folder / "cells"):
         problem = folder_problem(path)
         if problem:

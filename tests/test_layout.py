@@ -177,4 +177,12 @@ def test_cli_choices_and_help_come_from_the_registry():
     text = " ".join(r.output.split())
     for name, fig in REGISTRY.items():
         assert f"{name} {' '.join(fig.summary.split())}" in text
-    assert "{" + "|".join([*REGISTRY, "all"]) + "}" in text
+    from ngdref.experiments.figures.registry import GROUPS, PAPER_FIGURES
+
+    assert "{" + "|".join([*REGISTRY, *GROUPS]) + "}" in text
+    # `all` is the paper's figures, `extensions` the rest, `everything` both, each once
+    assert GROUPS["all"] == PAPER_FIGURES == ("fig1a", "fig1b", "fig2", "fig3", "figS1", "figS2")
+    assert set(GROUPS["extensions"]) == set(REGISTRY) - set(PAPER_FIGURES) and GROUPS["extensions"]
+    assert GROUPS["everything"] == tuple(REGISTRY)
+    assert all(REGISTRY[n].title.startswith("Extension") for n in GROUPS["extensions"])
+    assert not any(REGISTRY[n].title.startswith("Extension") for n in GROUPS["all"])

@@ -89,6 +89,7 @@ USER_ERRORS = [
     (["fig2", "--quick", "--data", "empty"], "no MNIST IDX"),
     (["fig2", "--quick", "--data", "notdata"], "no MNIST IDX"),
     (["all", "--quick", "--data", "empty"], "no MNIST IDX"),
+    (["extensions", "--quick", "--data", "mnist"], "none of extensions"),
     (["figS2", "--jobs", "many"], "--jobs"),
     (["figS2", "--threads", "0"], "--threads"),
     (["fig9"], "fig9"),
@@ -444,13 +445,13 @@ def test_fig2_regenerated_data_and_another_dtype_are_recomputed(tmp_path):
 def test_reproduce_help_lists_figures_in_one_column_with_short_summaries():
     """K2: every figure's line of `reproduce --help` has its summary in one column (the width of the longest
     name), each summary at most 70 characters (the rest is in the figure's caption and docstring)."""
-    from ngdref.experiments.figures.registry import REGISTRY
+    from ngdref.experiments.figures.registry import GROUP_HELP, GROUPS, REGISTRY
 
     r = CliRunner().invoke(cli, ["reproduce", "--help"], env={"COLUMNS": "100"})
     assert r.exit_code == 0
-    lines = {ln.split()[0]: ln for ln in r.output.splitlines() if ln.split() and ln.split()[0] in [*REGISTRY, "all"]}
-    assert set(lines) == {*REGISTRY, "all"}
-    starts = {ln.index(REGISTRY[n].summary if n in REGISTRY else "every figure above") for n, ln in lines.items()}
+    lines = {ln.split()[0]: ln for ln in r.output.splitlines() if ln.split() and ln.split()[0] in [*REGISTRY, *GROUPS]}
+    assert set(lines) == {*REGISTRY, *GROUPS}
+    starts = {ln.index(REGISTRY[n].summary if n in REGISTRY else GROUP_HELP[n]) for n, ln in lines.items()}
     assert len(starts) == 1, lines
     assert all(len(f.summary) <= 70 for f in REGISTRY.values())
 

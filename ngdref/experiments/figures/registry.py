@@ -13,6 +13,17 @@ REGISTRY.update({m.FIGURE.name: m.FIGURE for m in (finite_width, kfac_multi_outp
 
 FIGURES = tuple(REGISTRY)
 
+#: figure groups ``ngdref reproduce GROUP`` runs (each also writes a contact sheet): ``all`` is the
+#: paper's figures, ``extensions`` the experiments beyond the paper (issue 16), ``everything`` both
+PAPER_FIGURES = tuple(m.FIGURE.name for m in (fig1a, fig1b, fig2, fig3, figS1, figS2))
+GROUPS: dict[str, tuple[str, ...]] = {
+    "all": PAPER_FIGURES,
+    "extensions": tuple(name for name in FIGURES if name not in PAPER_FIGURES),
+    "everything": FIGURES,
+}
+GROUP_HELP = {"all": "every figure of the paper above", "extensions": "every extension above (beyond the paper)",
+              "everything": "all and extensions"}
+
 TITLES = {name: f.title for name, f in REGISTRY.items()}
 
 
@@ -20,7 +31,7 @@ def get_figure(name: str) -> Figure:
     try:
         return REGISTRY[name]
     except KeyError:
-        raise ConfigError(f"unknown figure {name!r}; choose one of {', '.join(FIGURES)} or all") from None
+        raise ConfigError(f"unknown figure {name!r}; choose one of {', '.join(FIGURES)} or {', '.join(GROUPS)}") from None
 
 
 def figure_config(name: str, quick: bool = False, data: str | None = None, seed: int = 0) -> dict:
