@@ -360,19 +360,28 @@ class BlockPartitionFisher(FisherApproximation):
             backend = backend_of(signals.a[l - 1])
             d, a = _float64(signals.delta[l - 1]), _float64(signals.a[l - 1])
             v_flat = xp.reshape(_float64(v[l - 1]), (-1,))
+            tiles = list(self._layer_tiles(l))
+            # whole rows in consecutive groups (k = all): the pieces come in θ_l's own order, no scatter
+            in_order = all(cols.shape == (1, fan) for _, cols in tiles)
             values, positions = [], []
-            for shape_id, (rows, cols) in enumerate(self._layer_tiles(l)):
+            for shape_id, (rows, cols) in enumerate(tiles):
                 for chunk_id, (rr, cc) in enumerate(self._chunks(l, rows, cols, c, n, 0)):
                     rows_t, cols_t = rows[rr], cols[cc]
-                    pos = rows_t[:, :, None] * fan + cols_t[:, None, :]  # (T, r, c)
                     d_t, a_t = self._gather(d, a, rows_t, cols_t, backend)
-                    v_t = xp.reshape(xp.take(v_flat, to_device(pos.reshape(-1), backend, "int64")), pos.shape)
+                    if in_order:  # rows_t: consecutive rows (consecutive groups of _cuts)
+                        lo, hi = int(rows_t[0, 0]), int(rows_t[-1, -1]) + 1
+                        v_t = xp.reshape(v_flat[lo * fan : hi * fan], (rows_t.shape[0], rows_t.shape[1], fan))
+                    else:
+                        pos = rows_t[:, :, None] * fan + cols_t[:, None, :]  # (T, r, c)
+                        v_t = xp.reshape(xp.take(v_flat, to_device(pos.reshape(-1), backend, "int64")), pos.shape)
+                        positions.append(pos.reshape(-1))
                     values.append(xp.reshape(apply(f"block:{l}:{shape_id}:{chunk_id}", d_t, a_t, v_t), (-1,)))
-                    positions.append(pos.reshape(-1))
-            order = to_device(np.argsort(np.concatenate(positions), kind="stable"), backend, "int64")
             flat = xp.concat(values)
             values.clear()  # the pieces go before the scatter: at most two P_l-sized arrays at once
-            flat = xp.take(flat, order)
+            if not in_order:
+                order = to_device(np.argsort(np.concatenate(positions), kind="stable"), backend, "int64")
+                positions.clear()
+                flat = xp.take(flat, order)
             out.append(xp.astype(xp.reshape(flat, (m_out, fan)), v[l - 1].dtype, copy=False))
         return out
 
