@@ -541,13 +541,14 @@ class UnitWiseFisher(FisherApproximation):
         budget = min(self._budget(layer), max(self.network.n_params // 4, 1))
         return max(1, budget // (3 * n * n))
 
-    def _unit_duals(self, root, k, n: int):
-        """The factors of one chunk of units: (b_ib_iᵀ/N + ρI)⁻¹ (ρ > 0) or (b_ib_iᵀ/N)⁺ (ρ = 0), (c, N, N)."""
+    def _unit_duals(self, root, k, n: int, invert: bool = True):
+        """One chunk of units: (b_ib_iᵀ/N + ρI)⁻¹ (ρ > 0) or (b_ib_iᵀ/N)⁺ (ρ = 0), (c, N, N);
+        ``invert=False`` (ρ > 0): b_ib_iᵀ/N + ρI itself, for one solve."""
         xp = namespace_of(root)
         dual = root[:, :, None] * k[None, :, :] * root[:, None, :] / float(n)  # (c, N, N)
         if self.damping > 0:
             dual += self.damping * xp.eye(n, dtype=dual.dtype)
-            return xp.linalg.inv(dual)
+            return xp.linalg.inv(dual) if invert else dual
         return psd_pinv(dual, self.rtol)
 
     def inverse_matvec(self, signals, v, cache=None):
@@ -582,9 +583,14 @@ class UnitWiseFisher(FisherApproximation):
                 hi = min(units, lo + step)
                 key = f"unit:{l}:{lo}"
                 dual = cache.get(key)
+                fits = kept[0] + (hi - lo) * n * n <= self.network.n_params
+                if dual is None and rho > 0 and not fits:  # recomputed on every product: one SPD solve
+                    # (blocked, :func:`_spd_solve`), a third of an inverse's work
+                    ys.append(_spd_solve(self._unit_duals(root[lo:hi, :], k, n, invert=False), bx[lo:hi, :, None])[:, :, 0])
+                    continue
                 if dual is None:
                     dual = self._unit_duals(root[lo:hi, :], k, n)
-                    if kept[0] + (hi - lo) * n * n <= self.network.n_params:
+                    if fits:
                         cache[key] = dual
                         kept[0] += (hi - lo) * n * n
                 y = (dual @ bx[lo:hi, :, None])[:, :, 0]
