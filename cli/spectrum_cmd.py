@@ -11,7 +11,7 @@ def _fmt(v, spec=".10g"):
     return "—" if v is None else format(v, spec)
 
 
-@click.command(short_help="Top eigenvalues of G, G⁻¹F or Θ̄ by Lanczos on the matrix-free operator.")
+@click.command(short_help="Top eigenvalues of G, G⁻¹F or Θ̄ by matrix-free Lanczos (Eq. 11).")
 @common.single_fim_options("bd")
 @click.option("--of", "of", type=click.Choice(["G-inverse-F", "G", "theta-bar"]), default="G-inverse-F",
               show_default=True,
