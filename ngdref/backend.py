@@ -151,6 +151,12 @@ def backend_of(array) -> Backend:
     return Backend(name, xp, dtype_name_of(array))
 
 
+def as_float64(array):
+    """``array`` in float64 on its own backend (no copy when it already is)."""
+    xp = namespace_of(array)
+    return array if array.dtype == xp.float64 else xp.astype(array, xp.float64)
+
+
 def dtype_name_of(array) -> str:
     xp = namespace_of(array)
     if array.dtype == xp.float32:

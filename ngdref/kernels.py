@@ -97,12 +97,9 @@ def _ratio(num, den):
 
 
 def _relu_moments(v1, v2, c, which):
-    """Arc-cosine kernels (Cho & Saul 2009; S.177–S.178 for general variances)."""
-    rho, r = _corr(v1, v2, c)
-    theta_pi = np.pi - np.arccos(rho)  # = π/2 + arcsin ρ
-    if which == "phi":
-        return np.sqrt(v1 * v2) / (2.0 * np.pi) * (r + theta_pi * rho)
-    return theta_pi / (2.0 * np.pi)
+    """Arc-cosine kernels (Cho & Saul 2009; S.177–S.178 for general variances): E[φφ] ("phi") or E[φ′φ′]."""
+    phi, dphi = _relu_both(v1, v2, c)
+    return phi if which == "phi" else dphi
 
 
 def _bivariate_orthant(a, b, rho, r):
@@ -281,9 +278,10 @@ _BLOCK_ELEMENTS = 1 << 20
 
 
 def _relu_both(v1, v2, c):
-    """(A, Ξ) of the ReLU from one correlation (the two branches of :func:`_relu_moments`, same operations)."""
+    """(A, Ξ) of the ReLU from one correlation ρ = c/√(v1 v2) (S.177–S.178): A = √(v1 v2)/(2π)·(√(1−ρ²)
+    + (π − arccos ρ)ρ) and Ξ = (π − arccos ρ)/(2π), one ``arccos`` for both."""
     rho, r = _corr(v1, v2, c)
-    theta_pi = np.pi - np.arccos(rho)
+    theta_pi = np.pi - np.arccos(rho)  # = π/2 + arcsin ρ
     return np.sqrt(v1 * v2) / (2.0 * np.pi) * (r + theta_pi * rho), theta_pi / (2.0 * np.pi)
 
 

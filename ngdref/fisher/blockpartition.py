@@ -72,7 +72,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import backend_of, dtype_name_of, namespace_of, to_device
+from ..backend import as_float64, backend_of, dtype_name_of, namespace_of, to_device
 from ..errors import ConfigError
 from ..kernels import layer_gammas
 from ..linalg import default_rtol, psd_pinv, symmetrize
@@ -169,11 +169,6 @@ def _flops(k: int | None, g: int | None):
         )
 
     return model
-
-
-def _float64(x):
-    xp = namespace_of(x)
-    return x if x.dtype == xp.float64 else xp.astype(x, xp.float64)
 
 
 @register
@@ -315,13 +310,13 @@ class BlockPartitionFisher(FisherApproximation):
         """Δθ_B = (F_B + ρI)⁻¹ J_Bᵀ v / N per tile (primal or dual, module docstring), θ_l-shaped per layer."""
         xp = namespace_of(v)
         c, n = v.shape
-        vec = xp.reshape(_float64(v), (c * n,))
+        vec = xp.reshape(as_float64(v), (c * n,))
         out = []
         for l in range(1, self.network.depth + 1):
             m_out, fan = self.network.layer_shape(l)
             a_net = signals.a[l - 1]
             backend = backend_of(a_net)
-            d, a = _float64(signals.delta[l - 1]), _float64(a_net)
+            d, a = as_float64(signals.delta[l - 1]), as_float64(a_net)
             values, positions = [], []
             for rows, cols in self._layer_tiles(l):
                 r, kc = rows.shape[1], cols.shape[1]
@@ -358,8 +353,8 @@ class BlockPartitionFisher(FisherApproximation):
         for l in range(1, self.network.depth + 1):
             m_out, fan = self.network.layer_shape(l)
             backend = backend_of(signals.a[l - 1])
-            d, a = _float64(signals.delta[l - 1]), _float64(signals.a[l - 1])
-            v_flat = xp.reshape(_float64(v[l - 1]), (-1,))
+            d, a = as_float64(signals.delta[l - 1]), as_float64(signals.a[l - 1])
+            v_flat = xp.reshape(as_float64(v[l - 1]), (-1,))
             tiles = list(self._layer_tiles(l))
             # whole rows in consecutive groups (k = all): the pieces come in θ_l's own order, no scatter
             in_order = all(cols.shape == (1, fan) for _, cols in tiles)
@@ -471,8 +466,8 @@ class BlockPartitionFisher(FisherApproximation):
         total = xp.zeros((c * n_p, c * n), dtype=xp.float64)
         for l in range(1, self.network.depth + 1):
             backend = backend_of(s.a[l - 1])
-            d, a = _float64(s.delta[l - 1]), _float64(s.a[l - 1])
-            d_p, a_p = _float64(sp.delta[l - 1]), _float64(sp.a[l - 1])
+            d, a = as_float64(s.delta[l - 1]), as_float64(s.a[l - 1])
+            d_p, a_p = as_float64(sp.delta[l - 1]), as_float64(sp.a[l - 1])
             for rows, cols in self._layer_tiles(l):
                 q = rows.shape[1] * cols.shape[1]
                 for rr, cc in self._chunks(l, rows, cols, c, n, n_p):

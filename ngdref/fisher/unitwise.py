@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..backend import backend_of, dtype_name_of, namespace_of, to_device, to_float, to_host
+from ..backend import as_float64, backend_of, dtype_name_of, namespace_of, to_device, to_float, to_host
 from ..errors import ConfigError, NgdrefError
 from ..kernels import check_pair, layer_gammas, order_parameters
 from ..linalg import default_rtol, psd_pinv, symmetrize
@@ -217,8 +217,8 @@ class UnitWiseFisher(FisherApproximation):
         """Per-layer data; everything N×N-sized or per unit is float64 (see "Precision" in the module docstring)."""
         xp = namespace_of(signals.f)
         a = signals.a[layer - 1]
-        a64 = _float64(a)
-        d = _float64(signals.delta[layer - 1])
+        a64 = as_float64(a)
+        d = as_float64(signals.delta[layer - 1])
         # (U, N) laid out row by row: every per-unit ``take`` of a chunk then reads contiguous rows
         # (NumPy's ``take`` copies a non-contiguous source in full on every call)
         e = _row_major((d[0, ...] * d[0, ...] if d.shape[0] == 1 else xp.sum(d * d, axis=0)).T)
@@ -289,7 +289,8 @@ class UnitWiseFisher(FisherApproximation):
 
     def _solve_shared(self, lay: _Layer, rhs, consume, n_rhs: int):
         """Φ_i R_i for the damped units alive on every sample with e_i(x_n) = ε_i for all n (ReLU-type φ′
-        in the last hidden layer: δ_{L−1,i} = w_{L,i}φ′(u_i)σ_w/√M): A_i = ε_i K/N + ρI, so with
+        in the last hidden layer: δ_{L−1,i} = w_{L,i}φ′(u_i)σ_w/√M). The unit's dual block of Eq. 23
+        (S.130–S.131) is then A_i = ε_i K/N + ρI, so with
         K = VΛVᵀ (one ``eigh`` per layer) A_i⁻¹ = V diag(1/(ε_iλ/N + ρ)) Vᵀ and a chunk of units costs
         two (N, N) × (N, c·q) GEMMs instead of c factorisations. The units handled, as a host bool
         mask (None: none, e.g. when rounding made an eigenvalue of K so negative that a denominator
@@ -382,7 +383,7 @@ class UnitWiseFisher(FisherApproximation):
         """Δθ_{l,i} = a_Sᵀ (post ∘ Φ_i(u_i/σ_i)) per unit (module docstring), θ_l-shaped per layer."""
         xp = namespace_of(v)
         c, n = v.shape
-        v = _float64(v)
+        v = as_float64(v)
         out = []
         for l in range(1, self.network.depth + 1):
             lay = self._layer(signals, l)
@@ -459,8 +460,8 @@ class UnitWiseFisher(FisherApproximation):
             if lay.mode == _EXACT:
                 term, term_t = self._training_projector(lay), self._cross_term(lay, s_test)
             else:
-                a_p = xp.concat([_float64(s.a[l - 1]), _float64(s_test.a[l - 1])], axis=0)
-                d_p = xp.concat([_float64(s.delta[l - 1]), _float64(s_test.delta[l - 1])], axis=1)
+                a_p = xp.concat([as_float64(s.a[l - 1]), as_float64(s_test.a[l - 1])], axis=0)
+                d_p = xp.concat([as_float64(s.delta[l - 1]), as_float64(s_test.delta[l - 1])], axis=1)
                 full = xp.reshape(self._cross_term_arrays(lay, a_p, d_p), (c, n + n_t, c * n))
                 term = xp.reshape(full[:, :n, :], (c * n, c * n))
                 term_t = xp.reshape(full[:, n:, :], (c * n_t, c * n))
@@ -470,7 +471,7 @@ class UnitWiseFisher(FisherApproximation):
 
     def _cross_term(self, lay: _Layer, sp):
         """Σ_i δ′_{k,s,i} Y_i[t, s] δ_{k′,t,i}/σ_{t,i}, Y_i = Φ_i(post_i ∘ K(x, x′)) (CN′, CN)."""
-        return self._cross_term_arrays(lay, _float64(sp.a[lay.layer - 1]), _float64(sp.delta[lay.layer - 1]))
+        return self._cross_term_arrays(lay, as_float64(sp.a[lay.layer - 1]), as_float64(sp.delta[lay.layer - 1]))
 
     def _cross_term_arrays(self, lay: _Layer, a_p, d_p):
         """:meth:`_cross_term` from x′'s float64 a_{l−1} (N′, fan) and δ_l (C, N′, U)."""
@@ -608,12 +609,6 @@ def _row_major(x):
     A reshape to 1-D copies in C order on every backend; the second reshape is a view."""
     xp = namespace_of(x)
     return xp.reshape(xp.reshape(x, (-1,)), x.shape)
-
-
-def _float64(x):
-    """``x`` in float64 (no copy when it already is)."""
-    xp = namespace_of(x)
-    return x if x.dtype == xp.float64 else xp.astype(x, xp.float64)
 
 
 # ---- batched solves ---------------------------------------------------------------------------
