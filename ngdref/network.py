@@ -208,7 +208,9 @@ class Network:
         The function f(x) is the same; the Fisher, the NTK and every Θ̄ are those of the NTK
         parameterisation θ (the paper's), not of θ′ (their Jacobians differ by the constant factors
         above). Biases need σ_b > 0 (``sigma_b2``, required when biases are given: it sets the scale of
-        b in θ); ``biases=None`` (or σ_b² = 0 with all-zero biases) is a network without biases."""
+        b in θ); ``biases=None`` with σ_b² = 0 (or omitted), or σ_b² = 0 with all-zero biases, is a network without
+        biases; ``biases=None`` with σ_b² > 0 is a network *with* biases, all zero (θ_l then holds the bias
+        column, P counts it and the Fisher includes it). Non-finite weights or biases are refused."""
         if parameterization not in ("ntk", "standard"):
             raise ConfigError(f"parameterization must be 'ntk' or 'standard', got {parameterization!r}")
         ws = [np.asarray(to_host(w), dtype=np.float64) for w in weights]
@@ -216,6 +218,8 @@ class Network:
             raise ConfigError("weights must be a list of L >= 2 matrices W_l of shape (M_l, M_{l-1})")
         widths = [ws[0].shape[1]] + [w.shape[0] for w in ws]
         for l, w in enumerate(ws, start=1):
+            if not np.all(np.isfinite(w)):
+                raise ConfigError(f"W_{l} has non-finite entries (NaN or inf); give finite weights")
             if w.shape[1] != widths[l - 1]:
                 raise ConfigError(f"W_{l} has shape {w.shape}: its {w.shape[1]} columns do not match the "
                                   f"{widths[l - 1]} outputs of layer {l - 1} (W_l is (M_l, M_(l-1)), out x in)")
@@ -227,6 +231,8 @@ class Network:
             for l, b in enumerate(bs, start=1):
                 if b.shape != (widths[l],):
                     raise ConfigError(f"b_{l} has shape {b.shape}, expected ({widths[l]},)")
+                if not np.all(np.isfinite(b)):
+                    raise ConfigError(f"b_{l} has non-finite entries (NaN or inf); give finite biases")
             if sigma_b2 is None:
                 raise ConfigError("biases given: pass sigma_b2 > 0, the bias scale σ_b² of Eq. 1 (b enters as σ_b b)")
             if float(sigma_b2) == 0:

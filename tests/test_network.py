@@ -306,3 +306,9 @@ def test_from_arrays_errors():
         Network.from_arrays(ws, [np.ones(3), np.ones(1)], sigma_b2=0.0)
     net, params = Network.from_arrays(ws, [np.zeros(3), np.zeros(1)], sigma_b2=0.0)
     assert not net.has_bias and params[0].shape == (3, 2)
+    with pytest.raises(ConfigError, match="W_2 has non-finite"):
+        Network.from_arrays([np.ones((3, 2)), np.array([[1.0, np.nan, 1.0]])])
+    with pytest.raises(ConfigError, match="b_1 has non-finite"):
+        Network.from_arrays(ws, [np.array([0.0, np.inf, 0.0]), np.zeros(1)], sigma_b2=0.5)
+    net, params = Network.from_arrays(ws, None, sigma_b2=0.5)  # biases=None with σ_b² > 0: zero bias columns
+    assert net.has_bias and params[0].shape == (3, 3) and not np.any(params[0][:, -1])
