@@ -55,9 +55,10 @@ def check_request(network: Network, n_samples: int, of: str, top: int | None) ->
         raise ConfigError(f"--top {top} exceeds the CN = {cn} nonzero eigenvalues of {of} (C = "
                           f"{network.n_outputs}, N = {n_samples}); use --top {cn} or fewer")
     most = max_eigenvalues(network.n_params)
-    if of == "G" and top > most:
+    if of != "theta-bar" and top > most:  # both Lanczos kinds (G and G⁻¹F) act on P-vectors
         how = f"P − 2 = {most}" if most < network.n_params else f"P = {most}"
-        raise ConfigError(f"--top {top}: at most {how} eigenvalues of G exist to compute; use --top {most} or fewer")
+        raise ConfigError(f"--top {top}: at most {how} eigenvalues of {of} exist to compute; use --top {most} or "
+                          f"fewer" + ("" if of == "G" else " or --of theta-bar"))
     if of != "theta-bar" and top > MAX_LANCZOS_TOP:
         hint = "" if of == "G" else " or --of theta-bar for the whole nonzero spectrum (eigh of the CN × CN Θ̄)"
         raise ConfigError(f"--top {top}: Lanczos/Arnoldi for more than {MAX_LANCZOS_TOP} eigenvalues runs for many "
