@@ -89,9 +89,12 @@ def reproduce(settings, figure, quick, out, data, jobs, scheduler, threads, fres
         _check_file(root / SHEET)
     backend = settings.backend()  # validates --backend/--dtype
     configs = {name: figure_config(name, quick, data, settings.seed) for name in names}  # fig2: hashes --data
-    # overrides: the file's, then --set's (which win), each checked against the figure it applies to
-    given = {**(load_config_file(config_file) if config_file is not None else {}), **parse_set(sets)}
-    per_figure = split_by_figure(given, names, REGISTRY, configs)
+    # overrides: the file's, then --set's (which win), each resolved to its figures on its own (so a
+    # `widths` in the file cannot beat a `fig3.widths` of --set), each checked against its figure
+    from_file = split_by_figure(load_config_file(config_file) if config_file is not None else {}, names, REGISTRY,
+                                configs)
+    from_set = split_by_figure(parse_set(sets), names, REGISTRY, configs)
+    per_figure = {name: {**from_file[name], **from_set[name]} for name in names}
     configs = {name: apply_overrides(REGISTRY[name], configs[name], per_figure[name]) for name in names}
     for name in names:  # the largest cell must fit (B5: --set widths=[20000] is refused here, not OOM-killed)
         check_sweep_memory(name, REGISTRY[name].cells(configs[name], backend.name, backend.dtype_name), jobs)

@@ -312,7 +312,8 @@ def test_no_figure_configuration_shadows_a_run_setting():
 # ---------------------------------------------------------------------------------------
 def test_overrides_change_config_and_cell_keys(tmp_path):
     default_keys = {c.key for c in build_cells(figure_config("figS2", quick=True))}
-    (tmp_path / "sweep.toml").write_text('seeds = [5]\n[figS2]\nshifts = [0.5, 1.5]\n[figS2.network]\nwidth = 64\n')
+    # the file sets shifts for every figure, --set for figS2 by name: --set wins whatever the spelling
+    (tmp_path / "sweep.toml").write_text('seeds = [5]\nshifts = [0.5, 1.5]\n[figS2.network]\nwidth = 64\n')
     out = tmp_path / "o"
     r = invoke(["reproduce", "figS2", "--quick", "--out", str(out), "--config", str(tmp_path / "sweep.toml"),
                 "--set", "figS2.shifts=[0.5]", "--json", str(tmp_path / "r.json")])
@@ -345,6 +346,8 @@ def test_overrides_change_config_and_cell_keys(tmp_path):
     (["--config", "/nonexistent/sweep.toml"], None, "does not exist"),
     (["--format", "png,jpg"], None, "--format"),
     (["--format", ""], None, "--format"),
+    (["--set", "shifts=[0.5]", "--set", "figS2.shifts=[1.0]"], None, "given twice"),
+    ([], "shifts = [0.5]\n[figS2]\nshifts = [1.0]\n", "given twice"),
 ])
 def test_bad_overrides_are_one_line_exit_2_before_any_work(tmp_path, args, toml, needle):
     out = tmp_path / "o"

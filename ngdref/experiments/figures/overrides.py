@@ -122,7 +122,7 @@ def split_by_figure(overrides: dict[str, Any], names: list[str], registry: dict[
                                   f"({', '.join(names)})")
             if not rest:
                 raise ConfigError(f"{key!r}: name a key of {head}'s configuration after '{head}.'")
-            out[head][rest] = value
+            _put(out[head], head, rest, value)
             continue
         takers = [n for n in names if _has(configs[n], key) and unread_remedy(registry[n], key) is None]
         readers_not = [n for n in names if _has(configs[n], key) and n not in takers]
@@ -133,8 +133,16 @@ def split_by_figure(overrides: dict[str, Any], names: list[str], registry: dict[
             keys = sorted({k for n in names for k in _settable(configs[n], registry[n])})
             raise ConfigError(f"unknown key {key!r} for {', '.join(names)}; settable: {', '.join(keys)}")
         for n in takers:
-            out[n][key] = value
+            _put(out[n], n, key, value)
     return out
+
+
+def _put(into: dict[str, Any], figure: str, key: str, value: Any) -> None:
+    """One override of ``figure``; the same key given twice in one source (as ``KEY`` and
+    ``FIGURE.KEY``) is refused rather than resolved by the order of the keys."""
+    if key in into:
+        raise ConfigError(f"{figure}: {key} is given twice (as {key!r} and {figure + '.' + key!r}); give it once")
+    into[key] = value
 
 
 def unread_remedy(figure: Figure, key: str) -> str | None:
