@@ -306,7 +306,8 @@ class LinearizedModel(Observer):
 # ---- training --------------------------------------------------------------------------------
 
 
-def _one_hot(labels: np.ndarray, classes) -> np.ndarray:
+def one_hot(labels: np.ndarray, classes) -> np.ndarray:
+    """One-hot targets (N, C) of ``labels`` over ``classes`` (cross-entropy, Appendix D; C > 1 MSE)."""
     idx = np.searchsorted(np.asarray(classes), labels)
     out = np.zeros((labels.size, len(classes)))
     out[np.arange(labels.size), idx] = 1.0
@@ -426,8 +427,8 @@ def train(
     fim = get_fisher(config.fim, network, config.damping, **config.fim_options)
     loss = get_loss(config.loss, config.ce_damping)
     ce = loss.name == "ce"
-    y_host = _one_hot(dataset.labels_train, dataset.classes) if ce else dataset.y_train
-    yt_host = _one_hot(dataset.labels_test, dataset.classes) if ce else dataset.y_test
+    y_host = one_hot(dataset.labels_train, dataset.classes) if ce else dataset.y_train
+    yt_host = one_hot(dataset.labels_test, dataset.classes) if ce else dataset.y_test
     _check_setup(fim, loss, config, network, y_host)
     x, y = to_device(dataset.x_train, backend), to_device(y_host, backend)
     has_test = dataset.n_test > 0

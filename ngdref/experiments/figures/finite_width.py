@@ -30,6 +30,7 @@ import time
 
 import numpy as np
 
+from ...losses import mse_loss
 from ..sweep import Cell, CellOutcome
 from .analysis import claim, fmt, holds
 from .base import Figure, mnist, net
@@ -98,11 +99,6 @@ def cells(config: dict, backend: str = "numpy", dtype: str = "float64") -> list[
     return out
 
 
-def _half_mse(f: np.ndarray, y: np.ndarray) -> float:
-    """L = ‖f − y‖²/(2N) (Eq. 3) of (N, C) host arrays."""
-    return float(np.sum((f - y) ** 2) / (2 * f.shape[0]))
-
-
 def finite_width_cell(p: dict) -> dict:
     """One NGD step (Eq. 7) at c = 1 from θ_0 and the five distances from the theory (module docstring)."""
     from ...backend import to_device, to_host
@@ -136,7 +132,7 @@ def finite_width_cell(p: dict) -> dict:
     # ‖θ_1 − θ_0‖² and ‖θ_0‖² blockwise (a None reference is 0): no parameter-sized temporary
     d2, n2 = (float(v) for v in fetch(squared_distance(params1, params0),
                                       squared_distance(params0, [None] * len(params0))))
-    loss0, loss1 = _half_mse(f0, y), _half_mse(f1, y)
+    loss0, loss1 = mse_loss(f0, y), mse_loss(f1, y)  # Eq. 3
     lin_loss1 = float(np.sum((flin1 - y.T.reshape(-1)) ** 2) / (2 * n))
     return {
         "alpha": finite(alpha), "alpha_source": source, "lr": finite(eta), "lr_rule": rule,

@@ -132,10 +132,11 @@ def _one_hot_dataset(ds, c: int):
     """``ds`` with one-hot targets in C = ``c`` outputs (the bundled loader gives two classes one ±½ output)."""
     import dataclasses
 
-    idx = np.searchsorted(np.asarray(ds.classes), ds.labels_train)
-    y = np.zeros((ds.n_train, c))
-    y[np.arange(ds.n_train), idx] = 1.0
-    return dataclasses.replace(ds, y_train=y, y_test=np.zeros((ds.n_test, c)))
+    from ...train import one_hot
+
+    assert len(ds.classes) == c, (ds.classes, c)
+    return dataclasses.replace(ds, y_train=one_hot(ds.labels_train, ds.classes),
+                               y_test=one_hot(ds.labels_test, ds.classes))
 
 
 def kfac_multi_output_cell(p: dict) -> dict:
