@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from ngdref.experiments.figures import build_cells, figure_config
 from ngdref.experiments.figures import fig2 as fig2_module
-from ngdref.experiments.figures.analysis import holds, max_theory_gap, mean, worst
+from ngdref.experiments.figures.analysis import holds, max_theory_gap, mean, ratio, series_ratio, worst
 from ngdref.experiments.sweep import Cell, CellError, make_executor, run_cells
 from ngdref_cli.main import cli
 
@@ -356,6 +356,11 @@ def test_aggregations_do_not_hide_nan_or_missing_values():
     rec = [{"train_loss": 1.0, "theory_train_loss": 1.0}, {"train_loss": nan, "theory_train_loss": 0.5},
            {"train_loss": 0.1, "theory_train_loss": 0.1}]
     assert max_theory_gap(rec) is None
+    # L_t / L_0: None when L_t or L_0 is missing, NaN or 0 (L_0), or the series is too short
+    assert series_ratio([2.0, 1.0], 1) == 0.5 and series_ratio([2.0, 1.0], 2) is None
+    assert series_ratio([2.0, nan], 1) is None and series_ratio([nan, 1.0], 1) is None
+    assert series_ratio([None, 1.0], 1) is None and series_ratio([0.0, 1.0], 1) is None
+    assert ratio(rec, 2) == 0.1 and ratio(rec, 1) is None and ratio(rec, 3) is None
 
 
 def test_a_nan_in_a_stored_cell_fails_the_claim(tmp_path):

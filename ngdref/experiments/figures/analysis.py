@@ -55,11 +55,14 @@ def div(a, b) -> float | None:
     return None if missing(a) or missing(b) or b == 0 else a / b
 
 
+def series_ratio(values: list, step: int) -> float | None:
+    """values[step] / values[0] (e.g. L_t / L_0 of a loss series); None when either is missing or 0 is."""
+    return None if len(values) <= step else div(values[step], values[0])
+
+
 def ratio(rec: list, step: int) -> float | None:
     """L_step / L_0 of a training run's records."""
-    if len(rec) <= step:
-        return None
-    return div(rec[step]["train_loss"], rec[0]["train_loss"])
+    return series_ratio([r["train_loss"] for r in rec[: step + 1]], step)
 
 
 def max_theory_gap(rec: list, key: str = "theory_train_loss") -> float | None:

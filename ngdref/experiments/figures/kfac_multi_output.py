@@ -27,7 +27,7 @@ import time
 import numpy as np
 
 from ..sweep import Cell, CellOutcome
-from .analysis import claim, fmt, holds
+from .analysis import claim, fmt, holds, series_ratio
 from .base import Figure, gaussian, mnist, net
 from .cells import NUMBER, backend_of, dataset, finite, network, result_problem, with_backend
 from .plotting import THETA_BAR, fim_title, integer_steps, quick_suffix
@@ -204,12 +204,6 @@ kfac_multi_output_cell.param_arrays = 4  # it trains: θ_0, θ_t, Δθ, the grad
 # ---- analysis ---------------------------------------------------------------------------------
 
 
-def _ratio(losses: list, t: int):
-    if len(losses) <= t or losses[0] in (None, 0) or losses[t] is None:
-        return None
-    return losses[t] / losses[0]
-
-
 def analyse(config: dict, outcomes: list[CellOutcome]) -> tuple[list, list, dict]:
     rows = []
     steps = config["steps"]
@@ -221,9 +215,9 @@ def analyse(config: dict, outcomes: list[CellOutcome]) -> tuple[list, list, dict
         for rule in RULES:
             t = r["training"][rule]
             row[f"lr_{rule}"] = t["lr"]
-            row[f"loss1_ratio_{rule}"] = _ratio(t["train_loss"], 1)
-            row[f"loss{steps}_ratio_{rule}"] = _ratio(t["train_loss"], steps)
-            row[f"last_ratio_{rule}"] = _ratio(t["train_loss"], len(t["train_loss"]) - 1)
+            row[f"loss1_ratio_{rule}"] = series_ratio(t["train_loss"], 1)
+            row[f"loss{steps}_ratio_{rule}"] = series_ratio(t["train_loss"], steps)
+            row[f"last_ratio_{rule}"] = series_ratio(t["train_loss"], len(t["train_loss"]) - 1)
             row[f"status_{rule}"] = t["status"]
         rows.append(row)
     tol = config["tolerance"]

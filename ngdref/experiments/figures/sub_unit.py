@@ -26,7 +26,7 @@ import numpy as np
 
 from ...errors import NgdrefError
 from ..sweep import Cell, CellOutcome
-from .analysis import claim, fmt, holds, mean, std
+from .analysis import claim, fmt, holds, mean, series_ratio, std
 from .base import Figure, gaussian, mnist, net
 from .cells import NUMBER, backend_of, dataset, finite, network, result_problem, with_backend
 from .plotting import THETA_BAR, fim_title, quick_suffix, tex_number
@@ -207,10 +207,6 @@ subunit_cell.param_arrays = 4  # it trains: θ_0, θ_t, Δθ, the gradient (cell
 
 
 # ---- analysis -------------------------------------------------------------------------------------
-def _ratio(losses: list, t: int):
-    return None if len(losses) <= t or losses[t] is None or not losses[0] else losses[t] / losses[0]
-
-
 def _k_value(v: dict):
     """k of a sub-unit variant (g = 1, numeric k), else None."""
     k = v["options"].get("k") if v["fim"] == "block" else None
@@ -234,7 +230,8 @@ def analyse(config: dict, outcomes: list[CellOutcome]) -> tuple[list, list, dict
             "g": _option_text(v, "g"), "width": p["width"], "seed": p["seed"],
             "condition_number": r["condition_number"], "lambda_min": r["lambda_min"], "lambda_max": r["lambda_max"],
             "mean_diagonal": r["mean_diagonal"], "alpha_analytic": r["alpha_analytic"], "lr": r["lr"],
-            "loss_1_over_0": _ratio(r["train_loss"], 1), "loss_last_over_0": _ratio(r["train_loss"], config["steps"]),
+            "loss_1_over_0": series_ratio(r["train_loss"], 1),
+            "loss_last_over_0": series_ratio(r["train_loss"], config["steps"]),
             "train_loss": " ".join("nan" if x is None else f"{x:.6g}" for x in r["train_loss"]),
             "train_status": r["train_status"],
             "seconds_step": r["seconds_step"], "seconds_theta_bar": r["seconds_theta_bar"],
