@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 from rich.markup import escape
 from rich.table import Table
 
+from ngdref.experiments.figures.overrides import toml_value
 from ngdref.experiments.figures.plotting import FORMATS
 from ngdref.experiments.figures.registry import GROUP_HELP, GROUPS, REGISTRY
 
@@ -113,7 +114,7 @@ def reproduce(settings, figure, quick, out, data, jobs, scheduler, threads, fres
             args += ["reproduce", name] + (["--quick"] if quick else []) + (["--threads", str(threads)] if threads != 1 else []) + (["--data", data] if data and REGISTRY[name].takes_data else [])
             args += (["--format", ",".join(fmts)] if fmts != ("png",) else []) \
                 + (["--config", config_file] if config_file is not None else []) \
-                + [f"--set={k}={_toml(v)}" for k, v in per_figure[name].items()]
+                + [f"--set={k}={toml_value(v)}" for k, v in per_figure[name].items()]
             run_settings = {"out": str(folder), "jobs": jobs, "scheduler": scheduler,
                             "data_folder": data if REGISTRY[name].takes_data else None, "set": list(sets),
                             "config_file": config_file, "overrides": per_figure[name]}
@@ -182,17 +183,6 @@ def _formats(text: str) -> tuple[str, ...]:
     if not text.strip() or bad:
         raise UserError(f"--format {text!r}: choose among {', '.join(FORMATS)}, comma-separated (e.g. png,pdf)")
     return tuple(dict.fromkeys(parts))
-
-
-def _toml(v) -> str:
-    """A value as TOML writes it (for the recorded command line)."""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml(x) for x in v) + "]"
-    return repr(v)
 
 
 def _check_file(path: Path) -> None:

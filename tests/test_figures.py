@@ -310,6 +310,14 @@ def test_no_figure_configuration_shadows_a_run_setting():
 # ---------------------------------------------------------------------------------------
 # overrides: --set and --config
 # ---------------------------------------------------------------------------------------
+def test_toml_value_round_trips_through_a_toml_parser():
+    """The recorded ``--set KEY=VALUE`` command line must parse back to the values that ran."""
+    from ngdref.experiments.figures.overrides import toml_value, tomllib
+
+    for v in ['plain', 'a"quoted\\path', True, False, 3, 1e-12, 0.25, [1, 2.5, "x"], [[1, 2], []]]:
+        assert tomllib.loads(f"k = {toml_value(v)}")["k"] == v
+
+
 def test_overrides_change_config_and_cell_keys(tmp_path):
     default_keys = {c.key for c in build_cells(figure_config("figS2", quick=True))}
     # the file sets shifts for every figure, --set for figS2 by name: --set wins whatever the spelling

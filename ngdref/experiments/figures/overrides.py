@@ -219,8 +219,15 @@ def _coerce(old, new, key: str):
     raise bad
 
 
-def _toml_text(v) -> str:
-    return f'"{v}"' if isinstance(v, str) else ("true" if v is True else "false" if v is False else repr(v))
+def toml_value(v) -> str:
+    """A value as TOML writes it (the recorded ``--set`` command line, error messages)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    return repr(v)
 
 
 def _last(key: str) -> str:
@@ -284,7 +291,7 @@ def apply_overrides(figure: Figure, config: dict, overrides: dict[str, Any]) -> 
             seen = [v for v in new if not isinstance(v, (dict, list))]
             twice = next((v for i, v in enumerate(seen) if v in seen[:i]), None)
             if twice is not None:
-                raise ConfigError(f"{name}: {key} has {_toml_text(twice)} twice; give each value once")
+                raise ConfigError(f"{name}: {key} has {toml_value(twice)} twice; give each value once")
         _check_numbers(new, f"{name}: {key}")
         _check_names(new, f"{name}: {key}")
         node[parts[-1]] = new
