@@ -338,6 +338,22 @@ def test_overrides_change_config_and_cell_keys(tmp_path):
     assert json.loads((tmp_path / "r.json").read_text())["config"] == cfg
 
 
+def test_shift_override_needs_the_shifted_relu(tmp_path):
+    """``network.shift`` is read only by φ_s(u) = max(u, −s) (S.157): refused for a ReLU sweep, as the CLI's
+    --shift is; accepted with the activation that reads it."""
+    from ngdref.errors import ConfigError
+    from ngdref.experiments.figures.overrides import apply_overrides
+
+    fig, cfg = get_figure("fig1a"), figure_config("fig1a", True)
+    with pytest.raises(ConfigError, match="read only by the shifted-relu activation"):
+        apply_overrides(fig, cfg, {"network.shift": 3.0})
+    ok = apply_overrides(fig, cfg, {"network.shift": 3.0, "network.activation": "shifted-relu"})
+    assert ok["network"]["shift"] == 3.0 and ok["network"]["activation"] == "shifted-relu"
+    r = CliRunner().invoke(cli, ["reproduce", "fig1a", "--quick", "--out", str(tmp_path / "o"),
+                                 "--set", "network.shift=3"])
+    assert r.exit_code == 2 and 'network.activation="shifted-relu"' in r.output and not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("args,toml,needle", [
     (["--set", "nokey=1"], None, "unknown key"),
     (["--set", "shifts=1"], None, "expected a list"),

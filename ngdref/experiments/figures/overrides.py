@@ -219,6 +219,10 @@ def _coerce(old, new, key: str):
     raise bad
 
 
+#: the only activation that reads ``network.shift`` (φ_s(u) = max(u, −s), S.157)
+SHIFTED = "shifted-relu"
+
+
 def toml_value(v) -> str:
     """A value as TOML writes it (the recorded ``--set`` command line, error messages)."""
     if isinstance(v, bool):
@@ -300,6 +304,7 @@ def apply_overrides(figure: Figure, config: dict, overrides: dict[str, Any]) -> 
         raise ConfigError(f"{name}: {problem}")
     try:
         keys: set = set()
+        activations: set = set()
         for cell in figure.cells(out, "numpy", "float64"):  # every network the sweep builds must be valid
             if cell.key in keys:
                 raise ConfigError(f"these settings make the cell {cell.key} twice; give each value of a list once")
@@ -307,6 +312,11 @@ def apply_overrides(figure: Figure, config: dict, overrides: dict[str, Any]) -> 
             q = cell.params
             if isinstance(q.get("network"), dict) and isinstance(q.get("data"), dict):
                 network(q["network"], q["data"]["input_dim"], 1, width=q.get("width"))
+                activations.add(q["network"].get("activation"))
+        if "network.shift" in overrides and activations and SHIFTED not in activations:
+            # the shift s of φ(u) = max(u, −s) (S.157) means nothing to another activation: refuse, as the CLI's --shift
+            raise ConfigError(f"network.shift is read only by the {SHIFTED} activation and this sweep runs "
+                              f"{', '.join(sorted(map(str, activations)))}; add --set network.activation=\"{SHIFTED}\"")
     except ConfigError as exc:
         raise ConfigError(f"{name}: {exc}") from None
     except (KeyError, TypeError, ValueError, IndexError) as exc:
