@@ -186,8 +186,12 @@ def _formats(text: str) -> tuple[str, ...]:
 
 
 def _check_file(path: Path) -> None:
+    """An output file the run would replace at the end: refused now if it is not a file or is read-only
+    (as ``--json`` is, :func:`~ngdref_cli.common.check_output_file`)."""
     if os.path.lexists(path) and not path.is_file():
         raise UserError(f"{str(path)!r} exists and is not a file; move it away or choose another --out")
+    if path.is_file() and (not os.access(path, os.W_OK) or not os.stat(path).st_mode & 0o222):
+        raise UserError(f"{str(path)!r} is read-only; make it writable (chmod u+w) or choose another --out")
 
 
 def _check_data(data: str, figure: str, names: list[str]) -> None:

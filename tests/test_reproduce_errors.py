@@ -53,6 +53,12 @@ def workdir(tmp_path, monkeypatch):
     (tmp_path / "vector" / "figS2.svg").mkdir(parents=True)  # --format svg would write here
     (tmp_path / "capt" / "figS2.caption.md").mkdir(parents=True)
     (tmp_path / "sheet" / "index.html").mkdir(parents=True)  # reproduce all's contact sheet
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "locked" / "index.html").write_text("a contact sheet someone protected\n")
+    (tmp_path / "locked" / "index.html").chmod(0o444)  # read-only: would be replaced at the end of the run
+    (tmp_path / "lockedfig" / "figS2.csv").parent.mkdir()
+    (tmp_path / "lockedfig" / "figS2.csv").write_text("x\n")
+    (tmp_path / "lockedfig" / "figS2.csv").chmod(0o444)
     return tmp_path
 
 
@@ -98,6 +104,8 @@ USER_ERRORS = [
     (["figS2", "--out", "vector", "--format", "png,svg"], "figS2.svg"),
     (["figS2", "--out", "capt"], "figS2.caption.md"),
     (["all", "--quick", "--out", "sheet"], "index.html"),
+    (["all", "--quick", "--out", "locked"], "index.html' is read-only"),
+    (["figS2", "--quick", "--out", "lockedfig"], "figS2.csv' is read-only"),
     (["figS2", "--format", "png;pdf"], "--format"),
     (["figS2", "--format", "jpeg"], "--format"),
     (["figS2", "--set", "shifts=[0.5", "--quick"], "cannot read the value"),
