@@ -343,13 +343,15 @@ def run_config(settings: Settings, backend=None, **resolved) -> dict:
     return config
 
 
-def json_document(command: str, config: dict, rows: list, **results) -> dict:
+def json_document(command: str, config: dict, rows: list, software: dict | None = None, **results) -> dict:
     """The one layout of every command's JSON record: ``command``, ``config`` (:func:`run_config`),
-    ``software`` (versions, git commit, BLAS: :func:`ngdref.io.software_versions`), ``rows`` (one
-    per table row), then the command's other results (``results``, e.g. ``train``'s summary)."""
+    ``software`` (versions, git commit, BLAS: :func:`ngdref.io.software_versions`, or the one given,
+    e.g. a figure group's, already read once), ``rows`` (one per table row), then the command's other
+    results (``results``, e.g. ``train``'s summary)."""
     from ngdref.io import software_versions
 
-    return {"command": command, "config": config, "software": software_versions(), "rows": rows, **results}
+    return {"command": command, "config": config, "software": software if software is not None else software_versions(),
+            "rows": rows, **results}
 
 
 def check_output_file(path: str, option: str = "--json") -> str:

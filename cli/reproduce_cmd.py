@@ -15,7 +15,8 @@ from ngdref.experiments.figures.overrides import toml_value
 from ngdref.experiments.figures.plotting import FORMATS
 from ngdref.experiments.figures.registry import GROUP_HELP, GROUPS, REGISTRY
 
-from .common import EXIT_INTERRUPTED, UserError, consoles, emit_json, handle_errors, json_option, progress_bar
+from .common import (EXIT_INTERRUPTED, UserError, consoles, emit_json, handle_errors, json_document, json_option,
+                     progress_bar)
 
 FIGURE_CHOICES = (*REGISTRY, *GROUPS)
 
@@ -172,8 +173,8 @@ def reproduce(settings, figure, quick, out, data, jobs, scheduler, threads, fres
         config = {"figures": names, "quick": quick, "out": str(root), "jobs": jobs, "scheduler": scheduler,
                   "threads": threads, "fresh": fresh, "format": list(fmts), "data_folder": data, "set": list(sets),
                   "config_file": config_file, "overrides": per_figure, **settings.to_dict(backend)}
-        emit_json(json_path, {"command": "reproduce", "config": config, "software": records[0]["software"],
-                              "rows": rows, "figures": records, "contact_sheet": str(root / SHEET)})
+        emit_json(json_path, json_document("reproduce", config, rows, software=records[0]["software"],
+                                           figures=records, contact_sheet=str(root / SHEET)))
 
 
 def _formats(text: str) -> tuple[str, ...]:
