@@ -71,9 +71,12 @@ def symmetrize(k):
     return (k + namespace_of(k).linalg.matrix_transpose(k)) / 2.0
 
 
-def psd_pinv(k, rtol: float | None = None, with_rank: bool = False):
-    """Pseudo-inverse of a symmetric PSD matrix (or a stack of them) by ``eigh`` with relative cut-off.
+def psd_pinv(k, rtol: float | None = None, with_rank: bool = False, shift: float = 0.0):
+    """Pseudo-inverse of a symmetric PSD matrix (or a stack of them) by ``eigh`` with relative cut-off:
+    Σ_{λ > τ} u uᵀ / (λ + ``shift``), τ = rtol·max|λ|.
 
+    ``shift`` = ρ > 0 gives the damped inverse restricted to the range of k (the block-partition
+    Fisher's per-tile (K + ρI)⁻¹ on range(K)); 0 is the Moore–Penrose pseudo-inverse.
     ``with_rank=True`` also returns the number of eigenvalues kept (per matrix), so a caller
     that needs to know whether K was singular does not decompose it a second time."""
     xp = namespace_of(k)
@@ -82,7 +85,7 @@ def psd_pinv(k, rtol: float | None = None, with_rank: bool = False):
     w, v = xp.linalg.eigh(symmetrize(k))
     lam_max = xp.max(xp.abs(w), axis=-1, keepdims=True)
     keep = w > rtol * lam_max
-    safe = xp.where(keep, w, xp.ones_like(w))
+    safe = xp.where(keep, w + float(shift) if shift else w, xp.ones_like(w))
     inv_w = xp.where(keep, 1.0 / safe, xp.zeros_like(w))
     pinv = (v * inv_w[..., None, :]) @ xp.linalg.matrix_transpose(v)
     if with_rank:

@@ -72,10 +72,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import as_float64, backend_of, dtype_name_of, namespace_of, to_device
+from ..backend import as_float64, backend_of, namespace_of, to_device
 from ..errors import ConfigError
 from ..kernels import layer_gammas
-from ..linalg import default_rtol, psd_pinv, symmetrize
+from ..linalg import psd_pinv, symmetrize
 from . import cost
 from .base import FisherApproximation
 from .spec import FisherOption, FisherSpec, register
@@ -261,14 +261,7 @@ class BlockPartitionFisher(FisherApproximation):
 
     def _range_inverse(self, k):
         """Σ_{λ > τ} u uᵀ/(λ + ρ) for a stack of symmetric PSD matrices (module docstring), τ = rtol·λ_max."""
-        xp = namespace_of(k)
-        n = k.shape[-1]
-        rtol = default_rtol(n, dtype_name_of(k)) if self.rtol is None else float(self.rtol)
-        w, v = xp.linalg.eigh(symmetrize(k))
-        keep = w > rtol * xp.max(xp.abs(w), axis=-1, keepdims=True)
-        safe = xp.where(keep, w + self.damping, xp.ones_like(w))
-        inv_w = xp.where(keep, 1.0 / safe, xp.zeros_like(w))
-        return (v * inv_w[..., None, :]) @ xp.linalg.matrix_transpose(v)
+        return psd_pinv(k, self.rtol, shift=self.damping)
 
     @staticmethod
     def _gather(d, a, rows_t, cols_t, backend):
