@@ -80,15 +80,21 @@ def isotropic_trajectory(f0, y, alpha: float, eta: float, steps: int) -> np.ndar
     return yh[None, :] + decay[:, None] * (f0h - yh)[None, :]
 
 
-def parameter_displacement(fim, signals0, theta_bar, f0, y, eta: float, t: int) -> list:
-    """θ_t − θ_0 = G_0⁻¹J_0ᵀ/N · Θ̄⁻¹(I − (I − ηΘ̄)^t)(y − f_0) (Eq. 22, general form), per layer,
-    on the backend of ``signals0``, with the structured G_0⁻¹J_0ᵀ/N of ``fim`` (its ``precondition``).
-    """
+def displacement_vector(signals0, theta_bar, f0, y, eta: float, t: int):
+    """The function-space vector v = Θ̄⁻¹(I − (I − ηΘ̄)^t)(y − f_0) of Eq. 22, θ_t − θ_0 = G_0⁻¹J_0ᵀv/N,
+    as a (C, N) array on the backend of ``signals0``."""
     lam, vec = _eigh(theta_bar)
     v = vec @ (resolvent_factor(lam, eta, t) * (vec.T @ (_host(y) - _host(f0))))
     c, n = signals0.f.shape[1], signals0.n
-    v_dev = to_device(v.reshape(c, n), backend_of(signals0.f))
-    return fim.precondition(signals0, v_dev)
+    return to_device(v.reshape(c, n), backend_of(signals0.f))
+
+
+def parameter_displacement(fim, signals0, theta_bar, f0, y, eta: float, t: int) -> list:
+    """θ_t − θ_0 = G_0⁻¹J_0ᵀ/N · Θ̄⁻¹(I − (I − ηΘ̄)^t)(y − f_0) (Eq. 22, general form), per layer,
+    on the backend of ``signals0``, with the structured G_0⁻¹J_0ᵀ/N of ``fim`` (its ``precondition``;
+    :func:`displacement_vector` gives the function-space vector for ``precondition_factors``).
+    """
+    return fim.precondition(signals0, displacement_vector(signals0, theta_bar, f0, y, eta, t))
 
 
 def gd_learning_rate(theta) -> float:

@@ -11,7 +11,8 @@ Entry (k·N+n, (l, i, j)) is δ_{l,i}^{(k)}(x_n) a_{l−1,j}(x_n) (S.64 with the
 input a of :mod:`ngdref.network`). Structured products never form J:
 
 * :func:`jvp` — J v in function space, Σ_l Σ_i δ_{l,i}^{(k)} (a_{l−1} V_lᵀ)_i;
-* :func:`vjp` — Jᵀ v per layer, (Σ_k v_k ⊙ δ_l^{(k)})ᵀ a_{l−1}, an (M_l × fan-in) matrix.
+* :func:`vjp` — Jᵀ v per layer, (Σ_k v_k ⊙ δ_l^{(k)})ᵀ a_{l−1}, an (M_l × fan-in) matrix;
+  :func:`vjp_factors` gives the two factors of that product instead (rank ≤ N per layer).
 """
 
 from __future__ import annotations
@@ -83,12 +84,25 @@ def jvp(signals: Signals, direction):
     return out
 
 
-def layer_vjp(signals: Signals, layer: int, v):
-    """∇_{θ_l} fᵀ v for a function-space v (C, N): (Σ_k v_k ⊙ δ_l^{(k)})ᵀ a_{l−1}, θ_l-shaped."""
+def layer_vjp_factors(signals: Signals, layer: int, v) -> tuple:
+    """∇_{θ_l} fᵀ v for a function-space v (C, N) as the pair (uᵀ, a_{l−1}) whose product it is:
+    u = Σ_k v_k ⊙ δ_l^{(k)}, (N, M_l), so uᵀ is (M_l, N) and a_{l−1} (N, fan) — rank ≤ N. a_{l−1}
+    is the signals' own array (read only)."""
     xp = namespace_of(v)
     c, n = v.shape
     d, a = signals.delta[layer - 1], signals.a[layer - 1]
-    return xp.sum(xp.reshape(v, (c, n, 1)) * d, axis=0).T @ a
+    return xp.sum(xp.reshape(v, (c, n, 1)) * d, axis=0).T, a
+
+
+def layer_vjp(signals: Signals, layer: int, v):
+    """∇_{θ_l} fᵀ v for a function-space v (C, N): (Σ_k v_k ⊙ δ_l^{(k)})ᵀ a_{l−1}, θ_l-shaped."""
+    left, a = layer_vjp_factors(signals, layer, v)
+    return left @ a
+
+
+def vjp_factors(signals: Signals, v) -> list:
+    """Jᵀ v per layer as :func:`layer_vjp_factors` pairs (left_l, right_l), left_l @ right_l = (Jᵀv)_l."""
+    return [layer_vjp_factors(signals, l, v) for l in range(1, len(signals.delta) + 1)]
 
 
 def vjp(signals: Signals, v):

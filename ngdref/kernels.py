@@ -42,6 +42,7 @@ from functools import lru_cache
 import numpy as np
 from numpy.polynomial.hermite_e import hermegauss
 from scipy import linalg as sla
+from scipy.sparse.linalg import LinearOperator
 from scipy.special import ndtr, owens_t, roots_hermitenorm
 
 from .activations import Activation
@@ -55,6 +56,7 @@ __all__ = [
     "check_pair",
     "gaussian_expectation",
     "gauss_hermite_rule",
+    "kernel_inverse_operator",
     "layer_gammas",
     "layer_projections",
     "order_parameters",
@@ -314,6 +316,7 @@ class AnalyticKernels:
     _B: list | None = field(default=None, repr=False)
     _layer_ntks: list | None = field(default=None, repr=False)
     _ntk: np.ndarray | None = field(default=None, repr=False)
+    _factors: dict = field(default_factory=dict, repr=False)
 
     @property
     def n(self) -> int:
@@ -463,6 +466,21 @@ class AnalyticKernels:
         self._symmetrize(out)
         return out
 
+    def factor(self, layer: int | None = None, rcond: float = SPD_RCOND):
+        """Cholesky factor (:func:`spd_factor`) of the training-set Θ (``layer=None``) or Θ_l (1-based),
+        computed once and kept with the kernels: exact NGD's Θ̄(x′, x) and its isotropy check
+        (:func:`kernel_inverse_operator`) share one factorisation of Θ, BD and tri-diagonal one of each
+        Θ_l. Memory: one N×N array per factor, released with the kernels."""
+        if not self.symmetric:
+            raise ConfigError("factors exist for the training-set kernels analytic_kernels(net, x_train) only")
+        key = (layer, float(rcond))
+        if key not in self._factors:
+            mat = self.ntk if layer is None else self.layer_ntks[layer - 1]
+            what = "Θ (NTK)" if layer is None else f"Θ_{layer}"
+            hint = singular_input_hint(self.network, 1 if layer is None else layer, self.n)
+            self._factors[key] = spd_factor(mat, what, hint, rcond)
+        return self._factors[key]
+
     def full(self, matrix: np.ndarray) -> np.ndarray:
         """I_C ⊗ matrix: a C = 1 block expanded to the network's C outputs (output-major)."""
         return np.kron(np.eye(self.network.n_outputs), matrix)
@@ -581,13 +599,30 @@ def singular_input_hint(net: Network, layer: int, n: int) -> str:
     return ""
 
 
-def layer_projections(cross: AnalyticKernels, train: AnalyticKernels, rcond: float = SPD_RCOND) -> list:
-    """[Θ_l(x′, x) Θ_l⁻¹ for l = 1 … L]."""
-    out = []
-    for l, (tc, tt) in enumerate(zip(cross.layer_ntks, train.layer_ntks), start=1):
-        cf = spd_factor(tt, f"Θ_{l}", singular_input_hint(train.network, l, train.n), rcond)
-        out.append(right_solve(tc, cf))
-    return out
+def layer_projections(cross: AnalyticKernels, train: AnalyticKernels, rcond: float = SPD_RCOND,
+                      layers=None) -> list:
+    """[Θ_l(x′, x) Θ_l⁻¹ for l in ``layers``] (default 1 … L), each Θ_l factored once
+    (:meth:`AnalyticKernels.factor`)."""
+    layers = range(1, train.depth + 1) if layers is None else layers
+    return [right_solve(cross.layer_ntks[l - 1], train.factor(l, rcond)) for l in layers]
+
+
+def kernel_inverse_operator(terms, n: int) -> LinearOperator:
+    """v ↦ Σ_k w_k K_k (K_k⁻¹ v) for ``terms`` = [(w_k, K_k, Cholesky factor of K_k)], as a SciPy
+    ``LinearOperator`` (N×N): the training-set Θ̄(x, x) = Σ_l w_l Θ_l Θ_l⁻¹ of exact NGD (one term,
+    Eq. 13) and layer-wise NGD (Eq. 16) applied to k vectors at O(N²k), without forming it (a 2N³
+    triangular solve). Θ̄(x, x) = αI in exact arithmetic; what this operator returns differs from αv
+    by the rounding of the factorisation and solves, which is what an isotropy check should see."""
+    terms = list(terms)
+
+    def matmat(v):
+        v = np.asarray(v, dtype=np.float64)
+        out = np.zeros(v.shape)
+        for w, mat, cf in terms:
+            out += w * (mat @ sla.cho_solve(cf, v, check_finite=False))
+        return out
+
+    return LinearOperator((n, n), matvec=matmat, matmat=matmat, dtype=np.float64)
 
 
 def predict(theta_bar_test, alpha: float, y, f0_train=None, f0_test=None) -> np.ndarray:

@@ -3,7 +3,9 @@
 The pieces, each usable alone:
 
 * :func:`ngd_step` — θ_{t+1} = θ_t − η G_t⁻¹ ∇L(θ_t) = θ_t − η G_t⁻¹ J_tᵀ r_t / N (Eq. 7), with
-  r = N ∂L/∂f the loss's residual and G_t built from the signals of θ_t (structured path);
+  r = N ∂L/∂f the loss's residual and G_t built from the signals of θ_t (structured path), applied a
+  block of rows at a time where the approximation gives its direction as per-layer factors
+  (:func:`apply_factors`: no parameter-sized Δθ);
 * :func:`linearized_step` — the same step for the linearised model
   f^lin = f_0 + J_0(θ − θ_0) with G_0 fixed (S.23–S.24), in terms of Δθ = θ − θ_0;
 * observers, which see every step and write the records: :class:`LossRecorder` (losses and
@@ -34,7 +36,7 @@ import numpy as np
 from .backend import Backend, namespace_of, to_device, to_host
 from .data import Dataset
 from .diagnostics import isotropy
-from .dynamics import isotropic_trajectory, linearized_trajectory, parameter_displacement
+from .dynamics import displacement_vector, isotropic_trajectory, linearized_trajectory
 from .errors import ConfigError, MemoryLimitError
 from .fisher import REGISTRY, get_fisher
 from .fisher.base import FisherApproximation
@@ -104,6 +106,42 @@ class TrainResult:
 # ---- the steps -------------------------------------------------------------------------------
 
 
+#: rows per block of a factored update (:func:`apply_factors`) and of the Eq. 22 check are chosen so a
+#: block has about this many entries (16 MiB in float64): large enough for an efficient GEMM
+_UPDATE_BLOCK = 1 << 21
+
+
+def _row_blocks(rows: int, cols: int, budget: int):
+    """(r0, r1) blocks of ``rows`` rows with about ``budget`` entries each (explicit ends: the array API
+    does not clamp out-of-bounds slices)."""
+    step = max(1, budget // max(1, cols))
+    for r0 in range(0, rows, step):
+        yield r0, min(rows, r0 + step)
+
+
+def apply_factors(params: list, factors: list, eta: float, *, in_place: bool = False) -> list:
+    """θ_l − η·left_l @ right_l per layer for a factored direction
+    (:meth:`~ngdref.fisher.base.FisherApproximation.precondition_factors`), a block of rows at a time:
+    θ_l[r0:r1] − η·(left_l[r0:r1] @ right_l), so that no parameter-sized Δθ exists. ``in_place`` as in
+    :func:`ngd_step`; otherwise θ_{t+1} is written block by block into new arrays. Each entry is the
+    same floating-point θ − (ηΔθ) as the unfactored path; a row block of a GEMM may differ from the
+    whole GEMM in the last bits."""
+    xp = namespace_of(params[0])
+    out = params if in_place else []
+    for p, (left, right) in zip(params, factors):
+        new = p if in_place else xp.empty_like(p)
+        for r0, r1 in _row_blocks(p.shape[0], p.shape[1], _UPDATE_BLOCK):
+            block = left[r0:r1, :] @ right
+            block *= eta
+            if in_place:
+                p[r0:r1, :] -= block
+            else:
+                new[r0:r1, :] = p[r0:r1, :] - block
+        if not in_place:
+            out.append(new)
+    return out
+
+
 def ngd_step(fim: FisherApproximation, params: list, signals: Signals, residual, eta: float,
              output_metric=None, *, in_place: bool = False) -> list:
     """θ_{t+1} = θ_t − η G_t⁻¹ J_tᵀ r / N (Eq. 7; ∇_θL = Jᵀr/N), per layer.
@@ -114,11 +152,17 @@ def ngd_step(fim: FisherApproximation, params: list, signals: Signals, residual,
 
     Memory contract: with ``in_place=False`` θ_{t+1} is a new list of new arrays and ``params`` is
     left as it was (so θ_0 can be kept); with ``in_place=True`` the arrays of ``params`` are
-    overwritten with θ_{t+1} and the same list is returned. Either way the only parameter-sized
-    arrays made are those of the direction returned by ``fim.precondition`` (fresh, its contract):
-    scaled by η in place, and with ``in_place=False`` turned into θ_{t+1} = θ_t − ηΔθ in place
-    (−ηΔθ + θ_t is the same floating-point sum), so that θ_t, θ_{t+1} and Δθ never coexist.
+    overwritten with θ_{t+1} and the same list is returned. Where ``fim`` has a factored direction
+    (``precondition_factors``: exact, bd, tridiag, layer, kfac, unit, gd) it is applied a block of rows
+    at a time (:func:`apply_factors`) and no parameter-sized array is made besides θ_{t+1}'s own
+    (``in_place=False``). Otherwise the only parameter-sized arrays made are those of the direction
+    returned by ``fim.precondition`` (fresh, its contract): scaled by η in place, and with
+    ``in_place=False`` turned into θ_{t+1} = θ_t − ηΔθ in place (−ηΔθ + θ_t is the same floating-point
+    sum), so that θ_t, θ_{t+1} and Δθ never coexist.
     """
+    factors = fim.precondition_factors(signals, residual, output_metric)
+    if factors is not None:
+        return apply_factors(params, factors, eta, in_place=in_place)
     direction = fim.precondition(signals, residual, output_metric)
     if not in_place:
         for p, d in zip(params, direction):
@@ -265,9 +309,28 @@ class DistanceRecorder(Observer):
         return {"param_distance": math.sqrt(float(d2))}
 
 
+def factored_distances(params, params0, factors):
+    """(‖θ − θ_0 − Δ‖₂², ‖Δ‖₂²) as 0-d arrays for Δ_l = left_l @ right_l given as factors
+    (:meth:`~ngdref.fisher.base.FisherApproximation.precondition_factors`), Δ made and used a block of
+    rows at a time (no parameter-sized temporary)."""
+    xp = namespace_of(params[0])
+    diff_total = norm_total = None
+    for p, q, (left, right) in zip(params, params0, factors):
+        for r0, r1 in _row_blocks(p.shape[0], p.shape[1], _UPDATE_BLOCK):
+            shift = left[r0:r1, :] @ right
+            diff = p[r0:r1, :] - q[r0:r1, :]
+            diff -= shift
+            d2, s2 = xp.sum(diff * diff), xp.sum(shift * shift)
+            diff_total = d2 if diff_total is None else diff_total + d2
+            norm_total = s2 if norm_total is None else norm_total + s2
+    return diff_total, norm_total
+
+
 class Eq22Check(Observer):
     """At the end (T = ``steps`` > 0): ``eq22_relative_error`` = ‖(θ_T − θ_0) − Δθ^{Eq. 22}‖ /
-    ‖Δθ^{Eq. 22}‖ with Δθ^{Eq. 22} = G_0⁻¹J_0ᵀ/N · Θ̄⁻¹(I − (I − ηΘ̄)^T)(y − f_0)."""
+    ‖Δθ^{Eq. 22}‖ with Δθ^{Eq. 22} = G_0⁻¹J_0ᵀ/N · Θ̄⁻¹(I − (I − ηΘ̄)^T)(y − f_0); with the
+    approximation's factored direction where it has one (:func:`factored_distances`: no parameter-sized
+    Δθ^{Eq. 22}), else its ``precondition``."""
 
     def __init__(self, fim, signals0: Signals, theta_bar, y_vec, eta: float, params0: list):
         self.fim, self.signals0, self.theta_bar = fim, signals0, theta_bar
@@ -276,12 +339,17 @@ class Eq22Check(Observer):
     def finish(self, step):
         if step.t == 0:
             return {}
-        predicted = parameter_displacement(self.fim, self.signals0, self.theta_bar, function_vector(self.signals0.f),
-                                           self.y_vec, self.eta, step.t)
-        zero = [None] * len(predicted)
-        h = [float(v) for v in fetch(squared_distance(step.params, self.params0, predicted),
-                                     squared_distance(predicted, zero))]
-        diff, norm = math.sqrt(h[0]), math.sqrt(sum(h[1:]))
+        v = displacement_vector(self.signals0, self.theta_bar, function_vector(self.signals0.f), self.y_vec,
+                                self.eta, step.t)
+        factors = self.fim.precondition_factors(self.signals0, v)
+        if factors is not None:
+            parts = factored_distances(step.params, self.params0, factors)
+        else:
+            predicted = self.fim.precondition(self.signals0, v)
+            parts = (squared_distance(step.params, self.params0, predicted),
+                     squared_distance(predicted, [None] * len(predicted)))
+        h = [float(x) for x in fetch(*parts)]
+        diff, norm = math.sqrt(h[0]), math.sqrt(h[1])
         return {"eq22_relative_error": diff / norm if norm > 0 else float("nan")}
 
 

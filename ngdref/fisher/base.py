@@ -6,6 +6,9 @@ Every approximation is one class with a declarative :class:`~ngdref.fisher.spec.
 * :meth:`FisherApproximation.precondition` — G⁻¹ Jᵀ v / N for a function-space v, from the
   signals δ_l, a_{l−1} (S.64–S.68) with N×N or CN×CN matrices, never forming G (P×P) nor
   the full Jacobian J (CN×P);
+* :meth:`FisherApproximation.precondition_factors` — the same direction as per-layer factors
+  (left_l, right_l) of small inner size, where the approximation has them (``None`` otherwise), so
+  that training can apply it a block of rows at a time without a parameter-sized Δθ;
 * :meth:`FisherApproximation.coefficient` — Θ̄(x′, x) = J(x′) G⁻¹ J(x)ᵀ / N (Eq. 11);
 * its α where the paper gives one (:meth:`analytic_alpha`, Eq. 12) and its infinite-width
   Θ̄(x′, x) from the analytic kernels (:meth:`analytic_theta_bar`, Section 4, Appendix E).
@@ -34,6 +37,11 @@ from ..errors import NgdrefError
 from ..jacobian import jvp, vjp
 from ..network import Network, Signals
 from .spec import FisherSpec
+
+
+def factor_product(factors: list) -> list:
+    """The per-layer arrays left_l @ right_l of a :meth:`FisherApproximation.precondition_factors` list."""
+    return [left @ right for left, right in factors]
 
 
 class FisherApproximation(abc.ABC):
@@ -82,6 +90,21 @@ class FisherApproximation(abc.ABC):
         ``output_metric`` Λ̃ (CN × CN) gives the cross-entropy FIM G = JᵀΛ̃J/N + ρI (S.159)
         where ``spec.cross_entropy``; ``None`` is the MSE FIM. The arrays returned are new (no
         views of the signals or of cached state): callers scale and apply them in place."""
+
+    def precondition_factors(self, signals: Signals, v, output_metric=None) -> list | None:
+        """:meth:`precondition`'s G⁻¹Jᵀv/N in factored form, where the approximation has one; ``None``
+        (the default) where it has not, and callers use :meth:`precondition`.
+
+        A list with one pair (left_l, right_l) per layer, left_l of shape (M_l, r_l) and right_l
+        (r_l, fan_l) with a small inner size r_l (N, CN or CN + 1), in the network's dtype, such that
+        ``left_l @ right_l`` is the layer's array of :meth:`precondition` (the same product where
+        :meth:`precondition` is built from these factors: :func:`factor_product`). Most directions are
+        such products: Jᵀz's layer is (Σ_k z_k ⊙ δ_l^{(k)})ᵀ a_{l−1} (S.64; exact, bd, tridiag, gd),
+        unit-wise's rows are a_Sᵀ-combinations of a_{l−1}'s rows (Eq. 23), K-FAC's is δ_lᵀ·(small
+        CN-row matrix) (Eq. 20). A caller can then apply the direction a block of rows at a time,
+        left_l[r0:r1] @ right_l, and never hold a parameter-sized Δθ (:func:`ngdref.train.ngd_step`).
+        The factors may be views of the signals: callers read them and do not write to them."""
+        return None
 
     def direction(self, params, x, y, signals: Signals | None = None) -> list:
         """Δθ = G⁻¹ ∇_θ L = G⁻¹ Jᵀ (f − y)/N (Eq. 7), per layer; ``y`` is (N, C)."""

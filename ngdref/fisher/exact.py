@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from ..backend import namespace_of
 from ..dynamics import gd_learning_rate
-from ..jacobian import jvp, vjp
+from ..jacobian import jvp, vjp, vjp_factors
 from ..kernels import check_pair, right_solve, singular_input_hint, spd_factor
 from ..linalg import damped_inverse, damped_solve, spd_sqrt
 from ..ntk import structured_ntk
 from . import cost
-from .base import FisherApproximation
+from .base import FisherApproximation, factor_product
 from .spec import FisherSpec, register
 
 
@@ -48,8 +48,12 @@ class GradientDescent(FisherApproximation):
     def learning_rate(self, lr_scale, alpha, theta_bar):
         return lr_scale * gd_learning_rate(theta_bar), "c / λ_max(Θ) (LeCun et al.)"
 
+    def precondition_factors(self, signals, v, output_metric=None):
+        return vjp_factors(signals, v / signals.n)  # scale the CN vector, not P parameters
+
     def precondition(self, signals, v, output_metric=None):
-        return vjp(signals, v / signals.n)  # scale the CN vector, not P parameters
+        return factor_product(self.precondition_factors(signals, v, output_metric))
+
 
     def fisher_matvec(self, signals, v, cache=None):
         """G v = v (G = I, Eq. 4)."""
@@ -82,9 +86,14 @@ class ExactFisher(FisherApproximation):
         return 1.0
 
     def precondition(self, signals, v, output_metric=None):
+        return factor_product(self.precondition_factors(signals, v, output_metric))
+
+    def precondition_factors(self, signals, v, output_metric=None):
+        """Jᵀz/N per layer as :func:`~ngdref.jacobian.vjp_factors`, z = (Θ + ρI)⁻¹v (S.91; S.159 with Λ̃)."""
         xp = namespace_of(v)
         c, n = v.shape
         theta = structured_ntk(signals)
+
         vec = xp.reshape(v, (c * n, 1))
         if output_metric is not None:  # cross-entropy (S.159)
             w = output_metric
@@ -95,7 +104,7 @@ class ExactFisher(FisherApproximation):
                 z = half @ damped_solve(half @ theta @ half, inv_half @ vec, 0.0, self.rtol)
         else:
             z = damped_solve(theta, vec, self.damping, self.rtol)
-        return vjp(signals, xp.reshape(z, (c, n)) / n)
+        return vjp_factors(signals, xp.reshape(z, (c, n)) / n)
 
     def fisher_matvec(self, signals, v, cache=None):
         """G v = Jᵀ(J v)/N + ρv (Eq. 8): one jvp and one vjp, no P×P matrix."""

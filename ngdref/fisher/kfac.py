@@ -49,7 +49,7 @@ from ..errors import ConfigError, NgdrefError
 from ..kernels import check_pair, right_solve, spd_factor
 from ..linalg import damped_inverse
 from . import cost
-from .base import FisherApproximation
+from .base import FisherApproximation, factor_product
 from .spec import FisherOption, FisherSpec, register
 
 BIAS_MODES = ("separate", "folded")
@@ -297,6 +297,11 @@ class KFAC(FisherApproximation):
 
     # ---- structured path ---------------------------------------------------------------
     def precondition(self, signals, v, output_metric=None):
+        return factor_product(self.precondition_factors(signals, v, output_metric))
+
+    def precondition_factors(self, signals, v, output_metric=None):
+        """Per layer (δ_lᵀ, small): δ_lᵀ (M_l, CN) — a view of the signals — and the CN-row matrix
+        small = (B*+ρ)⁻¹E_v (Ā/N+ρ)⁻¹ā /N (with S.123's bias column), whose product is Eq. 20's Δθ_l."""
         xp = namespace_of(v)
         c, n = v.shape
         vec = xp.reshape(v, (c * n,))
@@ -306,9 +311,9 @@ class KFAC(FisherApproximation):
             abar = self._abar(signals, l)
             right = self._right(abar, n) @ abar  # (Ã/N+ρ)⁻¹ ā, (N, fan)
             left = self._left(signals, l)
-            # Everything is assembled on the small CN-row side and multiplied by δᵀ once, so the
-            # only parameter-sized array is the (M_l, fan_l) result itself (1/N and the bias
-            # column folded in before the product).
+            # Everything is assembled on the small CN-row side, to be multiplied by δᵀ once (by
+            # precondition or a block of rows at a time by the caller), so the only parameter-sized
+            # array is the (M_l, fan_l) product (1/N and the bias column folded in before it).
             if isinstance(left, float):  # output layer: (B*_L + ρ)⁻¹ = 1/(1/N + ρ)
                 mid = (left / n) * xp.reshape(v, (c, n, 1))  # E_v applied below
                 small = xp.reshape(mid * xp.reshape(right, (1, n, right.shape[1])), (c * n, right.shape[1]))
@@ -321,7 +326,7 @@ class KFAC(FisherApproximation):
                 bias_inv = self._bias_inverse(signals, l, left=left)
                 col = (self.network.sigma_b / n) * (bias_inv @ xp.reshape(vec, (c * n, 1)))  # (CN, 1)
                 small = xp.concat([small, col], axis=1)
-            out.append(d.T @ small)
+            out.append((d.T, small))
         return out
 
     # ---- matrix-free G v and G⁻¹ v (ngdref.fisher.operators) ---------------------------------

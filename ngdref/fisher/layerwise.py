@@ -33,12 +33,12 @@ import numpy as np
 
 from ..backend import backend_of, dtype_name_of, namespace_of, to_device
 from ..errors import ConfigError, NgdrefError
-from ..jacobian import layer_vjp
+from ..jacobian import layer_vjp, layer_vjp_factors
 from ..kernels import check_pair, layer_projections
 from ..linalg import default_rtol, numerically_singular, psd_pinv, small_matrix_rtol, spd_sqrt, symmetric_pinv, symmetrize
 from ..ntk import layer_ntks
 from . import cost
-from .base import FisherApproximation
+from .base import FisherApproximation, factor_product
 from .exact import ExactFisher
 from .spec import FisherOption, FisherSpec, register
 
@@ -343,9 +343,14 @@ class LayerWiseFisher(FisherApproximation):
         return blocks if metric is None else [half @ b @ inv_half for b in blocks]
 
     def precondition(self, signals, v, output_metric=None):
+        return factor_product(self.precondition_factors(signals, v, output_metric))
+
+    def precondition_factors(self, signals, v, output_metric=None):
+        """Δθ_l = ∇_{θ_l}fᵀ R_l v / N per layer as :func:`~ngdref.jacobian.layer_vjp_factors` of R_l v / N."""
         if self.is_exact:
-            out = self._exact_equivalent().precondition(signals, v, output_metric)
-            return [o / float(self.sigma[0, 0]) for o in out]
+            scale = float(self.sigma[0, 0])
+            return [(left / scale, right)
+                    for left, right in self._exact_equivalent().precondition_factors(signals, v, output_metric)]
         xp = namespace_of(v)
         c, n = v.shape
         kernels = layer_ntks(signals)
@@ -354,7 +359,7 @@ class LayerWiseFisher(FisherApproximation):
         out = []
         for l, (rl, _) in enumerate(zip(r, kernels), start=1):
             z = xp.reshape(rl @ vec, (c, n))
-            out.append(layer_vjp(signals, l, z) / n)
+            out.append(layer_vjp_factors(signals, l, z / float(n)))  # 1/N on the CN side
         return out
 
     # ---- matrix-free G v and G⁻¹ v (ngdref.fisher.operators) ---------------------------------

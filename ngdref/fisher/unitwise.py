@@ -63,7 +63,7 @@ from ..errors import ConfigError, NgdrefError
 from ..kernels import check_pair, layer_gammas, order_parameters
 from ..linalg import default_rtol, psd_pinv, symmetrize
 from . import cost
-from .base import FisherApproximation
+from .base import FisherApproximation, factor_product
 from .spec import FisherSpec, register
 
 __all__ = ["UnitWiseFisher", "shifted_relu_unit_alpha", "unit_alpha"]
@@ -381,7 +381,13 @@ class UnitWiseFisher(FisherApproximation):
 
     def precondition(self, signals, v, output_metric=None):
         """Δθ_{l,i} = a_Sᵀ (post ∘ Φ_i(u_i/σ_i)) per unit (module docstring), θ_l-shaped per layer."""
+        return factor_product(self.precondition_factors(signals, v, output_metric))
+
+    def precondition_factors(self, signals, v, output_metric=None):
+        """Per layer (coef, a_{l−1}): row i of coef (U, N) is post ∘ Φ_i(u_i/σ_i) scattered to the N samples
+        (0 off S_i), so coef @ a_{l−1} is Δθ_l (module docstring); coef in the network's dtype."""
         xp = namespace_of(v)
+
         c, n = v.shape
         v = as_float64(v)
         out = []
@@ -402,7 +408,7 @@ class UnitWiseFisher(FisherApproximation):
 
             self._solve_units(lay, rhs, consume, 1)
             coef = _unpermute(xp.concat(pieces, axis=0), xp.concat(order, axis=0))  # (U, N), float64
-            out.append(xp.astype(coef, lay.a.dtype) @ lay.a)  # the parameter-sized product in the net's dtype
+            out.append((xp.astype(coef, lay.a.dtype), lay.a))  # the parameter-sized product runs in the net's dtype
         return out
 
     def _theta_bar(self, s, s_prime):
