@@ -54,7 +54,6 @@ class GradientDescent(FisherApproximation):
     def precondition(self, signals, v, output_metric=None):
         return factor_product(self.precondition_factors(signals, v, output_metric))
 
-
     def fisher_matvec(self, signals, v, cache=None):
         """G v = v (G = I, Eq. 4)."""
         return [1.0 * x for x in v]
@@ -93,7 +92,6 @@ class ExactFisher(FisherApproximation):
         xp = namespace_of(v)
         c, n = v.shape
         theta = structured_ntk(signals)
-
         vec = xp.reshape(v, (c * n, 1))
         if output_metric is not None:  # cross-entropy (S.159)
             w = output_metric
