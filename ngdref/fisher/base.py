@@ -185,3 +185,10 @@ class FisherApproximation(abc.ABC):
         NgdrefError where the paper derives none."""
         raise NgdrefError(f"no analytic Θ̄(x′, x) for {self.spec.title} in the paper; use the empirical kernel "
                           "(--kernel empirical)")
+
+    def analytic_theta_bar_train(self, train):
+        """The infinite-width Θ̄(x, x) on the training set, for isotropy checks (Eq. 12): an (N, N) array,
+        or a SciPy ``LinearOperator`` where the approximation applies it to vectors without forming it
+        (exact and layer-wise NGD: Σ_l w_l Θ_l(Θ_l⁻¹v) from the Cholesky factors, O(N²) per vector
+        instead of a 2N³ solve). Default: :meth:`analytic_theta_bar` of the training set itself."""
+        return self.analytic_theta_bar(train, train)

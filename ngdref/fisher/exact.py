@@ -13,7 +13,7 @@ from __future__ import annotations
 from ..backend import namespace_of
 from ..dynamics import gd_learning_rate
 from ..jacobian import jvp, vjp, vjp_factors
-from ..kernels import check_pair, right_solve, singular_input_hint, spd_factor
+from ..kernels import check_pair, kernel_inverse_operator, right_solve
 from ..linalg import damped_inverse, damped_solve, spd_sqrt
 from ..ntk import structured_ntk
 from . import cost
@@ -144,7 +144,12 @@ class ExactFisher(FisherApproximation):
         return xp.linalg.matrix_transpose(damped_solve(theta, rhs, self.damping, self.rtol))
 
     def analytic_theta_bar(self, cross, train, forster=False):
-        """Θ̄(x′, x) = Θ(x′, x) Θ⁻¹ (Eq. 13), α = 1, from the analytic NTK."""
+        """Θ̄(x′, x) = Θ(x′, x) Θ⁻¹ (Eq. 13), α = 1, from the analytic NTK (Θ factored once per
+        training set, :meth:`ngdref.kernels.AnalyticKernels.factor`)."""
         check_pair(cross, train)
-        cf = spd_factor(train.ntk, "Θ (NTK)", singular_input_hint(train.network, 1, train.n))
-        return right_solve(cross.ntk, cf)
+        return right_solve(cross.ntk, train.factor())
+
+    def analytic_theta_bar_train(self, train):
+        """Θ̄(x, x) = Θ Θ⁻¹ (Eq. 13; = I up to rounding) as an operator v ↦ Θ(Θ⁻¹v), O(N²) per vector."""
+        check_pair(train, train)
+        return kernel_inverse_operator([(1.0, train.ntk, train.factor())], train.n)

@@ -34,7 +34,7 @@ import numpy as np
 from ..backend import backend_of, dtype_name_of, namespace_of, to_device
 from ..errors import ConfigError, NgdrefError
 from ..jacobian import layer_vjp, layer_vjp_factors
-from ..kernels import check_pair, layer_projections
+from ..kernels import check_pair, kernel_inverse_operator, layer_projections
 from ..linalg import default_rtol, numerically_singular, psd_pinv, small_matrix_rtol, spd_sqrt, symmetric_pinv, symmetrize
 from ..ntk import layer_ntks
 from . import cost
@@ -465,7 +465,20 @@ class LayerWiseFisher(FisherApproximation):
             return self._exact_equivalent().analytic_theta_bar(cross, train) / float(self.sigma[0, 0])
         check_pair(cross, train)
         weights = layerwise_weights(self.sigma, train.depth)
-        return sum(w * p for w, p in zip(weights, layer_projections(cross, train)))
+        layers = [l for l, w in enumerate(weights, start=1) if w != 0]  # 0·Θ_lΘ_l⁻¹ adds exact zeros
+        if not layers:
+            return np.zeros((cross.x1.shape[0], train.n))
+        return sum(weights[l - 1] * p for l, p in zip(layers, layer_projections(cross, train, layers=layers)))
+
+    def analytic_theta_bar_train(self, train):
+        """Θ̄(x, x) = Σ_l (Σ⁻¹1)_l Θ_lΘ_l⁻¹ (Eq. 16; = αI up to rounding) as an operator
+        v ↦ Σ_l (Σ⁻¹1)_l Θ_l(Θ_l⁻¹v), O(L N²) per vector, sharing the factors of :meth:`analytic_theta_bar`."""
+        check_pair(train, train)
+        if self.is_exact:
+            return kernel_inverse_operator([(1.0 / float(self.sigma[0, 0]), train.ntk, train.factor())], train.n)
+        weights = layerwise_weights(self.sigma, train.depth)
+        return kernel_inverse_operator([(float(w), train.layer_ntks[l - 1], train.factor(l))
+                                        for l, w in enumerate(weights, start=1) if w != 0], train.n)
 
 
 def _damped_nonsym_solve(omega, rhs, damping):
