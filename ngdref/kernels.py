@@ -36,6 +36,9 @@ infinite-width Θ̄(x′, x) lives with the approximation
 from __future__ import annotations
 
 import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -274,17 +277,49 @@ def validate_unit_inputs(x, input_dim: int, name: str = "x", atol: float = 1e-6)
     return arr
 
 
-#: elements per row block of the kernel pipeline: every temporary of :func:`analytic_kernels` is one
-#: block (8 MiB), so the kernels cost the N′×N arrays they return and little more
+#: elements per block of the small linear algebra helpers (:func:`spd_factor`): 8 MiB temporaries
 _BLOCK_ELEMENTS = 1 << 20
+#: side of the square tiles of the kernel pipeline: every temporary of :class:`AnalyticKernels` is one
+#: 512×512 tile (2 MiB, cache-sized), so the kernels cost the N′×N arrays they return and little more
+_TILE = 512
 
 
 def _relu_both(v1, v2, c):
     """(A, Ξ) of the ReLU from one correlation ρ = c/√(v1 v2) (S.177–S.178): A = √(v1 v2)/(2π)·(√(1−ρ²)
-    + (π − arccos ρ)ρ) and Ξ = (π − arccos ρ)/(2π), one ``arccos`` for both."""
-    rho, r = _corr(v1, v2, c)
-    theta_pi = np.pi - np.arccos(rho)  # = π/2 + arcsin ρ
-    return np.sqrt(v1 * v2) / (2.0 * np.pi) * (r + theta_pi * rho), theta_pi / (2.0 * np.pi)
+    + (π − arccos ρ)ρ) and Ξ = (π − arccos ρ)/(2π), one ``arccos`` for both. The operations of
+    :func:`_corr` and the formulas above in the same order (the same rounding), written into four
+    arrays of the broadcast shape (``out=``) instead of a new temporary per operation."""
+    shape = np.broadcast_shapes(np.shape(v1), np.shape(v2), np.shape(c))
+    s = np.empty(shape)
+    np.multiply(v1, v2, out=s)
+    np.sqrt(s, out=s)  # √(v1 v2)
+    rho = np.empty(shape)
+    np.divide(c, s, out=rho)
+    np.clip(rho, -1.0, 1.0, out=rho)
+    r, tmp = np.empty(shape), np.empty(shape)
+    np.subtract(1.0, rho, out=r)
+    np.add(1.0, rho, out=tmp)
+    np.multiply(r, tmp, out=r)
+    np.maximum(r, 0.0, out=r)
+    np.sqrt(r, out=r)  # √(1 − ρ²)
+    theta_pi = np.arccos(rho, out=tmp)
+    np.subtract(np.pi, theta_pi, out=theta_pi)  # π − arccos ρ = π/2 + arcsin ρ
+    np.multiply(theta_pi, rho, out=rho)
+    np.add(r, rho, out=rho)
+    np.divide(s, 2.0 * np.pi, out=s)
+    np.multiply(s, rho, out=s)
+    np.divide(theta_pi, 2.0 * np.pi, out=theta_pi)
+    return s, theta_pi
+
+
+def _pipeline_workers() -> int:
+    """Threads of the kernel pipeline: as many as the BLAS pool has (threadpoolctl), so a sweep that pins
+    BLAS to one thread per cell (:func:`ngdref.experiments.sweep.pinned_threads`) gets one here too. Each
+    tile is computed by one thread from its own inputs, so the result does not depend on the count."""
+    from threadpoolctl import threadpool_info
+
+    counts = [int(i.get("num_threads") or 1) for i in threadpool_info() if i.get("user_api") == "blas"]
+    return max(1, min(max(counts, default=1), os.cpu_count() or 1))
 
 
 @dataclass
@@ -296,11 +331,16 @@ class AnalyticKernels:
     l = 1 … L, the per-sample pre-activation variances used for the cross kernels.
     ``layer_ntks``: [Θ_1, …, Θ_L] divided by N = len(x2) (S.68); ``ntk`` = Σ_l Θ_l.
 
-    Memory. Every entry (i, j) of every kernel depends only on x′_i, x_j and the per-sample
-    variances, so the kernels are computed a block of rows at a time (a few block-sized
-    temporaries) and each list only when first used: ``ntk`` alone (exact NGD) and each
-    ``feature_gram`` hold one N′×N array, ``layer_ntks`` L (layer-wise NGD), ``A`` L, ``Xi`` and
-    ``B`` L − 1 each (K-FAC). Each first use is one pass over the entries.
+    Memory and time. Every entry (i, j) of every kernel depends only on x′_i, x_j and the per-sample
+    variances, so the kernels are computed a 512×512 tile at a time (a few tile-sized temporaries per
+    thread) and each list only when first used: ``ntk`` alone (exact NGD) and each ``feature_gram``
+    hold one N′×N array, ``layer_ntks`` L (layer-wise NGD), ``A`` L, ``Xi`` and ``B`` L − 1 each
+    (K-FAC). Each first use is one pass over the tiles, on as many threads as the BLAS pool has
+    (:func:`_pipeline_workers`); at x′ = x only the tiles on and below the diagonal are computed and
+    mirrored (the kernels are symmetric: half the work), the diagonal tiles symmetrised.
+    ``keep_grams``: layers l whose feature Gram Ã_{l−1} (:meth:`feature_gram`) the first pass through
+    layer l also stores, since it computes A_{l−1} on the way (the prediction's f_0 covariance comes
+    with Θ at no extra pass).
     """
 
     network: Network
@@ -311,11 +351,13 @@ class AnalyticKernels:
     symmetric: bool = False
     method: str = "auto"
     order: int = DEFAULT_ORDER
+    keep_grams: tuple = ()
     _A: list | None = field(default=None, repr=False)
     _Xi: list | None = field(default=None, repr=False)
     _B: list | None = field(default=None, repr=False)
     _layer_ntks: list | None = field(default=None, repr=False)
     _ntk: np.ndarray | None = field(default=None, repr=False)
+    _grams: dict = field(default_factory=dict, repr=False)
     _factors: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -327,25 +369,28 @@ class AnalyticKernels:
     def depth(self) -> int:
         return self.network.depth
 
-    # ---- the row-block pipeline ------------------------------------------------------------
-    def _rows(self):
+    # ---- the tile pipeline --------------------------------------------------------------------
+    def _tiles(self):
         n1, n2 = self.x1.shape[0], self.x2.shape[0]
-        step = max(1, _BLOCK_ELEMENTS // max(n2, 1))
-        for r0 in range(0, n1, step):
-            yield r0, min(n1, r0 + step)
+        for r0 in range(0, n1, _TILE):
+            for c0 in range(0, r0 + 1 if self.symmetric else n2, _TILE):
+                yield r0, min(n1, r0 + _TILE), c0, min(n2, c0 + _TILE)
 
-    def _block(self, r0: int, r1: int, layers: int, x2t):
-        """A_0 … A_{layers−1} and Ξ_1 … Ξ_{layers−1} on rows r0:r1 (S.169–S.175); ``x2t`` = x2ᵀ, contiguous."""
+    def _tile(self, r0: int, r1: int, c0: int, c1: int, layers: int, x2t, gemm_lock):
+        """A_0 … A_{layers−1} and Ξ_1 … Ξ_{layers−1} on one tile (S.169–S.175); ``x2t`` = x2ᵀ, contiguous."""
         net = self.network
         sw2, sb2 = net.sigma_w2, net.sigma_b2
-        A = [self.x1[r0:r1] @ x2t / net.input_dim]
-        Xi = []
+        with gemm_lock:  # one BLAS call at a time, on the BLAS pool's own threads
+            a0 = self.x1[r0:r1] @ x2t[:, c0:c1]
+        a0 /= net.input_dim
+        A, Xi = [a0], []
         for l in range(1, layers):
-            q1, q2 = self.var1[l - 1][r0:r1], self.var2[l - 1]
-            cov = sw2 * A[-1] + sb2
-            if self.symmetric:  # the diagonal is exactly the variance: ρ = 1 there
+            q1, q2 = self.var1[l - 1][r0:r1], self.var2[l - 1][c0:c1]
+            cov = np.multiply(A[-1], sw2)
+            cov += sb2
+            if self.symmetric and r0 == c0:  # the diagonal is exactly the variance: ρ = 1 there
                 rows = np.arange(r1 - r0)
-                cov[rows, rows + r0] = q1
+                cov[rows, rows] = q1
             v1, v2 = q1[:, None], q2[None, :]
             if self.method == "auto" and net.activation.name == "relu":
                 a, xi = _relu_both(v1, v2, cov)
@@ -356,65 +401,100 @@ class AnalyticKernels:
             Xi.append(xi)
         return A, Xi
 
-    def _symmetrize(self, mat: np.ndarray) -> None:
-        """mat ← (mat + matᵀ)/2 in place, a block at a time (x′ = x: the kernels are exactly symmetric)."""
-        if not self.symmetric:
-            return
-        n = mat.shape[0]
-        step = max(1, int(math.isqrt(_BLOCK_ELEMENTS)))
-        for i in range(0, n, step):
-            ii = slice(i, min(n, i + step))
-            for j in range(i, n, step):
-                jj = slice(j, min(n, j + step))
-                avg = 0.5 * (mat[ii, jj] + mat[jj, ii].T)
-                mat[ii, jj] = avg
-                mat[jj, ii] = avg.T
-
-    def _stream(self, layers: int, kinds: tuple) -> dict:
-        """One pass of the row-block pipeline writing the requested full lists: "A" (A_0 … A_{L−1}),
-        "Xi" (Ξ_1 … Ξ_{L−1}), "B" (B_1 … B_{L−1}; B_L is the broadcast 11ᵀ) and "ntk" (Θ_1 … Θ_L,
-        S.68 with 1/N), each symmetrised at x′ = x."""
+    def _ntk_tiles(self, A, Xi):
+        """(B_1 … B_{L−1}, Θ_1 … Θ_L) on one tile: B_L = 11ᵀ, B_l = σ_w² Ξ_l ⊙ B_{l+1} (S.172),
+        Θ_l = (σ_w² B_l ⊙ A_{l−1} + σ_b² B_l)/N (S.68), in place and in the order of the formulas."""
         L, n = self.depth, self.n
         sw2, sb2 = self.network.sigma_w2, self.network.sigma_b2
+        bs, thetas = [None] * (L - 1), [None] * L
+        b = None  # B_L = 11ᵀ
+        for l in range(L - 1, -1, -1):  # layer l + 1
+            if l < L - 1:
+                nb = np.multiply(Xi[l], sw2)
+                if b is not None:
+                    nb *= b
+                b = bs[l] = nb
+            if b is None:
+                t = np.multiply(A[l], sw2)
+                t += sb2
+            else:
+                t = np.multiply(b, sw2)
+                t *= A[l]
+                if sb2 != 0.0:
+                    t += np.multiply(b, sb2)
+            t /= n
+            thetas[l] = t
+        return bs, thetas
+
+    def _pass(self, layers: int, kinds: tuple, bias: bool = True) -> dict:
+        """One pass of the tile pipeline writing the requested full lists: "A" (A_0 … A_{L−1}), "Xi"
+        (Ξ_1 … Ξ_{L−1}), "B" (B_1 … B_{L−1}; B_L is the broadcast 11ᵀ), "ntk" (Θ_1 … Θ_L, S.68 with 1/N),
+        "theta" (Θ = Σ_l Θ_l) and "gram" ([Ã_{layers−1}], with σ_b² 11ᵀ if ``bias``), plus the feature
+        Grams of :attr:`keep_grams` not yet stored."""
+        L = self.depth
+        sw2, sb2 = self.network.sigma_w2, self.network.sigma_b2
         shape = (self.x1.shape[0], self.x2.shape[0])
-        sizes = {"A": L, "Xi": L - 1, "B": L - 1, "ntk": L}
+        sizes = {"A": L, "Xi": L - 1, "B": L - 1, "ntk": L, "theta": 1, "gram": 1}
         out = {k: [np.empty(shape) for _ in range(sizes[k])] for k in kinds}
+        extra = [l for l in self.keep_grams if l <= layers and l not in self._grams and not ("gram" in kinds and l == layers)]
+        grams = {l: np.empty(shape) for l in extra}
         x2t = np.ascontiguousarray(self.x2.T)
-        for r0, r1 in self._rows():
-            a_blk, xi_blk = self._block(r0, r1, layers, x2t)
-            for k, blks in (("A", a_blk), ("Xi", xi_blk)):
-                for full, blk in zip(out.get(k, ()), blks):
-                    full[r0:r1] = blk
-            if "B" in out or "ntk" in out:
-                b = 1.0  # B_L = 11ᵀ (multiplying by 1.0 is exact); B_l = σ_w² Ξ_l ⊙ B_{l+1} (S.172)
-                for l in range(L - 1, -1, -1):  # layer l + 1
-                    if l < L - 1:
-                        b = sw2 * xi_blk[l] * b
-                        if "B" in out:
-                            out["B"][l][r0:r1] = b
-                    if "ntk" in out:
-                        out["ntk"][l][r0:r1] = (sw2 * b * a_blk[l] + sb2 * b) / n
-        for mats in out.values():
-            for mat in mats:
-                self._symmetrize(mat)
+        lock = threading.Lock()
+
+        def gram(A, l, with_bias=True):
+            g = sw2 * A[l - 1]
+            return g + sb2 if with_bias else g
+
+        def work(tile):
+            r0, r1, c0, c1 = tile
+            A, Xi = self._tile(r0, r1, c0, c1, layers, x2t, lock)
+            blocks = {"A": A, "Xi": Xi}
+            if "B" in out or "ntk" in out or "theta" in out:
+                blocks["B"], blocks["ntk"] = self._ntk_tiles(A, Xi)
+                if "theta" in out:
+                    acc = blocks["ntk"][0].copy() if "ntk" in out else blocks["ntk"][0]
+                    for t in blocks["ntk"][1:]:
+                        acc += t  # Σ_l Θ_l in layer order
+                    blocks["theta"] = [acc]
+            if "gram" in out:
+                blocks["gram"] = [gram(A, layers, bias)]
+            pairs = [(full, blk) for k in out for full, blk in zip(out[k], blocks[k])]
+            pairs += [(grams[l], gram(A, l)) for l in extra]
+            for full, blk in pairs:
+                if self.symmetric and r0 == c0:
+                    blk = 0.5 * (blk + blk.T)  # exactly symmetric diagonal tiles
+                full[r0:r1, c0:c1] = blk
+                if self.symmetric and r0 != c0:
+                    full[c0:c1, r0:r1] = blk.T
+
+        tiles = list(self._tiles())
+        workers = min(_pipeline_workers(), len(tiles))
+        if workers <= 1:
+            for tile in tiles:
+                work(tile)
+        else:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                for _ in pool.map(work, tiles):
+                    pass
+        self._grams.update(grams)
         return out
 
     @property
     def A(self) -> list:
         if self._A is None:
-            self._A = self._stream(self.depth, ("A",))["A"]
+            self._A = self._pass(self.depth, ("A",))["A"]
         return self._A
 
     @property
     def Xi(self) -> list:
         if self._Xi is None:
-            self._Xi = self._stream(self.depth, ("Xi",))["Xi"]
+            self._Xi = self._pass(self.depth, ("Xi",))["Xi"]
         return self._Xi
 
     @property
     def B(self) -> list:
         if self._B is None:
-            self._B = self._stream(self.depth, ("B",))["B"] + [
+            self._B = self._pass(self.depth, ("B",))["B"] + [
                 np.broadcast_to(np.float64(1.0), (self.x1.shape[0], self.x2.shape[0]))]
         return self._B
 
@@ -422,48 +502,34 @@ class AnalyticKernels:
     def layer_ntks(self) -> list:
         """[Θ_1, …, Θ_L] (S.68, divided by N)."""
         if self._layer_ntks is None:
-            self._layer_ntks = self._stream(self.depth, ("ntk",))["ntk"]
+            self._layer_ntks = self._pass(self.depth, ("ntk",))["ntk"]
         return self._layer_ntks
 
     @property
     def ntk(self) -> np.ndarray:
         """Θ(x′, x) = Σ_l Θ_l (S.169–S.170), the C = 1 block; without the per-layer Θ_l, one
-        N′×N array computed a block of rows at a time (the same formula, entry by entry)."""
+        N′×N array computed a tile at a time (the same formula, entry by entry)."""
         if self._layer_ntks is not None:
             return sum(self._layer_ntks)
         if self._ntk is None:
-            L, n = self.depth, self.n
-            sw2, sb2 = self.network.sigma_w2, self.network.sigma_b2
-            out = np.empty((self.x1.shape[0], self.x2.shape[0]))
-            x2t = np.ascontiguousarray(self.x2.T)
-            for r0, r1 in self._rows():
-                a_blk, xi_blk = self._block(r0, r1, L, x2t)
-                b = 1.0
-                terms = [None] * L
-                for l in range(L - 1, -1, -1):  # Θ of layer l + 1
-                    if l < L - 1:
-                        b = sw2 * xi_blk[l] * b
-                    terms[l] = (sw2 * b * a_blk[l] + sb2 * b) / n
-                out[r0:r1] = sum(terms)
-            self._symmetrize(out)
-            self._ntk = out
+            self._ntk = self._pass(self.depth, ("theta",))["theta"][0]
         return self._ntk
 
     def feature_gram(self, layer: int, bias: bool = True) -> np.ndarray:
         """Ã_{l−1} = σ_w² A_{l−1} + σ_b² 11ᵀ (the limit of a_{l−1}(x′) a_{l−1}(x)ᵀ), 1-based ``layer``.
 
-        ``bias=False`` drops the σ_b² 11ᵀ term (weights only). Without the per-layer lists, one new
-        N′×N array computed a block of rows at a time."""
+        ``bias=False`` drops the σ_b² 11ᵀ term (weights only). From the per-layer list A or a Gram kept
+        by an earlier pass (:attr:`keep_grams`) if there is one; otherwise one new N′×N array computed a
+        tile at a time."""
         sw2, sb2 = self.network.sigma_w2, self.network.sigma_b2
         if self._A is not None:
             g = sw2 * self._A[layer - 1]
             return g + sb2 if bias else g
-        out = np.empty((self.x1.shape[0], self.x2.shape[0]))
-        x2t = np.ascontiguousarray(self.x2.T)
-        for r0, r1 in self._rows():
-            g = sw2 * self._block(r0, r1, layer, x2t)[0][layer - 1]
-            out[r0:r1] = g + sb2 if bias else g
-        self._symmetrize(out)
+        if bias and layer in self._grams:
+            return self._grams[layer]
+        out = self._pass(layer, ("gram",), bias)["gram"][0]
+        if bias and layer in self.keep_grams:
+            self._grams[layer] = out
         return out
 
     def factor(self, layer: int | None = None, rcond: float = SPD_RCOND):
@@ -478,7 +544,7 @@ class AnalyticKernels:
             mat = self.ntk if layer is None else self.layer_ntks[layer - 1]
             what = "Θ (NTK)" if layer is None else f"Θ_{layer}"
             hint = singular_input_hint(self.network, 1 if layer is None else layer, self.n)
-            self._factors[key] = spd_factor(mat, what, hint, rcond)
+            self._factors[key] = spd_factor(mat, what, hint, rcond, symmetric=True)  # mirrored tiles
         return self._factors[key]
 
     def full(self, matrix: np.ndarray) -> np.ndarray:
@@ -492,6 +558,7 @@ def analytic_kernels(
     x2=None,
     order: int = DEFAULT_ORDER,
     method: str = "auto",
+    keep_grams: tuple = (),
 ) -> AnalyticKernels:
     """Infinite-width A_l, Ξ_l, B_l, Θ_l and Θ between x′ = ``x1`` and x = ``x2`` (Appendix E).
 
@@ -499,7 +566,8 @@ def analytic_kernels(
     with unit-norm rows. ``order`` is the Gauss–Hermite order per dimension (quadrature
     path only); ``method="quadrature"`` forces quadrature for every activation. The
     per-sample variances are computed here; the N′×N kernels when first used
-    (:class:`AnalyticKernels`, "Memory").
+    (:class:`AnalyticKernels`, "Memory and time"). ``keep_grams``: layers whose feature Gram
+    (:meth:`AnalyticKernels.feature_gram`) the first pass through them also keeps.
     """
     if not isinstance(net, Network):
         raise ConfigError(f"net must be an ngdref.Network, got {type(net).__name__}")
@@ -527,18 +595,22 @@ def analytic_kernels(
         if l < net.depth:
             d1 = expect(q1, "phi")
             d2 = d1 if symmetric else expect(q2, "phi")
-    return AnalyticKernels(net, a, b, var1, var2, symmetric, method, int(order))
+    keep = tuple(int(l) for l in keep_grams)
+    if any(not 1 <= l <= net.depth for l in keep):
+        raise ConfigError(f"keep_grams must be layers 1 … {net.depth}, got {keep_grams}")
+    return AnalyticKernels(net, a, b, var1, var2, symmetric, method, int(order), keep)
 
 
 # --------------------------------------------------------------------------------------
 # Linear algebra helpers
 # --------------------------------------------------------------------------------------
-def spd_factor(mat: np.ndarray, what: str, hint: str = "", rcond: float = SPD_RCOND):
+def spd_factor(mat: np.ndarray, what: str, hint: str = "", rcond: float = SPD_RCOND, symmetric: bool = False):
     """Cholesky factor of a training-set kernel, or NgdrefError if it is (numerically) singular.
 
-    Memory: one N×N array besides ``mat`` (its symmetric part, factored in place); the norm for
-    the condition estimate is summed a block of rows at a time."""
-    mat = _symmetric_part(mat)
+    Memory: one N×N array besides ``mat`` (its symmetric part, factored in place; a plain copy when
+    the caller knows ``mat`` is exactly symmetric, ``symmetric=True``: then (mat + matᵀ)/2 = mat);
+    the norm for the condition estimate is summed a block of rows at a time."""
+    mat = np.array(mat, dtype=np.float64, copy=True) if symmetric else _symmetric_part(mat)
     step = max(1, _BLOCK_ELEMENTS // max(mat.shape[0], 1))
     colsum = np.zeros(mat.shape[1])
     for r0 in range(0, mat.shape[0], step):

@@ -616,3 +616,39 @@ def test_theta_bar_pair_checks(rng):
     np.testing.assert_allclose(  # Eq. 19 written out, not the library's tridiagonal_sigma
         theta_bar_tridiagonal(train, train), theta_bar_layerwise(train, train, np.array([[1, 1, 0], [1, 1, 1], [0, 1, 1]]))
     )
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+@pytest.mark.parametrize("act", ["relu", "erf"])
+def test_tiled_threaded_kernels_match_one_tile(monkeypatch, workers, act, rng):
+    """The tile pipeline (tiles of 4 here, so 11 samples span 3×3 tiles, on 1 or 3 threads) gives the
+    one-tile kernels: the Gram kernels from the tiles on and below the diagonal, mirrored, exactly
+    symmetric; the cross kernels from every tile; a Gram kept by the Θ pass (keep_grams) is the one
+    feature_gram computes on its own."""
+    import ngdref.kernels as kern
+
+    net = Network.build(6, 8, 3, 1, act, sigma_w2=2.0, sigma_b2=0.3)
+    x, xt = unit_rows(rng, 11, 6), unit_rows(rng, 7, 6)
+
+    def everything():
+        out = {}
+        for tag, args in (("sym", (x,)), ("cross", (xt, x)), ("full", (x, x))):
+            k = analytic_kernels(net, *args, keep_grams=(3,))
+            out[tag + "ntk"] = k.ntk
+            out[tag + "kept"] = k.feature_gram(3)
+            k = analytic_kernels(net, *args)
+            out[tag + "gram2"] = k.feature_gram(2, bias=False)
+            out.update({f"{tag}{name}{i}": m for name in ("layer_ntks", "A", "Xi", "B")
+                        for i, m in enumerate(getattr(k, name)[:3 if name != "B" else 2])})
+        return out
+
+    one = everything()  # 11 < _TILE: one tile, as before tiling
+    monkeypatch.setattr(kern, "_TILE", 4)
+    monkeypatch.setattr(kern, "_pipeline_workers", lambda: workers)
+    tiled = everything()
+    for key, ref in one.items():
+        np.testing.assert_allclose(tiled[key], ref, rtol=1e-13, atol=1e-16, err_msg=key)
+        if key.startswith("sym"):
+            assert np.array_equal(tiled[key], tiled[key].T), key
+            np.testing.assert_allclose(tiled[key], tiled["full" + key[3:]], rtol=1e-13, atol=1e-16, err_msg=key)
+    np.testing.assert_array_equal(tiled["symkept"], analytic_kernels(net, x).feature_gram(3))

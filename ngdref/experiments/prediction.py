@@ -83,8 +83,10 @@ class AnalyticPredictor:
     def __init__(self, network: Network, dataset: Dataset, fim_names, fim_options: dict | None = None):
         self.network, self.dataset = network, dataset
         net1 = Network(network.widths[:-1] + (1,), network.activation, network.sigma_w2, network.sigma_b2)
-        train = K.analytic_kernels(net1, dataset.x_train)
-        cross = K.analytic_kernels(net1, dataset.x_test, dataset.x_train)
+        last = network.depth  # f_0's covariance is the feature Gram of the last layer, σ_w² A_{L−1} + σ_b²:
+        # kept by the first pass that computes the kernels of Θ̄ (which go through A_{L−1} anyway)
+        train = K.analytic_kernels(net1, dataset.x_train, keep_grams=(last,))
+        cross = K.analytic_kernels(net1, dataset.x_test, dataset.x_train, keep_grams=(last,))
         n = dataset.n_train
         self.methods: dict = {}
         for name in fim_names:
@@ -107,7 +109,6 @@ class AnalyticPredictor:
                 continue
             self.methods[name] = {"reg": reg, "alpha": alpha, "isotropy_deviation": dev,
                                   "isotropy_check": None if dev is None else ISOTROPY_CHECK, "formula": formula}
-        last = network.depth
         k_train, k_cross = train.feature_gram(last), cross.feature_gram(last)
         del train, cross  # the kernels' cached N×N arrays
         k_test = K.analytic_kernels(net1, dataset.x_test).feature_gram(last)
