@@ -53,7 +53,10 @@ stack).
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -256,6 +259,18 @@ class UnitWiseFisher(FisherApproximation):
         order_idx = np.argsort(~members, axis=1, kind="stable")
         budget = self._budget(lay.layer)
         backend = backend_of(lay.a)
+        if (~via_dead).any():  # the padded matrices are built lazily: here, before any thread reads them
+            lay.padded("kernel")
+        if via_dead.any():
+            lay.padded("inverse")
+        pool, blas = _Pieces.open(backend)
+        with pool:
+            self._solve_chunks(lay, rhs, consume, n_rhs, via_dead, shared, size, order_idx, budget, backend, pool, blas)
+
+    def _solve_chunks(self, lay, rhs, consume, n_rhs, via_dead, shared, size, order_idx, budget, backend, pool, blas):
+        """The chunk loop of :meth:`_solve_units`: chunks are made exactly as with one thread; each is
+        split into contiguous pieces of units solved side by side (:class:`_Pieces`), then consumed whole."""
+        n = lay.n
         for group in (False, True):
             ids = np.nonzero((via_dead == group) & (True if shared is None else ~shared))[0]
             if ids.size == 0:
@@ -279,11 +294,16 @@ class UnitWiseFisher(FisherApproximation):
                 idx_mat = to_device(idx_mat_host, backend, "int64")
                 inv = to_device(np.argsort(order_idx[chunk], axis=1, kind="stable"), backend, "int64")
                 valid = to_device(valid_host.astype(np.float64), backend, lay.kernel.dtype)
-                r = rhs(units)
-                if group:
-                    z = self._phi_dead(lay, units, r, idx, idx_mat, inv, valid)
-                else:
-                    z = self._phi_alive(lay, units, r, idx, idx_mat, inv, valid)
+                phi = self._phi_dead if group else self._phi_alive
+
+                def piece(lo, hi, phi=phi, units=units, idx=idx, idx_mat=idx_mat, inv=inv, valid=valid):
+                    u = units[lo:hi]
+                    return phi(lay, u, rhs(u), idx[lo:hi, ...], idx_mat[lo:hi, ...], inv[lo:hi, ...], valid[lo:hi, ...])
+
+                # the exact mode's dead group stays whole: its two (N, N) × (N, c·q) GEMMs are BLAS-threaded
+                # already, and a GEMM's rounding may depend on its column count
+                with blas:
+                    z = pool.run(piece, int(chunk.size), split=not group)
                 consume(units, z)
                 start = stop
 
@@ -387,7 +407,6 @@ class UnitWiseFisher(FisherApproximation):
         """Per layer (coef, a_{l−1}): row i of coef (U, N) is post ∘ Φ_i(u_i/σ_i) scattered to the N samples
         (0 off S_i), so coef @ a_{l−1} is Δθ_l (module docstring); coef in the network's dtype."""
         xp = namespace_of(v)
-
         c, n = v.shape
         v = as_float64(v)
         out = []
@@ -615,6 +634,96 @@ def _row_major(x):
     A reshape to 1-D copies in C order on every backend; the second reshape is a view."""
     xp = namespace_of(x)
     return xp.reshape(xp.reshape(x, (-1,)), x.shape)
+
+
+# ---- threads for the per-unit solves ---------------------------------------------------------------
+#: worker threads for the per-unit solves on the NumPy backend; ``None``: the CPUs this process may use
+#: (``os.sched_getaffinity``). Results do not depend on it (tests/test_fisher_unit_threads.py).
+THREADS: int | None = None
+
+_BLAS_CONTROLLER = None
+
+
+def _threads() -> int:
+    if THREADS is not None:
+        return max(1, int(THREADS))
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _single_threaded_blas():
+    """threadpoolctl's BLAS limit of 1 thread (process-wide while it is entered)."""
+    global _BLAS_CONTROLLER
+    if _BLAS_CONTROLLER is None:
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS_CONTROLLER = ThreadpoolController()
+    return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
+
+
+class _Pieces:
+    """Runs ``piece(lo, hi)`` over contiguous ranges of a chunk's units on a small thread pool and
+    concatenates the results along axis 0.
+
+    Why threads: the per-unit systems are small (p ≲ 100), where a threaded BLAS/LAPACK call is
+    slower than a single-threaded one (a stack of 2,000 SPD 64×64 systems: 0.086 s with OpenBLAS
+    at 2 threads, 0.059 s at 1), and NumPy's batched ``linalg`` gufuncs and ``matmul`` release the
+    GIL; so the pieces run side by side with BLAS held at one thread (:func:`_single_threaded_blas`,
+    entered around each chunk's solve only, so the GEMMs outside keep all threads).
+    Every operation of a piece acts unit by unit (gathers, elementwise products, LAPACK and GEMM
+    calls on each unit's own matrices), and the chunks are those of the serial loop, so a unit's
+    result does not depend on the number of threads; this is tested bit for bit.
+    NumPy backend only: the strict array-API backend is a conformance check of the calls, not a
+    place for speed, and CuPy queues its kernels asynchronously on one stream, where host threads
+    add nothing.
+    """
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self._pool = None
+
+    @classmethod
+    def open(cls, backend):
+        """(pieces, BLAS context) for ``backend``: threads and one BLAS thread on NumPy, serial elsewhere."""
+        if backend.name != "numpy":
+            return cls(1), contextlib.nullcontext()
+        return cls(_threads()), _OneBlasThread()
+
+    def __enter__(self):
+        if self.workers > 1:
+            self._pool = ThreadPoolExecutor(max_workers=self.workers - 1, thread_name_prefix="ngdref-unit")
+        return self
+
+    def __exit__(self, *exc):
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        return False
+
+    def run(self, piece, count: int, split: bool = True):
+        """``piece(0, count)``, or its pieces concatenated (the calling thread solves the first)."""
+        k = min(self.workers, count) if split and self._pool is not None else 1
+        if k <= 1:
+            return piece(0, count)
+        bounds = [count * j // k for j in range(k + 1)]
+        futures = [self._pool.submit(piece, bounds[j], bounds[j + 1]) for j in range(1, k)]
+        first = piece(bounds[0], bounds[1])
+        parts = [first] + [f.result() for f in futures]
+        return namespace_of(first).concat(parts, axis=0)
+
+
+class _OneBlasThread:
+    """Re-entrant use of :func:`_single_threaded_blas` (a fresh threadpoolctl limit per ``with``)."""
+
+    def __enter__(self):
+        self._limit = _single_threaded_blas()
+        return self
+
+    def __exit__(self, *exc):
+        self._limit.restore_original_limits()
+        return False
 
 
 # ---- batched solves ---------------------------------------------------------------------------
