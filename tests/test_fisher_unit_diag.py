@@ -249,6 +249,44 @@ def test_quasi_diagonal_direction_equals_its_map(widths, seed, n, backend):
         assert degenerate  # the ẑ_w branch is exercised
 
 
+@pytest.mark.parametrize("rho", [0.0, 1e-3])
+def test_quasi_diagonal_fused_blocks_match_oracle(rho, backend, monkeypatch):
+    """The fused, cache-blocked direction with one unit per block: blocks in Ollivier's closed form
+    (ẑ on the bias), blocks with a coupled degenerate weight (a unit alive on one sample, ρ = 0) that
+    take the pseudo-inverse pieces, dead units and a blank input — each against the oracle's G_qd⁺∇L."""
+    import ngdref.fisher.diagonal as diagonal
+
+    calls = {"closed": 0, "pieces": 0}
+    block, pieces = diagonal._quasi_block, diagonal._quasi_pieces
+
+    def counted_block(*args):
+        done = block(*args)
+        calls["closed"] += done
+        return done
+
+    def counted_pieces(*args):
+        calls["pieces"] += 1
+        return pieces(*args)
+
+    monkeypatch.setattr(diagonal, "_CACHE_BLOCK", 1)
+    monkeypatch.setattr(diagonal, "_quasi_block", counted_block)
+    monkeypatch.setattr(diagonal, "_quasi_pieces", counted_pieces)
+    net = Network((5, 10, 8, 1), "relu", 2.0, 0.5)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 5))
+    x[:, 0] = 0.0  # a blank input: G_jj = G_bj = 0
+    y = rng.standard_normal((3, 1))
+    s = net.signals(net.init(2), x)
+    alive = np.concatenate([d[0] != 0 for d in s.delta[:-1]], axis=1).sum(axis=0)
+    assert np.any(alive == 1) and np.any(alive == 0)  # degenerate and dead units
+    orc = O.oracle("quasi-diag", net, net.init(2), x, rho)
+    pb, xb, yb = net.init(2, backend), *_on(backend, x, y)
+    got = to_host(net.flatten(QuasiDiagonalFisher(net, rho).direction(pb, xb, yb)))
+    assert _rel(got, orc.direction(y)) < _tolerance(orc)
+    assert calls["closed"] >= 10  # at least one block per unit of the output and the first layer
+    assert (calls["pieces"] > 0) == (rho == 0.0)
+
+
 @pytest.mark.parametrize("rho", [0.0, 1e-2])
 def test_quasi_diagonal_without_bias_is_diagonal(rho, backend):
     """No bias, no coupling: quasi-diag's step and Θ̄ are the oracle's *diagonal* FIM ones."""
