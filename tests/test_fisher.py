@@ -136,6 +136,27 @@ def test_kfac_single_sample_is_block_diagonal(backend):
     assert _rel(c_test, orc.theta_bar(xt)) < 1e-9
 
 
+@pytest.mark.parametrize("bias", ["separate", "folded"])
+@pytest.mark.parametrize("rho", [0.0, 1e-2])
+def test_kfac_theta_bar_does_not_depend_on_threads(bias, rho, monkeypatch):
+    """K-FAC's Θ̄ computes its layers' terms on a thread pool (NumPy, BLAS at one thread): the same
+    values for 1, 2 and 3 threads (bit for bit), and the oracle's (C = 2: tiled output blocks)."""
+    import ngdref.fisher.kfac as kfac
+
+    net, p, x, xt, y = _setup((7, 9, 8, 2), "tanh", 0.3, n=5)
+    fim = get_fisher("kfac", net, rho, bias=bias)
+    orc = O.oracle("kfac", net, p, x, rho, bias=bias)
+    s, st = net.signals(p, x), net.signals(p, xt)
+    runs = []
+    for threads in (1, 2, 3):
+        monkeypatch.setattr(kfac, "THREADS", threads)
+        runs.append((to_host(theta_bar(fim, s)), to_host(theta_bar(fim, s, st))))
+    for train, test in runs[1:]:
+        assert np.array_equal(train, runs[0][0]) and np.array_equal(test, runs[0][1])
+    assert _rel(runs[1][0], orc.theta_bar()) < _tolerance(orc)
+    assert _rel(runs[1][1], orc.theta_bar(xt)) < _tolerance(orc)
+
+
 def test_gd_is_the_ntk(backend):
     """G = I: Θ̄(x′, x) = J(x′)J(x)ᵀ/N, the empirical NTK (Eq. 5–6), from the oracle's Jacobian."""
     net, p, x, xt, y = _setup((6, 10, 8, 1), "tanh", 0.3)
