@@ -225,26 +225,29 @@ class UnitWiseFisher(FisherApproximation):
         # (U, N) laid out row by row: every per-unit ``take`` of a chunk then reads contiguous rows
         # (NumPy's ``take`` copies a non-contiguous source in full on every call)
         e = _row_major((d[0, ...] * d[0, ...] if d.shape[0] == 1 else xp.sum(d * d, axis=0)).T)
-        kernel = a64 @ _row_major(a64.T)  # K = a aᵀ; OpenBLAS's A·Bᵀ is 10–50× slower here at fan ≈ 785
-        mode = self._kernel_mode(kernel)
+        with _Pieces.open(backend_of(a))[1]:  # one BLAS thread for these N×N-sized calls (see _Pieces)
+            kernel = a64 @ _row_major(a64.T)  # K = a aᵀ; OpenBLAS's A·Bᵀ is 10–50× slower here at fan ≈ 785
+            mode = self._kernel_mode(kernel)
         alive = e > 0.0
         return _Layer(layer, mode, a, a64, d, e, alive, kernel, np.asarray(to_host(alive), dtype=bool))
 
     # ---- the batched per-unit solve ------------------------------------------------------------
-    def _solve_units(self, lay: _Layer, rhs, consume, n_rhs: int) -> None:
+    def _solve_units(self, lay: _Layer, rhs, consume, n_rhs: int, shared_term=None) -> None:
         """Z_i = Φ_i R_i for every unit, chunk by chunk: ``consume(units, Z)``, Z of shape (c, N, q).
 
         Φ_i = P_S A_i⁻¹ P_S with A_i = K_SS (exact), diag(√e)K_SS diag(√e)/N + ρI (damped) or
         the pseudo-inverse of diag(√e)K_SS diag(√e)/N (pinv); ``rhs(units)`` gives R, (c, N, q).
         Damped units alive on every sample with e constant over the samples share one eigenbasis
-        (:meth:`_solve_shared`); the others are solved unit by unit on their compacted sets.
+        (:meth:`_solve_shared`, or ``shared_term(ids, λ, V)`` instead where the caller handles those
+        units itself); the others are solved unit by unit on their compacted sets.
         """
         n = lay.n
         alive = lay.alive_host
         n_alive = alive.sum(axis=1)
         # hidden layers only: the output layer has C units, nothing to share (and its solve stays the LU one)
         use_shared = lay.mode == _DAMPED and lay.layer < self.network.depth
-        shared = self._solve_shared(lay, rhs, consume, n_rhs) if use_shared else None
+        basis = self._shared_basis(lay) if use_shared else None
+        shared = None if basis is None else basis[0]
         if lay.mode == _EXACT:
             q = n_rhs
             n_dead = n - n_alive
@@ -266,6 +269,15 @@ class UnitWiseFisher(FisherApproximation):
         pool, blas = _Pieces.open(backend)
         with pool:
             self._solve_chunks(lay, rhs, consume, n_rhs, via_dead, shared, size, order_idx, budget, backend, pool, blas)
+        # the shared units last: their GEMMs may use every BLAS thread, and OpenBLAS's idle threads spin for a
+        # while after a threaded call, competing with the pieces' threads had they come first
+        if basis is not None:
+            ids, lam, vec = np.nonzero(shared)[0], basis[1], basis[2]
+            if shared_term is None:
+                with blas:  # small GEMMs (q = 1 in the steps)
+                    self._solve_shared(lay, rhs, consume, n_rhs, ids, lam, vec)
+            else:
+                shared_term(ids, lam, vec)
 
     def _solve_chunks(self, lay, rhs, consume, n_rhs, via_dead, shared, size, order_idx, budget, backend, pool, blas):
         """The chunk loop of :meth:`_solve_units`: chunks are made exactly as with one thread; each is
@@ -307,24 +319,29 @@ class UnitWiseFisher(FisherApproximation):
                 consume(units, z)
                 start = stop
 
-    def _solve_shared(self, lay: _Layer, rhs, consume, n_rhs: int):
+    def _shared_basis(self, lay: _Layer):
+        """The units of :meth:`_solve_shared` as a host bool mask and K = VΛVᵀ, (mask, λ, V); None when
+        there are none (or when rounding made an eigenvalue of K so negative that a denominator
+        ε_iλ/N + ρ would not stay >= ρ/2)."""
+        xp = namespace_of(lay.e)
+        mask = np.asarray(to_host(xp.all(lay.e == lay.e[:, :1], axis=1)), dtype=bool) & lay.alive_host.all(axis=1)
+        if not mask.any():
+            return None
+        with _Pieces.open(backend_of(lay.a))[1]:  # one BLAS thread for an N×N eigh (see _Pieces)
+            lam, vec = xp.linalg.eigh(symmetrize(lay.kernel))
+        eps_max = to_float(xp.max(lay.e))
+        if eps_max * max(0.0, -to_float(lam[0])) / lay.n > 0.5 * self.damping:
+            return None
+        return mask, lam, vec
+
+    def _solve_shared(self, lay: _Layer, rhs, consume, n_rhs: int, ids, lam, vec) -> None:
         """Φ_i R_i for the damped units alive on every sample with e_i(x_n) = ε_i for all n (ReLU-type φ′
         in the last hidden layer: δ_{L−1,i} = w_{L,i}φ′(u_i)σ_w/√M). The unit's dual block of Eq. 23
         (S.130–S.131) is then A_i = ε_i K/N + ρI, so with
         K = VΛVᵀ (one ``eigh`` per layer) A_i⁻¹ = V diag(1/(ε_iλ/N + ρ)) Vᵀ and a chunk of units costs
-        two (N, N) × (N, c·q) GEMMs instead of c factorisations. The units handled, as a host bool
-        mask (None: none, e.g. when rounding made an eigenvalue of K so negative that a denominator
-        would not stay >= ρ/2)."""
+        two (N, N) × (N, c·q) GEMMs instead of c factorisations; ``ids``, λ, V from :meth:`_shared_basis`."""
         xp = namespace_of(lay.e)
         n = lay.n
-        mask = np.asarray(to_host(xp.all(lay.e == lay.e[:, :1], axis=1)), dtype=bool) & lay.alive_host.all(axis=1)
-        ids = np.nonzero(mask)[0]
-        if ids.size == 0:
-            return None
-        lam, vec = xp.linalg.eigh(symmetrize(lay.kernel))
-        eps_max = to_float(xp.max(lay.e))
-        if eps_max * max(0.0, -to_float(lam[0])) / n > 0.5 * self.damping:
-            return None
         vt = _row_major(xp.linalg.matrix_transpose(vec))
         backend = backend_of(lay.a)
         count = max(1, self._budget(lay.layer) // (3 * n * max(1, n_rhs)))
@@ -335,7 +352,6 @@ class UnitWiseFisher(FisherApproximation):
             w = _shared_left_product(vt, rhs(units))  # Vᵀ R_i
             w = w / den[:, :, None]
             consume(units, _shared_left_product(vec, w))
-        return mask
 
     def _phi_alive(self, lay: _Layer, units, r, idx, idx_mat, inv, valid):
         """Φ on the compacted alive set: solve A_i on S_i, padded to a block [[A_i, 0], [0, I]].
@@ -523,10 +539,61 @@ class UnitWiseFisher(FisherApproximation):
                 prod = dp @ (x_perm * xp.permute_dims(g[kk, ...], (1, 0))[None, :, :])  # (N′, C, N)
                 acc[kk] = prod if acc[kk] is None else acc[kk] + prod
 
-        self._solve_units(lay, rhs, consume, n_p)
-        full = xp.stack(acc, axis=0)  # (C_k′, N′, C_k, N)
-        full = xp.permute_dims(full, (2, 1, 0, 3))  # (C_k, N′, C_k′, N)
+        # the shared-eigenbasis units by GEMMs over all of them (:meth:`_cross_term_shared`) where its
+        # blocks of units and of rows hold >= 16 each within the layer's budget (N <~ 360 at the 2^21 floor)
+        block = self._budget(lay.layer) // (2 * n * n)
+        extra = []
+
+        def shared_term(ids, lam, vec):
+            extra.append(self._cross_term_shared(lay, ids, lam, vec, cross, d_p, g_all, block))
+
+        self._solve_units(lay, rhs, consume, n_p, shared_term if block >= 16 else None)
+        full = None
+        if acc[0] is not None:
+            full = xp.stack(acc, axis=0)  # (C_k′, N′, C_k, N)
+            full = xp.permute_dims(full, (2, 1, 0, 3))  # (C_k, N′, C_k′, N)
+        for term in extra:
+            full = term if full is None else full + term
         return xp.reshape(full, (c * n_p, c * n))
+
+    def _cross_term_shared(self, lay: _Layer, ids, lam, vec, cross, d_p, g_all, block: int):
+        """The shared-eigenbasis units' part of :meth:`_cross_term`, (C_k, N′, C_k′, N), without a
+        per-unit (N, N′) solution. With Φ_i = V diag(1/(ε_iλ/N + ρ)) Vᵀ (:meth:`_solve_shared`),
+        post_i = √ε_i/N and B = Vᵀ K(x, x′):
+
+            Θ̄[k, s′, k′, t] = Σ_j V[t, j] B[j, s′] M_{kk′}[s′, t, j],
+            M_{kk′}[s′, t, j] = Σ_i δ′_{k,i}(x′_s′) g_{k′,i}(x_t) ε_i^{1/2}/(N(ε_iλ_j/N + ρ)),
+
+        g = δ/√e: one (C·N′, c) × (c, N²) GEMM per block of c units (4·N²·N′ flops per unit and N² of
+        memory traffic, instead of two (N, N) × (N, N′) GEMMs and a few (N, N′) passes per unit).
+        Rows of x′ and units go in blocks of ``block`` (each temporary <= the layer's budget / 2)."""
+        xp = namespace_of(lay.e)
+        c, n_p, _ = d_p.shape
+        n, count = lay.n, int(ids.size)
+        units = to_device(ids, backend_of(lay.a), "int64")
+        eps = xp.take(lay.e, units, axis=0)[:, 0]  # ε_i, (U_s,)
+        w = (xp.sqrt(eps) / float(n))[:, None] / (eps[:, None] * lam[None, :] / float(n) + self.damping)  # (U_s, N)
+        b_t = xp.linalg.matrix_transpose(xp.linalg.matrix_transpose(vec) @ cross)  # Bᵀ, (N′, N)
+        dp = xp.take(xp.reshape(d_p, (c * n_p, d_p.shape[2])), units, axis=1)  # (C·N′, U_s): rows (k, s′)
+        g = xp.take(g_all, units, axis=2)  # (C, N, U_s)
+        rows = c * n_p
+        per_kk = []
+        for kk in range(c):
+            g_kk = _row_major(xp.permute_dims(g[kk, ...], (1, 0)))  # (U_s, N)
+            parts = []
+            for r0 in range(0, rows, block):
+                r1 = min(rows, r0 + block)
+                m = None
+                for u0 in range(0, count, block):
+                    u1 = min(count, u0 + block)
+                    gw = xp.reshape(g_kk[u0:u1, :, None] * w[u0:u1, None, :], (u1 - u0, n * n))  # [i, (t, j)]
+                    prod = dp[r0:r1, u0:u1] @ gw
+                    m = prod if m is None else m + prod
+                b_rows = xp.take(b_t, xp.arange(r0, r1, dtype=units.dtype) % n_p, axis=0)  # B[:, s′] per row
+                f = vec[None, :, :] * b_rows[:, None, :]  # V[t, j] B[j, s′], (r, N, N)
+                parts.append(xp.sum(xp.reshape(m, (r1 - r0, n, n)) * f, axis=2))  # (r, N)
+            per_kk.append(xp.concat(parts, axis=0))  # (C·N′, N): [(k, s′), t]
+        return xp.reshape(xp.stack(per_kk, axis=1), (c, n_p, c, n))
 
     def analytic_theta_bar(self, cross, train, forster=False):
         """Θ̄ = α I on the training set only (S.137, Lemma C.2), α = Σ_{l<L} γ_l M_l (S.128) with the
