@@ -536,7 +536,9 @@ class AnalyticKernels:
         """Cholesky factor (:func:`spd_factor`) of the training-set Θ (``layer=None``) or Θ_l (1-based),
         computed once and kept with the kernels: exact NGD's Θ̄(x′, x) and its isotropy check
         (:func:`kernel_inverse_operator`) share one factorisation of Θ, BD and tri-diagonal one of each
-        Θ_l. Memory: one N×N array per factor, released with the kernels."""
+        Θ_l. Memory: one N×N array per factor, released with the kernels; factoring Θ releases the
+        cached Θ itself (after it, exact NGD needs only the factor; a caller that needs Θ too holds its
+        own reference, as the isotropy operator does, and ``ntk`` recomputes it otherwise)."""
         if not self.symmetric:
             raise ConfigError("factors exist for the training-set kernels analytic_kernels(net, x_train) only")
         key = (layer, float(rcond))
@@ -545,6 +547,8 @@ class AnalyticKernels:
             what = "Θ (NTK)" if layer is None else f"Θ_{layer}"
             hint = singular_input_hint(self.network, 1 if layer is None else layer, self.n)
             self._factors[key] = spd_factor(mat, what, hint, rcond, symmetric=True)  # mirrored tiles
+            if layer is None:
+                self._ntk = None
         return self._factors[key]
 
     def full(self, matrix: np.ndarray) -> np.ndarray:
@@ -618,8 +622,9 @@ def spd_factor(mat: np.ndarray, what: str, hint: str = "", rcond: float = SPD_RC
     anorm = float(np.max(colsum))
     if not np.isfinite(anorm):
         raise ValueError("array must not contain infs or NaNs")
-    try:
-        cf = sla.cho_factor(mat, lower=True, overwrite_a=True, check_finite=False)
+    try:  # mat is symmetric: its transpose is the same matrix in Fortran order, which LAPACK factors
+        # in place (a C-ordered array would be copied by f2py on every LAPACK call: factor, dpocon, solves)
+        cf = sla.cho_factor(mat.T, lower=True, overwrite_a=True, check_finite=False)
     except (np.linalg.LinAlgError, sla.LinAlgError):
         raise NgdrefError(f"{what} on the training set is not positive definite{hint}") from None
     rc, info = sla.lapack.dpocon(cf[0], anorm, uplo="L")
@@ -645,8 +650,8 @@ def _symmetric_part(mat: np.ndarray) -> np.ndarray:
 
 
 def right_solve(cross: np.ndarray, cf) -> np.ndarray:
-    """cross · K⁻¹ for SPD K given its Cholesky factor (K symmetric: (K⁻¹ crossᵀ)ᵀ)."""
-    return sla.cho_solve(cf, cross.T).T
+    """cross · K⁻¹ for SPD K given its Cholesky factor (K symmetric: (K⁻¹ crossᵀ)ᵀ); one new array."""
+    return sla.cho_solve(cf, cross.T, check_finite=False).T
 
 
 def check_pair(cross: AnalyticKernels, train: AnalyticKernels) -> None:
@@ -679,22 +684,25 @@ def layer_projections(cross: AnalyticKernels, train: AnalyticKernels, rcond: flo
     return [right_solve(cross.layer_ntks[l - 1], train.factor(l, rcond)) for l in layers]
 
 
-def kernel_inverse_operator(terms, n: int) -> LinearOperator:
-    """v ↦ Σ_k w_k K_k (K_k⁻¹ v) for ``terms`` = [(w_k, K_k, Cholesky factor of K_k)], as a SciPy
-    ``LinearOperator`` (N×N): the training-set Θ̄(x, x) = Σ_l w_l Θ_l Θ_l⁻¹ of exact NGD (one term,
-    Eq. 13) and layer-wise NGD (Eq. 16) applied to k vectors at O(N²k), without forming it (a 2N³
-    triangular solve). Θ̄(x, x) = αI in exact arithmetic; what this operator returns differs from αv
-    by the rounding of the factorisation and solves, which is what an isotropy check should see."""
+def kernel_inverse_operator(terms, shape) -> LinearOperator:
+    """v ↦ Σ_k w_k K′_k (K_k⁻¹ v) for ``terms`` = [(w_k, K′_k, Cholesky factor of K_k)], as a SciPy
+    ``LinearOperator`` of ``shape`` (N′, N) (an int N: N×N). With K′_k = K_k: the training-set
+    Θ̄(x, x) = Σ_l w_l Θ_l Θ_l⁻¹ of exact NGD (one term, Eq. 13) and layer-wise NGD (Eq. 16) applied to
+    k vectors at O(N²k), without forming it (a 2N³ triangular solve); Θ̄(x, x) = αI in exact arithmetic,
+    and what this operator returns differs from αv by the rounding of the factorisation and solves,
+    which is what an isotropy check should see. With K′ = Θ(x′, x): exact NGD's Θ̄(x′, x) applied to the
+    few residuals of a prediction (Eq. 14) at O(N² + N′N) each instead of the 2N²N′ solve that forms it."""
     terms = list(terms)
+    shape = (shape, shape) if isinstance(shape, int) else tuple(shape)
 
     def matmat(v):
         v = np.asarray(v, dtype=np.float64)
-        out = np.zeros(v.shape)
+        out = np.zeros((shape[0],) + v.shape[1:])
         for w, mat, cf in terms:
             out += w * (mat @ sla.cho_solve(cf, v, check_finite=False))
         return out
 
-    return LinearOperator((n, n), matvec=matmat, matmat=matmat, dtype=np.float64)
+    return LinearOperator(shape, matvec=matmat, matmat=matmat, dtype=np.float64)
 
 
 def predict(theta_bar_test, alpha: float, y, f0_train=None, f0_test=None) -> np.ndarray:

@@ -5,8 +5,11 @@ backends); the analytic kernels and their operators are host NumPy by design (te
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
+from scipy.sparse.linalg import LinearOperator
 
 from ngdref import Network
 from ngdref.backend import to_device
@@ -89,7 +92,9 @@ def _kernels(net, ds):
 
 
 def _assert_reg(reg, twin, rtol=1e-10):
-    np.testing.assert_allclose(reg, twin, rtol=0, atol=rtol * np.max(np.abs(twin)))
+    """``reg`` (an array, or exact NGD's operator r ↦ Θ(x′, x)(Θ⁻¹r), applied to I) against its twin."""
+    dense = reg @ np.eye(twin.shape[1])
+    np.testing.assert_allclose(dense, twin, rtol=0, atol=rtol * np.max(np.abs(twin)))
 
 
 def test_predictor_isotropic_and_not():
@@ -117,6 +122,44 @@ def test_predictor_isotropic_and_not():
     _assert_reg(kf["reg"], np.linalg.solve(fim.analytic_theta_bar(train, train).T,
                                            fim.analytic_theta_bar(cross, train).T).T, 1e-9)
     assert "reg" not in pred.info()["exact"]
+    assert isinstance(pred.methods["exact"]["reg"], LinearOperator)  # no 2N²N′ solve for exact NGD
+    y = np.asarray(ds.y_train)
+    np.testing.assert_allclose(pred.methods["exact"]["reg"] @ y, twins["exact"] @ y, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("fail_first", [False, True])
+def test_f0_covariance_factor(monkeypatch, fail_first):
+    """The blocks of f_0's joint covariance factor, [[L₁₁, 0], [L₂₁, L₂₂]], multiply back to the analytic
+    covariance σ_w²A_{L−1} + σ_b² (+ jitter on the diagonal), L₁₁ lower triangular although it overwrote
+    K(x, x) in place; ``fail_first``: the first factorisation overwrites K and then fails, and the retry
+    (10× the jitter) must rebuild K from the triangle the factorisation left alone."""
+    import ngdref.experiments.prediction as prediction
+
+    real, calls = prediction.sla.cho_factor, []
+
+    def flaky(a, **kw):
+        out = real(a, **kw)
+        if sys._getframe(1).f_globals["__name__"] != prediction.__name__:
+            return out  # Θ's factor (ngdref.kernels)
+        calls.append(1)
+        if fail_first and len(calls) == 1:
+            raise np.linalg.LinAlgError("forced")
+        return out
+
+    monkeypatch.setattr(prediction.sla, "cho_factor", flaky)
+    net = Network.build(6, 16, 3, 1, "relu", sigma_w2=2.0, sigma_b2=0.2)
+    ds = load_dataset("gaussian", (0, 1), 9, 4, seed=2, input_dim=6)
+    pred = AnalyticPredictor(net, ds, ["exact"])
+    x = np.vstack([ds.x_train, ds.x_test])
+    k = analytic_kernels(net, x).feature_gram(3)
+    scale = float(np.mean(np.diag(k)))
+    assert pred.jitter == pytest.approx(scale * (1e-11 if fail_first else 1e-12), rel=1e-12)
+    assert len(calls) == (2 if fail_first else 1) and "error" not in pred.methods["exact"]
+    l11, l21, l22 = pred.l11, pred.l21, pred.l22
+    assert np.array_equal(l11, np.tril(l11)) and np.array_equal(l22, np.tril(l22))
+    n = 9
+    full = np.block([[l11, np.zeros((n, 4))], [l21, l22]])
+    np.testing.assert_allclose(full @ full.T, k + pred.jitter * np.eye(n + 4), rtol=0, atol=1e-12 * scale)
 
 
 def test_predictor_non_isotropic_branch(monkeypatch):

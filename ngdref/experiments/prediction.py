@@ -64,6 +64,33 @@ def isotropy_deviation(theta_bar_train, alpha: float, probes: int = ISOTROPY_PRO
     return to_float(xp.max(xp.abs(tv / alpha - v))) / float(np.max(np.abs(v_host)))
 
 
+def _tile_pairs(n: int, step: int = 1024):
+    for i in range(0, n, step):
+        for j in range(0, i + 1, step):
+            yield slice(i, min(n, i + step)), slice(j, min(n, j + step)), i == j
+
+
+def _lower_from_upper(mat: np.ndarray) -> None:
+    """Strictly lower triangle ← transposed strictly upper one, in place, a tile at a time."""
+    for ii, jj, diagonal in _tile_pairs(mat.shape[0]):
+        if diagonal:
+            tile = mat[ii, ii]
+            low = np.tril_indices(tile.shape[0], -1)
+            tile[low] = tile.T[low]
+        else:
+            mat[ii, jj] = mat[jj, ii].T
+
+
+def _zero_upper(mat: np.ndarray) -> None:
+    """Strictly upper triangle ← 0, in place, a tile at a time."""
+    for ii, jj, diagonal in _tile_pairs(mat.shape[0]):
+        if diagonal:
+            tile = mat[ii, ii]
+            tile[np.triu_indices(tile.shape[0], 1)] = 0.0
+        else:
+            mat[jj, ii] = 0.0
+
+
 def _jittered(k: np.ndarray, jitter: float) -> np.ndarray:
     out = k.copy()
     out.flat[:: k.shape[0] + 1] += jitter
@@ -74,11 +101,14 @@ class AnalyticPredictor:
     """Seed-independent part of the analytic predictions: one regression matrix per approximation
     and the Cholesky factor of the joint train/test covariance of f_0.
 
-    Memory (N training, N′ test samples): the kernels are computed a block of rows at a time
+    Memory (N training, N′ test samples): the kernels are computed a tile at a time
     (:class:`ngdref.kernels.AnalyticKernels`) and released once the regression matrices are built;
-    each approximation keeps its N′×N regression matrix; the joint covariance of f_0 is factored by
-    blocks, [[L₁₁, 0], [L₂₁, L₂₂]] with L₁₁L₁₁ᵀ = K(x, x), L₂₁ = K(x′, x)L₁₁⁻ᵀ and
-    L₂₂L₂₂ᵀ = K(x′, x′) − L₂₁L₂₁ᵀ (each with the jitter), never as one (N + N′)² array."""
+    each approximation keeps its N′×N regression matrix, exact NGD instead Θ's Cholesky factor and
+    Θ(x′, x) (``reg`` is then the operator r ↦ Θ(x′, x)(Θ⁻¹r): O(N²) per draw of f_0 instead of the
+    2N²N′ solve that forms Θ(x′, x)Θ⁻¹); the joint covariance of f_0 is factored by blocks,
+    [[L₁₁, 0], [L₂₁, L₂₂]] with L₁₁L₁₁ᵀ = K(x, x), L₂₁ = K(x′, x)L₁₁⁻ᵀ and L₂₂L₂₂ᵀ = K(x′, x′) − L₂₁L₂₁ᵀ
+    (each with the jitter), never as one (N + N′)² array, and L₁₁ overwrites K(x, x) (the last
+    layer's feature Gram, kept by the pass that computed Θ: no pass of its own)."""
 
     def __init__(self, network: Network, dataset: Dataset, fim_names, fim_options: dict | None = None):
         self.network, self.dataset = network, dataset
@@ -96,8 +126,13 @@ class AnalyticPredictor:
                 tb_train = fim.analytic_theta_bar_train(train)  # an array, or an operator (exact, layer-wise)
                 dev = None if alpha is None else isotropy_deviation(tb_train, alpha)
                 if alpha is not None and dev < ISOTROPY_TOL:
-                    del tb_train  # not needed: α⁻¹ Θ̄(x′, x)
-                    reg, formula = fim.analytic_theta_bar(cross, train) / alpha, "α⁻¹ Θ̄(x′,x) (isotropic, Section 4.4)"
+                    del tb_train  # not needed (for exact NGD this frees Θ(x, x): its factor is kept)
+                    # an array, or an operator (exact NGD: Θ(x′, x)(Θ⁻¹r), applied per draw of f_0)
+                    reg, formula = fim.analytic_theta_bar_operator(cross, train), "α⁻¹ Θ̄(x′,x) (isotropic, Section 4.4)"
+                    if isinstance(reg, LinearOperator):
+                        reg = reg / alpha
+                    else:
+                        reg /= alpha
                 else:
                     if isinstance(tb_train, LinearOperator):  # the solve needs Θ̄(x, x) itself
                         tb_train = fim.analytic_theta_bar(train, train)
@@ -115,16 +150,23 @@ class AnalyticPredictor:
         scale = float(np.mean(np.concatenate([np.diag(k_train), np.diag(k_test)])))
         self.l11 = self.l21 = self.l22 = None
         self.jitter = 0.0
+        diag = np.diag(k_train).copy()
         for exponent in range(-12, -3):
             self.jitter = scale * 10.0**exponent
+            # K(x, x) + jitter·I factored in place, as its transpose (the same symmetric matrix in the
+            # Fortran order LAPACK works in): the strict upper triangle keeps K for a retry
+            if exponent > -12:
+                _lower_from_upper(k_train.T)
+            k_train.flat[:: n + 1] = diag + self.jitter
             try:
-                l11 = sla.cholesky(_jittered(k_train, self.jitter), lower=True, overwrite_a=True, check_finite=False)
+                l11 = sla.cho_factor(k_train.T, lower=True, overwrite_a=True, check_finite=False)[0]
                 l21 = sla.solve_triangular(l11, k_cross.T, lower=True, check_finite=False).T  # K(x′, x) L₁₁⁻ᵀ
                 schur = _jittered(k_test, self.jitter)
                 schur -= l21 @ l21.T
                 l22 = sla.cholesky(schur, lower=True, overwrite_a=True, check_finite=False)
             except (np.linalg.LinAlgError, sla.LinAlgError):
                 continue
+            _zero_upper(l11)  # L₁₁ itself (scipy's cholesky returns it so)
             self.l11, self.l21, self.l22 = l11, l21, l22
             break
         if self.l11 is None:

@@ -192,3 +192,9 @@ class FisherApproximation(abc.ABC):
         (exact and layer-wise NGD: Σ_l w_l Θ_l(Θ_l⁻¹v) from the Cholesky factors, O(N²) per vector
         instead of a 2N³ solve). Default: :meth:`analytic_theta_bar` of the training set itself."""
         return self.analytic_theta_bar(train, train)
+
+    def analytic_theta_bar_operator(self, cross, train):
+        """The infinite-width Θ̄(x′, x) for applying to a few vectors (the predictions of Eq. 14): an
+        (N′, N) array, or a SciPy ``LinearOperator`` where the approximation applies it without forming
+        it (exact NGD: r ↦ Θ(x′, x)(Θ⁻¹r) from the factor of Θ). Default: :meth:`analytic_theta_bar`."""
+        return self.analytic_theta_bar(cross, train)
