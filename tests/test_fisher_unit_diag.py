@@ -249,11 +249,14 @@ def test_quasi_diagonal_direction_equals_its_map(widths, seed, n, backend):
         assert degenerate  # the ẑ_w branch is exercised
 
 
+@pytest.mark.parametrize("elements", [1, 48])
 @pytest.mark.parametrize("rho", [0.0, 1e-3])
-def test_quasi_diagonal_fused_blocks_match_oracle(rho, backend, monkeypatch):
-    """The fused, cache-blocked direction with one unit per block: blocks in Ollivier's closed form
-    (ẑ on the bias), blocks with a coupled degenerate weight (a unit alive on one sample, ρ = 0) that
-    take the pseudo-inverse pieces, dead units and a blank input — each against the oracle's G_qd⁺∇L."""
+def test_quasi_diagonal_fused_blocks_match_oracle(rho, elements, backend, monkeypatch):
+    """The fused, cache-blocked direction with one unit per block (``elements`` = 1) or a few (48 elements:
+    4–9 units, sub-blocks of 2): blocks in Ollivier's closed form (ẑ on the bias), blocks with a
+    coupled degenerate weight (a unit alive on one sample, ρ = 0) whose sub-blocks take the closed
+    form or the pseudo-inverse pieces, dead units and a blank input — against the oracle's G_qd⁺∇L,
+    and bit for bit the same on 1 and 3 threads."""
     import ngdref.fisher.diagonal as diagonal
 
     calls = {"closed": 0, "pieces": 0}
@@ -268,7 +271,8 @@ def test_quasi_diagonal_fused_blocks_match_oracle(rho, backend, monkeypatch):
         calls["pieces"] += 1
         return pieces(*args)
 
-    monkeypatch.setattr(diagonal, "_CACHE_BLOCK", 1)
+    monkeypatch.setattr(diagonal, "_CACHE_BLOCK", elements)
+    monkeypatch.setattr(diagonal, "_SUB_BLOCK", 2)
     monkeypatch.setattr(diagonal, "_quasi_block", counted_block)
     monkeypatch.setattr(diagonal, "_quasi_pieces", counted_pieces)
     net = Network((5, 10, 8, 1), "relu", 2.0, 0.5)
@@ -281,10 +285,13 @@ def test_quasi_diagonal_fused_blocks_match_oracle(rho, backend, monkeypatch):
     assert np.any(alive == 1) and np.any(alive == 0)  # degenerate and dead units
     orc = O.oracle("quasi-diag", net, net.init(2), x, rho)
     pb, xb, yb = net.init(2, backend), *_on(backend, x, y)
+    monkeypatch.setattr(diagonal, "THREADS", 1)
     got = to_host(net.flatten(QuasiDiagonalFisher(net, rho).direction(pb, xb, yb)))
     assert _rel(got, orc.direction(y)) < _tolerance(orc)
-    assert calls["closed"] >= 10  # at least one block per unit of the output and the first layer
+    assert calls["closed"] >= 3  # the output layer's block, and blocks (or sub-blocks) of the hidden layers
     assert (calls["pieces"] > 0) == (rho == 0.0)
+    monkeypatch.setattr(diagonal, "THREADS", 3)
+    assert np.array_equal(to_host(net.flatten(QuasiDiagonalFisher(net, rho).direction(pb, xb, yb))), got)
 
 
 @pytest.mark.parametrize("rho", [0.0, 1e-2])
