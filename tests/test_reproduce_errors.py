@@ -471,7 +471,7 @@ def test_reproduce_help_lists_figures_in_one_column_with_short_summaries():
 
 def test_sweep_memory_estimate_counts_parameters_and_signals_and_refuses_up_front(workdir, monkeypatch):
     """B5: the estimate of a cell is itemsize · (k·P + 3·(N + N′)·ΣM_l), P counted here by hand (fig3 quick,
-    M = 32: L = 3, M0 = 30, N = 20, σ_b² > 0: biases; k = 2 for an isotropy cell, 4 for a training cell); a sweep
+    M = 32: L = 3, M0 = 30, N = 20, σ_b² > 0: biases; k = 2 for isotropy and training cells: θ_0, θ_t); a sweep
     whose largest cell (times --jobs) is above NGDREF_MAX_BYTES is refused before any file, with the estimate."""
     from ngdref.experiments.figures.cells import cell_memory, check_sweep_memory
 
@@ -481,7 +481,7 @@ def test_sweep_memory_estimate_counts_parameters_and_signals_and_refuses_up_fron
     assert cell_memory(m32)[0] == 8 * (2 * p + 3 * 20 * (32 + 32 + 1))
     train = build_cells(figure_config("fig1a", quick=True))[0]  # M = 1024, M0 = 100, N + N' = 40, σ_b² = 0: no biases
     p1 = 100 * 1024 + 1024 * 1024 + 1024
-    assert cell_memory(train)[0] == 8 * (4 * p1 + 3 * 40 * (1024 + 1024 + 1))
+    assert cell_memory(train)[0] == 8 * (2 * p1 + 3 * 40 * (1024 + 1024 + 1))
     assert cell_memory(build_cells(figure_config("fig2", quick=True))[0]) == (0, "")  # analytic: no network
     one = check_sweep_memory("fig1a", [train])
     monkeypatch.setenv("NGDREF_MAX_BYTES", str(2 * one))

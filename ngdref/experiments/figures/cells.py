@@ -169,10 +169,12 @@ isotropy_cell.check_result = _check_isotropy_result
 
 # ---- memory: refuse a sweep whose largest cell would not fit, before its first cell -------------------
 #: ``func.param_arrays``: how many parameter-sized (P) arrays a cell function holds at once, at least —
-#: training: θ_0 (kept for Eq. 22's distance), θ_t, the direction Δθ and the gradient (4); an isotropy
-#: measurement: θ and one P-sized array (an entry-wise Fisher's diagonal, a direction) (2). A function
-#: without it builds no network of the sweep's width (Fig. 2's analytic kernels) and is not estimated.
-train_cell.param_arrays = 4
+#: training: θ_0 (kept for Eq. 22's distance) and θ_t (2: an approximation with a factored direction —
+#: gd, exact, bd, tridiag, layer, kfac, unit — applies it a block of rows at a time, ngdref.train.ngd_step;
+#: diag, quasi-diag and block add the direction Δθ); an isotropy measurement: θ and one P-sized array (an
+#: entry-wise Fisher's diagonal, a direction) (2). A function without it builds no network of the sweep's
+#: width (Fig. 2's analytic kernels) and is not estimated.
+train_cell.param_arrays = 2
 isotropy_cell.param_arrays = 2
 
 
