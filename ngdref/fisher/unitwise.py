@@ -49,6 +49,21 @@ which keeps every stack positive definite for one batched ``xp.linalg.solve`` pe
 (blocked into ≤ 64×64 LAPACK calls beyond that size, :func:`_spd_solve`). For ReLU
 (γ = 1/2) the per-unit systems shrink from N to about N/2 (1/8 of the flops of a padded N×N
 stack).
+
+Threads. On the NumPy backend each chunk is split into contiguous pieces of units that run side
+by side on a small thread pool (one thread per CPU the process may use, ``os.sched_getaffinity``;
+:data:`THREADS` overrides), with BLAS held at one thread inside (threadpoolctl): small stacked
+LAPACK calls are faster single-threaded, and NumPy's ``linalg`` gufuncs and ``matmul`` release the
+GIL. The chunks are those of the serial loop and every operation of a piece acts unit by unit, so
+the results are bit-identical for any thread count; the strict array-API backend and CuPy stay
+serial (:class:`_Pieces`). The N×N ``eigh`` of the shared eigenbasis runs on one BLAS thread too;
+K = a aᵀ and the shared units' GEMMs keep the configured BLAS pool (K's rounding reaches the
+damped output unit's direction through cond(K/N + ρI)).
+
+Shared eigenbasis. Damped units alive on every sample with e_i the same on every sample (ReLU's
+last hidden layer) need no factorisation: A_i = ε_iK/N + ρI = V diag(ε_iλ/N + ρ) Vᵀ with one
+``eigh`` of K per layer (:meth:`UnitWiseFisher._solve_shared`); for Θ̄(x′, x) their sum over units
+is one (C·N′, c) × (c, N²) GEMM per block of units (:meth:`UnitWiseFisher._cross_term_shared`).
 """
 
 from __future__ import annotations
