@@ -36,9 +36,7 @@ infinite-width Θ̄(x′, x) lives with the approximation
 from __future__ import annotations
 
 import math
-import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -52,6 +50,7 @@ from .activations import Activation
 from .errors import ConfigError, NgdrefError
 from .linalg import SPD_RCOND
 from .network import Network
+from .threads import Pool, workers
 
 __all__ = [
     "AnalyticKernels",
@@ -312,16 +311,6 @@ def _relu_both(v1, v2, c):
     return s, theta_pi
 
 
-def _pipeline_workers() -> int:
-    """Threads of the kernel pipeline: as many as the BLAS pool has (threadpoolctl), so a sweep that pins
-    BLAS to one thread per cell (:func:`ngdref.experiments.sweep.pinned_threads`) gets one here too. Each
-    tile is computed by one thread from its own inputs, so the result does not depend on the count."""
-    from threadpoolctl import threadpool_info
-
-    counts = [int(i.get("num_threads") or 1) for i in threadpool_info() if i.get("user_api") == "blas"]
-    return max(1, min(max(counts, default=1), os.cpu_count() or 1))
-
-
 @dataclass
 class AnalyticKernels:
     """Infinite-width kernels between ``x1`` (x′, N′ rows) and ``x2`` (x, N rows), C = 1 blocks.
@@ -336,7 +325,7 @@ class AnalyticKernels:
     thread) and each list only when first used: ``ntk`` alone (exact NGD) and each ``feature_gram``
     hold one N′×N array, ``layer_ntks`` L (layer-wise NGD), ``A`` L, ``Xi`` and ``B`` L − 1 each
     (K-FAC). Each first use is one pass over the tiles, on as many threads as the BLAS pool has
-    (:func:`_pipeline_workers`); at x′ = x only the tiles on and below the diagonal are computed and
+    (:func:`ngdref.threads.workers`); at x′ = x only the tiles on and below the diagonal are computed and
     mirrored (the kernels are symmetric: half the work), the diagonal tiles symmetrised.
     ``keep_grams``: layers l whose feature Gram Ã_{l−1} (:meth:`feature_gram`) the first pass through
     layer l also stores, since it computes A_{l−1} on the way (the prediction's f_0 covariance comes
@@ -468,14 +457,10 @@ class AnalyticKernels:
                     full[c0:c1, r0:r1] = blk.T
 
         tiles = list(self._tiles())
-        workers = min(_pipeline_workers(), len(tiles))
-        if workers <= 1:
-            for tile in tiles:
-                work(tile)
-        else:
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                for _ in pool.map(work, tiles):
-                    pass
+        # as many threads as the BLAS pool may use (a sweep pinned to one thread per cell gets one);
+        # the GEMMs go one at a time on the BLAS pool's own threads (``lock``), not at one thread
+        with Pool(min(workers(), len(tiles)), "ngdref-kernel") as pool:
+            pool.map(work, tiles)
         self._grams.update(grams)
         return out
 

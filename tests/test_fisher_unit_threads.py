@@ -1,7 +1,7 @@
 """Unit-wise FIM: the per-unit solves run on a thread pool (NumPy backend) and give the same bits
 whatever the number of threads; the other backends stay serial.
 
-The reference is the same code with one thread (``unitwise.THREADS = 1``): every chunk is split
+The reference is the same code with one thread (``ngdref.threads.THREADS = 1``): every chunk is split
 into contiguous pieces of units solved side by side, and each operation acts unit by unit, so the
 results must be *identical*, not merely close (the oracle tests of test_fisher_unit_diag.py check
 the values themselves). N > 64 so that some compacted systems take the blocked solve.
@@ -16,7 +16,7 @@ import pytest
 
 from ngdref import Network, get_backend, to_device, to_host
 from ngdref.fisher import UnitWiseFisher
-from ngdref.fisher import unitwise
+from ngdref import threads
 
 from .conftest import unit_rows
 
@@ -31,8 +31,8 @@ CASES = [
 ]
 
 
-def _run(widths, act, rho, threads, monkeypatch, n=80, n_test=30):
-    monkeypatch.setattr(unitwise, "THREADS", threads)
+def _run(widths, act, rho, n_threads, monkeypatch, n=80, n_test=30):
+    monkeypatch.setattr(threads, "THREADS", n_threads)
     rng = np.random.default_rng(3)
     net = Network(widths, act, 2.0, 0.5)
     be = get_backend("numpy")
@@ -59,30 +59,9 @@ def test_unit_wise_results_do_not_depend_on_the_thread_count(widths, act, rho, m
     one = _run(widths, act, rho, 1, monkeypatch)
     assert not any(name.startswith("ngdref-unit") for name in names)
     names.clear()
-    for threads in (2, 3):
-        many = _run(widths, act, rho, threads, monkeypatch)
+    for n_threads in (2, 3):
+        many = _run(widths, act, rho, n_threads, monkeypatch)
         assert len(many) == len(one)
         for a, b in zip(one, many):
             assert np.array_equal(a, b)  # bit for bit
     assert any(name.startswith("ngdref-unit") for name in names)  # the pieces did run on the pool
-
-
-@pytest.mark.parametrize("name,workers", [("numpy", 3), ("strict", 1)])
-def test_unit_wise_pool_only_on_numpy(name, workers, monkeypatch):
-    monkeypatch.setattr(unitwise, "THREADS", 3)
-    pieces, _ = unitwise._Pieces.open(get_backend(name))
-    assert pieces.workers == workers
-    with pieces:
-        got = pieces.run(lambda lo, hi: np.arange(lo, hi), 10)
-    assert np.array_equal(got, np.arange(10))
-
-
-def test_unit_wise_pool_splits_into_contiguous_pieces(monkeypatch):
-    monkeypatch.setattr(unitwise, "THREADS", 4)
-    calls = []
-    pieces, _ = unitwise._Pieces.open(get_backend("numpy"))
-    with pieces:
-        got = pieces.run(lambda lo, hi: calls.append((lo, hi)) or np.arange(lo, hi), 10)
-        whole = pieces.run(lambda lo, hi: np.arange(lo, hi), 3, split=False)
-    assert sorted(calls) == [(0, 2), (2, 5), (5, 7), (7, 10)]
-    assert np.array_equal(got, np.arange(10)) and np.array_equal(whole, np.arange(3))

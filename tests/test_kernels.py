@@ -626,6 +626,7 @@ def test_tiled_threaded_kernels_match_one_tile(monkeypatch, workers, act, rng):
     symmetric; the cross kernels from every tile; a Gram kept by the Θ pass (keep_grams) is the one
     feature_gram computes on its own."""
     import ngdref.kernels as kern
+    from ngdref import threads
 
     net = Network.build(6, 8, 3, 1, act, sigma_w2=2.0, sigma_b2=0.3)
     x, xt = unit_rows(rng, 11, 6), unit_rows(rng, 7, 6)
@@ -644,7 +645,7 @@ def test_tiled_threaded_kernels_match_one_tile(monkeypatch, workers, act, rng):
 
     one = everything()  # 11 < _TILE: one tile, as before tiling
     monkeypatch.setattr(kern, "_TILE", 4)
-    monkeypatch.setattr(kern, "_pipeline_workers", lambda: workers)
+    monkeypatch.setattr(threads, "THREADS", workers)
     tiled = everything()
     for key, ref in one.items():
         np.testing.assert_allclose(tiled[key], ref, rtol=1e-13, atol=1e-16, err_msg=key)

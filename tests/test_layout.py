@@ -90,7 +90,8 @@ def test_experiments_import_graph_is_acyclic():
 LAYERS = [
     ("ngdref.errors",),
     ("ngdref.backend", "ngdref.memory"),
-    ("ngdref.activations", "ngdref.linalg", "ngdref.data", "ngdref.diagnostics", "ngdref.dynamics", "ngdref.losses"),
+    ("ngdref.activations", "ngdref.linalg", "ngdref.data", "ngdref.diagnostics", "ngdref.dynamics", "ngdref.losses",
+     "ngdref.threads"),
     ("ngdref.network",),
     ("ngdref.jacobian",),
     ("ngdref.ntk", "ngdref.kernels"),

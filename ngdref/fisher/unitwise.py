@@ -51,12 +51,12 @@ which keeps every stack positive definite for one batched ``xp.linalg.solve`` pe
 stack).
 
 Threads. On the NumPy backend each chunk is split into contiguous pieces of units that run side
-by side on a small thread pool (one thread per CPU the process may use, ``os.sched_getaffinity``;
-:data:`THREADS` overrides), with BLAS held at one thread inside (threadpoolctl): small stacked
-LAPACK calls are faster single-threaded, and NumPy's ``linalg`` gufuncs and ``matmul`` release the
-GIL. The chunks are those of the serial loop and every operation of a piece acts unit by unit, so
-the results are bit-identical for any thread count; the strict array-API backend and CuPy stay
-serial (:class:`_Pieces`). The N×N ``eigh`` of the shared eigenbasis runs on one BLAS thread too;
+by side on a small thread pool (:class:`ngdref.threads.Pool`: as many threads as the BLAS pool may
+use, at most the CPUs; ``ngdref.threads.THREADS`` overrides), with BLAS held at one thread inside
+(threadpoolctl): small stacked LAPACK calls are faster single-threaded, and NumPy's ``linalg``
+gufuncs and ``matmul`` release the GIL. The chunks are those of the serial loop and every operation
+of a piece acts unit by unit, so the results are bit-identical for any thread count; the strict
+array-API backend and CuPy stay serial. The N×N ``eigh`` of the shared eigenbasis runs on one BLAS thread too;
 K = a aᵀ and the shared units' GEMMs keep the configured BLAS pool (K's rounding reaches the
 damped output unit's direction through cond(K/N + ρI)).
 
@@ -68,10 +68,7 @@ is one (C·N′, c) × (c, N²) GEMM per block of units (:meth:`UnitWiseFisher._
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -80,6 +77,7 @@ from ..backend import as_float64, backend_of, dtype_name_of, namespace_of, to_de
 from ..errors import ConfigError, NgdrefError
 from ..kernels import check_pair, layer_gammas, order_parameters
 from ..linalg import default_rtol, psd_pinv, symmetrize
+from ..threads import Pool, blas_context
 from . import cost
 from .base import FisherApproximation, factor_product
 from .spec import FisherSpec, register
@@ -243,7 +241,7 @@ class UnitWiseFisher(FisherApproximation):
         # K on the BLAS pool as configured: its rounding reaches the damped output unit's direction through
         # cond(K/N + ρI) (on one thread instead: 2e-11 of Δθ_L, 8e-10 of max|f − f_lin| at M = 4096)
         kernel = a64 @ _row_major(a64.T)  # K = a aᵀ; OpenBLAS's A·Bᵀ is 10–50× slower here at fan ≈ 785
-        with _Pieces.open(backend_of(a))[1]:  # one BLAS thread for an N×N eigvalsh (see _Pieces)
+        with blas_context(a):  # one BLAS thread for an N×N eigvalsh (ngdref.threads)
             mode = self._kernel_mode(kernel)
         alive = e > 0.0
         return _Layer(layer, mode, a, a64, d, e, alive, kernel, np.asarray(to_host(alive), dtype=bool))
@@ -283,7 +281,7 @@ class UnitWiseFisher(FisherApproximation):
             lay.padded("kernel")
         if via_dead.any():
             lay.padded("inverse")
-        pool, blas = _Pieces.open(backend)
+        pool, blas = Pool.open(backend, "ngdref-unit"), (lambda: blas_context(backend))
         with pool:
             self._solve_chunks(lay, rhs, consume, n_rhs, via_dead, shared, size, order_idx, budget, backend, pool, blas)
         # the shared units last: their GEMMs may use every BLAS thread, and OpenBLAS's idle threads spin for a
@@ -291,14 +289,14 @@ class UnitWiseFisher(FisherApproximation):
         if basis is not None:
             ids, lam, vec = np.nonzero(shared)[0], basis[1], basis[2]
             if shared_term is None:
-                with blas:  # small GEMMs (q = 1 in the steps)
+                with blas():  # small GEMMs (q = 1 in the steps)
                     self._solve_shared(lay, rhs, consume, n_rhs, ids, lam, vec)
             else:
                 shared_term(ids, lam, vec)
 
     def _solve_chunks(self, lay, rhs, consume, n_rhs, via_dead, shared, size, order_idx, budget, backend, pool, blas):
         """The chunk loop of :meth:`_solve_units`: chunks are made exactly as with one thread; each is
-        split into contiguous pieces of units solved side by side (:class:`_Pieces`), then consumed whole."""
+        split into contiguous pieces of units solved side by side (:class:`ngdref.threads.Pool`), then consumed whole."""
         n = lay.n
         for group in (False, True):
             ids = np.nonzero((via_dead == group) & (True if shared is None else ~shared))[0]
@@ -331,8 +329,8 @@ class UnitWiseFisher(FisherApproximation):
 
                 # the exact mode's dead group stays whole: its two (N, N) × (N, c·q) GEMMs are BLAS-threaded
                 # already, and a GEMM's rounding may depend on its column count
-                with blas:
-                    z = pool.run(piece, int(chunk.size), split=not group)
+                with blas():
+                    z = piece(0, int(chunk.size)) if group else pool.split(piece, int(chunk.size))
                 consume(units, z)
                 start = stop
 
@@ -344,7 +342,7 @@ class UnitWiseFisher(FisherApproximation):
         mask = np.asarray(to_host(xp.all(lay.e == lay.e[:, :1], axis=1)), dtype=bool) & lay.alive_host.all(axis=1)
         if not mask.any():
             return None
-        with _Pieces.open(backend_of(lay.a))[1]:  # one BLAS thread for an N×N eigh (see _Pieces)
+        with blas_context(lay.a):  # one BLAS thread for an N×N eigh (ngdref.threads)
             lam, vec = xp.linalg.eigh(symmetrize(lay.kernel))
         eps_max = to_float(xp.max(lay.e))
         if eps_max * max(0.0, -to_float(lam[0])) / lay.n > 0.5 * self.damping:
@@ -718,96 +716,6 @@ def _row_major(x):
     A reshape to 1-D copies in C order on every backend; the second reshape is a view."""
     xp = namespace_of(x)
     return xp.reshape(xp.reshape(x, (-1,)), x.shape)
-
-
-# ---- threads for the per-unit solves ---------------------------------------------------------------
-#: worker threads for the per-unit solves on the NumPy backend; ``None``: the CPUs this process may use
-#: (``os.sched_getaffinity``). Results do not depend on it (tests/test_fisher_unit_threads.py).
-THREADS: int | None = None
-
-_BLAS_CONTROLLER = None
-
-
-def _threads() -> int:
-    if THREADS is not None:
-        return max(1, int(THREADS))
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def _single_threaded_blas():
-    """threadpoolctl's BLAS limit of 1 thread (process-wide while it is entered)."""
-    global _BLAS_CONTROLLER
-    if _BLAS_CONTROLLER is None:
-        from threadpoolctl import ThreadpoolController
-
-        _BLAS_CONTROLLER = ThreadpoolController()
-    return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
-
-
-class _Pieces:
-    """Runs ``piece(lo, hi)`` over contiguous ranges of a chunk's units on a small thread pool and
-    concatenates the results along axis 0.
-
-    Why threads: the per-unit systems are small (p ≲ 100), where a threaded BLAS/LAPACK call is
-    slower than a single-threaded one (a stack of 2,000 SPD 64×64 systems: 0.086 s with OpenBLAS
-    at 2 threads, 0.059 s at 1), and NumPy's batched ``linalg`` gufuncs and ``matmul`` release the
-    GIL; so the pieces run side by side with BLAS held at one thread (:func:`_single_threaded_blas`,
-    entered around each chunk's solve only, so the GEMMs outside keep all threads).
-    Every operation of a piece acts unit by unit (gathers, elementwise products, LAPACK and GEMM
-    calls on each unit's own matrices), and the chunks are those of the serial loop, so a unit's
-    result does not depend on the number of threads; this is tested bit for bit.
-    NumPy backend only: the strict array-API backend is a conformance check of the calls, not a
-    place for speed, and CuPy queues its kernels asynchronously on one stream, where host threads
-    add nothing.
-    """
-
-    def __init__(self, workers: int):
-        self.workers = workers
-        self._pool = None
-
-    @classmethod
-    def open(cls, backend):
-        """(pieces, BLAS context) for ``backend``: threads and one BLAS thread on NumPy, serial elsewhere."""
-        if backend.name != "numpy":
-            return cls(1), contextlib.nullcontext()
-        return cls(_threads()), _OneBlasThread()
-
-    def __enter__(self):
-        if self.workers > 1:
-            self._pool = ThreadPoolExecutor(max_workers=self.workers - 1, thread_name_prefix="ngdref-unit")
-        return self
-
-    def __exit__(self, *exc):
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
-        return False
-
-    def run(self, piece, count: int, split: bool = True):
-        """``piece(0, count)``, or its pieces concatenated (the calling thread solves the first)."""
-        k = min(self.workers, count) if split and self._pool is not None else 1
-        if k <= 1:
-            return piece(0, count)
-        bounds = [count * j // k for j in range(k + 1)]
-        futures = [self._pool.submit(piece, bounds[j], bounds[j + 1]) for j in range(1, k)]
-        first = piece(bounds[0], bounds[1])
-        parts = [first] + [f.result() for f in futures]
-        return namespace_of(first).concat(parts, axis=0)
-
-
-class _OneBlasThread:
-    """Re-entrant use of :func:`_single_threaded_blas` (a fresh threadpoolctl limit per ``with``)."""
-
-    def __enter__(self):
-        self._limit = _single_threaded_blas()
-        return self
-
-    def __exit__(self, *exc):
-        self._limit.restore_original_limits()
-        return False
 
 
 # ---- batched solves ---------------------------------------------------------------------------

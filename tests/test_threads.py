@@ -1,0 +1,70 @@
+"""ngdref.threads: the pools of the per-unit solves, K-FAC's layer terms, the quasi-diagonal blocks and
+the analytic kernels' tiles — thread counts, order, splitting and the process-wide BLAS limit."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import scipy.linalg  # noqa: F401  loaded before any limit, as the sweep's pinned_threads does
+from threadpoolctl import threadpool_info, threadpool_limits
+
+from ngdref import get_backend, threads
+
+
+def _blas_threads() -> set:
+    return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+
+@pytest.mark.parametrize("name,count", [("numpy", 3), ("strict", 1)])
+def test_pool_threads_only_on_numpy(name, count, monkeypatch):
+    monkeypatch.setattr(threads, "THREADS", 3)
+    pool = threads.Pool.open(get_backend(name))
+    assert pool.threads == count
+    with pool:
+        got = pool.split(lambda lo, hi: np.arange(lo, hi), 10)
+    assert np.array_equal(got, np.arange(10))
+
+
+def test_pool_splits_into_contiguous_pieces_and_maps_in_order(monkeypatch):
+    monkeypatch.setattr(threads, "THREADS", 4)
+    calls, names = [], set()
+    with threads.Pool.open(np.zeros(1), "ngdref-test") as pool:
+        got = pool.split(lambda lo, hi: calls.append((lo, hi)) or np.arange(lo, hi), 10)
+        small = pool.split(lambda lo, hi: np.arange(lo, hi), 2)  # fewer rows than threads: one per row
+        mapped = pool.map(lambda i: names.add(threading.current_thread().name) or i * i, range(9))
+    assert sorted(calls) == [(0, 2), (2, 5), (5, 7), (7, 10)]
+    assert np.array_equal(got, np.arange(10)) and np.array_equal(small, np.arange(2))
+    assert mapped == [i * i for i in range(9)]
+    assert any(n.startswith("ngdref-test") for n in names)  # the pool's threads did work
+
+
+def test_workers_follow_the_blas_limit_and_the_override(monkeypatch):
+    monkeypatch.setattr(threads, "THREADS", None)
+    with threadpool_limits(limits=1, user_api="blas"):
+        assert threads.workers() == 1  # OPENBLAS_NUM_THREADS=1, --threads 1, a pinned sweep cell: serial
+    assert 1 <= threads.workers() <= threads.cpu_count()
+    monkeypatch.setattr(threads, "THREADS", 5)
+    assert threads.workers() == 5
+
+
+def test_one_blas_thread_nests_and_restores(monkeypatch):
+    before = _blas_threads()
+    with threads.one_blas_thread():
+        assert _blas_threads() == {1}
+        with threads.one_blas_thread():  # nested (a pool's piece inside another user's limit)
+            assert _blas_threads() == {1}
+        assert _blas_threads() == {1}  # the inner exit did not restore early
+        assert threads.workers() == 1 or threads.THREADS is not None
+    assert _blas_threads() == before
+
+
+def test_map_on_threads_holds_blas_at_one_thread_and_is_serial_elsewhere(monkeypatch):
+    monkeypatch.setattr(threads, "THREADS", 2)
+    seen = threads.map_on_threads(lambda i: (_blas_threads(), threading.current_thread().name), range(4),
+                                  np.zeros(1), "ngdref-map")
+    assert all(b == {1} for b, _ in seen)
+    assert any(n.startswith("ngdref-map") for _, n in seen)  # two threads: the pool's worked too
+    strict = threads.map_on_threads(lambda i: threading.current_thread().name, range(4), get_backend("strict"))
+    assert set(strict) == {threading.current_thread().name}
