@@ -141,7 +141,7 @@ def test_kfac_single_sample_is_block_diagonal(backend):
 def test_kfac_theta_bar_does_not_depend_on_threads(bias, rho, monkeypatch):
     """K-FAC's Θ̄ computes its layers' terms on a thread pool (NumPy, BLAS at one thread): the same
     values for 1, 2 and 3 threads (bit for bit), and the oracle's (C = 2: tiled output blocks)."""
-    import ngdref.fisher.kfac as kfac
+    import ngdref.threads as ngdref_threads
 
     net, p, x, xt, y = _setup((7, 9, 8, 2), "tanh", 0.3, n=5)
     fim = get_fisher("kfac", net, rho, bias=bias)
@@ -149,7 +149,7 @@ def test_kfac_theta_bar_does_not_depend_on_threads(bias, rho, monkeypatch):
     s, st = net.signals(p, x), net.signals(p, xt)
     runs = []
     for threads in (1, 2, 3):
-        monkeypatch.setattr(kfac, "THREADS", threads)
+        monkeypatch.setattr(ngdref_threads, "THREADS", threads)
         runs.append((to_host(theta_bar(fim, s)), to_host(theta_bar(fim, s, st))))
     for train, test in runs[1:]:
         assert np.array_equal(train, runs[0][0]) and np.array_equal(test, runs[0][1])

@@ -258,6 +258,7 @@ def test_quasi_diagonal_fused_blocks_match_oracle(rho, elements, backend, monkey
     form or the pseudo-inverse pieces, dead units and a blank input — against the oracle's G_qd⁺∇L,
     and bit for bit the same on 1 and 3 threads."""
     import ngdref.fisher.diagonal as diagonal
+    import ngdref.threads as ngdref_threads
 
     calls = {"closed": 0, "pieces": 0}
     block, pieces = diagonal._quasi_block, diagonal._quasi_pieces
@@ -285,12 +286,12 @@ def test_quasi_diagonal_fused_blocks_match_oracle(rho, elements, backend, monkey
     assert np.any(alive == 1) and np.any(alive == 0)  # degenerate and dead units
     orc = O.oracle("quasi-diag", net, net.init(2), x, rho)
     pb, xb, yb = net.init(2, backend), *_on(backend, x, y)
-    monkeypatch.setattr(diagonal, "THREADS", 1)
+    monkeypatch.setattr(ngdref_threads, "THREADS", 1)
     got = to_host(net.flatten(QuasiDiagonalFisher(net, rho).direction(pb, xb, yb)))
     assert _rel(got, orc.direction(y)) < _tolerance(orc)
     assert calls["closed"] >= 3  # the output layer's block, and blocks (or sub-blocks) of the hidden layers
     assert (calls["pieces"] > 0) == (rho == 0.0)
-    monkeypatch.setattr(diagonal, "THREADS", 3)
+    monkeypatch.setattr(ngdref_threads, "THREADS", 3)
     assert np.array_equal(to_host(net.flatten(QuasiDiagonalFisher(net, rho).direction(pb, xb, yb))), got)
 
 

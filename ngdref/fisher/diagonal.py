@@ -96,13 +96,11 @@ peak extra memory stays about 2× the parameters.
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 
 from ..backend import backend_of, dtype_name_of, namespace_of, to_device, to_float, to_host
 from ..linalg import eps, sum_of_squares_floor
+from ..threads import map_on_threads
 from . import cost
 from .base import FisherApproximation
 from .spec import FisherSpec, register
@@ -413,7 +411,9 @@ class QuasiDiagonalFisher(DiagonalFisher):
                         g[sub, :] = gs  # a no-op where ``gs`` is a view updated in place (NumPy, CuPy)
                 result[blk, :] = g
 
-            _on_threads(block, range(0, m_out, rows), v)
+            # blocks side by side (NumPy: a thread per CPU, BLAS at one thread; NumPy's element-wise passes
+            # are single-threaded): each writes its own rows, so the result does not depend on the count
+            map_on_threads(block, range(0, m_out, rows), v, "ngdref-qdiag")
             out.append(result)
         return out
 
@@ -506,43 +506,6 @@ _CACHE_BLOCK = 1 << 18
 #: units per sub-block where a block needs the pseudo-inverse pieces (ReLU at ρ = 0 and N = 100:
 #: ≈ 1 % of the units are alive on a single sample, in a third of the 64-unit blocks)
 _SUB_BLOCK = 8
-
-
-#: worker threads for the blocks of the fused quasi-diagonal step on the NumPy backend; ``None``: the
-#: CPUs this process may use. The result does not depend on it (tests/test_fisher_unit_diag.py).
-THREADS: int | None = None
-
-_BLAS_CONTROLLER = None
-
-
-def _on_threads(work, items, like) -> None:
-    """work(i) for every i of ``items`` (blocks writing disjoint rows of one result). On the NumPy
-    backend on min(len(items), CPUs) threads with BLAS held at one thread (threadpoolctl, process-wide
-    while they run): the element-wise passes of a block are single-threaded in NumPy and release the
-    GIL, as do its GEMMs, so blocks side by side use every core for both. Serially elsewhere (the
-    strict backend is a conformance check; CuPy queues its kernels on one stream). Each block is
-    computed by one thread from its own inputs: the result does not depend on the thread count."""
-    global _BLAS_CONTROLLER
-    items = list(items)
-    threads = THREADS
-    if threads is None:
-        try:
-            threads = len(os.sched_getaffinity(0))
-        except AttributeError:  # not on Linux
-            threads = os.cpu_count() or 1
-    workers = max(1, min(int(threads), len(items)))
-    if backend_of(like).name != "numpy" or workers == 1:
-        for i in items:
-            work(i)
-        return
-    if _BLAS_CONTROLLER is None:
-        from threadpoolctl import ThreadpoolController
-
-        _BLAS_CONTROLLER = ThreadpoolController()
-    with _BLAS_CONTROLLER.limit(limits=1, user_api="blas"):
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ngdref-qdiag") as pool:
-            for _ in pool.map(work, items):
-                pass
 
 
 def _quasi_block(xp, f, cpl, g, damping: float, cut: float, pair_rtol: float) -> bool:

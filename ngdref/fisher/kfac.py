@@ -40,16 +40,15 @@ the natural generalisation and no isotropy is claimed (α = None).
 from __future__ import annotations
 
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from scipy import linalg as sla
 
-from ..backend import LINALG_ERRORS, backend_of, namespace_of
+from ..backend import LINALG_ERRORS, namespace_of
 from ..errors import ConfigError, NgdrefError
 from ..kernels import check_pair, right_solve, spd_factor
 from ..linalg import damped_inverse
+from ..threads import map_on_threads
 from . import cost
 from .base import FisherApproximation, factor_product
 from .spec import FisherOption, FisherSpec, register
@@ -143,42 +142,6 @@ def _gram_inverse_right(x, q, dual, c: float, rho: float):
         out /= rho
         return out
     return (c * ((xq @ dual) @ dual)) @ q
-
-
-#: worker threads for K-FAC's per-layer Θ̄ terms on the NumPy backend; ``None``: the CPUs this process
-#: may use (``os.sched_getaffinity``). The result does not depend on it (tests/test_fisher.py).
-THREADS: int | None = None
-
-_BLAS_CONTROLLER = None
-
-
-def _layers_on_threads(term, depth: int, like) -> list:
-    """[term(1), …, term(depth)]: on the NumPy backend computed on min(depth, threads) threads with BLAS
-    held at one thread (threadpoolctl, process-wide while the pool runs; NumPy's matmul and LAPACK
-    release the GIL); serially elsewhere (the strict backend is a conformance check, CuPy queues its
-    kernels on one stream). Each term is computed by one thread from its own inputs, so the list does
-    not depend on the number of threads."""
-    global _BLAS_CONTROLLER
-    layers = range(1, depth + 1)
-    if backend_of(like).name != "numpy":
-        return [term(l) for l in layers]
-    if THREADS is not None:
-        threads = max(1, int(THREADS))
-    else:
-        try:
-            threads = len(os.sched_getaffinity(0))
-        except AttributeError:  # not on Linux
-            threads = os.cpu_count() or 1
-    if _BLAS_CONTROLLER is None:
-        from threadpoolctl import ThreadpoolController
-
-        _BLAS_CONTROLLER = ThreadpoolController()
-    with _BLAS_CONTROLLER.limit(limits=1, user_api="blas"):
-        workers = max(1, min(threads, depth))
-        if workers == 1:
-            return [term(l) for l in layers]
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ngdref-kfac") as pool:
-            return list(pool.map(term, layers))
 
 
 def _kfac_layer_flops(s: cost.Shape, l: int, with_left: bool) -> float:
@@ -445,8 +408,8 @@ class KFAC(FisherApproximation):
         LAPACK calls, which run faster on one BLAS thread than on several (and far slower when a
         neighbour keeps the other cores busy: OpenBLAS's threads spin). On the NumPy backend the
         layers' terms are therefore computed side by side on a small thread pool with BLAS held at
-        one thread (:func:`_layers_on_threads`); the terms are summed in layer order, so the result
-        does not depend on the number of threads."""
+        one thread (:func:`ngdref.threads.map_on_threads`); the terms are summed in layer order, so the
+        result does not depend on the number of threads."""
         sp = signals if signals_prime is None else signals_prime
         xp = namespace_of(signals.f)
         c, n = signals.f.shape[1], signals.n
@@ -468,7 +431,7 @@ class KFAC(FisherApproximation):
             return term
 
         total = None
-        for term in _layers_on_threads(layer_term, self.network.depth, signals.f):
+        for term in map_on_threads(layer_term, range(1, self.network.depth + 1), signals.f, "ngdref-kfac"):
             total = term if total is None else total + term
         return total
 
