@@ -203,7 +203,7 @@ def _check_cell(r: dict, p: dict) -> str | None:
 
 
 subunit_cell.check_result = _check_cell
-subunit_cell.param_arrays = 4  # it trains: θ_0, θ_t, Δθ, the gradient (cells.cell_memory)
+subunit_cell.param_arrays = 2  # it trains: θ_0 and θ_t at least (a lower bound: cells.cell_memory, train_cell)
 
 
 # ---- analysis -------------------------------------------------------------------------------------
