@@ -123,16 +123,16 @@ def apply_factors(params: list, factors: list, eta: float, *, in_place: bool = F
     """θ_l − η·left_l @ right_l per layer for a factored direction
     (:meth:`~ngdref.fisher.base.FisherApproximation.precondition_factors`), a block of rows at a time:
     θ_l[r0:r1] − η·(left_l[r0:r1] @ right_l), so that no parameter-sized Δθ exists. ``in_place`` as in
-    :func:`ngd_step`; otherwise θ_{t+1} is written block by block into new arrays. Each entry is the
-    same floating-point θ − (ηΔθ) as the unfactored path; a row block of a GEMM may differ from the
-    whole GEMM in the last bits."""
+    :func:`ngd_step`; otherwise θ_{t+1} is written block by block into new arrays. Each entry is
+    θ − (η·left) @ right: the unfactored path's θ − η(left @ right) up to the last bits (so may a row
+    block of a GEMM differ from the whole GEMM)."""
     xp = namespace_of(params[0])
     out = params if in_place else []
     for p, (left, right) in zip(params, factors):
         new = p if in_place else xp.empty_like(p)
+        left = left * float(eta)  # η on the small factor (M_l × k): one pass fewer over the parameter-sized rows
         for r0, r1 in _row_blocks(p.shape[0], p.shape[1], _UPDATE_BLOCK):
             block = left[r0:r1, :] @ right
-            block *= eta
             if in_place:
                 p[r0:r1, :] -= block
             else:
