@@ -363,8 +363,11 @@ def test_ctrl_c_keeps_finished_cells(tmp_path):
 
     out = tmp_path / "s2"
     cmd = [sys.executable, "-c", "from ngdref_cli.main import main; main()", "reproduce", "figS2", "--out", str(out)]
+    # SIGINT back to its default in the child: a suite started as a background job (`pytest &` in a
+    # script) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 60
     while time.time() < deadline and not list((out / "cells").glob("*.json")):
         time.sleep(0.1)
