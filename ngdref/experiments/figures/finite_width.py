@@ -380,8 +380,8 @@ def draw(plt, config: dict, rows: list[dict], extra: dict):
     key.legend(handles=handles, loc="center", ncol=len(handles), fontsize=8.5, frameon=False)
     d = config["data"]
     fig.suptitle(f"Extension{quick_suffix(config)}: finite-width effects of one NGD step, $\\eta = c/\\alpha$, "
-                 f"$c = {config['lr_scale']:g}$ — MNIST 0/7, $N = {d['n_train']}$, $L = {config['network']['depth']}$, "
-                 f"ReLU, $\\sigma_b^2 = {config['network']['sigma_b2']:g}$; markers: mean, bars: min–max over "
+                 f"$c = {config['lr_scale']:g}$ — MNIST {'/'.join(str(k) for k in d['classes'])}, $N = {d['n_train']}$, "
+                 f"$L = {config['network']['depth']}$, {config['network']['activation']}, $\\sigma_b^2 = {config['network']['sigma_b2']:g}$; markers: mean, bars: min–max over "
                  f"{len(config['seeds'])} seeds; {THETA_BAR} of Eq. 11", fontsize=10)
     return fig
 
@@ -413,6 +413,9 @@ def _check(config: dict) -> str | None:
     unknown = [f for f in config["fims"] if f not in fisher_names()]
     if unknown:
         return f"fims: unknown approximation {', '.join(unknown)}; choose from {', '.join(fisher_names())}"
+    for key in ("widths", "damping_widths"):  # the claims read the first and last width as M_min → M_max
+        if list(config[key]) != sorted(config[key]):
+            return f"{key} must be increasing (the claims compare the smallest width with the largest)"
     return None
 
 

@@ -71,7 +71,7 @@ def config(quick: bool = False, data: str | None = None, seed: int = 0) -> dict:
 def _data(config: dict, variant: str, c: int) -> dict:
     if VARIANTS[variant]["inputs"] == "gaussian":
         return {**gaussian(config["n_train"], config["gaussian_m0"], config["mnist"]["seed"]), "classes": list(range(c))}
-    return {**config["mnist"], "classes": list(range(c))}
+    return {**config["mnist"], "n_train": config["n_train"], "classes": list(range(c))}  # one N for both inputs
 
 
 def cells(config: dict, backend: str = "numpy", dtype: str = "float64") -> list[Cell]:
@@ -400,6 +400,11 @@ def _check(config: dict) -> str | None:
     bad = [c for c in config["classes"] if not 2 <= c <= 10]
     if bad:
         return f"classes: C must be 2 … 10 (MNIST digits 0 … C−1), got {', '.join(str(c) for c in bad)}"
+    if not config["gaussian_m0"] < config["n_train"]:
+        return (f"gaussian_m0 = {config['gaussian_m0']} must be < n_train = {config['n_train']} "
+                "(the M0 < N variants and their Forster transform, S.110–S.111)")
+    if list(config["widths"]) != sorted(config["widths"]):
+        return "widths must be increasing (the claims and the last panel read the largest width last)"
     return None
 
 
@@ -411,5 +416,6 @@ FIGURE = Figure(
     config=config, cells=cells, analyse=analyse, draw=draw, caption=caption, check=_check,
     unread=(("network.width", "the sweep sets the width per cell: use --set widths=[…]"),
             ("network.sigma_b2", "each variant sets σ_b² (0 without bias, 0.5 with): choose --set variants=[…]"),
-            ("mnist.classes", "the digits are 0 … C−1 per C: use --set classes=[…]")),
+            ("mnist.classes", "the digits are 0 … C−1 per C: use --set classes=[…]"),
+            ("mnist.n_train", "one N serves the MNIST and the Gaussian inputs: use --set n_train=…")),
 )
