@@ -215,5 +215,42 @@ def test_setup_coefficients_match_oracle(widths, act, sb2, name, rho, backend):
         got = to_host(got)
         assert got.shape == want.shape
         assert np.max(np.abs(got - want)) / np.max(np.abs(want)) < tol
-    alone, none = coefficients(fim, s, None)
-    assert none is None and np.array_equal(to_host(alone), to_host(coefficient(fim, s)))
+    alone, none = coefficients(fim, s, None)  # no test inputs: Θ̄(x, x) alone, checked against the oracle
+    assert none is None
+    got = to_host(alone)
+    assert np.max(np.abs(got - orc.theta_bar())) / np.max(np.abs(orc.theta_bar())) < tol
+
+
+@pytest.mark.parametrize("c", [1, 2])
+def test_unit_shared_eigenbasis_paths_match_oracle(c, backend, monkeypatch):
+    """Unit-wise's shared-eigenbasis units (damped, alive on every sample, e_i constant over the samples: the
+    last hidden layer's fully alive ReLU units) — the direction (_solve_shared) and Θ̄(x′, x)
+    (_cross_term_shared, Eq. 11 with the blocks of Eq. 23) — against the explicit P×P twin, C = 1 and 2; a spy
+    checks both paths really ran."""
+    from ngdref.fisher.unitwise import UnitWiseFisher
+    from ngdref.train import coefficients
+
+    calls = []
+    for name in ("_solve_shared", "_cross_term_shared"):
+        original = getattr(UnitWiseFisher, name)
+
+        def spy(self, *a, _name=name, _f=original, **k):
+            calls.append(_name)
+            return _f(self, *a, **k)
+
+        monkeypatch.setattr(UnitWiseFisher, name, spy)
+    rng = np.random.default_rng(4)
+    net = Network((6, 12, 10, c), "relu", 2.0, 0.5)
+    x, xt = unit_rows(rng, 5, 6), unit_rows(rng, 3, 6)
+    p = net.init(1, backend)
+    s, st = net.signals(p, to_device(x, backend)), net.signals(p, to_device(xt, backend))
+    fim = get_fisher("unit", net, 1e-2)
+    orc = O.oracle("unit", net, net.init(1), x, 1e-2)
+    tol = max(1e-9, 50 * O.EPS * orc.condition())
+    c_train, c_test = coefficients(fim, s, st)
+    v = rng.standard_normal((c, 5))
+    direction = np.concatenate([to_host(d).ravel() for d in fim.precondition(s, to_device(v, backend))])
+    for got, want in ((to_host(c_train), orc.theta_bar()), (to_host(c_test), orc.theta_bar(xt)),
+                      (direction, orc.precondition(v))):
+        assert np.max(np.abs(got - want)) / np.max(np.abs(want)) < tol
+    assert {"_solve_shared", "_cross_term_shared"} <= set(calls)
