@@ -737,13 +737,14 @@ def _split_rss_line(stderr: str) -> tuple[str, int | None]:
     return stderr, None
 
 
-def _gemm4096_s() -> float:
-    """Wall time of one 4096×4096 float64 product (after one warm-up): the yardstick of issue 17's
-    target for ``ngdref train --fim unit`` (≤ 5× this, measured in the same run)."""
-    a = np.random.default_rng(0).standard_normal((4096, 4096))
-    a @ a[:64]
+def _gemm4096_s(n: int = 4096) -> float:
+    """Wall time of one n×n float64 product (after a small warm-up product), n = 4096: the yardstick
+    of issue 17's target for ``ngdref train --fim unit`` (≤ 5× this, measured in the same run)."""
+    a = np.random.default_rng(0).standard_normal((n, n))
+    b = a.T.copy()
+    a[:64] @ b  # warm-up: BLAS threads and buffers
     t0 = time.perf_counter()
-    a @ a.T.copy()
+    a @ b
     return time.perf_counter() - t0
 
 
