@@ -117,16 +117,17 @@ def predict(settings, fims, kernel, seeds, damping, raw_options, depth, width, a
     con = consoles(json_path)
     fmt = (lambda v: "—" if v is None else f"{v:.4f}")
     sci = (lambda v: "—" if v is None else f"{v:.3g}")
-    methods = rep.get("methods") or {}
+    methods = rep.get("methods") or {}  # the analytic Θ̄'s α and isotropy check (none for --kernel empirical)
+    header = ["fim", "mean", "± std", "f₀=0"] + (["α", "isotropy"] if methods else []) + ["note"]
+    rows = [[r["fim"], fmt(r["mean"]), fmt(r["std"]), fmt(r["f0_zero"])]
+            + ([sci(methods.get(r["fim"], {}).get(k)) for k in ("alpha", "isotropy_deviation")] if methods else [])
+            + [escape(r.get("error", ""))] for r in rep["rows"]]
     print_table(con, f"Test accuracy of f_∞, {kernel} Θ̄, {ds.name} classes {list(ds.classes)}, "
                      f"N = {ds.n_train}, N' = {ds.n_test}, {seeds} initialisations",
-                ("fim", "mean", "± std", "f_0 = 0", "α", "isotropy", "note"),
-                [[r["fim"], fmt(r["mean"]), fmt(r["std"]), fmt(r["f0_zero"]),
-                  sci(methods.get(r["fim"], {}).get("alpha")), sci(methods.get(r["fim"], {}).get("isotropy_deviation")),
-                  escape(r.get("error", ""))]
-                 for r in rep["rows"]], justify=["right", "right", "right", "right", "right", "right", "left"])
-    if any(m.get("isotropy_check") for m in methods.values()):
-        con.print(f"isotropy: {next(m['isotropy_check'] for m in methods.values() if m.get('isotropy_check'))}")
+                header, rows, justify=["right"] * (len(header) - 1) + ["left"])
+    check = next((m["isotropy_check"] for m in methods.values() if m.get("isotropy_check")), None)
+    if check:
+        con.print(f"isotropy: {check}")
     config = run_config(settings, backend, fim=names, option=options, network=net.to_dict(), dataset=ds.to_dict(),
                         initialisations=rep["initialisations"])
     emit_json(json_path, json_document("predict", config, rep["rows"], methods=rep["methods"]))
