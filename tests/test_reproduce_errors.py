@@ -112,6 +112,8 @@ USER_ERRORS = [
     (["figS2", "--config", "afile"], "not valid TOML"),
     (["figS2", "--config", "empty"], "folder"),
     (["figS2", "--config", "nofile.toml"], "does not exist"),
+    (["figS2", "--config", ""], "--config is empty"),
+    (["figS2", "--config", "  "], "--config is empty"),
     (["all", "--quick", "--set", "nokey=1"], "unknown key"),
     (["fig3", "--quick", "--set", "widths=[16]", "--set", "widths=[32]"], "--set widths is given twice"),
     (["figS2", "--quick", "--out", "/proc/ngdref-x"], "choose another --out"),

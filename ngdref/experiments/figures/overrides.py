@@ -94,6 +94,8 @@ def parse_set(pairs) -> dict[str, Any]:
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """A TOML file of overrides as dotted keys (``fig3.widths``, ``network.width``, ``steps``)."""
+    if not str(path).strip():  # Path("") is ".", a folder: say what is wrong instead
+        raise ConfigError("--config is empty: give a TOML file (e.g. --config sweep.toml)")
     p = Path(path)
     try:
         with open(p, "rb") as fh:
@@ -257,10 +259,10 @@ def _check_numbers(value, key: str) -> None:
     for v in value if isinstance(value, list) else [value]:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             continue
+        if last in SIZES and not (math.isfinite(v) and v >= 1):  # checked first: -8 and 0 get the same message
+            raise ConfigError(f"{key} = {value!r}: a size or count must be ≥ 1")
         if not math.isfinite(v) or v < 0:
             raise ConfigError(f"{key} = {value!r}: every number must be finite and ≥ 0")
-        if last in SIZES and v < 1:
-            raise ConfigError(f"{key} = {value!r}: a size or count must be ≥ 1")
         if last in POSITIVE and v <= 0:
             raise ConfigError(f"{key} = {value!r}: must be > 0")
 
