@@ -21,16 +21,29 @@ from .common import (EXIT_INTERRUPTED, UserError, consoles, emit_json, handle_er
 FIGURE_CHOICES = (*REGISTRY, *GROUPS)
 
 _NAME_WIDTH = max(len(name) for name in FIGURE_CHOICES)
+#: characters of a summary per line, so that a line of the list fits an 80-column terminal (click indents by 2)
+_SUMMARY_WIDTH = 80 - 2 - (_NAME_WIDTH + 2)
+
+
+def _entry(name: str, summary: str) -> str:
+    """``name`` and its summary in the list's two columns, the summary wrapped under itself."""
+    import textwrap
+
+    lines = textwrap.wrap(summary, _SUMMARY_WIDTH, break_on_hyphens=False) or [""]
+    pad = " " * (_NAME_WIDTH + 2)
+    return "\n".join([f"{name:<{_NAME_WIDTH}}  {lines[0]}", *(pad + line for line in lines[1:])])
+
+
 HELP = "\n".join([
     "Regenerate FIGURE of Karakida & Osawa (2020): data (CSV, JSON), plot (PNG; --format for PDF, SVG), "
     "caption and the claim it tests (a group — all, extensions, everything — also writes a contact sheet, "
     "DIR/index.html).",
     "",
     "\b",
-    # one column of names as wide as the longest; each summary is one short line (the figure's caption and
-    # module docstring hold the rest)
-    *(f"{name:<{_NAME_WIDTH}}  {figure.summary}" for name, figure in REGISTRY.items()),
-    *(f"{group:<{_NAME_WIDTH}}  {GROUP_HELP[group]}" for group in GROUPS),
+    # one column of names as wide as the longest; each summary short, wrapped to 80 columns (the figure's
+    # caption and module docstring hold the rest)
+    *(_entry(name, figure.summary) for name, figure in REGISTRY.items()),
+    *(_entry(group, GROUP_HELP[group]) for group in GROUPS),
 ])
 
 
@@ -39,7 +52,7 @@ def _mark(holds):
 
 
 @click.command(help=HELP)
-@click.argument("figure", type=click.Choice(FIGURE_CHOICES))
+@click.argument("figure", type=click.Choice(FIGURE_CHOICES), metavar="FIGURE")
 @click.option("--quick", is_flag=True, help="Shrink widths, sizes and steps so the figure runs in seconds.")
 @click.option("--out", "out", default=None, metavar="DIR",
               help="Output folder (default out/<figure>; with a group, DIR/<figure> for each figure).")
