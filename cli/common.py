@@ -76,24 +76,42 @@ class OneLineGroup(click.Group):
 
     def invoke(self, ctx):
         """Run the command, showing each Python warning it raises (a singular Σ, a singular layer
-        kernel, NumPy overflow) as one line ``Warning: …`` when it happens, once per message."""
+        kernel) as one line ``Warning: …`` when it happens, once per message. NumPy's floating-point
+        warnings ("overflow encountered in …") are held back: a command that then fails with a user
+        error says them inside its one ``Error:`` line; otherwise they are shown when it ends."""
         shown: set[str] = set()
+        held: list[str] = []
 
         def show(message, category, filename, lineno, file=None, line=None):
             text = one_line(message, None)
-            if text not in shown:
-                shown.add(text)
+            if text in shown:
+                return
+            shown.add(text)
+            if issubclass(category, RuntimeWarning) and " encountered in " in text:
+                held.append(text)
+            else:
                 click.echo(f"Warning: {text}", err=True)
 
+        failed = False
         with warnings.catch_warnings():
             warnings.showwarning = show
             try:
                 return super().invoke(ctx)
             except click.UsageError as err:
+                failed = True
                 raise self._usage(err) from None
+            except click.ClickException as err:  # a user error: one line, the held warnings folded in
+                failed = True
+                if held:
+                    err.message = f"{err.message} (NumPy warned before: {'; '.join(held)})"
+                raise
             except KeyboardInterrupt:
                 click.echo("Error: interrupted", err=True)
                 sys.exit(EXIT_INTERRUPTED)
+            finally:
+                if not failed:
+                    for text in held:
+                        click.echo(f"Warning: {text}", err=True)
 
 
 def handle_errors(fn):
