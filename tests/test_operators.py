@@ -197,10 +197,12 @@ def test_cg_on_g_reproduces_the_structured_direction(name, opts, backend):
 
 @pytest.mark.parametrize("name,opts", VARIANTS, ids=IDS)
 @pytest.mark.parametrize("rho", RHOS)
-def test_lanczos_matches_eigh_of_the_explicit_matrix(name, opts, rho, backend):
+@pytest.mark.parametrize("widths,act,sb2", [((6, 12, 10, 2), "relu", 0.5), ((4, 6, 1), "tanh", 0.5)],
+                         ids=["lanczos", "dense-P37"])
+def test_lanczos_matches_eigh_of_the_explicit_matrix(name, opts, rho, widths, act, sb2, backend):
     """Top-4 eigenvalues (by magnitude) of G by ``eigsh`` and of G⁻¹F by ``eigs`` = eigh/eigvals of the twins;
-    those of G⁻¹F are the nonzero eigenvalues of Θ̄(x, x) from ``coefficient``."""
-    widths, act, sb2 = (6, 12, 10, 2), "relu", 0.5
+    those of G⁻¹F are the nonzero eigenvalues of Θ̄(x, x) from ``coefficient``. P = 37 ≤ DENSE_P takes the
+    dense path (the operator formed column by column), the larger net Lanczos/Arnoldi."""
     net, p, x, _ = _setup(widths, act, sb2)
     fim = _fim(name, opts, net, rho)
     g, _, g_inv_f, _, tol = _oracle(widths, act, sb2, name, opts, rho)
