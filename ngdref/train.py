@@ -120,8 +120,8 @@ def _row_blocks(rows: int, cols: int, budget: int):
 
 
 def apply_factors(params: list, factors: list, eta: float, *, in_place: bool = False) -> list:
-    """θ_l − η·left_l @ right_l per layer for a factored direction
-    (:meth:`~ngdref.fisher.base.FisherApproximation.precondition_factors`), a block of rows at a time:
+    """The NGD update θ_{t+1} = θ_t − η G⁻¹∇L (Eq. 7), θ_l − η·left_l @ right_l per layer, for a factored
+    direction (:meth:`~ngdref.fisher.base.FisherApproximation.precondition_factors`), a block of rows at a time:
     θ_l[r0:r1] − η·(left_l[r0:r1] @ right_l), so that no parameter-sized Δθ exists. ``in_place`` as in
     :func:`ngd_step`; otherwise θ_{t+1} is written block by block into new arrays. Each entry is
     θ − (η·left) @ right: the unfactored path's θ − η(left @ right) up to the last bits (so may a row
@@ -286,10 +286,7 @@ def squared_distance(params, params0, shift=None):
     xp = namespace_of(params[0])
     total = None
     for l, (p, q) in enumerate(zip(params, params0)):
-        m = p.shape[0]
-        rows = max(1, _DISTANCE_BLOCK // max(1, p.shape[1]))
-        for r0 in range(0, m, rows):
-            r1 = min(m, r0 + rows)  # explicit: the array API does not clamp out-of-bounds slices
+        for r0, r1 in _row_blocks(p.shape[0], p.shape[1], _DISTANCE_BLOCK):
             diff = p[r0:r1, :] - q[r0:r1, :] if q is not None else p[r0:r1, :] * 1.0  # a block copy (exact)
             if shift is not None:
                 diff -= shift[l][r0:r1, :]

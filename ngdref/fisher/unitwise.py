@@ -572,7 +572,8 @@ class UnitWiseFisher(FisherApproximation):
         return xp.reshape(full, (c * n_p, c * n))
 
     def _cross_term_shared(self, lay: _Layer, ids, lam, vec, cross, d_p, g_all, block: int):
-        """The shared-eigenbasis units' part of :meth:`_cross_term`, (C_k, N′, C_k′, N), without a
+        """The shared-eigenbasis units' part of :meth:`_cross_term` — Σ_i J_i(x′) G_i⁻¹ J_i(x)ᵀ/N of Eq. 11 with
+        the unit blocks of Eq. 23 in their dual form (S.130–S.131, S.156) — (C_k, N′, C_k′, N), without a
         per-unit (N, N′) solution. With Φ_i = V diag(1/(ε_iλ/N + ρ)) Vᵀ (:meth:`_solve_shared`),
         post_i = √ε_i/N and B = Vᵀ K(x, x′):
 
@@ -650,7 +651,8 @@ class UnitWiseFisher(FisherApproximation):
         return max(1, budget // (3 * n * n))
 
     def _unit_duals(self, root, k, n: int, invert: bool = True):
-        """One chunk of units: (b_ib_iᵀ/N + ρI)⁻¹ (ρ > 0) or (b_ib_iᵀ/N)⁺ (ρ = 0), (c, N, N);
+        """One chunk of units: the duals of Eq. 23's blocks (S.130–S.131), (b_ib_iᵀ/N + ρI)⁻¹ (ρ > 0) or
+        (b_ib_iᵀ/N)⁺ (ρ = 0), (c, N, N);
         ``invert=False`` (ρ > 0): b_ib_iᵀ/N + ρI itself, for one solve."""
         xp = namespace_of(root)
         dual = root[:, :, None] * k[None, :, :] * root[:, None, :] / float(n)  # (c, N, N)
