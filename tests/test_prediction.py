@@ -32,8 +32,8 @@ def _probe_bounds_hold(new: float, old: float, n: int) -> bool:
 
 @pytest.mark.parametrize("scale", [1e-13, 1e-3, 0.3])
 def test_probe_deviation_brackets_the_explicit_one(backend, scale):
-    """Isotropic up to rounding (scale 1e-13) and not (1e-3, 0.3): the probe measure stays within its bounds
-    of the entry-wise one and takes the same side of the 1e-6 threshold."""
+    """Isotropic up to rounding (scale 1e-13) and not (1e-3, 0.3): the probe measure stays within its documented
+    bounds of the entry-wise one."""
     rng = np.random.default_rng(7)
     n, alpha = 40, 4.0  # a power of two: (αv)/α = v exactly
     s = rng.standard_normal((n, n))
@@ -41,7 +41,6 @@ def test_probe_deviation_brackets_the_explicit_one(backend, scale):
     old = explicit_deviation(m, alpha)
     new = isotropy_deviation(to_device(m, backend), alpha)
     assert _probe_bounds_hold(new, old, n), (new, old)
-    assert (new < 1e-6) == (old < 1e-6)
     assert isotropy_deviation(to_device(alpha * np.eye(n), backend), alpha) == 0.0
 
 
@@ -78,7 +77,8 @@ def test_operator_theta_bar_train_is_the_explicit_one(name, kw, near_duplicate):
     alpha = fim.analytic_alpha(n)
     op, explicit = fim.analytic_theta_bar_train(train), fim.analytic_theta_bar(train, train)
     v = rng.standard_normal((n, 3))
-    np.testing.assert_allclose(op @ v, explicit @ v, rtol=0, atol=1e-7 * alpha)
+    # well conditioned: both to rounding; a near-duplicate pair: both to cond(Θ_l)·eps ≈ 1e-8
+    np.testing.assert_allclose(op @ v, explicit @ v, rtol=0, atol=(1e-12 if near_duplicate is None else 1e-7) * alpha)
     old, new = explicit_deviation(explicit, alpha), isotropy_deviation(op, alpha)
     if near_duplicate is None:
         assert old < 1e-13 and new < 1e-13
