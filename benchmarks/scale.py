@@ -123,15 +123,23 @@ def main(argv=None) -> int:
     p.add_argument("--budget-s", type=float, default=600.0)
     p.add_argument("--out", default="")
     a = p.parse_args(argv)
-    widths = tuple(int(w) for w in a.widths.split(",") if w)
+    try:
+        widths = tuple(int(w) for w in a.widths.split(",") if w)
+    except ValueError:
+        p.error(f"--widths {a.widths!r}: comma-separated positive integers, e.g. 16384,32768")
+    if not widths or min(widths) < 1:
+        p.error(f"--widths {a.widths!r}: comma-separated positive integers, e.g. 16384,32768")
+    folder = os.path.dirname(os.path.abspath(a.out)) if a.out else ""
+    if a.out and (os.path.isdir(a.out) or not os.path.isdir(folder) or not os.access(folder, os.W_OK)):
+        p.error(f"--out {a.out!r}: give a file in an existing, writable folder (checked before the runs)")
     fims = tuple(f for f in a.fims.split(",") if f) or None
     result = run(widths, fims, a.backend, a.n, a.depth, a.budget_s, log=lambda s: print(s, file=sys.stderr, flush=True))
-    text = json.dumps(result, indent=1)
     if a.out:
-        with open(a.out, "w") as fh:
-            fh.write(text)
+        from .io import dumps, write_atomic
+
+        write_atomic(a.out, dumps(result))  # temp file + os.replace: no half-written JSON
     else:
-        print(text)
+        print(json.dumps(result, indent=1))
     return 0 if all(r["status"] in ("ok", "skipped") for r in result["rows"]) else 1
 
 
