@@ -455,13 +455,17 @@ def parse_int_list(text: str, what: str, minimum: int | None = None) -> list[int
     return values
 
 
-def check_fim_names(names) -> list[str]:
-    """The registered names of ``names`` (aliases resolved); UserError for an unknown one or none."""
+def check_fim_names(names, one: bool = False) -> list[str]:
+    """The registered names of ``names`` (aliases resolved); UserError for an unknown one, none, one given twice
+    (also as an alias), or — ``one=True``, a command that runs one approximation — several."""
     from ngdref.fisher import fisher_class, fisher_names
 
     names = list(names)
     if not names:
         raise UserError(f"--fim needs at least one approximation; choose from {', '.join(fisher_names())}")
+    if one and (len(names) > 1 or "," in names[0]):
+        raise UserError(f"this command runs one approximation: give one --fim (got {','.join(names)!r}); "
+                        "isotropy and predict take a comma-separated list")
     bad = []
     out = []
     for n in names:
@@ -471,6 +475,9 @@ def check_fim_names(names) -> list[str]:
             bad.append(n)
     if bad:
         raise UserError(f"unknown --fim {', '.join(bad)}; choose from {', '.join(fisher_names())}")
+    twice = sorted({n for n in out if out.count(n) > 1})
+    if twice:
+        raise UserError(f"--fim names {', '.join(twice)} more than once; give each approximation once")
     return out
 
 

@@ -37,7 +37,7 @@ def spectrum(settings, fim, of, top, damping, raw_options, depth, width, activat
     from ngdref.experiments.spectrum import check_request, spectrum_report
     from ngdref.fisher import fisher_class
 
-    (fim,) = common.check_fim_names([fim])
+    (fim,) = common.check_fim_names([fim], one=True)
     options = common.options_by_fim([fim], common.parse_option_pairs(raw_options))[fim]
     backend = settings.backend()
     ds = common.load_data(data, classes, n_train, 0, input_dim, settings.seed)

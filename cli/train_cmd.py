@@ -65,7 +65,7 @@ def train(settings, fim, steps, lr, lr_scale, damping, loss, ce_damping, lineari
     from ngdref.train import TrainConfig, config_dict
     from ngdref.train import train as run_train
 
-    (fim,) = check_fim_names([fim])
+    (fim,) = check_fim_names([fim], one=True)
     if lr is not None and given("lr_scale"):
         raise UserError("give either --lr (η itself) or --lr-scale (η = c/α), not both")
     if loss != "ce" and given("ce_damping"):
