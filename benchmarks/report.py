@@ -62,7 +62,7 @@ def print_report(result: dict, console: Console | None = None) -> None:
         rows = [c for c in cases if (c["group"], c["backend"], c["dtype"]) == (group, backend, dtype)]
         t = Table(title=f"{group} — {backend} {dtype}", show_lines=False)
         for col in ("case", "M", "N", "P", "median ms", "reps", "GFLOP/s", "×floor", "peak MiB", "peak/params",
-                    "RSS MiB", "RSS/params", "status"):
+                    "RSS growth MiB", "RSS/params", "peak RSS MiB", "status"):
             t.add_column(col, justify="right" if col not in ("case", "status") else "left")
         for c in rows:
             ok = c["status"] == "ok"
@@ -77,8 +77,9 @@ def print_report(result: dict, console: Console | None = None) -> None:
                 _f(c.get("time_over_floor"), ".1f") if ok else "—",
                 _mib(c.get("peak_bytes")) if ok else "—",
                 _f(c.get("peak_over_params")) if ok else "—",
-                _mib(c.get("peak_rss_growth_bytes", c.get("peak_rss_bytes"))) if ok else "—",
+                _mib(c.get("peak_rss_growth_bytes")) if ok else "—",  # growth during the call (a forked child)
                 _f(c.get("peak_rss_growth_over_params")) if ok else "—",
+                _mib(c.get("peak_rss_bytes")) if ok else "—",  # the whole process's peak (the CLI case has only this)
                 "ok" if ok else escape(f"{c['status']}: {c['note'][:70]}"),
             )
         con.print(t)
