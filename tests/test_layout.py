@@ -180,7 +180,10 @@ def test_cli_choices_and_help_come_from_the_registry():
         assert f"{name} {' '.join(fig.summary.split())}" in text
     from ngdref.experiments.figures.registry import GROUPS, PAPER_FIGURES
 
-    assert "{" + "|".join([*REGISTRY, *GROUPS]) + "}" in text
+    figure_arg = next(p for p in cli.commands["reproduce"].params if p.name == "figure")
+    assert list(figure_arg.type.choices) == [*REGISTRY, *GROUPS]  # the accepted names: the registry's, in order
+    bad = CliRunner().invoke(cli, ["reproduce", "fig9"])
+    assert bad.exit_code == 2 and all(repr(n) in bad.output for n in [*REGISTRY, *GROUPS])  # and said on a typo
     # `all` is the paper's figures, `extensions` the rest, `everything` both, each once
     assert GROUPS["all"] == PAPER_FIGURES == ("fig1a", "fig1b", "fig2", "fig3", "figS1", "figS2")
     assert set(GROUPS["extensions"]) == set(REGISTRY) - set(PAPER_FIGURES) and GROUPS["extensions"]
