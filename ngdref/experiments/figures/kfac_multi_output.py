@@ -28,7 +28,7 @@ import numpy as np
 
 from ...diagnostics import isotropy
 from ..sweep import Cell, CellOutcome
-from .analysis import claim, fmt, holds, series_ratio
+from .analysis import claim, fmt, holds, series_ratio, worst
 from .base import Figure, gaussian, mnist, net
 from .cells import NUMBER, backend_of, dataset, finite, network, result_problem, with_backend
 from .plotting import THETA_BAR, fim_title, integer_steps, quick_suffix
@@ -232,9 +232,9 @@ def analyse(config: dict, outcomes: list[CellOutcome]) -> tuple[list, list, dict
                 kinds = sorted({r["structure"] for r in rs})
                 table[variant][c][w] = {
                     "structure": kinds[0] if len(kinds) == 1 else "/".join(kinds),
-                    **{k: _max([r[k] for r in rs]) for k in ("iso_dev", "off_block", "block_dev", "alpha_spread",
+                    **{k: worst([r[k] for r in rs]) for k in ("iso_dev", "off_block", "block_dev", "alpha_spread",
                                                              "condition_number", "alpha_over_nl")},
-                    **{f"last_ratio_{rule}": _max([r[f"last_ratio_{rule}"] for r in rs]) for rule in RULES},
+                    **{f"last_ratio_{rule}": worst([r[f"last_ratio_{rule}"] for r in rs]) for rule in RULES},
                     **{f"status_{rule}": "/".join(sorted({r[f"status_{rule}"] for r in rs})) for rule in RULES}}
     n = config["n_train"]
     for variant in config["variants"]:
@@ -282,11 +282,6 @@ def _outcome(entry: dict, rule: str) -> tuple[str, float | None]:
     if status == "ok":
         return fmt(last), last
     return f"{status} (×{fmt(last)})", math.inf
-
-
-def _max(vals):
-    vals = [v for v in vals]
-    return None if not vals or any(v is None for v in vals) else max(vals)
 
 
 # ---- plot -------------------------------------------------------------------------------------
