@@ -17,7 +17,7 @@ from ..sweep import Cell, CellOutcome
 from .analysis import claim, fmt, holds, mean, std
 from .base import Figure, gaussian, net
 from .cells import isotropy_cell, with_backend
-from .plotting import THETA_BAR, fim_title, quick_suffix, tex_number
+from .plotting import THETA_BAR, fim_title, quick_suffix, tex_number, width_axis
 
 NAME = "fig3"
 
@@ -91,19 +91,14 @@ def _label(fim: str) -> str:
 
 
 def draw(plt, config: dict, rows: list[dict], extra: dict):
-    from matplotlib.ticker import NullLocator
-
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     st = extra["condition_number"]
     for fim in config["fims"]:
         ws = [w for w in config["widths"] if st[fim][w]["mean"] is not None]
         ax.errorbar(ws, [st[fim][w]["mean"] for w in ws], yerr=[st[fim][w]["std"] for w in ws], fmt="o-",
                     color=COLOR.get(fim, "C7"), label=_label(fim), ms=5, capsize=3)
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(config["widths"], [str(w) for w in config["widths"]])  # the widths as numbers, not 2^k
-    ax.xaxis.set_minor_locator(NullLocator())
+    width_axis(ax, config["widths"])
     ax.set_yscale("log")
-    ax.set_xlabel("width $M$")
     ax.set_ylabel(f"condition number of {THETA_BAR}$(x, x)$")
     d = config["data"]
     ax.set_title(f"Fig. 3{quick_suffix(config)}: ReLU, $L = 3$, Gaussian inputs, $N = {d['n_train']}$, "

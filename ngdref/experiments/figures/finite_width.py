@@ -35,7 +35,7 @@ from ..sweep import Cell, CellOutcome
 from .analysis import claim, fmt, holds
 from .base import Figure, mnist, net
 from .cells import NUMBER, backend_of, dataset, finite, network, result_problem, with_backend
-from .plotting import THETA_BAR, fim_title, quick_suffix, tex_number
+from .plotting import THETA_BAR, fim_title, quick_suffix, tex_number, width_axis
 
 NAME = "finite-width"
 
@@ -290,15 +290,6 @@ def _guides(ax, widths, anchor: float) -> list:
             ax.plot(w, anchor * (w / w[0]) ** -1.0, "--", color="0.45", lw=1.3)[0]]
 
 
-def _width_axis(ax, widths) -> None:
-    from matplotlib.ticker import NullLocator
-
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(widths, [str(w) for w in widths])
-    ax.xaxis.set_minor_locator(NullLocator())
-    ax.set_xlabel("width $M$")
-
-
 def _kappa_label(fit: dict) -> str:
     return f"$\\kappa = {fit['kappa']:.2f}$ [{fit['low']:.2f}, {fit['high']:.2f}]"
 
@@ -337,7 +328,7 @@ def _quantity_panel(ax, config: dict, q: str, tex: str, st: dict, fits: dict, no
     if zero:
         ax.text(0.03, 0.03 if firsts else 0.5, "0 up to round-off (< $10^{-10}$):\n" + ", ".join(zero),
                 transform=ax.transAxes, fontsize=7, va="bottom" if firsts else "center", color="0.25")
-    _width_axis(ax, widths)
+    width_axis(ax, widths)
     ax.set_title(tex, fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
 

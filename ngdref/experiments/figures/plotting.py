@@ -89,6 +89,16 @@ def tex_number(v: float) -> str:
     return f"{v:g}"
 
 
+def width_axis(ax, widths) -> None:
+    """A log₂ x-axis of widths M, each width labelled as a number (not 2^k), no minor ticks."""
+    from matplotlib.ticker import NullLocator
+
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(widths, [str(w) for w in widths])
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlabel("width $M$")
+
+
 def integer_steps(ax) -> None:
     """Only whole numbers on the x-axis (training steps)."""
     from matplotlib.ticker import MaxNLocator

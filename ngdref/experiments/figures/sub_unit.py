@@ -29,7 +29,7 @@ from ..sweep import Cell, CellOutcome
 from .analysis import claim, fmt, holds, mean, series_ratio, std
 from .base import Figure, gaussian, mnist, net
 from .cells import NUMBER, backend_of, dataset, finite, network, result_problem, with_backend
-from .plotting import THETA_BAR, fim_title, quick_suffix, tex_number
+from .plotting import THETA_BAR, fim_title, quick_suffix, tex_number, width_axis
 
 NAME = "sub-unit"
 
@@ -371,8 +371,6 @@ def _headroom(ax, fraction: float) -> None:
 
 
 def draw(plt, config: dict, rows: list[dict], extra: dict):
-    from matplotlib.ticker import NullLocator
-
     st, vs = extra["stats"], variants(config)
     names = list(config["datasets"])
     first, second = names[0], names[-1]
@@ -392,12 +390,9 @@ def draw(plt, config: dict, rows: list[dict], extra: dict):
         (h,) = a_cond.plot(ws, [_at(st, first, v["id"], w, "cond_mean") for w in ws], label=_label(v),
                            **{"ms": 5, **_style(v, vs, plt)})
         handles[_label(v)] = h
-    a_cond.set_xscale("log", base=2)
-    a_cond.set_xticks(_widths(d), [str(w) for w in _widths(d)])
-    a_cond.xaxis.set_minor_locator(NullLocator())
+    width_axis(a_cond, _widths(d))
     a_cond.set_yscale("log")
     a_cond.axhline(extra["isotropic_cond"], color="0.6", lw=0.8, ls="-.")
-    a_cond.set_xlabel("width $M$")
     a_cond.set_ylabel(f"cond {THETA_BAR}$(x, x)$")
     a_cond.set_title(f"(a) {_title(first)}: condition number against width", fontsize=10)
 
