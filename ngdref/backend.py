@@ -213,3 +213,42 @@ def erf(x):
     from scipy.special import erf as _erf
 
     return xp.asarray(_erf(to_host(x)), dtype=x.dtype)
+
+
+def subtract_product(out, left, right, scale: float, block_rows: int) -> None:
+    """out −= scale · (left @ right) in place; out (m, n), left (m, k), right (k, n), one dtype.
+
+    NumPy float32/float64 arrays with ``out`` C-ordered (a parameter matrix θ_l): one BLAS GEMM
+    C := α·A·B + β·C with α = −scale, β = 1, written into ``out``'s own memory (BLAS is column-major, so
+    it runs on the transposes: outᵀ −= scale·rightᵀ leftᵀ, every operand a view) — no (m, n) temporary
+    and one pass over ``out`` instead of three (product, read, write). Elsewhere (the strict array API,
+    CuPy, other layouts or mixed dtypes) ``block_rows`` rows at a time: out[r0:r1] −= (scale·left[r0:r1]) @
+    right. Both round α·Σ_k left·right once more or less than the other: they agree to the last bits.
+    """
+    xp = namespace_of(out)
+    if _blas_gemm_into(out, left, right, -float(scale)):
+        return
+    scaled = left * float(scale)
+    for r0 in range(0, out.shape[0], max(1, int(block_rows))):
+        r1 = min(out.shape[0], r0 + max(1, int(block_rows)))
+        out[r0:r1, ...] -= xp.matmul(scaled[r0:r1, ...], right)
+
+
+def _blas_gemm_into(out, left, right, alpha: float) -> bool:
+    """outᵀ := α·rightᵀ leftᵀ + outᵀ by SciPy's BLAS ``?gemm`` with ``overwrite_c`` when every operand is a
+    NumPy array of ``out``'s float dtype and all three transposes are Fortran-ordered views (so f2py copies
+    nothing); False (nothing done) otherwise."""
+    arrays = (out, left, right)
+    if not all(type(a) is np.ndarray for a in arrays) or out.dtype not in (np.float32, np.float64):
+        return False
+    if any(a.dtype != out.dtype or a.ndim != 2 or not a.flags.c_contiguous for a in arrays) or not out.flags.writeable:
+        return False
+    if 0 in out.shape or left.shape[1] == 0:
+        return True  # an empty product: nothing to subtract
+    from scipy.linalg import blas
+
+    gemm = blas.dgemm if out.dtype == np.float64 else blas.sgemm
+    result = gemm(alpha, right.T, left.T, beta=1.0, c=out.T, overwrite_c=1)
+    if not np.shares_memory(result, out):  # f2py made a copy after all: write it back (never expected)
+        out[...] = result.T
+    return True

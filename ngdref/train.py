@@ -33,7 +33,7 @@ from typing import Callable
 
 import numpy as np
 
-from .backend import Backend, namespace_of, to_device, to_host
+from .backend import Backend, namespace_of, subtract_product, to_device, to_host
 from .data import Dataset
 from .diagnostics import isotropy
 from .dynamics import displacement_vector, isotropic_trajectory, linearized_trajectory
@@ -121,24 +121,15 @@ def _row_blocks(rows: int, cols: int, budget: int):
 
 def apply_factors(params: list, factors: list, eta: float, *, in_place: bool = False) -> list:
     """The NGD update θ_{t+1} = θ_t − η G⁻¹∇L (Eq. 7), θ_l − η·left_l @ right_l per layer, for a factored
-    direction (:meth:`~ngdref.fisher.base.FisherApproximation.precondition_factors`), a block of rows at a time:
-    θ_l[r0:r1] − η·(left_l[r0:r1] @ right_l), so that no parameter-sized Δθ exists. ``in_place`` as in
-    :func:`ngd_step`; otherwise θ_{t+1} is written block by block into new arrays. Each entry is
-    θ − (η·left) @ right: the unfactored path's θ − η(left @ right) up to the last bits (so may a row
-    block of a GEMM differ from the whole GEMM)."""
+    direction (:meth:`~ngdref.fisher.base.FisherApproximation.precondition_factors`), written into θ_{t+1}
+    itself by :func:`~ngdref.backend.subtract_product` (one BLAS GEMM with β = 1 on NumPy, row blocks of
+    ``_UPDATE_BLOCK`` entries elsewhere), so that no parameter-sized Δθ exists. ``in_place`` as in
+    :func:`ngd_step`; otherwise θ_{t+1} starts as a copy of θ_t. Agrees with the unfactored path's
+    θ − η(left @ right) up to the last bits."""
     xp = namespace_of(params[0])
-    out = params if in_place else []
-    for p, (left, right) in zip(params, factors):
-        new = p if in_place else xp.empty_like(p)
-        left = left * float(eta)  # η on the small factor (M_l × k): one pass fewer over the parameter-sized rows
-        for r0, r1 in _row_blocks(p.shape[0], p.shape[1], _UPDATE_BLOCK):
-            block = left[r0:r1, :] @ right
-            if in_place:
-                p[r0:r1, :] -= block
-            else:
-                new[r0:r1, :] = p[r0:r1, :] - block
-        if not in_place:
-            out.append(new)
+    out = params if in_place else [xp.asarray(p, copy=True) for p in params]
+    for p, (left, right) in zip(out, factors):
+        subtract_product(p, left, right, eta, max(1, _UPDATE_BLOCK // max(1, p.shape[1])))
     return out
 
 

@@ -59,3 +59,47 @@ def test_gpu_parity_float64():
     g = get_backend("cupy")
     k_gpu = to_host(empirical_ntk(net, net.init(1, g), to_device(x, g)))
     assert np.max(np.abs(k_cpu - k_gpu)) <= 1e-10 * np.max(np.abs(k_cpu))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("shape", [(7, 3, 5), (1, 1, 1), (6, 0, 4), (5, 4, 9)])
+def test_subtract_product_matches_the_explicit_update(backend, dtype, shape):
+    """out −= s·(left @ right) in place: NumPy's BLAS β = 1 GEMM (into out's own memory) and the row blocks
+    of the other backends both equal out − s·(left @ right) computed in float64 here."""
+    from ngdref.backend import subtract_product, to_device, to_host
+
+    m, k, n = shape
+    rng = np.random.default_rng(3)
+    host = [rng.standard_normal(s).astype(dtype).astype(np.float64) for s in ((m, n), (m, k), (k, n))]
+    want = host[0] - 0.7 * (host[1] @ host[2])  # in float64 from the inputs as ``dtype`` holds them
+    out, left, right = (to_device(a, backend, dtype) for a in host)
+    before = out
+    subtract_product(out, left, right, 0.7, 2)
+    got = to_host(out)
+    assert out is before and got.dtype == np.dtype(dtype)
+    scale = np.abs(host[0]) + 0.7 * (np.abs(host[1]) @ np.abs(host[2]))  # the sum's magnitude, entry by entry
+    tol = 1e-15 if dtype == "float64" else 1e-6
+    assert np.all(np.abs(got - want) <= tol * (k + 2) * scale)
+
+
+def test_subtract_product_numpy_paths_agree():
+    """The BLAS path writes into out's buffer (no copy); a layout it does not take (a non-contiguous out,
+    a mixed dtype) goes by row blocks and gives the same numbers to the last bits."""
+    from ngdref.backend import subtract_product
+
+    rng = np.random.default_rng(4)
+    out, left, right = rng.standard_normal((9, 6)), rng.standard_normal((9, 4)), rng.standard_normal((4, 6))
+    want = out - 0.3 * (left @ right)
+    fast = out.copy()
+    address = fast.__array_interface__["data"][0]
+    subtract_product(fast, left, right, 0.3, 4)
+    assert fast.__array_interface__["data"][0] == address
+    wide = np.zeros((9, 12))
+    wide[:, ::2] = out  # a strided view: the row-block path
+    view = wide[:, ::2]
+    subtract_product(view, left, right, 0.3, 4)
+    mixed = out.copy()
+    subtract_product(mixed, left.astype(np.float32), right, 0.3, 4)
+    for got, tol in ((fast, 1e-15), (view, 1e-15), (mixed, 1e-7)):
+        assert np.max(np.abs(got - want)) <= tol * np.max(np.abs(want))
+    assert np.array_equal(wide[:, 1::2], 0.0 * wide[:, 1::2])  # the gaps were not written
