@@ -20,7 +20,7 @@ from ngdref import Network, get_backend, to_device, to_host
 from ngdref.backend import dtype_name_of
 from ngdref.diagnostics import isotropy
 from ngdref.fisher import DiagonalFisher, QuasiDiagonalFisher, UnitWiseFisher, get_fisher
-from ngdref.fisher.unitwise import LAPACK_BLOCK, _spd_solve, unit_alpha
+from ngdref.fisher.unitwise import INVERSE_FROM, LAPACK_BLOCK, _spd_solve, _stacked_solve, unit_alpha
 
 from . import oracles as O
 from .conftest import theta_bar, unit_rows
@@ -183,6 +183,17 @@ def test_blocked_spd_solve(backend):
     a = b @ np.swapaxes(b, 1, 2) + 0.1 * np.eye(p)
     r = rng.standard_normal((4, p, 3))
     assert _rel(to_host(_spd_solve(*_on(backend, a, r))), np.linalg.solve(a, r)) < 1e-10
+
+
+@pytest.mark.parametrize("q", [1, 7, int(INVERSE_FROM * 9), 40])
+def test_stacked_solve_both_branches(backend, q):
+    """a⁻¹b for a stack of SPD 9×9 systems (cond ≈ 1e4): LU solve below INVERSE_FROM·p right-hand sides,
+    inverse times b from there on; both within cond·eps of NumPy's solve."""
+    rng = np.random.default_rng(q)
+    b = rng.standard_normal((5, 9, 9))
+    a = b @ np.swapaxes(b, 1, 2) + 1e-3 * np.eye(9)
+    r = rng.standard_normal((5, 9, q))
+    assert _rel(to_host(_stacked_solve(*_on(backend, a, r))), np.linalg.solve(a, r)) < 1e-10
 
 
 # ---- quasi-diagonal: Ollivier's formula and its special cases ----------------------------------
