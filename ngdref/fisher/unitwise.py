@@ -249,8 +249,10 @@ class UnitWiseFisher(FisherApproximation):
         return _Layer(layer, mode, a, a64, d, e, alive, kernel, np.asarray(to_host(alive), dtype=bool))
 
     # ---- the batched per-unit solve ------------------------------------------------------------
-    def _solve_units(self, lay: _Layer, rhs, consume, n_rhs: int, shared_term=None) -> None:
-        """Z_i = Φ_i R_i for every unit, chunk by chunk: ``consume(units, Z)``, Z of shape (c, N, q).
+    def _solve_units(self, lay: _Layer, rhs, consume, n_rhs: int, shared_term=None, reduce_piece=None) -> None:
+        """Z_i = Φ_i R_i for every unit, chunk by chunk: ``consume(units, Z)``, Z of shape (c, N, q); with
+        ``reduce_piece``, ``consume(units, [reduce_piece(units_j, Z_j) for each piece j])`` instead, each piece's
+        solve and reduction done by one thread (so a reduction over units, e.g. Θ̄'s sum, runs on the pool too).
 
         Φ_i = P_S A_i⁻¹ P_S with A_i = K_SS (exact), diag(√e)K_SS diag(√e)/N + ρI (damped) or
         the pseudo-inverse of diag(√e)K_SS diag(√e)/N (pinv); ``rhs(units)`` gives R, (c, N, q).
@@ -285,20 +287,25 @@ class UnitWiseFisher(FisherApproximation):
             lay.padded("inverse")
         pool, blas = Pool.open(backend, "ngdref-unit"), (lambda: blas_context(backend))
         with pool:
-            self._solve_chunks(lay, rhs, consume, n_rhs, via_dead, shared, size, order_idx, budget, backend, pool, blas)
+            self._solve_chunks(lay, rhs, consume, n_rhs, via_dead, shared, size, order_idx, budget, backend, pool, blas,
+                               reduce_piece)
         # the shared units last: their GEMMs may use every BLAS thread, and OpenBLAS's idle threads spin for a
         # while after a threaded call, competing with the pieces' threads had they come first
         if basis is not None:
             ids, lam, vec = np.nonzero(shared)[0], basis[1], basis[2]
             if shared_term is None:
+                deliver = consume if reduce_piece is None else (lambda u, z: consume(u, [reduce_piece(u, z)]))
                 with blas():  # small GEMMs (q = 1 in the steps)
-                    self._solve_shared(lay, rhs, consume, n_rhs, ids, lam, vec)
+                    self._solve_shared(lay, rhs, deliver, n_rhs, ids, lam, vec)
             else:
                 shared_term(ids, lam, vec)
 
-    def _solve_chunks(self, lay, rhs, consume, n_rhs, via_dead, shared, size, order_idx, budget, backend, pool, blas):
+    def _solve_chunks(self, lay, rhs, consume, n_rhs, via_dead, shared, size, order_idx, budget, backend, pool, blas,
+                      reduce_piece=None):
         """The chunk loop of :meth:`_solve_units`: chunks are made exactly as with one thread; each is
-        split into contiguous pieces of units solved side by side (:class:`ngdref.threads.Pool`), then consumed whole."""
+        split into contiguous pieces of units solved side by side (:class:`ngdref.threads.Pool`), then consumed whole.
+        With ``reduce_piece`` a chunk is always cut into the same :data:`REDUCE_PIECES` pieces, whatever the number of
+        threads, so that the reductions, added in piece order by ``consume``, do not depend on it."""
         n = lay.n
         for group in (False, True):
             ids = np.nonzero((via_dead == group) & (True if shared is None else ~shared))[0]
@@ -329,8 +336,19 @@ class UnitWiseFisher(FisherApproximation):
                     u = units[lo:hi]
                     return phi(lay, u, rhs(u), idx[lo:hi, ...], idx_mat[lo:hi, ...], inv[lo:hi, ...], valid[lo:hi, ...])
 
-                # the exact mode's dead group stays whole: its two (N, N) × (N, c·q) GEMMs are BLAS-threaded
-                # already, and a GEMM's rounding may depend on its column count
+                if reduce_piece is not None:
+                    cut = [int(chunk.size) * j // REDUCE_PIECES for j in range(REDUCE_PIECES + 1)]
+                    cut = sorted(set(cut))
+
+                    def reduced(j, piece=piece, units=units, cut=cut):
+                        return reduce_piece(units[cut[j] : cut[j + 1]], piece(cut[j], cut[j + 1]))
+
+                    with blas():
+                        consume(units, pool.map(reduced, range(len(cut) - 1)))
+                    start = stop
+                    continue
+                # the exact mode's dead group stays whole: a GEMM's rounding may depend on its column count, and a
+                # split by the number of threads would make the results depend on that number
                 with blas():
                     z = piece(0, int(chunk.size)) if group else pool.split(piece, int(chunk.size))
                 consume(units, z)
@@ -547,13 +565,17 @@ class UnitWiseFisher(FisherApproximation):
             base = xp.broadcast_to(cross[None, :, :], (units.shape[0], n, n_p))
             return base if post is None else base * post[:, :, None]
 
-        def consume(units, z):
+        def reduce_piece(units, z):
+            """Σ over the piece's units of δ′_{k,s′,i} Y_i[t, s′] g_{k′,t,i}, per k′: C arrays (N′, C_k, N)."""
             x_perm = xp.permute_dims(z, (2, 0, 1))  # (N′, c, N): Y_i[t, s′] at [s′, i, t]
             dp = xp.permute_dims(xp.take(d_p, units, axis=2), (1, 0, 2))  # (N′, C, c)
             g = xp.take(g_all, units, axis=2)  # (C, N, c)
-            for kk in range(c):
-                prod = dp @ (x_perm * xp.permute_dims(g[kk, ...], (1, 0))[None, :, :])  # (N′, C, N)
-                acc[kk] = prod if acc[kk] is None else acc[kk] + prod
+            return [dp @ (x_perm * xp.permute_dims(g[kk, ...], (1, 0))[None, :, :]) for kk in range(c)]
+
+        def consume(units, parts):
+            for part in parts:
+                for kk in range(c):
+                    acc[kk] = part[kk] if acc[kk] is None else acc[kk] + part[kk]
 
         # the shared-eigenbasis units by GEMMs over all of them (:meth:`_cross_term_shared`) where its
         # blocks of units and of rows hold >= 16 each within the layer's budget (N <~ 360 at the 2^21 floor)
@@ -563,7 +585,7 @@ class UnitWiseFisher(FisherApproximation):
         def shared_term(ids, lam, vec):
             extra.append(self._cross_term_shared(lay, ids, lam, vec, cross, d_p, g_all, block))
 
-        self._solve_units(lay, rhs, consume, n_p, shared_term if block >= 16 else None)
+        self._solve_units(lay, rhs, consume, n_p, shared_term if block >= 16 else None, reduce_piece)
         full = None
         if acc[0] is not None:
             full = xp.stack(acc, axis=0)  # (C_k′, N′, C_k, N)
@@ -744,6 +766,10 @@ def _spd_solve(a, b):
     z2 = _spd_solve(a22 - a21 @ x12, b[..., h:, :] - a21 @ x1b)
     return xp.concat([x1b - x12 @ z2, z2], axis=-2)
 
+
+#: pieces of a chunk whose solves and reductions run side by side (:meth:`UnitWiseFisher._solve_chunks`): fixed, so
+#: that a reduction over units adds the same partial sums in the same order for any number of threads
+REDUCE_PIECES = 2
 
 #: from this many right-hand sides per unknown on, :func:`_stacked_solve` inverts and multiplies
 INVERSE_FROM = 2.0
