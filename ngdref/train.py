@@ -134,7 +134,7 @@ def apply_factors(params: list, factors: list, eta: float, *, in_place: bool = F
 
 
 def ngd_step(fim: FisherApproximation, params: list, signals: Signals, residual, eta: float,
-             output_metric=None, *, in_place: bool = False) -> list:
+             output_metric=None, *, in_place: bool = False, factors: list | None = None) -> list:
     """θ_{t+1} = θ_t − η G_t⁻¹ J_tᵀ r / N (Eq. 7; ∇_θL = Jᵀr/N), per layer.
 
     ``signals`` are those of ``params`` (θ_t) on the training inputs, ``residual`` r = N ∂L/∂f
@@ -149,9 +149,11 @@ def ngd_step(fim: FisherApproximation, params: list, signals: Signals, residual,
     (``in_place=False``). Otherwise the only parameter-sized arrays made are those of the direction
     returned by ``fim.precondition`` (fresh, its contract): scaled by η in place, and with
     ``in_place=False`` turned into θ_{t+1} = θ_t − ηΔθ in place (−ηΔθ + θ_t is the same floating-point
-    sum), so that θ_t, θ_{t+1} and Δθ never coexist.
+    sum), so that θ_t, θ_{t+1} and Δθ never coexist. ``factors``: the direction's factors where the caller
+    has them already (:meth:`~ngdref.fisher.base.FisherApproximation.precondition_factors_many`).
     """
-    factors = fim.precondition_factors(signals, residual, output_metric)
+    if factors is None:
+        factors = fim.precondition_factors(signals, residual, output_metric)
     if factors is not None:
         return apply_factors(params, factors, eta, in_place=in_place)
     direction = fim.precondition(signals, residual, output_metric)
@@ -318,18 +320,28 @@ class Eq22Check(Observer):
     """At the end (T = ``steps`` > 0): ``eq22_relative_error`` = ‖(θ_T − θ_0) − Δθ^{Eq. 22}‖ /
     ‖Δθ^{Eq. 22}‖ with Δθ^{Eq. 22} = G_0⁻¹J_0ᵀ/N · Θ̄⁻¹(I − (I − ηΘ̄)^T)(y − f_0); with the
     approximation's factored direction where it has one (:func:`factored_distances`: no parameter-sized
-    Δθ^{Eq. 22}), else its ``precondition``."""
+    Δθ^{Eq. 22}), else its ``precondition``. ``vector`` is the sample-space v of G_0⁻¹J_0ᵀv/N for
+    T = ``steps``: :func:`train` has its factors made together with step 0's (``factors``), which shares
+    G_0's factorisation (unit-wise: one per unit) between the two."""
 
-    def __init__(self, fim, signals0: Signals, theta_bar, y_vec, eta: float, params0: list):
+    def __init__(self, fim, signals0: Signals, theta_bar, y_vec, eta: float, params0: list, steps: int):
         self.fim, self.signals0, self.theta_bar = fim, signals0, theta_bar
-        self.y_vec, self.eta, self.params0 = y_vec, eta, params0
+        self.y_vec, self.eta, self.params0, self.steps = y_vec, eta, params0, steps
+        self.vector = self._vector(steps) if steps > 0 else None
+        self.factors = None
+
+    def _vector(self, t: int):
+        return displacement_vector(self.signals0, self.theta_bar, function_vector(self.signals0.f), self.y_vec,
+                                   self.eta, t)
 
     def finish(self, step):
         if step.t == 0:
             return {}
-        v = displacement_vector(self.signals0, self.theta_bar, function_vector(self.signals0.f), self.y_vec,
-                                self.eta, step.t)
-        factors = self.fim.precondition_factors(self.signals0, v)
+        if step.t == self.steps and self.factors is not None:
+            factors, v = self.factors, self.vector
+        else:
+            v = self.vector if step.t == self.steps else self._vector(step.t)
+            factors = self.fim.precondition_factors(self.signals0, v)
         if factors is not None:
             parts = factored_distances(step.params, self.params0, factors)
         else:
@@ -448,7 +460,7 @@ def _closed_form_observers(fim, s0: Signals, theta_bar, y, s0t: Signals | None, 
     y_h = fetch(y_vec, *([function_vector(y_test)] if test else []))  # the targets as the backend holds them
     theory_rec = TheoryRecorder(theory, iso, y_h[0], test_theory, y_h[1] if test else None)
     return [theory_rec, DistanceRecorder(params0), *([lin] if lin else []),
-            Eq22Check(fim, s0, theta_bar, y_vec, eta, params0)]
+            Eq22Check(fim, s0, theta_bar, y_vec, eta, params0, steps)]
 
 
 def _stop(t: int, rec: dict, loss0: float, config: TrainConfig, eta: float) -> tuple[str, str] | None:
@@ -514,6 +526,7 @@ def train(
     summary.update({"alpha": alpha, "lr": eta, "lr_scale": config.lr_scale, "setup_seconds": time.perf_counter() - t_start})
 
     records: list = []
+    eq22 = next((obs for obs in observers if isinstance(obs, Eq22Check)), None)
     status, message = "ok", f"trained {config.steps} steps"
     params = params0
     phase("steps")
@@ -537,7 +550,12 @@ def train(
         if t == config.steps:
             break
         # θ_0 is kept (distance, Eq. 22): the first update makes new arrays, later ones overwrite them
-        params = ngd_step(fim, params, s, loss.residual(s.f, y), eta, loss.output_metric(s.f), in_place=t > 0)
+        residual, metric, factors = loss.residual(s.f, y), loss.output_metric(s.f), None
+        if t == 0 and eq22 is not None and eq22.vector is not None:  # step 0 and Eq. 22 share G_0⁻¹
+            pair = fim.precondition_factors_many(s, [residual, eq22.vector], metric)
+            if pair is not None:
+                factors, eq22.factors = pair
+        params = ngd_step(fim, params, s, residual, eta, metric, in_place=t > 0, factors=factors)
         if lin is not None:
             lin.step(eta)
 

@@ -38,6 +38,9 @@ class _Unfactored:
     def precondition_factors(self, signals, v, output_metric=None):
         return None
 
+    def precondition_factors_many(self, signals, vs, output_metric=None):
+        return None
+
 
 def _flat(params) -> np.ndarray:
     return np.concatenate([np.asarray(to_host(p), dtype=np.float64).reshape(-1) for p in params])
@@ -91,6 +94,62 @@ def test_factor_product_is_the_oracles_direction(backend, name, opts, rho, c):
         products.append(to_host(left @ right))
     want = O.oracle(name, net, net.init(0), x, rho, **opts).precondition(v)
     assert _rel(_flat(products), want) < 1e-9
+
+
+@pytest.mark.parametrize("c", [1, 2])
+@pytest.mark.parametrize("name,rho", [("unit", 1e-2), ("unit", 0.0), ("bd", 1e-2)])
+def test_factors_of_several_vectors_are_the_oracles(backend, name, rho, c):
+    """precondition_factors_many(s, [v_1, v_2, v_3]): each list's products are G⁻¹Jᵀv_j/N of the explicit P×P
+    oracle (unit-wise: the three vectors share each unit's factorisation; bd: the default, one call per v)."""
+    rng = np.random.default_rng(16)
+    net = Network((6, 10, 9, c), "relu", 2.0, 0.3)
+    x, vs = unit_rows(rng, 5, 6), [rng.standard_normal((c, 5)) for _ in range(3)]
+    p = net.init(0, backend)
+    s = net.signals(p, to_device(x, backend))
+    many = get_fisher(name, net, rho).precondition_factors_many(s, [to_device(v, backend) for v in vs])
+    orc = O.oracle(name, net, net.init(0), x, rho)
+    assert len(many) == 3
+    for factors, v in zip(many, vs):
+        assert _rel(_flat([left @ right for left, right in factors]), orc.precondition(v)) < 1e-9
+
+
+def test_train_shares_step_0_with_eq22(backend, monkeypatch):
+    """train's step 0 and its Eq. 22 check get their factors from one precondition_factors_many call (unit-wise:
+    one factorisation per unit); every record and the summary equal those of separate calls to 1e-10."""
+    calls = []
+    real = T.get_fisher
+
+    def counting(*a, **k):
+        fim = real(*a, **k)
+        many = fim.precondition_factors_many
+
+        def spy(signals, vs, output_metric=None):
+            calls.append(len(vs))
+            return many(signals, vs, output_metric)
+
+        fim.precondition_factors_many = spy
+        return fim
+
+    ds = load_dataset("gaussian", (0, 1), n_train=12, n_test=8, seed=1, input_dim=8)
+    net = Network.build(8, 24, 3, 1, "relu", sigma_b2=0.5)
+    config = TrainConfig(fim="unit", steps=3, damping=1e-3)
+    monkeypatch.setattr(T, "get_fisher", counting)
+    shared = train(net, ds, config, backend, seed=2)
+    assert calls == [2, 1, 1]  # step 0 with Eq. 22's vector, steps 1 and 2 alone (through precondition_factors)
+    monkeypatch.setattr(T, "get_fisher", lambda *a, **k: _NoMany(real(*a, **k)))
+    separate = train(net, ds, config, backend, seed=2)
+    assert shared.status == separate.status == "ok" and "eq22_relative_error" in shared.summary
+    for g, w in [*zip(shared.records, separate.records), (shared.summary, separate.summary)]:
+        for k, wv in w.items():
+            if isinstance(wv, float) and k not in ("seconds", "setup_seconds"):
+                assert math.isclose(g[k], wv, rel_tol=1e-10, abs_tol=1e-12), (k, g[k], wv)
+
+
+class _NoMany(_Unfactored):
+    """``fim`` with its factored direction but no shared one: step 0 and Eq. 22 make their own factors."""
+
+    def precondition_factors(self, signals, v, output_metric=None):
+        return self._fim.precondition_factors(signals, v, output_metric)
 
 
 @pytest.mark.parametrize("name", ["exact", "bd"])

@@ -106,6 +106,13 @@ class FisherApproximation(abc.ABC):
         The factors may be views of the signals: callers read them and do not write to them."""
         return None
 
+    def precondition_factors_many(self, signals: Signals, vs: list, output_metric=None) -> list | None:
+        """:meth:`precondition_factors` for several vectors v of the same signals, one list of factors per v;
+        ``None`` where there is no factored form. The default calls it once per v; an approximation whose
+        G⁻¹ costs a factorisation per call (unit-wise: one per unit) shares it between the vectors."""
+        out = [self.precondition_factors(signals, v, output_metric) for v in vs]
+        return None if any(f is None for f in out) else out
+
     def direction(self, params, x, y, signals: Signals | None = None) -> list:
         """Δθ = G⁻¹ ∇_θ L = G⁻¹ Jᵀ (f − y)/N (Eq. 7), per layer; ``y`` is (N, C)."""
         s = signals if signals is not None else self.network.signals(params, x)

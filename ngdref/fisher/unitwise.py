@@ -443,11 +443,12 @@ class UnitWiseFisher(FisherApproximation):
         return xp.sqrt(xp.take(lay.e, units, axis=0)) / float(lay.n)
 
     def _weights(self, lay: _Layer, x):
-        """x / e (exact) or x / √e (otherwise) on the alive set, 0 elsewhere."""
+        """x / e (exact) or x / √e (otherwise) on the alive set, 0 elsewhere; x (U, N, q)."""
         xp = namespace_of(x)
         denom = lay.e if lay.mode == _EXACT else xp.sqrt(lay.e)
-        safe = xp.where(lay.alive, denom, xp.ones_like(denom))
-        return xp.where(lay.alive, x / safe, xp.zeros_like(x))
+        alive = lay.alive[:, :, None]
+        safe = xp.where(alive, denom[:, :, None], xp.ones_like(x))
+        return xp.where(alive, x / safe, xp.zeros_like(x))
 
     def precondition(self, signals, v, output_metric=None):
         """Δθ_{l,i} = a_Sᵀ (post ∘ Φ_i(u_i/σ_i)) per unit (module docstring), θ_l-shaped per layer."""
@@ -456,28 +457,34 @@ class UnitWiseFisher(FisherApproximation):
     def precondition_factors(self, signals, v, output_metric=None):
         """Per layer (coef, a_{l−1}): row i of coef (U, N) is post ∘ Φ_i(u_i/σ_i) scattered to the N samples
         (0 off S_i), so coef @ a_{l−1} is Δθ_l (module docstring); coef in the network's dtype."""
-        xp = namespace_of(v)
-        c, n = v.shape
-        v = as_float64(v)
-        out = []
+        return self.precondition_factors_many(signals, [v], output_metric)[0]
+
+    def precondition_factors_many(self, signals, vs, output_metric=None):
+        """:meth:`precondition_factors` for q vectors with one factorisation per unit: Φ_i applied to the q
+        right-hand sides u_i/σ_i together (the solve of a unit costs about as much for q = 2 as for 1)."""
+        xp = namespace_of(vs[0])
+        q = len(vs)
+        c, n = vs[0].shape
+        v = xp.stack([as_float64(w) for w in vs], axis=-1)  # (C, N, q)
+        out = [[] for _ in range(q)]
         for l in range(1, self.network.depth + 1):
             lay = self._layer(signals, l)
-            u = xp.sum(xp.reshape(v, (c, n, 1)) * lay.delta, axis=0).T  # (U, N): Σ_k δ_k v_k
-            rhs_all = _row_major(self._weights(lay, u))  # gathered unit by unit below
+            u = xp.permute_dims(xp.sum(xp.reshape(v, (c, n, 1, q)) * lay.delta[..., None], axis=0), (1, 0, 2))
+            rhs_all = _row_major(self._weights(lay, u))  # (U, N, q): Σ_k δ_k v_k / σ, gathered unit by unit below
             pieces, order = [], []
 
             def rhs(units, rhs_all=rhs_all):
-                return xp.take(rhs_all, units, axis=0)[:, :, None]
+                return xp.take(rhs_all, units, axis=0)
 
             def consume(units, z, lay=lay, pieces=pieces, order=order):
-                z = z[:, :, 0]
                 post = self._post_scale(lay, units)
-                pieces.append(z if post is None else z * post)
+                pieces.append(z if post is None else z * post[:, :, None])
                 order.append(units)
 
-            self._solve_units(lay, rhs, consume, 1)
-            coef = _unpermute(xp.concat(pieces, axis=0), xp.concat(order, axis=0))  # (U, N), float64
-            out.append((xp.astype(coef, lay.a.dtype), lay.a))  # the parameter-sized product runs in the net's dtype
+            self._solve_units(lay, rhs, consume, q)
+            coef = _unpermute(xp.concat(pieces, axis=0), xp.concat(order, axis=0))  # (U, N, q), float64
+            for j in range(q):  # the parameter-sized product runs in the net's dtype
+                out[j].append((_row_major(xp.astype(coef[:, :, j], lay.a.dtype)), lay.a))
         return out
 
     def _theta_bar(self, s, s_prime):
