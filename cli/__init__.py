@@ -9,12 +9,13 @@ before NumPy loads OpenBLAS; both were measured on the 2-core development machin
   single-BLAS-thread pieces (:mod:`ngdref.threads`); the spinning workers took a core from those pieces
   and slowed the GEMM that followed (8.1-8.9× the GEMM with the default, 7.3-7.5× with 2^20 cycles,
   ~0.4 ms, still long enough for back-to-back calls).
-* glibc's allocator keeps freed blocks of up to 256 MiB for reuse (``mallopt`` M_MMAP_THRESHOLD and
+* glibc's allocator keeps freed blocks of up to 64 MiB for reuse (``mallopt`` M_MMAP_THRESHOLD and
   M_TRIM_THRESHOLD) instead of returning each to the kernel and faulting fresh pages in for the next:
   the unit-wise set-up's chunks of temporaries (a few MiB each, allocated and freed hundreds of times)
   took 405,000 page faults and 1.4 s of system time in its first call, 15,000 and 0.1 s with this.
-  Freed memory then stays with the process until it exits (the peak resident set is unchanged:
-  ``benchmarks/RESULTS.md``). Skipped where the C library is not glibc.
+  Freed blocks then stay with the process until it exits; larger ones (M = 16,384's chunks of hundreds
+  of MiB) are still returned, so the peak resident set does not grow by heap fragmentation (with 256 MiB
+  it grew from 2.42 to 2.46 P at M = 16,384). Skipped where the C library is not glibc.
 """
 
 import ctypes
@@ -23,7 +24,7 @@ import os
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
 
 
-def _keep_freed_blocks(limit: int = 256 << 20) -> None:
+def _keep_freed_blocks(limit: int = 64 << 20) -> None:
     try:
         libc = ctypes.CDLL("libc.so.6")
         mallopt = libc.mallopt
