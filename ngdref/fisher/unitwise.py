@@ -22,7 +22,9 @@ N×N and shared by all units of the layer):
   (k, k′) block of sample n is Σ_i δ_i^{(k)} δ_i^{(k′)} / e_i). No cut-off is applied to
   δ: a tiny but nonzero δ is inverted exactly, as in the limit.
 * ρ > 0: Δθ_{l,i} = a_Sᵀ [√e ∘ (diag(√e) K_SS diag(√e)/N + ρI)⁻¹ (u/√e)]_S / N; samples
-  with e = 0 drop out exactly (their rows of J_{l,i} vanish).
+  with e = 0 drop out exactly (their rows of J_{l,i} vanish). On NumPy the system is solved in the
+  equivalent form D⁻¹(K_SS + ρD⁻²)⁻¹D⁻¹ with D = diag(√(e/N)) (a diagonal update in place instead of
+  three passes over the stack; within 1e-13 of the scaled form, which the other backends use).
 * ρ = 0 and K singular (e.g. layer 1 with M0 + [σ_b > 0] < N): the general path, the
   pseudo-inverse (diag(√e) K_SS diag(√e))⁺ by a batched ``eigh`` with the cut-off of
   :mod:`ngdref.linalg`. K is tested per layer (λ_min > rtol·λ_max, rtol = ``rtol`` or
@@ -402,6 +404,18 @@ class UnitWiseFisher(FisherApproximation):
         if p == 0:
             return xp.zeros((c, n, q), dtype=r.dtype)
         a_c = _gather_sub(lay.padded("kernel"), idx_mat)  # [[K_SS, 0], [0, I]], (c, p, p)
+        if lay.mode == _DAMPED and _has_diagonal_view(a_c):
+            # A = D (K_SS + ρD⁻²) D with D = diag(√(e/N)) (1 on the padding): solve (K_SS + ρD⁻²) y = D⁻¹r and
+            # z = D⁻¹y — a diagonal update instead of two scaling passes and a ρI pass over the (c, p, p) stack
+            s = xp.sqrt(xp.take(lay.e, units, axis=0) / float(n))  # (c, N)
+            s_c = _gather_rows(s[:, :, None], idx)[:, :, 0] * valid + (1.0 - valid)  # (c, p), > 0
+            shift = self.damping / (s_c * s_c)
+            if bool(xp.all(shift < _SHIFT_LIMIT)):  # e ≥ ~1e-290·ρN: ρ/s² stays finite
+                _diagonal_view(a_c)[...] += shift
+                r_c = _gather_rows(r, idx) * (valid / s_c)[:, :, None]
+                z_c = _stacked_solve(a_c, r_c) / s_c[:, :, None]
+                return _scatter_rows(z_c, inv, n)
+            a_c = _gather_sub(lay.padded("kernel"), idx_mat)  # the diagonal was not touched: the general path
         if lay.mode != _EXACT:
             # D K_SS D / N with D = diag(√e); the padding block becomes pad² I: I (damped, so
             # that the stack stays positive definite) or 0 (pinv, so the cut-off is unchanged)
@@ -772,6 +786,20 @@ def _spd_solve(a, b):
     x12, x1b = x[..., :, : p - h], x[..., :, p - h :]
     z2 = _spd_solve(a22 - a21 @ x12, b[..., h:, :] - a21 @ x1b)
     return xp.concat([x1b - x12 @ z2, z2], axis=-2)
+
+
+#: the largest ρ/s² of :meth:`UnitWiseFisher._phi_alive`'s diagonal form (far below overflow)
+_SHIFT_LIMIT = 1e290
+
+
+def _has_diagonal_view(stack) -> bool:
+    """A NumPy stack, whose diagonals :func:`_diagonal_view` can write in place."""
+    return type(stack) is np.ndarray and stack.flags.writeable
+
+
+def _diagonal_view(stack):
+    """The diagonals of a NumPy (c, p, p) stack as a writable (c, p) view."""
+    return np.einsum("cii->ci", stack)
 
 
 #: pieces of a chunk whose solves and reductions run side by side (:meth:`UnitWiseFisher._solve_chunks`): fixed, so
