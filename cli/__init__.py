@@ -9,13 +9,15 @@ before NumPy loads OpenBLAS; both were measured on the 2-core development machin
   single-BLAS-thread pieces (:mod:`ngdref.threads`); the spinning workers took a core from those pieces
   and slowed the GEMM that followed (8.1-8.9× the GEMM with the default, 7.3-7.5× with 2^20 cycles,
   ~0.4 ms, still long enough for back-to-back calls).
-* glibc's allocator keeps freed blocks of up to 64 MiB for reuse (``mallopt`` M_MMAP_THRESHOLD and
-  M_TRIM_THRESHOLD) instead of returning each to the kernel and faulting fresh pages in for the next:
+* glibc's allocator serves blocks of up to 64 MiB from its heap (``mallopt`` M_MMAP_THRESHOLD) and keeps
+  up to 128 MiB of freed memory at the heap's top (M_TRIM_THRESHOLD), instead of mapping each block afresh
+  and returning it to the kernel on free, which faults fresh pages in for the next:
   the unit-wise set-up's chunks of temporaries (a few MiB each, allocated and freed hundreds of times)
   took 405,000 page faults and 1.4 s of system time in its first call, 15,000 and 0.1 s with this.
   Freed blocks then stay with the process until it exits; larger ones (M = 16,384's chunks of hundreds
   of MiB) are still returned, so the peak resident set does not grow by heap fragmentation (with 256 MiB
-  it grew from 2.42 to 2.46 P at M = 16,384). Skipped where the C library is not glibc.
+  it grew from 2.42 to 2.46 P at M = 16,384). Measured with 2 CPUs: each pool thread's arena may keep as
+  much again, so on many cores the retained memory can be larger. Skipped where the C library is not glibc.
 """
 
 import ctypes

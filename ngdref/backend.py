@@ -235,20 +235,34 @@ def subtract_product(out, left, right, scale: float, block_rows: int) -> None:
 
 
 def _blas_gemm_into(out, left, right, alpha: float) -> bool:
-    """outᵀ := α·rightᵀ leftᵀ + outᵀ by SciPy's BLAS ``?gemm`` with ``overwrite_c`` when every operand is a
-    NumPy array of ``out``'s float dtype and all three transposes are Fortran-ordered views (so f2py copies
-    nothing); False (nothing done) otherwise."""
+    """outᵀ := α·rightᵀ leftᵀ + outᵀ by SciPy's BLAS ``?gemm`` with ``overwrite_c`` (BLAS is column-major; a
+    C-ordered ``out`` is a Fortran-ordered outᵀ, so f2py writes into its memory), when every operand is a 2-D
+    NumPy array of ``out``'s float dtype and ``out`` is C-ordered; each factor goes in as its Fortran-ordered
+    transpose, or, where the factor itself is Fortran-ordered (a transposed view such as δᵀ), untransposed with
+    BLAS's transpose flag — so f2py copies nothing. False (nothing done) otherwise."""
     arrays = (out, left, right)
-    if not all(type(a) is np.ndarray for a in arrays) or out.dtype not in (np.float32, np.float64):
+    if not all(type(a) is np.ndarray and a.ndim == 2 and a.dtype == out.dtype for a in arrays):
         return False
-    if any(a.dtype != out.dtype or a.ndim != 2 or not a.flags.c_contiguous for a in arrays) or not out.flags.writeable:
+    if out.dtype not in (np.float32, np.float64) or not (out.flags.c_contiguous and out.flags.writeable):
+        return False
+    (a, trans_a), (b, trans_b) = _fortran_operand(right), _fortran_operand(left)  # op(a) = rightᵀ, op(b) = leftᵀ
+    if a is None or b is None:
         return False
     if 0 in out.shape or left.shape[1] == 0:
         return True  # an empty product: nothing to subtract
     from scipy.linalg import blas
 
     gemm = blas.dgemm if out.dtype == np.float64 else blas.sgemm
-    result = gemm(alpha, right.T, left.T, beta=1.0, c=out.T, overwrite_c=1)
+    result = gemm(alpha, a, b, beta=1.0, c=out.T, trans_a=trans_a, trans_b=trans_b, overwrite_c=1)
     if not np.shares_memory(result, out):  # f2py made a copy after all: write it back (never expected)
         out[...] = result.T
     return True
+
+
+def _fortran_operand(m):
+    """(array, trans) with BLAS's op(array) = mᵀ and ``array`` Fortran-ordered, or (None, 0)."""
+    if m.T.flags.f_contiguous:
+        return m.T, 0
+    if m.flags.f_contiguous:
+        return m, 1
+    return None, 0

@@ -122,8 +122,8 @@ def _row_blocks(rows: int, cols: int, budget: int):
 def apply_factors(params: list, factors: list, eta: float, *, in_place: bool = False) -> list:
     """The NGD update θ_{t+1} = θ_t − η G⁻¹∇L (Eq. 7), θ_l − η·left_l @ right_l per layer, for a factored
     direction (:meth:`~ngdref.fisher.base.FisherApproximation.precondition_factors`), written into θ_{t+1}
-    itself by :func:`~ngdref.backend.subtract_product` (one BLAS GEMM with β = 1 on NumPy, row blocks of
-    ``_UPDATE_BLOCK`` entries elsewhere), so that no parameter-sized Δθ exists. ``in_place`` as in
+    itself by :func:`~ngdref.backend.subtract_product` (one BLAS GEMM with β = 1 for NumPy arrays, C- or
+    Fortran-ordered factors alike; row blocks of ``_UPDATE_BLOCK`` entries elsewhere), so that no parameter-sized Δθ exists. ``in_place`` as in
     :func:`ngd_step`; otherwise θ_{t+1} starts as a copy of θ_t. Agrees with the unfactored path's
     θ − η(left @ right) up to the last bits."""
     xp = namespace_of(params[0])

@@ -82,24 +82,40 @@ def test_subtract_product_matches_the_explicit_update(backend, dtype, shape):
     assert np.all(np.abs(got - want) <= tol * (k + 2) * scale)
 
 
-def test_subtract_product_numpy_paths_agree():
-    """The BLAS path writes into out's buffer (no copy); a layout it does not take (a non-contiguous out,
-    a mixed dtype) goes by row blocks and gives the same numbers to the last bits."""
+@pytest.mark.parametrize("orders", ["CC", "CF", "FC", "FF"])
+def test_subtract_product_numpy_blas_path_writes_in_place(orders, monkeypatch):
+    """NumPy: one ``dgemm`` whose result *is* out's memory (a spy on SciPy's BLAS checks it), for C- and
+    Fortran-ordered factors (a Fortran-ordered one is a transposed view such as δᵀ); a layout the BLAS path
+    does not take (a strided out, a mixed dtype) goes by row blocks without calling it. All equal
+    out − s·(left @ right) to the last bits."""
+    import scipy.linalg.blas as blas
+
     from ngdref.backend import subtract_product
 
+    calls = []
+    real = blas.dgemm
+
+    def spy(*args, **kwargs):
+        result = real(*args, **kwargs)
+        calls.append(np.shares_memory(result, kwargs["c"]))
+        return result
+
+    monkeypatch.setattr(blas, "dgemm", spy)
     rng = np.random.default_rng(4)
-    out, left, right = rng.standard_normal((9, 6)), rng.standard_normal((9, 4)), rng.standard_normal((4, 6))
+    out = rng.standard_normal((9, 6))
+    left = np.asarray(rng.standard_normal((9, 4)), order=orders[0])
+    right = np.asarray(rng.standard_normal((4, 6)), order=orders[1])
     want = out - 0.3 * (left @ right)
     fast = out.copy()
-    address = fast.__array_interface__["data"][0]
     subtract_product(fast, left, right, 0.3, 4)
-    assert fast.__array_interface__["data"][0] == address
+    assert calls == [True]
     wide = np.zeros((9, 12))
     wide[:, ::2] = out  # a strided view: the row-block path
     view = wide[:, ::2]
     subtract_product(view, left, right, 0.3, 4)
     mixed = out.copy()
     subtract_product(mixed, left.astype(np.float32), right, 0.3, 4)
+    assert calls == [True]
     for got, tol in ((fast, 1e-15), (view, 1e-15), (mixed, 1e-7)):
         assert np.max(np.abs(got - want)) <= tol * np.max(np.abs(want))
     assert np.array_equal(wide[:, 1::2], 0.0 * wide[:, 1::2])  # the gaps were not written

@@ -24,7 +24,9 @@ N×N and shared by all units of the layer):
 * ρ > 0: Δθ_{l,i} = a_Sᵀ [√e ∘ (diag(√e) K_SS diag(√e)/N + ρI)⁻¹ (u/√e)]_S / N; samples
   with e = 0 drop out exactly (their rows of J_{l,i} vanish). On NumPy the system is solved in the
   equivalent form D⁻¹(K_SS + ρD⁻²)⁻¹D⁻¹ with D = diag(√(e/N)) (a diagonal update in place instead of
-  three passes over the stack; within 1e-13 of the scaled form, which the other backends use).
+  three passes over the stack). The two forms round differently: within 5e-14 of each other at M = 4096
+  on MNIST, but where K_SS is near singular (M0 + 1 < N, ρ = 1e-12) up to 3e-8 apart, each as accurate
+  as the other (the same defect of symmetry in Θ̄); the other backends use the scaled form.
 * ρ = 0 and K singular (e.g. layer 1 with M0 + [σ_b > 0] < N): the general path, the
   pseudo-inverse (diag(√e) K_SS diag(√e))⁺ by a batched ``eigh`` with the cut-off of
   :mod:`ngdref.linalg`. K is tested per layer (λ_min > rtol·λ_max, rtol = ``rtol`` or
@@ -81,7 +83,7 @@ from ..backend import as_float64, backend_of, dtype_name_of, namespace_of, to_de
 from ..errors import ConfigError, NgdrefError
 from ..kernels import check_pair, layer_gammas, order_parameters
 from ..linalg import default_rtol, psd_pinv, symmetrize
-from ..threads import Pool, blas_context
+from ..threads import Pool, blas_context, cpu_count
 from . import cost
 from .base import FisherApproximation, factor_product
 from .spec import FisherSpec, register
@@ -306,7 +308,7 @@ class UnitWiseFisher(FisherApproximation):
                       reduce_piece=None):
         """The chunk loop of :meth:`_solve_units`: chunks are made exactly as with one thread; each is
         split into contiguous pieces of units solved side by side (:class:`ngdref.threads.Pool`), then consumed whole.
-        With ``reduce_piece`` a chunk is always cut into the same :data:`REDUCE_PIECES` pieces, whatever the number of
+        With ``reduce_piece`` a chunk is always cut into the same :func:`_reduce_pieces` pieces, whatever the number of
         threads, so that the reductions, added in piece order by ``consume``, do not depend on it."""
         n = lay.n
         for group in (False, True):
@@ -339,7 +341,8 @@ class UnitWiseFisher(FisherApproximation):
                     return phi(lay, u, rhs(u), idx[lo:hi, ...], idx_mat[lo:hi, ...], inv[lo:hi, ...], valid[lo:hi, ...])
 
                 if reduce_piece is not None:
-                    cut = [int(chunk.size) * j // REDUCE_PIECES for j in range(REDUCE_PIECES + 1)]
+                    pieces = _reduce_pieces()
+                    cut = [int(chunk.size) * j // pieces for j in range(pieces + 1)]
                     cut = sorted(set(cut))
 
                     def reduced(j, piece=piece, units=units, cut=cut):
@@ -413,9 +416,9 @@ class UnitWiseFisher(FisherApproximation):
             if bool(xp.all(shift < _SHIFT_LIMIT)):  # e ≥ ~1e-290·ρN: ρ/s² stays finite
                 _diagonal_view(a_c)[...] += shift
                 r_c = _gather_rows(r, idx) * (valid / s_c)[:, :, None]
-                z_c = _stacked_solve(a_c, r_c) / s_c[:, :, None]
+                z_c = xp.linalg.solve(a_c, r_c) / s_c[:, :, None]
                 return _scatter_rows(z_c, inv, n)
-            a_c = _gather_sub(lay.padded("kernel"), idx_mat)  # the diagonal was not touched: the general path
+            # ρ/s² too large for the diagonal form: the scaled form below (a_c's diagonal was not touched)
         if lay.mode != _EXACT:
             # D K_SS D / N with D = diag(√e); the padding block becomes pad² I: I (damped, so
             # that the stack stays positive definite) or 0 (pinv, so the cut-off is unchanged)
@@ -430,7 +433,7 @@ class UnitWiseFisher(FisherApproximation):
         else:
             if lay.mode == _DAMPED:
                 a_c += self.damping * xp.eye(p, dtype=a_c.dtype)  # a_c is this chunk's own gather: in place
-            z_c = _stacked_solve(a_c, r_c)
+            z_c = xp.linalg.solve(a_c, r_c)
         return _scatter_rows(z_c, inv, n)
 
     def _phi_dead(self, lay: _Layer, units, r, idx, idx_mat, inv, valid):
@@ -483,7 +486,10 @@ class UnitWiseFisher(FisherApproximation):
         out = [[] for _ in range(q)]
         for l in range(1, self.network.depth + 1):
             lay = self._layer(signals, l)
-            u = xp.permute_dims(xp.sum(xp.reshape(v, (c, n, 1, q)) * lay.delta[..., None], axis=0), (1, 0, 2))
+            u = None  # Σ_k δ_k ∘ v_k as (U, N, q), one output k at a time (no (C, N, U, q) temporary)
+            for k in range(c):
+                term = xp.permute_dims(lay.delta[k, ...], (1, 0))[:, :, None] * v[k, ...][None, :, :]
+                u = term if u is None else u + term
             rhs_all = _row_major(self._weights(lay, u))  # (U, N, q): Σ_k δ_k v_k / σ, gathered unit by unit below
             pieces, order = [], []
 
@@ -802,25 +808,13 @@ def _diagonal_view(stack):
     return np.einsum("cii->ci", stack)
 
 
-#: pieces of a chunk whose solves and reductions run side by side (:meth:`UnitWiseFisher._solve_chunks`): fixed, so
-#: that a reduction over units adds the same partial sums in the same order for any number of threads
-REDUCE_PIECES = 2
-
-#: from this many right-hand sides per unknown on, :func:`_stacked_solve` inverts and multiplies
-INVERSE_FROM = 2.0
-
-
-def _stacked_solve(a, b):
-    """a⁻¹b for a stack of SPD systems, (c, p, p) and (c, p, q): one batched LU solve for few right-hand
-    sides; for q >= :data:`INVERSE_FROM`·p (the set-up's Θ̄ with N + N′ columns) the inverses times b, a batched
-    GEMM: on one BLAS thread at p = 50, q = 200 that is 1.5× faster than LAPACK's triangular solves (whose
-    small-matrix kernels run at a fraction of GEMM speed). The product with an explicit inverse is not
-    backward stable as the solve is, but its forward error is of the same order, cond(a)·eps."""
-    xp = namespace_of(a)
-    if b.shape[-1] >= INVERSE_FROM * a.shape[-1]:
-        return xp.linalg.inv(a) @ b
-    return xp.linalg.solve(a, b)
-
+def _reduce_pieces() -> int:
+    """Pieces of a chunk whose solves and reductions run side by side (:meth:`UnitWiseFisher._solve_chunks`): the
+    CPUs this process may use, between 2 and 8 — a property of the machine, not of the number of threads that
+    run (``THREADS``, the BLAS pool, ``--jobs``), so a reduction over units adds the same partial sums in the
+    same order however many threads compute them. More pieces than CPUs only cost: with 2 CPUs, 8 pieces made
+    the set-up's Θ̄ 1.5× slower than 2 (M = 4096, N = N′ = 100)."""
+    return max(2, min(8, cpu_count()))
 
 def _shared_left_product(h, stack):
     """h @ stack[u] for every u, as one (N, N) × (N, c·q) GEMM instead of c small products."""
