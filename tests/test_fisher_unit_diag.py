@@ -596,31 +596,39 @@ def test_oracle_entrywise_pinv_is_the_eigenvalue_pinv_without_tiny_entries(width
     assert _rel(g @ got @ g, g) < 1e-10  # G G⁺ G = G
 
 
-@pytest.mark.parametrize("limit", [None, 0.0])
-def test_unit_diagonal_form_matches_the_scaled_form(limit, monkeypatch):
-    """NumPy's damped per-unit solve (K_SS + ρD⁻²)y = D⁻¹r, z = D⁻¹y (a diagonal update in place) against the
-    scaled form (DK_SSD + ρI)z = r of the other backends, on the same NumPy arrays: directions and Θ̄ within
-    1e-11 at ρ = 1e-6 (units alive on 1 to N samples, N = 70 > 64 so several chunk sizes). ``limit`` = 0 forces
-    the guard's fall-back (ρ/s² too large) to the scaled form: then the results are identical."""
+def test_unit_diagonal_form_matches_the_scaled_form(backend, monkeypatch):
+    """The damped per-unit solve (K_SS + ρD⁻²)y = D⁻¹r, z = D⁻¹y against the scaled form (DK_SSD + ρI)z = r that
+    the guard falls back to (forced by ``_SHIFT_LIMIT`` = 0): directions and Θ̄ within 1e-11 at ρ = 1e-6 (units
+    alive on 1 to N samples, N = 70 > 64 so several chunk sizes)."""
     import ngdref.fisher.unitwise as U
 
     rng = np.random.default_rng(21)
     net = Network((9, 48, 40, 1), "relu", 2.0, 0.2)
     x = unit_rows(rng, 70, 9)
-    p = net.init(3)
-    s = net.signals(p, x)
-    v = rng.standard_normal((1, 70))
+    p = net.init(3, backend)
+    s = net.signals(p, to_device(x, backend))
+    v = to_device(rng.standard_normal((1, 70)), backend)
     fim = get_fisher("unit", net, 1e-6)
-    if limit is not None:
-        monkeypatch.setattr(U, "_SHIFT_LIMIT", limit)
-    got = [fim.precondition(s, v), fim.coefficient(s)]
-    monkeypatch.setattr(U, "_has_diagonal_view", lambda stack: False)
-    want = [fim.precondition(s, v), fim.coefficient(s)]
-    for g, w in zip([*got[0], got[1]], [*want[0], want[1]]):
-        if limit is None:
-            assert _rel(g, w) < 1e-11
-        else:
-            assert np.array_equal(g, w)
+    got = [to_host(a) for a in [*fim.precondition(s, v), fim.coefficient(s)]]
+    monkeypatch.setattr(U, "_SHIFT_LIMIT", 0.0)
+    want = [to_host(a) for a in [*fim.precondition(s, v), fim.coefficient(s)]]
+    for g, w in zip(got, want):
+        assert _rel(g, w) < 1e-11
+
+
+def test_add_to_diagonal_in_place_and_by_identity():
+    """NumPy's in-place diagonal update and the array-API form stack + d ∘ I give the same numbers bit for bit
+    (so the backends agree), the first without a new array."""
+    import ngdref.fisher.unitwise as U
+
+    rng = np.random.default_rng(23)
+    stack, d = rng.standard_normal((4, 5, 5)), rng.standard_normal((4, 5)) * 1e-3
+    want = stack + np.stack([np.diag(row) for row in d])
+    inplace = stack.copy()
+    assert U._add_to_diagonal(inplace, d) is inplace and np.array_equal(inplace, want)
+    strict = get_backend("strict")
+    got = U._add_to_diagonal(to_device(stack, strict), to_device(d, strict))
+    assert np.array_equal(to_host(got), want)
 
 
 def test_unit_theta_bar_does_not_depend_on_the_test_set():

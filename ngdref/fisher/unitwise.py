@@ -22,11 +22,12 @@ N×N and shared by all units of the layer):
   (k, k′) block of sample n is Σ_i δ_i^{(k)} δ_i^{(k′)} / e_i). No cut-off is applied to
   δ: a tiny but nonzero δ is inverted exactly, as in the limit.
 * ρ > 0: Δθ_{l,i} = a_Sᵀ [√e ∘ (diag(√e) K_SS diag(√e)/N + ρI)⁻¹ (u/√e)]_S / N; samples
-  with e = 0 drop out exactly (their rows of J_{l,i} vanish). On NumPy the system is solved in the
-  equivalent form D⁻¹(K_SS + ρD⁻²)⁻¹D⁻¹ with D = diag(√(e/N)) (a diagonal update in place instead of
-  three passes over the stack). The two forms round differently: within 5e-14 of each other at M = 4096
-  on MNIST, but where K_SS is near singular (M0 + 1 < N, ρ = 1e-12) up to 3e-8 apart, each as accurate
-  as the other (the same defect of symmetry in Θ̄); the other backends use the scaled form.
+  with e = 0 drop out exactly (their rows of J_{l,i} vanish). The system is solved in the
+  equivalent form D⁻¹(K_SS + ρD⁻²)⁻¹D⁻¹ with D = diag(√(e/N)) (on NumPy a diagonal update in place
+  instead of three passes over the stack), on every backend alike; the scaled form remains for
+  ρ/s² beyond 1e290 (e below ~1e-290·ρN). The two forms round differently: within 5e-14 of each other
+  at M = 4096 on MNIST, but where K_SS is near singular (M0 + 1 < N, ρ = 1e-12) up to 3e-8 apart, each
+  as accurate as the other (the same defect of symmetry in Θ̄).
 * ρ = 0 and K singular (e.g. layer 1 with M0 + [σ_b > 0] < N): the general path, the
   pseudo-inverse (diag(√e) K_SS diag(√e))⁺ by a batched ``eigh`` with the cut-off of
   :mod:`ngdref.linalg`. K is tested per layer (λ_min > rtol·λ_max, rtol = ``rtol`` or
@@ -407,14 +408,14 @@ class UnitWiseFisher(FisherApproximation):
         if p == 0:
             return xp.zeros((c, n, q), dtype=r.dtype)
         a_c = _gather_sub(lay.padded("kernel"), idx_mat)  # [[K_SS, 0], [0, I]], (c, p, p)
-        if lay.mode == _DAMPED and _has_diagonal_view(a_c):
+        if lay.mode == _DAMPED:
             # A = D (K_SS + ρD⁻²) D with D = diag(√(e/N)) (1 on the padding): solve (K_SS + ρD⁻²) y = D⁻¹r and
             # z = D⁻¹y — a diagonal update instead of two scaling passes and a ρI pass over the (c, p, p) stack
             s = xp.sqrt(xp.take(lay.e, units, axis=0) / float(n))  # (c, N)
             s_c = _gather_rows(s[:, :, None], idx)[:, :, 0] * valid + (1.0 - valid)  # (c, p), > 0
             shift = self.damping / (s_c * s_c)
             if bool(xp.all(shift < _SHIFT_LIMIT)):  # e ≥ ~1e-290·ρN: ρ/s² stays finite
-                _diagonal_view(a_c)[...] += shift
+                a_c = _add_to_diagonal(a_c, shift)
                 r_c = _gather_rows(r, idx) * (valid / s_c)[:, :, None]
                 z_c = xp.linalg.solve(a_c, r_c) / s_c[:, :, None]
                 return _scatter_rows(z_c, inv, n)
@@ -798,14 +799,15 @@ def _spd_solve(a, b):
 _SHIFT_LIMIT = 1e290
 
 
-def _has_diagonal_view(stack) -> bool:
-    """A NumPy stack, whose diagonals :func:`_diagonal_view` can write in place."""
-    return type(stack) is np.ndarray and stack.flags.writeable
-
-
-def _diagonal_view(stack):
-    """The diagonals of a NumPy (c, p, p) stack as a writable (c, p) view."""
-    return np.einsum("cii->ci", stack)
+def _add_to_diagonal(stack, d):
+    """stack[u] + diag(d[u]) for a (c, p, p) stack and d (c, p): in place through a writable view of the
+    diagonals for a NumPy array (O(c·p)); elsewhere stack + d ∘ I (the array API has no such view), whose
+    entries are the same sums (off the diagonal a + 0·d = a), so every backend computes the same numbers."""
+    if type(stack) is np.ndarray and stack.flags.writeable:
+        np.einsum("cii->ci", stack)[...] += d
+        return stack
+    xp = namespace_of(stack)
+    return stack + d[:, :, None] * xp.eye(stack.shape[-1], dtype=stack.dtype)
 
 
 def _reduce_pieces() -> int:
