@@ -235,12 +235,7 @@ def _train_case(case: str, backend, width: int = 32, steps: int = 3):
     ds = load_dataset("gaussian", classes, n_train=12, n_test=n_test, seed=1, input_dim=8)
     net = Network.build(8, width, 3, len(classes) if loss == "ce" else 1, "relu", sigma_b2=0.5)
     lr = 0.01 if fim == "kfac" else None  # K-FAC with M0 = 8 < N = 12: no α (S.109), so η is given
-    # unit-wise at its default ρ = 1e-12 leaves the linear regime on this tiny net (‖θ_1 − θ_0‖ = 228 against
-    # ‖θ_0‖ = 38, outputs made by cancellation), and the loss at θ_1 amplifies a last-bit difference of the
-    # update: NumPy's (one BLAS GEMM with β = 1) and the strict backend's (a product, then a subtraction)
-    # give losses 1.4e-8 apart. At ρ = 1e-3 (step 0.87) the comparison tests the backends, not that amplification.
-    damping = 1e-3 if fim == "unit" else None
-    config = TrainConfig(fim=fim, steps=steps, loss=loss, linearized=linearized, lr=lr, damping=damping)
+    config = TrainConfig(fim=fim, steps=steps, loss=loss, linearized=linearized, lr=lr)
     return train(net, ds, config, backend, seed=2)
 
 
@@ -260,7 +255,14 @@ def _assert_close(got, want, path=""):
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_train_on_backend_matches_numpy(device_backend, case):
+def test_train_on_backend_matches_numpy(device_backend, case, monkeypatch):
+    """Every record and the summary agree to 1e-10. NumPy's θ update goes by the row blocks the other backends
+    use (its BLAS β = 1 GEMM, tested in test_backend, rounds the last bit differently): unit-wise at its default
+    ρ = 1e-12 leaves the linear regime on this tiny net (‖θ_1 − θ_0‖ = 228 against ‖θ_0‖ = 38, outputs made by
+    cancellation), where the loss at θ_1 would carry that last bit to 1.4e-8."""
+    import ngdref.backend
+
+    monkeypatch.setattr(ngdref.backend, "_blas_gemm_into", lambda *args: False)
     got, want = _train_case(case, device_backend), _train_case(case, NP)
     assert got.status == want.status == "ok", got.message
     assert len(got.records) == len(want.records) == 4
