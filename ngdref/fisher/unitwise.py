@@ -339,7 +339,7 @@ class UnitWiseFisher(FisherApproximation):
 
                 def piece(lo, hi, phi=phi, units=units, idx=idx, idx_mat=idx_mat, inv=inv, valid=valid):
                     u = units[lo:hi]
-                    return phi(lay, u, rhs(u), idx[lo:hi, ...], idx_mat[lo:hi, ...], inv[lo:hi, ...], valid[lo:hi, ...])
+                    return phi(lay, u, rhs, idx[lo:hi, ...], idx_mat[lo:hi, ...], inv[lo:hi, ...], valid[lo:hi, ...])
 
                 if reduce_piece is not None:
                     pieces = _reduce_pieces()
@@ -394,7 +394,7 @@ class UnitWiseFisher(FisherApproximation):
             w = w / den[:, :, None]
             consume(units, _shared_left_product(vec, w))
 
-    def _phi_alive(self, lay: _Layer, units, r, idx, idx_mat, inv, valid):
+    def _phi_alive(self, lay: _Layer, units, rhs, idx, idx_mat, inv, valid):
         """Φ on the compacted alive set: solve A_i on S_i, padded to a block [[A_i, 0], [0, I]].
 
         ``idx`` (c, p): the compacted samples (padding slots repeat other samples and are
@@ -402,11 +402,11 @@ class UnitWiseFisher(FisherApproximation):
         from the (2N, 2N) padded kernel. The right-hand side is zero on the padding, so the
         solution is too.
         """
-        xp = namespace_of(r)
-        c, n, q = r.shape
-        p = idx.shape[1]
+        xp = namespace_of(lay.kernel)
+        c, n, p = int(units.shape[0]), lay.n, idx.shape[1]
         if p == 0:
-            return xp.zeros((c, n, q), dtype=r.dtype)
+            return xp.zeros((c, n, _rhs_columns(rhs, units)), dtype=lay.kernel.dtype)
+        r_c = _compacted_rhs(rhs, units, idx)  # R_i's rows on the compacted set, (c, p, q)
         a_c = _gather_sub(lay.padded("kernel"), idx_mat)  # [[K_SS, 0], [0, I]], (c, p, p)
         if lay.mode == _DAMPED:
             # A = D (K_SS + ρD⁻²) D with D = diag(√(e/N)) (1 on the padding): solve (K_SS + ρD⁻²) y = D⁻¹r and
@@ -416,7 +416,7 @@ class UnitWiseFisher(FisherApproximation):
             shift = self.damping / (s_c * s_c)
             if bool(xp.all(shift < _SHIFT_LIMIT)):  # e ≥ ~1e-290·ρN: ρ/s² stays finite
                 a_c = _add_to_diagonal(a_c, shift)
-                r_c = _gather_rows(r, idx) * (valid / s_c)[:, :, None]
+                r_c = r_c * (valid / s_c)[:, :, None]
                 z_c = xp.linalg.solve(a_c, r_c) / s_c[:, :, None]
                 return _scatter_rows(z_c, inv, n)
             # ρ/s² too large for the diagonal form: the scaled form below (a_c's diagonal was not touched)
@@ -428,7 +428,7 @@ class UnitWiseFisher(FisherApproximation):
             s_c = _gather_rows(s[:, :, None], idx)[:, :, 0] * valid + pad * (1.0 - valid)  # (c, p)
             a_c *= s_c[:, :, None]
             a_c *= s_c[:, None, :]
-        r_c = _gather_rows(r, idx) * valid[:, :, None]
+        r_c = r_c * valid[:, :, None]
         if lay.mode == _PINV:
             z_c = psd_pinv(a_c, self.rtol) @ r_c
         else:
@@ -437,8 +437,9 @@ class UnitWiseFisher(FisherApproximation):
             z_c = xp.linalg.solve(a_c, r_c)
         return _scatter_rows(z_c, inv, n)
 
-    def _phi_dead(self, lay: _Layer, units, r, idx, idx_mat, inv, valid):
+    def _phi_dead(self, lay: _Layer, units, rhs, idx, idx_mat, inv, valid):
         """Φ = P_S K_SS⁻¹ P_S through H = K⁻¹: K_SS⁻¹ = H_SS − H_SD H_DD⁻¹ H_DS (exact mode)."""
+        r = rhs(units)
         xp = namespace_of(r)
         c, n, q = r.shape
         p = idx.shape[1]
@@ -588,10 +589,7 @@ class UnitWiseFisher(FisherApproximation):
         g_all = xp.where(alive, lay.delta / safe, xp.zeros_like(lay.delta))  # δ/e or δ/√e, (C, N, U)
         acc = [None] * c
 
-        def rhs(units):
-            post = self._post_scale(lay, units)
-            base = xp.broadcast_to(cross[None, :, :], (units.shape[0], n, n_p))
-            return base if post is None else base * post[:, :, None]
+        rhs = _SharedRows(cross, lambda units: self._post_scale(lay, units))  # post_i ∘ K(x, x′)
 
         def reduce_piece(units, z):
             """Σ over the piece's units of δ′_{k,s′,i} Y_i[t, s′] g_{k′,t,i}, per k′: C arrays (N′, C_k, N)."""
@@ -797,6 +795,41 @@ def _spd_solve(a, b):
 
 #: the largest ρ/s² of :meth:`UnitWiseFisher._phi_alive`'s diagonal form (far below overflow)
 _SHIFT_LIMIT = 1e290
+
+
+class _SharedRows:
+    """Right-hand sides R_i = diag(scale_i) M with one shared M (N, q) — Θ̄'s post_i ∘ K(x, x′). Called with
+    units, the (c, N, q) stack; :func:`_compacted_rhs` gathers the compacted rows M[S_i] ∘ scale_i directly,
+    without that stack (at N = N′ = 100 it is 2·N·N′ of the 3·N·N′ + p·N′ entries a unit's solve had written)."""
+
+    def __init__(self, matrix, scale):
+        self.matrix, self.scale = matrix, scale  # scale(units): (c, N) or None (no scaling)
+
+    def __call__(self, units):
+        xp = namespace_of(self.matrix)
+        n, q = self.matrix.shape
+        base = xp.broadcast_to(self.matrix[None, :, :], (units.shape[0], n, q))
+        scale = self.scale(units)
+        return base if scale is None else base * scale[:, :, None]
+
+
+def _compacted_rhs(rhs, units, idx):
+    """rhs(units)[u, idx[u], :], (c, p, q): from a :class:`_SharedRows` by one gather of M's rows (the same
+    products as scaling first), else gathered from the full stack."""
+    if not isinstance(rhs, _SharedRows):
+        return _gather_rows(rhs(units), idx)
+    xp = namespace_of(rhs.matrix)
+    c, p = idx.shape
+    rows = xp.reshape(xp.take(rhs.matrix, xp.reshape(idx, (-1,)), axis=0), (c, p, rhs.matrix.shape[1]))
+    scale = rhs.scale(units)
+    if scale is None:
+        return rows
+    return rows * _gather_rows(scale[:, :, None], idx)
+
+
+def _rhs_columns(rhs, units) -> int:
+    """q of a right-hand side."""
+    return int(rhs.matrix.shape[1]) if isinstance(rhs, _SharedRows) else int(rhs(units).shape[2])
 
 
 def _add_to_diagonal(stack, d):
