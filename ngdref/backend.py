@@ -223,7 +223,7 @@ def subtract_product(out, left, right, scale: float, block_rows: int) -> None:
     it runs on the transposes: outᵀ −= scale·rightᵀ leftᵀ, every operand a view) — no (m, n) temporary
     and one pass over ``out`` instead of three (product, read, write). Elsewhere (the strict array API,
     CuPy, other layouts or mixed dtypes) ``block_rows`` rows at a time: out[r0:r1] −= (scale·left[r0:r1]) @
-    right. Both round α·Σ_k left·right once more or less than the other: they agree to the last bits.
+    right. The two may differ in the last bit (BLAS may fuse α·Σ_k left·right into the addition).
     """
     xp = namespace_of(out)
     if _blas_gemm_into(out, left, right, -float(scale)):

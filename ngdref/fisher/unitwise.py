@@ -260,7 +260,8 @@ class UnitWiseFisher(FisherApproximation):
         solve and reduction done by one thread (so a reduction over units, e.g. Θ̄'s sum, runs on the pool too).
 
         Φ_i = P_S A_i⁻¹ P_S with A_i = K_SS (exact), diag(√e)K_SS diag(√e)/N + ρI (damped) or
-        the pseudo-inverse of diag(√e)K_SS diag(√e)/N (pinv); ``rhs(units)`` gives R, (c, N, q).
+        the pseudo-inverse of diag(√e)K_SS diag(√e)/N (pinv); ``rhs(units)`` gives R, (c, N, q) (a
+        :class:`_SharedRows` also gives each unit's compacted rows without the whole stack).
         Damped units alive on every sample with e constant over the samples share one eigenbasis
         (:meth:`_solve_shared`, or ``shared_term(ids, λ, V)`` instead where the caller handles those
         units itself); the others are solved unit by unit on their compacted sets.
@@ -397,8 +398,8 @@ class UnitWiseFisher(FisherApproximation):
     def _phi_alive(self, lay: _Layer, units, rhs, idx, idx_mat, inv, valid):
         """Φ on the compacted alive set: solve A_i on S_i, padded to a block [[A_i, 0], [0, I]].
 
-        ``idx`` (c, p): the compacted samples (padding slots repeat other samples and are
-        masked by ``valid``); ``idx_mat``: the same with padding slot j → N + j, for gathers
+        ``rhs``: the right-hand sides as :meth:`_solve_units` takes them. ``idx`` (c, p): the compacted
+        samples (padding slots repeat other samples and are masked by ``valid``); ``idx_mat``: the same with padding slot j → N + j, for gathers
         from the (2N, 2N) padded kernel. The right-hand side is zero on the padding, so the
         solution is too.
         """
@@ -800,7 +801,7 @@ _SHIFT_LIMIT = 1e290
 class _SharedRows:
     """Right-hand sides R_i = diag(scale_i) M with one shared M (N, q) — Θ̄'s post_i ∘ K(x, x′). Called with
     units, the (c, N, q) stack; :func:`_compacted_rhs` gathers the compacted rows M[S_i] ∘ scale_i directly,
-    without that stack (at N = N′ = 100 it is 2·N·N′ of the 3·N·N′ + p·N′ entries a unit's solve had written)."""
+    without writing and reading that stack (N·q entries per unit, against p·q for the compacted rows)."""
 
     def __init__(self, matrix, scale):
         self.matrix, self.scale = matrix, scale  # scale(units): (c, N) or None (no scaling)
