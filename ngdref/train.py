@@ -531,11 +531,13 @@ def train(
     params = params0
     phase("steps")
     for t in range(config.steps + 1):
-        s = s0 if t == 0 else network.signals(params, x)
-        if t == 0 and f0_test is not None:
-            ft = f0_test
+        if t == 0:
+            s = s0
+            ft = f0_test if f0_test is not None else (network.output(params, xt) if has_test else None)
+        elif has_test:  # θ_t's signals on x and f_t(x′) from one forward pass
+            s, ft = network.signals_and_output(params, x, xt)
         else:
-            ft = network.output(params, xt) if has_test else None
+            s, ft = network.signals(params, x), None
         step = Step(t, params, s, ft)
         rec = {"step": t}
         for obs in observers:

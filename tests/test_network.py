@@ -312,3 +312,28 @@ def test_from_arrays_errors():
         Network.from_arrays(ws, [np.array([0.0, np.inf, 0.0]), np.zeros(1)], sigma_b2=0.5)
     net, params = Network.from_arrays(ws, None, sigma_b2=0.5)  # biases=None with σ_b² > 0: zero bias columns
     assert net.has_bias and params[0].shape == (3, 3) and not np.any(params[0][:, -1])
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("c", [1, 3])
+def test_signals_and_output_from_one_pass(rng, backend, dtype, c):
+    """signals_and_output(θ, x, x′) equals (signals(θ, x), output(θ, x′)) computed apart: every h, a, u, δ
+    and f to the GEMM's rounding (1e-13 in float64, 1e-5 in float32), in the network's dtype; a wrong
+    input width for x′ is refused like one for x."""
+    from ngdref.backend import Backend, dtype_name_of
+
+    be = Backend(backend.name, backend.xp, dtype)
+    net = Network((7, 12, 9, c), "relu", 2.0, 0.3)
+    p = net.init(1, be)
+    x, xt = to_device(unit_rows(rng, 6, 7), be), to_device(unit_rows(rng, 4, 7), be)
+    s, ft = net.signals_and_output(p, x, xt)
+    want, want_t = net.signals(p, x), net.output(p, xt)
+    tol = 1e-13 if dtype == "float64" else 1e-5
+    pairs = [(s.f, want.f), (ft, want_t), *zip(s.h, want.h), *zip(s.a, want.a), *zip(s.u, want.u),
+             *zip(s.delta, want.delta)]
+    for got, ref in pairs:
+        g, r = to_host(got), to_host(ref)
+        assert g.shape == r.shape and dtype_name_of(got) == dtype
+        assert np.max(np.abs(g - r)) <= tol * max(1.0, np.max(np.abs(r)))
+    with pytest.raises(ConfigError):
+        net.signals_and_output(p, x, to_device(unit_rows(rng, 4, 5), be))
