@@ -555,7 +555,22 @@ class RegistryHelpOption(click.Option):
 
 
 class FimOption(RegistryHelpOption):
-    """``--fim``: the registered approximations with their titles."""
+    """``--fim``: the registered approximations with their titles. Given twice it is refused (a plain click option
+    would keep the last one silently); a list of approximations is one comma-separated value."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["multiple"] = True
+        if isinstance(kwargs.get("default"), str):
+            kwargs["default"] = (kwargs["default"],)
+        super().__init__(*args, **kwargs)
+
+    def process_value(self, ctx, value):
+        value = super().process_value(ctx, value)
+        if len(value) > 1:
+            raise click.BadParameter(f"given {len(value)} times ({', '.join(value)}); give it once "
+                                     "(several approximations, where a command takes them, as one comma-separated list)",
+                                     ctx=ctx, param=self)
+        return value[0] if value else None
 
 
 class FisherOptionsOption(RegistryHelpOption):
