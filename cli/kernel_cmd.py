@@ -116,11 +116,12 @@ def predict(settings, fims, kernel, seeds, damping, raw_options, depth, width, a
                                fim_options=options, first_seed=settings.seed)
     con = consoles(json_path)
     fmt = (lambda v: "—" if v is None else f"{v:.4f}")
-    sci = (lambda v: "—" if v is None else f"{v:.3g}")
+    sci = {"alpha": (lambda v: "—" if v is None else f"{v:.6g}"),  # α as the alpha command prints it
+           "isotropy_deviation": (lambda v: "—" if v is None else f"{v:.3g}")}
     methods = rep.get("methods") or {}  # the analytic Θ̄'s α and isotropy check (none for --kernel empirical)
     header = ["fim", "mean", "± std", "f₀=0"] + (["α", "isotropy"] if methods else []) + ["note"]
     rows = [[r["fim"], fmt(r["mean"]), fmt(r["std"]), fmt(r["f0_zero"])]
-            + ([sci(methods.get(r["fim"], {}).get(k)) for k in ("alpha", "isotropy_deviation")] if methods else [])
+            + ([sci[k](methods.get(r["fim"], {}).get(k)) for k in ("alpha", "isotropy_deviation")] if methods else [])
             + [escape(r.get("error", ""))] for r in rep["rows"]]
     print_table(con, f"Test accuracy of f_∞, {kernel} Θ̄, {ds.name} classes {list(ds.classes)}, "
                      f"N = {ds.n_train}, N' = {ds.n_test}, {seeds} initialisations",

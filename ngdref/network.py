@@ -353,7 +353,8 @@ class Network:
         """(``signals(params, x)``, ``output(params, x_other)``) from one forward pass over the rows of both
         (Eq. 1: each layer's product reads θ_l once for N + N′ rows, not twice; 13–15 % faster at M = 4096,
         N = N′ = 100), the backward pass (S.65) on x's rows only. The signals' arrays are row blocks (views)
-        of the joint pass; each row is the same product as alone, up to the GEMM's rounding."""
+        of the joint pass (which they keep alive, x′'s rows included, N′ × Σ M_l entries more than ``signals``);
+        each row is the same product as alone, up to the GEMM's rounding."""
         self._check_inputs(x_other)
         xp = namespace_of(x)
         n = x.shape[0]

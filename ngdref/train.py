@@ -553,7 +553,7 @@ def train(
             break
         # θ_0 is kept (distance, Eq. 22): the first update makes new arrays, later ones overwrite them
         residual, metric, factors = loss.residual(s.f, y), loss.output_metric(s.f), None
-        if t == 0 and eq22 is not None and eq22.vector is not None:  # step 0 and Eq. 22 share G_0⁻¹
+        if t == 0 and eq22 is not None and eq22.vector is not None and metric is None:  # share G_0⁻¹ (MSE: Λ = I)
             pair = fim.precondition_factors_many(s, [residual, eq22.vector], metric)
             if pair is not None:
                 factors, eq22.factors = pair

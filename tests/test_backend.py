@@ -73,10 +73,9 @@ def test_subtract_product_matches_the_explicit_update(backend, dtype, shape):
     host = [rng.standard_normal(s).astype(dtype).astype(np.float64) for s in ((m, n), (m, k), (k, n))]
     want = host[0] - 0.7 * (host[1] @ host[2])  # in float64 from the inputs as ``dtype`` holds them
     out, left, right = (to_device(a, backend, dtype) for a in host)
-    before = out
-    subtract_product(out, left, right, 0.7, 2)
+    assert subtract_product(out, left, right, 0.7, 2) is None  # in place: nothing returned
     got = to_host(out)
-    assert out is before and got.dtype == np.dtype(dtype)
+    assert got.dtype == np.dtype(dtype)
     scale = np.abs(host[0]) + 0.7 * (np.abs(host[1]) @ np.abs(host[2]))  # the sum's magnitude, entry by entry
     tol = 1e-15 if dtype == "float64" else 1e-6
     assert np.all(np.abs(got - want) <= tol * (k + 2) * scale)
