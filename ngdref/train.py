@@ -3,9 +3,9 @@
 The pieces, each usable alone:
 
 * :func:`ngd_step` — θ_{t+1} = θ_t − η G_t⁻¹ ∇L(θ_t) = θ_t − η G_t⁻¹ J_tᵀ r_t / N (Eq. 7), with
-  r = N ∂L/∂f the loss's residual and G_t built from the signals of θ_t (structured path), applied a
-  block of rows at a time where the approximation gives its direction as per-layer factors
-  (:func:`apply_factors`: no parameter-sized Δθ);
+  r = N ∂L/∂f the loss's residual and G_t built from the signals of θ_t (structured path), written into
+  θ by one GEMM per layer (NumPy) or a block of rows at a time where the approximation gives its
+  direction as per-layer factors (:func:`apply_factors`: no parameter-sized Δθ);
 * :func:`linearized_step` — the same step for the linearised model
   f^lin = f_0 + J_0(θ − θ_0) with G_0 fixed (S.23–S.24), in terms of Δθ = θ − θ_0;
 * observers, which see every step and write the records: :class:`LossRecorder` (losses and
@@ -144,8 +144,8 @@ def ngd_step(fim: FisherApproximation, params: list, signals: Signals, residual,
     Memory contract: with ``in_place=False`` θ_{t+1} is a new list of new arrays and ``params`` is
     left as it was (so θ_0 can be kept); with ``in_place=True`` the arrays of ``params`` are
     overwritten with θ_{t+1} and the same list is returned. Where ``fim`` has a factored direction
-    (``precondition_factors``: exact, bd, tridiag, layer, kfac, unit, gd) it is applied a block of rows
-    at a time (:func:`apply_factors`) and no parameter-sized array is made besides θ_{t+1}'s own
+    (``precondition_factors``: exact, bd, tridiag, layer, kfac, unit, gd) it is written into θ_{t+1}
+    (:func:`apply_factors`) and no parameter-sized array is made besides θ_{t+1}'s own
     (``in_place=False``). Otherwise the only parameter-sized arrays made are those of the direction
     returned by ``fim.precondition`` (fresh, its contract): scaled by η in place, and with
     ``in_place=False`` turned into θ_{t+1} = θ_t − ηΔθ in place (−ηΔθ + θ_t is the same floating-point

@@ -1,5 +1,6 @@
-"""Factored directions (``precondition_factors``) and their application a block of rows at a time
-(``ngdref.train.apply_factors``, ``factored_distances``) — issue 17's memory path for training.
+"""Factored directions (``precondition_factors``) and their application without a parameter-sized Δθ
+(``ngdref.train.apply_factors``: one BLAS GEMM into θ on NumPy, a block of rows at a time on the strict
+backend; ``factored_distances``) — issue 17's memory path for training.
 
 Twins: each factor pair's product against the explicit P×P oracle of tests/oracles.py (and against
 ``precondition``'s arrays); the blocked update and the blocked Eq. 22 sums against the whole-array
