@@ -646,3 +646,56 @@ def test_unit_theta_bar_does_not_depend_on_the_test_set():
     small = fim.coefficient_pair(net.signals(p, xt[:10]), s)[0]
     large = fim.coefficient_pair(net.signals(p, xt), s)[0]
     assert _rel(large, small) < 1e-12
+
+
+def test_place_blocks_bincount_and_one_hot_agree():
+    """``_place_blocks`` — NumPy's ``bincount`` and the array API's one-hot products — against a loop that adds each
+    unit's block entry by entry at [cols, rows]; padding (rows N, cols q) lands in the extra last row/column only."""
+    import ngdref.fisher.unitwise as U
+
+    rng = np.random.default_rng(24)
+    c, p, q, n, n_cols = 6, 4, 5, 7, 9
+    rows = np.stack([rng.permutation(n + 1)[:p] for _ in range(c)])  # n (padding) may appear
+    cols = np.stack([rng.permutation(n_cols + 1)[:q] for _ in range(c)])
+    w = rng.standard_normal((c, p, q))
+    want = np.zeros((n_cols + 1, n + 1))
+    for u in range(c):
+        for a in range(p):
+            for b in range(q):
+                want[cols[u, b], rows[u, a]] += w[u, a, b]
+    assert _rel(U._place_blocks(w, rows, cols, n, n_cols), want) < 1e-15
+    strict = get_backend("strict")
+    got = U._place_blocks(*(to_device(a, strict) for a in (w, rows, cols)), n, n_cols)
+    assert _rel(to_host(got), want) < 1e-15
+
+
+def test_unit_theta_bar_solves_only_the_columns_it_reads(backend, monkeypatch):
+    """Θ̄(x′, x)'s per-unit solves take only the x′ with δ_{l,i}(x′) ≠ 0 as right-hand sides (S.156 reads no other
+    column): ``coefficient_pair`` as with every column (``_SharedRows`` without ``columns``) to 1e-12, and the
+    solves had fewer right-hand sides than N + N′ (ReLU: about half the samples are alive per unit)."""
+    import ngdref.fisher.unitwise as U
+
+    rng = np.random.default_rng(25)
+    net = Network((9, 40, 36, 1), "relu", 2.0, 0.2)
+    x, xt = unit_rows(rng, 30, 9), unit_rows(rng, 12, 9)
+    p = net.init(6, backend)
+    s, st = net.signals(p, to_device(x, backend)), net.signals(p, to_device(xt, backend))
+    fim = get_fisher("unit", net, 1e-8)
+    widths = []
+    original = U._compacted_rhs
+
+    def spy(rhs, units, idx):
+        rows, cols = original(rhs, units, idx)
+        widths.append(int(rows.shape[2]))
+        return rows, cols
+
+    monkeypatch.setattr(U, "_compacted_rhs", spy)
+    got = [to_host(a) for a in fim.coefficient_pair(st, s)]
+    assert widths and min(widths) < 30  # the output unit (δ = 1) keeps all 42
+    full_init = U._SharedRows.__init__
+    monkeypatch.setattr(U._SharedRows, "__init__", lambda self, m, scale, columns=None: full_init(self, m, scale))
+    widths.clear()
+    want = [to_host(a) for a in fim.coefficient_pair(st, s)]
+    assert min(widths) == 42
+    for g, w in zip(got, want):
+        assert _rel(g, w) < 1e-12
