@@ -170,6 +170,28 @@ def test_squared_distance_clamps_the_last_block(backend, monkeypatch):
         sum(np.sum((p - q) ** 2) for p, q in zip(a, b)), rel=1e-13)
 
 
+def test_distances_do_not_depend_on_the_thread_count(monkeypatch):
+    """``squared_distance`` and ``factored_distances`` add their blocks' partial sums in block order whatever
+    the number of threads that make them: bit for bit the same on 1, 2 and 3 threads (many blocks, uneven
+    groups), and equal to the plain sums to 1e-13."""
+    from ngdref import threads
+
+    monkeypatch.setattr(T, "_DISTANCE_BLOCK", 12)
+    monkeypatch.setattr(T, "_UPDATE_BLOCK", 15)
+    rng = np.random.default_rng(9)
+    a, b = ([rng.standard_normal((37, 3)), rng.standard_normal((23, 5))] for _ in range(2))
+    factors = [(rng.standard_normal((m.shape[0], 2)), rng.standard_normal((2, m.shape[1]))) for m in a]
+    results = []
+    for n_threads in (1, 2, 3):
+        monkeypatch.setattr(threads, "THREADS", n_threads)
+        results.append([float(v) for v in (squared_distance(a, b), *T.factored_distances(a, b, factors))])
+    assert results[0] == results[1] == results[2]
+    deltas = [l @ r for l, r in factors]
+    want = [sum(np.sum((p - q) ** 2) for p, q in zip(a, b)),
+            sum(np.sum((p - q - d) ** 2) for p, q, d in zip(a, b, deltas)), sum(np.sum(d**2) for d in deltas)]
+    assert results[0] == pytest.approx(want, rel=1e-13)
+
+
 def test_fetch_is_one_transfer(backend, monkeypatch):
     calls = []
     monkeypatch.setattr(T, "to_host", lambda a: calls.append(a) or to_host(a))
