@@ -106,6 +106,12 @@ class FisherApproximation(abc.ABC):
         The factors may be views of the signals: callers read them and do not write to them."""
         return None
 
+    @classmethod
+    def has_factored_direction(cls) -> bool:
+        """Whether :meth:`precondition_factors` is provided (not the base class's ``None``): training then applies
+        the direction a block of rows at a time and holds no parameter-sized Δθ (:func:`ngdref.train.ngd_step`)."""
+        return cls.precondition_factors is not FisherApproximation.precondition_factors
+
     def precondition_factors_many(self, signals: Signals, vs: list, output_metric=None) -> list | None:
         """:meth:`precondition_factors` for several vectors v of the same signals, one list of factors per v;
         ``None`` where there is no factored form. The default calls it once per v; an approximation whose

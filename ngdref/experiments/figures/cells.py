@@ -168,13 +168,21 @@ isotropy_cell.check_result = _check_isotropy_result
 
 
 # ---- memory: refuse a sweep whose largest cell would not fit, before its first cell -------------------
-#: ``func.param_arrays``: how many parameter-sized (P) arrays a cell function holds at once, at least —
-#: training: θ_0 (kept for Eq. 22's distance) and θ_t (2: an approximation with a factored direction —
-#: gd, exact, bd, tridiag, layer, kfac, unit — applies it a block of rows at a time, ngdref.train.ngd_step;
-#: diag, quasi-diag and block add the direction Δθ); an isotropy measurement: θ and one P-sized array (an
-#: entry-wise Fisher's diagonal, a direction) (2). A function without it builds no network of the sweep's
-#: width (Fig. 2's analytic kernels) and is not estimated.
-train_cell.param_arrays = 2
+#: ``func.param_arrays``: how many parameter-sized (P) arrays a cell function holds at once, at least — a number,
+#: or a function of the cell's parameters. Training: θ_0 (kept for Eq. 22's distance) and θ_t, 2 where the
+#: approximation has a factored direction (gd, exact, bd, tridiag, layer, kfac, unit apply it a block of rows
+#: at a time, ngdref.train.ngd_step), 3 where it has not (diag, quasi-diag, block make the direction Δθ beside
+#: them: :func:`training_arrays`); an isotropy measurement: θ and one P-sized array (an entry-wise Fisher's
+#: diagonal, a direction) (2). A function without it builds no network of the sweep's width (Fig. 2's
+#: analytic kernels) and is not estimated.
+def training_arrays(fim: str) -> int:
+    """P-sized arrays of a training run that keeps θ_0: θ_0 and θ_t, plus Δθ without a factored direction."""
+    from ...fisher import fisher_class
+
+    return 2 if fisher_class(fim).has_factored_direction() else 3
+
+
+train_cell.param_arrays = lambda p: training_arrays(p["train"]["fim"])
 isotropy_cell.param_arrays = 2
 
 
@@ -189,6 +197,8 @@ def cell_memory(cell) -> tuple[int, str]:
     """
     k = getattr(cell.func, "param_arrays", 0)
     q = cell.params
+    if callable(k):
+        k = k(q)
     if not k or not isinstance(q.get("network"), dict) or not isinstance(q.get("data"), dict):
         return 0, ""
     d = q["data"]
