@@ -166,3 +166,13 @@ def test_block_structure_on_synthetic_matrices():
     inner = np.eye(c * n) + 0.3 * np.kron(np.eye(c), np.ones((n, n)))  # αI + β11ᵀ within each block
     s = block_structure(inner, c)
     assert s["off_block"] == 0.0 and s["structure"] == "neither"
+
+
+def test_kfac_multi_output_checks_gaussian_m0_only_where_gaussian_inputs_run():
+    """``gaussian_m0 < n_train`` (M0 < N) is the Gaussian variants' premise: refused with one of them in the sweep,
+    not read (so not refused) when only the MNIST variants run."""
+    from ngdref.experiments.figures.kfac_multi_output import FIGURE, config
+
+    bad = {**config(quick=True), "gaussian_m0": 40}  # n_train = 20
+    assert "gaussian_m0 = 40 must be < n_train = 20" in FIGURE.check(bad)
+    assert FIGURE.check({**bad, "variants": ["no bias", "bias folded"]}) is None

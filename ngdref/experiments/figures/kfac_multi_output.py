@@ -394,7 +394,8 @@ def _check(config: dict) -> str | None:
     bad = [c for c in config["classes"] if not 2 <= c <= 10]
     if bad:
         return f"classes: C must be 2 … 10 (MNIST digits 0 … C−1), got {', '.join(str(c) for c in bad)}"
-    if not config["gaussian_m0"] < config["n_train"]:
+    gaussian_used = any(VARIANTS[v]["inputs"] == "gaussian" for v in config["variants"])
+    if gaussian_used and not config["gaussian_m0"] < config["n_train"]:
         return (f"gaussian_m0 = {config['gaussian_m0']} must be < n_train = {config['n_train']} "
                 "(the M0 < N variants and their Forster transform, S.110–S.111)")
     if list(config["widths"]) != sorted(config["widths"]):
