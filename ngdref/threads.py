@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from .backend import backend_of
 
-__all__ = ["THREADS", "Pool", "blas_context", "cpu_count", "map_on_threads", "one_blas_thread", "workers"]
+__all__ = ["THREADS", "Pool", "blas_context", "cpu_count", "map_on_threads", "one_blas_thread", "process_wide", "workers"]
 
 #: threads of every pool of this module; ``None``: :func:`workers`' rule (the BLAS pool's size, at most the CPUs)
 THREADS: int | None = None
@@ -67,6 +67,21 @@ def workers() -> int:
     return max(1, min(max(counts, default=1), cpu_count()))
 
 
+def process_wide(action):
+    """Run ``action`` as the thread that controls a process-wide (pthreads) OpenBLAS pool.
+
+    threadpoolctl lets only one "controlling" thread change a shared OpenBLAS pool and silently ignores
+    the others: once another live thread (a Dask worker's, a sweep's) has set the limit, a plain
+    ``limit`` from this thread reads back unchanged. Take control, act, and give control back."""
+    from threadpoolctl import OpenBLASController
+
+    OpenBLASController.clear_controlling_thread(force=True)
+    try:
+        return action()
+    finally:
+        OpenBLASController.clear_controlling_thread(force=True)
+
+
 @contextlib.contextmanager
 def one_blas_thread():
     """BLAS held at one thread while any caller is inside (process-wide: an OpenBLAS pool is shared by the
@@ -74,7 +89,7 @@ def one_blas_thread():
     the limit, the last to leave restores the limits that were there."""
     with _LOCK:
         if _STATE["depth"] == 0:
-            _STATE["limiter"] = _controller().limit(limits=1, user_api="blas")
+            _STATE["limiter"] = process_wide(lambda: _controller().limit(limits=1, user_api="blas"))
         _STATE["depth"] += 1
     try:
         yield
@@ -82,7 +97,7 @@ def one_blas_thread():
         with _LOCK:
             _STATE["depth"] -= 1
             if _STATE["depth"] == 0:
-                _STATE["limiter"].restore_original_limits()
+                process_wide(_STATE["limiter"].restore_original_limits)
                 _STATE["limiter"] = None
 
 

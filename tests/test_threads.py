@@ -68,3 +68,34 @@ def test_map_on_threads_holds_blas_at_one_thread_and_is_serial_elsewhere(monkeyp
     assert any(n.startswith("ngdref-map") for _, n in seen)  # two threads: the pool's worked too
     strict = threads.map_on_threads(lambda i: threading.current_thread().name, range(4), get_backend("strict"))
     assert set(strict) == {threading.current_thread().name}
+
+
+def test_one_blas_thread_holds_even_after_another_thread_set_the_pool():
+    """A pthreads OpenBLAS pool is controlled by one thread at a time (threadpoolctl ignores the others): after
+    another live thread (a Dask worker's, say) set the limit, ``one_blas_thread`` still reads 1 inside and
+    restores the previous count after (it takes control, as the sweep's ``pinned_threads`` does)."""
+    from threadpoolctl import OpenBLASController
+
+    before = _blas_threads()
+    ready, done = threading.Event(), threading.Event()
+    OpenBLASController.clear_controlling_thread(force=True)  # whatever ran before: the other thread takes control
+
+    def other():
+        limiter = threadpool_limits(limits=2, user_api="blas")
+        ready.set()
+        done.wait()
+        threads.process_wide(limiter.restore_original_limits)
+
+    worker = threading.Thread(target=other)
+    worker.start()
+    ready.wait()
+    try:
+        with threads.one_blas_thread():
+            inside = _blas_threads()
+        after = _blas_threads()
+    finally:
+        done.set()
+        worker.join()
+    assert inside == {1}
+    assert after == {2}
+    assert _blas_threads() == before

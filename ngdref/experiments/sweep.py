@@ -56,6 +56,7 @@ from typing import Callable, Iterator
 
 from ..errors import ConfigError, NgdrefError, one_line
 from ..io import dumps, write_json
+from ..threads import process_wide
 
 __all__ = [
     "Cell",
@@ -150,22 +151,6 @@ _PIN_LOCK = threading.Lock()
 _pin_state: dict = {"depth": 0, "threads": None, "limiter": None}
 
 
-def _process_wide(action):
-    """Run ``action`` as the thread that controls a process-wide (pthreads) OpenBLAS pool.
-
-    threadpoolctl lets only one "controlling" thread change a shared OpenBLAS pool and
-    silently ignores the others; the first cell of a Dask worker need not run in the
-    thread that sets the limit last. Take control, act, and give control back.
-    """
-    from threadpoolctl import OpenBLASController
-
-    OpenBLASController.clear_controlling_thread(force=True)
-    try:
-        return action()
-    finally:
-        OpenBLASController.clear_controlling_thread(force=True)
-
-
 @contextlib.contextmanager
 def pinned_threads(threads: int) -> Iterator[None]:
     """Run the block with every BLAS/OpenMP pool it uses limited to ``threads`` (threadpoolctl).
@@ -186,7 +171,7 @@ def pinned_threads(threads: int) -> Iterator[None]:
         raise ConfigError(f"threads per cell must be >= 1, got {threads}")
     with _PIN_LOCK:
         if _pin_state["depth"] == 0:
-            _pin_state["limiter"] = _process_wide(lambda: threadpool_limits(limits=threads))
+            _pin_state["limiter"] = process_wide(lambda: threadpool_limits(limits=threads))
             _pin_state["threads"] = threads
         elif _pin_state["threads"] != threads:
             raise ConfigError(
@@ -200,7 +185,7 @@ def pinned_threads(threads: int) -> Iterator[None]:
         with _PIN_LOCK:
             _pin_state["depth"] -= 1
             if _pin_state["depth"] == 0:
-                _process_wide(_pin_state["limiter"].restore_original_limits)
+                process_wide(_pin_state["limiter"].restore_original_limits)
                 _pin_state["limiter"] = _pin_state["threads"] = None
 
 
