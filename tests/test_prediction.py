@@ -177,3 +177,20 @@ def test_predictor_non_isotropic_branch(monkeypatch):
     assert abs(old - 0.5) < 1e-12 and abs(st["isotropy_deviation"] - 0.5) < 1e-12
     assert st["formula"].startswith("Θ̄(x′,x) Θ̄⁻¹")
     _assert_reg(st["reg"], np.linalg.solve(train.ntk, cross.ntk.T).T)
+
+
+@pytest.mark.parametrize("tile", [3, 4, 10, 1024])
+def test_triangle_helpers_across_tiles(tile, monkeypatch):
+    """``_lower_from_upper`` and ``_zero_upper`` against NumPy's triu/tril on a 10 × 10 matrix in tiles of 3 and 4
+    (several tiles, the last ones clipped), 10 (one exact tile) and 1024 (one clipped tile): off-diagonal tiles
+    are copied or zeroed whole, diagonal ones by their triangles."""
+    import ngdref.experiments.prediction as prediction
+
+    monkeypatch.setattr(prediction, "_TILE", tile)
+    mat = np.random.default_rng(5).standard_normal((10, 10))
+    sym = mat.copy()
+    prediction._lower_from_upper(sym)
+    assert np.array_equal(sym, np.triu(mat) + np.triu(mat, 1).T)
+    low = mat.copy()
+    prediction._zero_upper(low)
+    assert np.array_equal(low, np.tril(mat))

@@ -64,7 +64,14 @@ def isotropy_deviation(theta_bar_train, alpha: float, probes: int = ISOTROPY_PRO
     return to_float(xp.max(xp.abs(tv / alpha - v))) / float(np.max(np.abs(v_host)))
 
 
-def _tile_pairs(n: int, step: int = 1024):
+#: rows and columns of a tile of :func:`_tile_pairs`
+_TILE = 1024
+
+
+def _tile_pairs(n: int):
+    """(rows, cols, diagonal) of the tiles on and below the diagonal of an n × n array, ``_TILE`` square (the
+    last row and column of tiles clipped to n)."""
+    step = _TILE
     for i in range(0, n, step):
         for j in range(0, i + 1, step):
             yield slice(i, min(n, i + step)), slice(j, min(n, j + step)), i == j
