@@ -229,9 +229,16 @@ def subtract_product(out, left, right, scale: float, block_rows: int) -> None:
     if _blas_gemm_into(out, left, right, -float(scale)):
         return
     scaled = left * float(scale)
-    for r0 in range(0, out.shape[0], max(1, int(block_rows))):
-        r1 = min(out.shape[0], r0 + max(1, int(block_rows)))
+    for r0, r1 in row_blocks(out.shape[0], block_rows):
         out[r0:r1, ...] -= xp.matmul(scaled[r0:r1, ...], right)
+
+
+def row_blocks(rows: int, step: int):
+    """(r0, r1) blocks of ``step`` rows covering ``rows`` rows, the last one clipped (explicit ends: the array
+    API does not clamp out-of-bounds slices)."""
+    step = max(1, int(step))
+    for r0 in range(0, rows, step):
+        yield r0, min(rows, r0 + step)
 
 
 def _blas_gemm_into(out, left, right, alpha: float) -> bool:

@@ -33,7 +33,7 @@ from typing import Callable
 
 import numpy as np
 
-from .backend import Backend, namespace_of, subtract_product, to_device, to_host
+from .backend import Backend, namespace_of, row_blocks, subtract_product, to_device, to_host
 from .data import Dataset
 from .diagnostics import isotropy
 from .dynamics import displacement_vector, isotropic_trajectory, linearized_trajectory
@@ -113,11 +113,8 @@ _UPDATE_BLOCK = 1 << 21
 
 
 def _row_blocks(rows: int, cols: int, budget: int):
-    """(r0, r1) blocks of ``rows`` rows with about ``budget`` entries each (explicit ends: the array API
-    does not clamp out-of-bounds slices)."""
-    step = max(1, budget // max(1, cols))
-    for r0 in range(0, rows, step):
-        yield r0, min(rows, r0 + step)
+    """(r0, r1) blocks of ``rows`` rows with about ``budget`` entries each (:func:`~ngdref.backend.row_blocks`)."""
+    return row_blocks(rows, budget // max(1, cols))
 
 
 def apply_factors(params: list, factors: list, eta: float, *, in_place: bool = False) -> list:
