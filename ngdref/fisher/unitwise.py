@@ -44,7 +44,7 @@ any C (rank J_{l,i} <= N), so the same N×N solves serve.
 
 Batching. Units are processed in chunks whose stacks stay below a quarter of the layer's
 parameter count (at least 2^21 elements, so that small layers do not pay a threaded BLAS's
-per-call overhead hundreds of times). Each unit's system is *compacted* to the samples that
+per-call overhead hundreds of times, and at most 2^23: :meth:`UnitWiseFisher._budget`). Each unit's system is *compacted* to the samples that
 matter — the alive set S_i, or, at ρ = 0 with K positive definite and fewer dead than alive
 samples, the dead set D_i through the Schur complement of H = K⁻¹ (computed once per layer):
 K_SS⁻¹ = H_SS − H_SD H_DD⁻¹ H_DS, so only the |D|×|D| block H_DD is solved per unit and
@@ -224,8 +224,12 @@ class UnitWiseFisher(FisherApproximation):
 
     # ---- per-layer preparation -------------------------------------------------------------
     def _budget(self, layer: int) -> int:
+        """Entries a chunk's stacks may hold: a quarter of the layer's parameter count, at least 2^21 (small
+        layers would pay a threaded BLAS's per-call overhead hundreds of times) and at most 2^23 (64 MiB: at
+        M = 16,384 a quarter of the 16,384² layer, 0.24 P, was most of the peak memory above θ_0 and θ_t,
+        while chunks of ~1,000 units already keep the batched calls efficient)."""
         m_out, fan = self.network.layer_shape(layer)
-        return max(m_out * fan // 4, 1 << 21)
+        return min(max(m_out * fan // 4, _CHUNK_MIN), _CHUNK_MAX)
 
     def _kernel_mode(self, kernel) -> str:
         if self.damping > 0:
@@ -626,7 +630,7 @@ class UnitWiseFisher(FisherApproximation):
                     acc.append(part)
 
         # the shared-eigenbasis units by GEMMs over all of them (:meth:`_cross_term_shared`) where its
-        # blocks of units and of rows hold >= 16 each within the layer's budget (N <~ 360 at the 2^21 floor)
+        # blocks of units and of rows hold >= 16 each within the layer's budget (N <~ 360 at the 2^21 floor, <~ 720 at the 2^23 cap)
         block = self._budget(lay.layer) // (2 * n * n)
         extra = []
 
@@ -811,6 +815,9 @@ def _spd_solve(a, b):
     z2 = _spd_solve(a22 - a21 @ x12, b[..., h:, :] - a21 @ x1b)
     return xp.concat([x1b - x12 @ z2, z2], axis=-2)
 
+
+#: bounds of :meth:`UnitWiseFisher._budget` (entries)
+_CHUNK_MIN, _CHUNK_MAX = 1 << 21, 1 << 23
 
 #: the largest ρ/s² of :meth:`UnitWiseFisher._phi_alive`'s diagonal form (far below overflow)
 _SHIFT_LIMIT = 1e290
