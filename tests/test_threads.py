@@ -70,6 +70,13 @@ def test_map_on_threads_holds_blas_at_one_thread_and_is_serial_elsewhere(monkeyp
     assert set(strict) == {threading.current_thread().name}
 
 
+#: the process-wide (pthreads) BLAS pools the two tests below are about; OpenMP-built BLAS pools are per thread
+PTHREADS_BLAS = pytest.mark.skipif(
+    not all(i.get("threading_layer") == "pthreads" for i in threadpool_info() if i["user_api"] == "blas"),
+    reason="needs a pthreads BLAS pool (process-wide)")
+
+
+@PTHREADS_BLAS
 def test_one_blas_thread_holds_even_after_another_thread_set_the_pool():
     """A pthreads OpenBLAS pool is controlled by one thread at a time (threadpoolctl ignores the others): after
     another live thread (a Dask worker's, say) set the limit, ``one_blas_thread`` still reads 1 inside and
@@ -99,3 +106,37 @@ def test_one_blas_thread_holds_even_after_another_thread_set_the_pool():
     assert inside == {1}
     assert after == {2}
     assert _blas_threads() == before
+
+
+@PTHREADS_BLAS
+def test_a_pinned_cell_keeps_its_count_after_another_cell_left():
+    """Two cells pinned to 2 BLAS threads in one process (a Dask worker's threads): cell B starts while cell A is
+    inside ``one_blas_thread`` and leaves before A does. B's own limit must not touch the shared pool — it
+    would record A's temporary 1 as its "original" and restore 1 on leaving — so A's cell runs on 2 again."""
+    from ngdref.experiments.sweep import pinned_threads
+
+    a_in, b_in, a_out, b_done = (threading.Event() for _ in range(4))
+    seen = {}
+
+    def cell_a():
+        with pinned_threads(2):
+            with threads.one_blas_thread():
+                a_in.set()
+                b_in.wait()
+            a_out.set()
+            b_done.wait()
+            seen["A after B left"] = _blas_threads()
+
+    def cell_b():
+        a_in.wait()
+        with pinned_threads(2):
+            b_in.set()
+            a_out.wait()
+        b_done.set()
+
+    workers = [threading.Thread(target=cell_a), threading.Thread(target=cell_b)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert seen["A after B left"] == {2}

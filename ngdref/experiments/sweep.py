@@ -151,6 +151,18 @@ _PIN_LOCK = threading.Lock()
 _pin_state: dict = {"depth": 0, "threads": None, "limiter": None}
 
 
+def _per_thread_pools():
+    """threadpoolctl's controller of the loaded pools that are per calling thread — all but pthreads
+    ones (OpenBLAS, BLIS), whose one process-wide pool only the reference-counted outer limit of
+    :func:`pinned_threads` and :func:`ngdref.threads.one_blas_thread` may set: a cell's own limit on it
+    would record another cell's temporary single thread as its "original" and restore it on leaving."""
+    from threadpoolctl import ThreadpoolController
+
+    controller = ThreadpoolController()
+    keep = [lib.filepath for lib in controller.lib_controllers if getattr(lib, "threading_layer", None) != "pthreads"]
+    return controller.select(filepath=keep)
+
+
 @contextlib.contextmanager
 def pinned_threads(threads: int) -> Iterator[None]:
     """Run the block with every BLAS/OpenMP pool it uses limited to ``threads`` (threadpoolctl).
@@ -179,7 +191,7 @@ def pinned_threads(threads: int) -> Iterator[None]:
             )
         _pin_state["depth"] += 1
     try:
-        with threadpool_limits(limits=threads):  # this thread's own (OpenMP) pools
+        with _per_thread_pools().limit(limits=threads):  # this thread's own (OpenMP) pools
             yield
     finally:
         with _PIN_LOCK:
