@@ -175,4 +175,8 @@ def test_kfac_multi_output_checks_gaussian_m0_only_where_gaussian_inputs_run():
 
     bad = {**config(quick=True), "gaussian_m0": 40}  # n_train = 20
     assert "gaussian_m0 = 40 must be < n_train = 20" in FIGURE.check(bad)
-    assert FIGURE.check({**bad, "variants": ["no bias", "bias folded"]}) is None
+    mnist_only = {**bad, "variants": ["no bias", "bias folded"]}
+    assert FIGURE.check(mnist_only) is None
+    text = FIGURE.caption(mnist_only, [], {})  # and the caption names only the variants that ran
+    assert "Gaussian" not in text and "Forster" not in text and "bias folded into the Kronecker factor" in text
+    assert "M_0 = 10 < N" in FIGURE.caption(config(quick=True), [], {})

@@ -368,6 +368,19 @@ def draw(plt, config: dict, rows: list[dict], extra: dict):
     return fig
 
 
+def _variant_phrases(config: dict) -> str:
+    """The variants that ran, in words (the caption names no input or bias setting that was not drawn)."""
+    m0 = config["gaussian_m0"]
+    words = {
+        "no bias": "no bias",
+        "bias folded": "σ_b² = 0.5 with the bias folded into the Kronecker factor (S.123)",
+        "bias separate": "σ_b² = 0.5 with the bias in separate FIM blocks (S.123)",
+        "M0 < N": f"Gaussian inputs with M_0 = {m0} < N (S.110)",
+        "M0 < N, Forster": f"the same Gaussian inputs (M_0 = {m0}) Forster-transformed (S.110–S.111)",
+    }
+    return "; ".join(words[v] for v in config["variants"])
+
+
 def caption(config: dict, rows: list[dict], extra: dict) -> str:
     n = config["n_train"]
     return (
@@ -376,8 +389,7 @@ def caption(config: dict, rows: list[dict], extra: dict) -> str:
         f"MNIST digits 0 … C−1, N = {n} ({config['network']['activation']}, L = {config['network']['depth']}, "
         f"σ_w² = {config['network']['sigma_w2']:g}, ρ = {config['damping']:g}: pseudo-inverse), widths M = "
         f"{', '.join(str(w) for w in config['widths'])}, {len(config['seeds'])} initialisation(s). Variants "
-        "(colours): no bias; σ_b² = 0.5 with the bias folded into the Kronecker factor or in separate FIM blocks "
-        f"(S.123); Gaussian inputs with M_0 = {config['gaussian_m0']} < N, raw or Forster-transformed (S.110–S.111). "
+        f"(colours): {_variant_phrases(config)}. "
         "Θ̄ = J G⁻¹ Jᵀ/N (Eq. 11) is CN × CN in C × C output blocks; the x-axis is M/(CN), the dotted line M = CN "
         "(above it every hidden-layer factor B_l = δ_lδ_lᵀ, CN × CN, can be invertible). Panels: ‖Θ̄/ᾱ − I‖₂ with ᾱ "
         "the mean diagonal (0: isotropic); the Frobenius weight of the cross-output blocks; the worst diagonal block's "
