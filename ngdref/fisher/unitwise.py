@@ -56,9 +56,10 @@ elimination into ≤ 64×64 calls, :func:`_spd_solve`, made the set-up's solves 
 right-hand sides 1.2–1.7× slower for the ≈ 35 % of units alive on more than 64 samples). For ReLU
 (γ = 1/2) the per-unit systems shrink from N to about N/2 (1/8 of the flops of a padded N×N
 stack). Θ̄(x′, x) (S.156) compacts the right-hand sides too: unit i's solution is read only on the x′ with
-δ_{l,i}(x′) ≠ 0, so only those columns of K(x, x′) are solved for (about half for ReLU), and each unit's
-(|S_i| × |S′_i|) block is added into Θ̄ at its own rows and columns (:func:`_place_blocks`; at M = 4096,
-N = N′ = 100 the set-up's Θ̄ pair took 1.18 s against 1.70 s with every column).
+δ_{l,i}(x′) ≠ 0, so on the alive sets only those columns of K(x, x′) are solved for (about half for ReLU;
+the exact mode's dead-set path still solves every column), and each unit's (|S_i| × |S′_i|) block is added
+into Θ̄ at its own rows and columns (:func:`_place_blocks`; at M = 4096, N = N′ = 100 the set-up's Θ̄ pair
+took 1.18 s against 1.70 s with every column in a quiet A/B, a median 1.69 against 2.03 s in a noisy one).
 
 Threads. On the NumPy backend each chunk is split into contiguous pieces of units that run side
 by side on a small thread pool (:class:`ngdref.threads.Pool`: as many threads as the BLAS pool may
@@ -73,7 +74,9 @@ damped output unit's direction through cond(K/N + ρI)).
 Shared eigenbasis. Damped units alive on every sample with e_i the same on every sample (ReLU's
 last hidden layer) need no factorisation: A_i = ε_iK/N + ρI = V diag(ε_iλ/N + ρ) Vᵀ with one
 ``eigh`` of K per layer (:meth:`UnitWiseFisher._solve_shared`); for Θ̄(x′, x) their sum over units
-is one (C·N′, c) × (c, N²) GEMM per block of units (:meth:`UnitWiseFisher._cross_term_shared`).
+is one (C·N′, c) × (c, N²) GEMM per block of units (:meth:`UnitWiseFisher._cross_term_shared`) where the
+layer's budget holds blocks of ≥ 16 units and rows (N ≤ 256 at the 2^21 floor, ≤ 512 at the 2^23 cap), and
+:meth:`UnitWiseFisher._solve_shared`'s two GEMMs per chunk otherwise.
 """
 
 from __future__ import annotations
@@ -268,7 +271,8 @@ class UnitWiseFisher(FisherApproximation):
 
         Φ_i = P_S A_i⁻¹ P_S with A_i = K_SS (exact), diag(√e)K_SS diag(√e)/N + ρI (damped) or
         the pseudo-inverse of diag(√e)K_SS diag(√e)/N (pinv); ``rhs(units)`` gives R, (c, N, q) (a
-        :class:`_SharedRows` also gives each unit's compacted rows without the whole stack).
+        :class:`_SharedRows` also gives each unit's compacted rows without the whole stack; one that names its
+        ``columns`` makes the alive-set solves return :class:`_Compacted` blocks, so it needs ``reduce_piece``).
         Damped units alive on every sample with e constant over the samples share one eigenbasis
         (:meth:`_solve_shared`, or ``shared_term(ids, λ, V)`` instead where the caller handles those
         units itself); the others are solved unit by unit on their compacted sets.
@@ -276,14 +280,18 @@ class UnitWiseFisher(FisherApproximation):
         n = lay.n
         alive = lay.alive_host
         n_alive = alive.sum(axis=1)
+        compacted = isinstance(rhs, _SharedRows) and rhs.columns is not None
+        if compacted and reduce_piece is None:
+            raise ValueError("right-hand sides compacted by columns come back as blocks: give reduce_piece")
         # hidden layers only: the output layer has C units, nothing to share (and its solve stays the LU one)
         use_shared = lay.mode == _DAMPED and lay.layer < self.network.depth
         basis = self._shared_basis(lay) if use_shared else None
         shared = None if basis is None else basis[0]
         if lay.mode == _EXACT:
-            q = n_rhs
+            q = n_rhs  # the dead-set path solves every column; the alive one only a unit's kept columns
+            q_alive = rhs.kept if compacted else q
             n_dead = n - n_alive
-            cost_alive = (2.0 / 3.0) * n_alive**3 + 2.0 * n_alive**2 * q
+            cost_alive = (2.0 / 3.0) * n_alive**3 + 2.0 * n_alive**2 * q_alive
             cost_dead = (2.0 / 3.0) * n_dead**3 + 2.0 * n_dead**2 * q + 4.0 * n * n * q
             via_dead = cost_dead < cost_alive
         else:
@@ -599,7 +607,7 @@ class UnitWiseFisher(FisherApproximation):
         g_all = xp.where(alive, lay.delta / safe, xp.zeros_like(lay.delta))  # δ/e or δ/√e, (C, N, U)
         acc = []
         # the x′ each unit's solution is needed on (δ′ ≠ 0); δ′ and g with a zero sample appended for the padding
-        needed = np.asarray(to_host(xp.permute_dims(xp.sum(d_p * d_p, axis=0) > 0.0, (1, 0))), dtype=bool)  # (U, N′)
+        needed = np.asarray(to_host(xp.permute_dims(xp.any(d_p != 0.0, axis=0), (1, 0))), dtype=bool)  # (U, N′)
         rhs = _SharedRows(cross, lambda units: self._post_scale(lay, units), needed)  # post_i ∘ K(x, x′)
         d_pad = xp.concat([d_p, xp.zeros((c, 1, d_p.shape[2]), dtype=d_p.dtype)], axis=1)  # (C, N′ + 1, U)
         g_pad = xp.concat([g_all, xp.zeros((c, 1, g_all.shape[2]), dtype=g_all.dtype)], axis=1)  # (C, N + 1, U)
@@ -630,7 +638,7 @@ class UnitWiseFisher(FisherApproximation):
                     acc.append(part)
 
         # the shared-eigenbasis units by GEMMs over all of them (:meth:`_cross_term_shared`) where its
-        # blocks of units and of rows hold >= 16 each within the layer's budget (N <~ 360 at the 2^21 floor, <~ 720 at the 2^23 cap)
+        # blocks of units and of rows hold >= 16 each within the layer's budget (N <= 256 at the 2^21 floor, <= 512 at the 2^23 cap)
         block = self._budget(lay.layer) // (2 * n * n)
         extra = []
 
@@ -843,7 +851,7 @@ class _SharedRows:
             # M with a zero column appended: padding slots of the compacted columns point at it
             self._padded = xp.concat([matrix, xp.zeros((n, 1), dtype=matrix.dtype)], axis=1)
             self._order = np.argsort(~columns, axis=1, kind="stable")  # kept columns first, in order
-            self._count = columns.sum(axis=1)
+            self.kept = columns.sum(axis=1)  # (U,): columns kept per unit
 
     def __call__(self, units):
         xp = namespace_of(self.matrix)
@@ -856,9 +864,9 @@ class _SharedRows:
         """(c, q_c) host int64: unit u's kept columns first (ascending), then q (the zero column) as padding."""
         u = np.asarray(to_host(units), dtype=np.int64)
         q = self.matrix.shape[1]
-        width = int(self._count[u].max()) if u.size else 0
+        width = int(self.kept[u].max()) if u.size else 0
         cols = self._order[u, :width]
-        return np.where(np.arange(width)[None, :] < self._count[u][:, None], cols, q)
+        return np.where(np.arange(width)[None, :] < self.kept[u][:, None], cols, q)
 
 
 def _compacted_rhs(rhs, units, idx):
