@@ -57,7 +57,7 @@ right-hand sides 1.2–1.7× slower for the ≈ 35 % of units alive on more than
 (γ = 1/2) the per-unit systems shrink from N to about N/2 (1/8 of the flops of a padded N×N
 stack). Θ̄(x′, x) (S.156) compacts the right-hand sides too: unit i's solution is read only on the x′ with
 δ_{l,i}(x′) ≠ 0, so on the alive sets only those columns of K(x, x′) are solved for (about half for ReLU;
-the exact mode's dead-set path still solves every column), and each unit's (|S_i| × |S′_i|) block is added
+C = 1 only; the exact mode's dead-set path still solves every column), and each unit's (|S_i| × |S′_i|) block is added
 into Θ̄ at its own rows and columns (:func:`_place_blocks`; at M = 4096, N = N′ = 100 the set-up's Θ̄ pair
 took 1.18 s against 1.70 s with every column in a quiet A/B, a median 1.69 against 2.03 s in a noisy one).
 
@@ -606,8 +606,13 @@ class UnitWiseFisher(FisherApproximation):
         safe = xp.where(alive, denom, xp.ones_like(denom))
         g_all = xp.where(alive, lay.delta / safe, xp.zeros_like(lay.delta))  # δ/e or δ/√e, (C, N, U)
         acc = []
-        # the x′ each unit's solution is needed on (δ′ ≠ 0); δ′ and g with a zero sample appended for the padding
-        needed = np.asarray(to_host(xp.permute_dims(xp.any(d_p != 0.0, axis=0), (1, 0))), dtype=bool)  # (U, N′)
+        # C = 1: each unit solves only the x′ where δ′ ≠ 0 and its compacted block is placed into Θ̄ by
+        # :func:`_place_blocks`. C > 1: every column, and the sum over units as C batched GEMMs over dense solutions
+        # (placing blocks would take C² passes: at C = 3, M = 4096 the set-up's Θ̄ pair took 2.8–3.5 s that way
+        # against 2.3–2.7 s)
+        needed = None
+        if c == 1:  # the x′ each unit's solution is needed on (δ′ ≠ 0)
+            needed = np.asarray(to_host(xp.permute_dims(xp.any(d_p != 0.0, axis=0), (1, 0))), dtype=bool)  # (U, N′)
         rhs = _SharedRows(cross, lambda units: self._post_scale(lay, units), needed)  # post_i ∘ K(x, x′)
         d_pad = xp.concat([d_p, xp.zeros((c, 1, d_p.shape[2]), dtype=d_p.dtype)], axis=1)  # (C, N′ + 1, U)
         g_pad = xp.concat([g_all, xp.zeros((c, 1, g_all.shape[2]), dtype=g_all.dtype)], axis=1)  # (C, N + 1, U)
@@ -618,17 +623,16 @@ class UnitWiseFisher(FisherApproximation):
             return _gather_rows(per_unit[:, :, None], index)[:, :, 0]
 
         def reduce_piece(units, z):
-            """Σ over the piece's units of δ′_{k,s′,i} Y_i[t, s′] g_{k′,t,i}, (C_k, C_k′, N′, N): each unit's block
-            on its own rows t and columns s′ (:class:`_Compacted`), placed by :func:`_place_blocks`."""
-            z = z if isinstance(z, _Compacted) else _Compacted.dense(z)
-            g_rows = [at(g_pad[kk, ...], units, z.rows) for kk in range(c)]  # (c, p) each
-            blocks = []
-            for k in range(c):
-                d_cols = at(d_pad[k, ...], units, z.cols)[:, None, :]  # (c, 1, q)
-                row = [_place_blocks(z.z * g_rows[kk][:, :, None] * d_cols, z.rows, z.cols, n, n_p)[:n_p, :n]
-                       for kk in range(c)]
-                blocks.append(xp.stack(row, axis=0))
-            return xp.stack(blocks, axis=0)
+            """Σ over the piece's units of δ′_{k,s′,i} Y_i[t, s′] g_{k′,t,i}, (C_k, C_k′, N′, N)."""
+            if c == 1:  # each unit's block on its own rows t and columns s′ (:class:`_Compacted`)
+                z = z if isinstance(z, _Compacted) else _Compacted.dense(z)
+                w = z.z * at(g_pad[0, ...], units, z.rows)[:, :, None] * at(d_pad[0, ...], units, z.cols)[:, None, :]
+                return _place_blocks(w, z.rows, z.cols, n, n_p)[None, None, :n_p, :n]
+            x_perm = xp.permute_dims(z, (2, 0, 1))  # (N′, c, N): Y_i[t, s′] at [s′, i, t]
+            dp = xp.permute_dims(xp.take(d_p, units, axis=2), (1, 0, 2))  # (N′, C, c)
+            g = xp.take(g_all, units, axis=2)  # (C, N, c)
+            parts = [dp @ (x_perm * xp.permute_dims(g[kk, ...], (1, 0))[None, :, :]) for kk in range(c)]  # [s′, k, t]
+            return xp.permute_dims(xp.stack(parts, axis=0), (2, 0, 1, 3))  # [k′, s′, k, t] → [k, k′, s′, t]
 
         def consume(units, parts):
             for part in parts:
