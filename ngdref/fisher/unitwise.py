@@ -81,6 +81,7 @@ layer's budget holds blocks of ≥ 16 units and rows (N ≤ 256 at the 2^21 floo
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -159,11 +160,26 @@ class _Layer:
     a: object  # a_{l−1}, (N, fan), the network's dtype (for the parameter-sized product)
     a_work: object  # a_{l−1} in float64 (the same array when the network is float64)
     delta: object  # δ_l, (C, N, U), float64
-    e: object  # Σ_k δ², (U, N)
-    alive: object  # e > 0, (U, N) bool
+    e_samples: object  # Σ_k δ², (N, U) as δ is laid out (S.137's count needs no other layout)
     kernel: object  # K = a aᵀ, (N, N)
-    alive_host: np.ndarray  # (U, N) bool
     _padded: dict = field(default_factory=dict, repr=False)
+
+    @functools.cached_property
+    def e(self):
+        """Σ_k δ², (U, N) laid out row by row: every per-unit ``take`` of a chunk then reads contiguous rows
+        (NumPy's ``take`` copies a non-contiguous source in full on every call). Made on first use: the
+        transposed copy is most of the time of Θ̄(x, x) at ρ = 0 (S.137), which never needs it."""
+        return _row_major(namespace_of(self.e_samples).permute_dims(self.e_samples, (1, 0)))
+
+    @functools.cached_property
+    def alive(self):
+        """e > 0, (U, N) bool."""
+        return self.e > 0.0
+
+    @functools.cached_property
+    def alive_host(self) -> np.ndarray:
+        """:attr:`alive` on the host, (U, N) bool."""
+        return np.asarray(to_host(self.alive), dtype=bool)
 
     def padded(self, which: str):
         """K ⊕ I_N or K⁻¹ ⊕ I_N, (2N, 2N): gathering it at the compacted indices of a unit, with
@@ -184,7 +200,7 @@ class _Layer:
 
     @property
     def units(self) -> int:
-        return int(self.e.shape[0])
+        return int(self.e_samples.shape[1])
 
 
 @register
@@ -252,16 +268,13 @@ class UnitWiseFisher(FisherApproximation):
         a = signals.a[layer - 1]
         a64 = as_float64(a)
         d = as_float64(signals.delta[layer - 1])
-        # (U, N) laid out row by row: every per-unit ``take`` of a chunk then reads contiguous rows
-        # (NumPy's ``take`` copies a non-contiguous source in full on every call)
-        e = _row_major((d[0, ...] * d[0, ...] if d.shape[0] == 1 else xp.sum(d * d, axis=0)).T)
+        e_samples = d[0, ...] * d[0, ...] if d.shape[0] == 1 else xp.sum(d * d, axis=0)  # (N, U)
         # K on the BLAS pool as configured: its rounding reaches the damped output unit's direction through
         # cond(K/N + ρI) (on one thread instead: 2e-11 of Δθ_L, 8e-10 of max|f − f_lin| at M = 4096)
         kernel = a64 @ a64.T  # K = a aᵀ: NumPy hands a·aᵀ of one array to BLAS's syrk (3–4× faster than a GEMM here)
         with blas_context(a):  # one BLAS thread for an N×N eigvalsh (ngdref.threads)
             mode = self._kernel_mode(kernel)
-        alive = e > 0.0
-        return _Layer(layer, mode, a, a64, d, e, alive, kernel, np.asarray(to_host(alive), dtype=bool))
+        return _Layer(layer, mode, a, a64, d, e_samples, kernel)
 
     # ---- the batched per-unit solve ------------------------------------------------------------
     def _solve_units(self, lay: _Layer, rhs, consume, n_rhs: int, shared_term=None, reduce_piece=None) -> None:
@@ -549,14 +562,14 @@ class UnitWiseFisher(FisherApproximation):
 
     def _training_projector(self, lay: _Layer):
         """S.137: Σ_i diag(1[δ_i ≠ 0]) (C = 1); (k, k′) blocks Σ_i δ_i^{(k)} δ_i^{(k′)}/e_i for C > 1."""
-        xp = namespace_of(lay.e)
+        xp = namespace_of(lay.e_samples)
         d = lay.delta  # (C, N, U)
         c, n, _ = d.shape
+        alive = lay.e_samples > 0.0  # (N, U): the alive sets as the solves see them (e > 0), in δ's layout
         if c == 1:  # δ_i²/e_i = 1 on the alive set: diag(number of units alive on x_n)
-            count = xp.sum(xp.astype(lay.alive, d.dtype), axis=0)  # (N,)
+            count = xp.sum(xp.astype(alive, d.dtype), axis=1)  # (N,)
             return count[:, None] * xp.eye(n, dtype=d.dtype)
-        alive = lay.alive.T  # (N, U)
-        safe = xp.where(alive, lay.e.T, xp.ones_like(lay.e.T))
+        safe = xp.where(alive, lay.e_samples, xp.ones_like(lay.e_samples))
         blocks = []
         for k in range(c):
             row = []
@@ -601,8 +614,8 @@ class UnitWiseFisher(FisherApproximation):
         c, n_p, _ = d_p.shape
         n = lay.n
         cross = lay.a_work @ a_p.T  # K(x, x′), (N, N′) (BLAS's transpose flag: 1.3–2.5× faster than copying a_pᵀ first)
-        denom = (lay.e if lay.mode == _EXACT else xp.sqrt(lay.e)).T  # (N, U)
-        alive = lay.alive.T
+        denom = lay.e_samples if lay.mode == _EXACT else xp.sqrt(lay.e_samples)  # (N, U)
+        alive = lay.e_samples > 0.0
         safe = xp.where(alive, denom, xp.ones_like(denom))
         g_all = xp.where(alive, lay.delta / safe, xp.zeros_like(lay.delta))  # δ/e or δ/√e, (C, N, U)
         acc = []
