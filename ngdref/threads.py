@@ -23,6 +23,7 @@ check of the calls, and CuPy queues its kernels on one stream, where host thread
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -141,11 +142,13 @@ class Pool:
         return False
 
     def map(self, fn, items) -> list:
-        """[fn(i) for i in items], in order; the calling thread computes the first item."""
+        """[fn(i) for i in items], in order; the calling thread computes the first item. Each item runs in a
+        copy of the caller's context (``contextvars``), so the caller's ``np.errstate`` holds in the pool's
+        threads too (a thread of the executor starts with an empty context otherwise)."""
         items = list(items)
         if self._executor is None or len(items) <= 1:
             return [fn(i) for i in items]
-        futures = [self._executor.submit(fn, i) for i in items[1:]]
+        futures = [self._executor.submit(contextvars.copy_context().run, fn, i) for i in items[1:]]
         first = fn(items[0])
         return [first] + [f.result() for f in futures]
 

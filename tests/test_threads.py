@@ -140,3 +140,25 @@ def test_a_pinned_cell_keeps_its_count_after_another_cell_left():
     for w in workers:
         w.join()
     assert seen["A after B left"] == {2}
+
+
+def test_pool_pieces_run_under_the_callers_errstate(monkeypatch):
+    """The caller's ``np.errstate`` holds in the pool's threads (NumPy keeps it in a context variable, and an
+    executor's thread starts with an empty context): an overflow in a piece on another thread raises under
+    ``over="raise"`` and is silent under ``all="ignore"`` (a train run that its caller silenced warned)."""
+    monkeypatch.setattr(threads, "THREADS", 2)
+    big = np.full(4, 1e300)
+
+    def piece(i):
+        return threading.current_thread().name, float(np.sum(big * big))
+
+    with np.errstate(over="raise"), pytest.raises(FloatingPointError):
+        threads.map_on_threads(piece, range(4), get_backend("numpy"))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with np.errstate(all="ignore"):
+            out = threads.map_on_threads(piece, range(4), get_backend("numpy"))
+    assert {name for name, _ in out} != {threading.current_thread().name}  # some pieces ran on the pool
+    assert all(value == float("inf") for _, value in out)
