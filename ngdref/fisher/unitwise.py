@@ -341,6 +341,9 @@ class UnitWiseFisher(FisherApproximation):
         With ``reduce_piece`` a chunk is always cut into the same :func:`_reduce_pieces` pieces, whatever the number of
         threads, so that the reductions, added in piece order by ``consume``, do not depend on it."""
         n = lay.n
+        # entries per unit besides its (p, p) stacks: the (N, q) right-hand sides and solution, or, with compacted
+        # columns (alive set only), (p, q_c) blocks with q_c at most the layer's largest kept count
+        kept = int(rhs.kept.max()) if isinstance(rhs, _SharedRows) and rhs.columns is not None else None
         for group in (False, True):
             ids = np.nonzero((via_dead == group) & (True if shared is None else ~shared))[0]
             if ids.size == 0:
@@ -351,7 +354,8 @@ class UnitWiseFisher(FisherApproximation):
                 stop = start
                 for _ in range(2):  # sizes ascend: size the chunk by its largest unit
                     p_hi = int(size[ids[max(stop, start + 1) - 1]])
-                    count = max(1, budget // (3 * p_hi * p_hi + 4 * n * n_rhs + 1))
+                    rhs_entries = n * n_rhs if kept is None or group else p_hi * kept
+                    count = max(1, budget // (3 * p_hi * p_hi + 4 * rhs_entries + 1))
                     stop = min(ids.size, start + count)
                 p = int(size[ids[stop - 1]])
                 chunk = ids[start:stop]
