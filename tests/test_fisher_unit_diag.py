@@ -699,3 +699,45 @@ def test_unit_theta_bar_solves_only_the_columns_it_reads(backend, monkeypatch):
     assert min(widths) == 42
     for g, w in zip(got, want):
         assert _rel(g, w) < 1e-12
+
+
+def test_units_alive_on_every_sample_are_solved_without_compaction(backend, monkeypatch):
+    """A unit alive on every training sample (δ ≠ 0 on all of them) is solved on all N samples as they are —
+    ``_phi_alive`` without index arrays (no gathers or scatters) — beside compacted units; both kinds, in the
+    direction and in Θ̄(x, x), Θ̄(x′, x) (columns compacted), against the per-unit and explicit oracles."""
+    rng = np.random.default_rng(31)
+    net = Network((9, 40, 36, 1), "relu", 2.0, 1.0)  # σ_b² = 1: many layer-1 units alive on all 12 samples
+    x, xt = unit_rows(rng, 12, 9), unit_rows(rng, 7, 9)
+    p = net.init(3)
+    v = (O.outputs(O.Net.of(net), p, x) - rng.standard_normal((12, 1))).T
+    rho = 1e-6
+    full = []
+    original = UnitWiseFisher._phi_alive
+
+    def spy(self, lay, units, rhs, idx, *rest):
+        full.append(idx is None)
+        return original(self, lay, units, rhs, idx, *rest)
+
+    monkeypatch.setattr(UnitWiseFisher, "_phi_alive", spy)
+    fim = UnitWiseFisher(net, rho)
+    pb = net.init(3, backend)
+    s, st = net.signals(pb, *_on(backend, x)), net.signals(pb, *_on(backend, xt))
+    out = [to_host(o) for o in fim.precondition(s, *_on(backend, v))]
+    assert full.count(True) >= 2 and False in full  # layer 1's and the output unit's chunks
+    j = O.jacobian(O.Net.of(net), p, x)
+    alive_everywhere = np.all(to_host(s.delta[0])[0] != 0.0, axis=0)  # layer 1's units, (M1,)
+    assert 0 < alive_everywhere.sum() < net.widths[1]
+    for layer in (1, 3):  # the output unit (δ = 1) too
+        for unit in range(net.widths[layer]):
+            ref = _per_unit_reference(j, net.unit_slice(layer, unit), v, rho)
+            if np.any(ref != 0.0):
+                assert _rel(out[layer - 1][unit], ref) < 1e-9
+            else:  # dead on every sample
+                assert not np.any(out[layer - 1][unit])
+    full.clear()
+    train, test = (to_host(a) for a in fim.coefficient_pair(st, s))
+    assert full.count(True) >= 2 and False in full
+    orc = O.oracle("unit", net, p, x, rho)
+    tol = _tolerance(orc)
+    assert _rel(train, orc.theta_bar()) < tol
+    assert _rel(test, orc.theta_bar(xt)) < tol

@@ -350,6 +350,8 @@ class UnitWiseFisher(FisherApproximation):
             if ids.size == 0:
                 continue
             ids = ids[np.argsort(size[ids], kind="stable")]
+            # the alive-set group's units alive on every sample (the last ones) take chunks of their own
+            first_full = ids.size if group else int(np.searchsorted(size[ids], n))
             start = 0
             while start < ids.size:
                 stop = start
@@ -357,10 +359,17 @@ class UnitWiseFisher(FisherApproximation):
                     p_hi = int(size[ids[max(stop, start + 1) - 1]])
                     rhs_entries = n * n_rhs if kept is None or group else p_hi * kept
                     count = max(1, budget // (3 * p_hi * p_hi + 4 * rhs_entries + 1))
-                    stop = min(ids.size, start + count)
+                    stop = min(ids.size, start + count, first_full if start < first_full else ids.size)
                 p = int(size[ids[stop - 1]])
                 chunk = ids[start:stop]
                 units = to_device(chunk, backend, "int64")
+                if not group and int(size[chunk[0]]) == n:
+                    # every unit alive on every sample: no compaction, so no index gathers and scatters — on
+                    # NumPy these hold the GIL and are memory-bound, and cost a third of the solves at p = N
+                    def piece(lo, hi, units=units):
+                        return self._phi_alive(lay, units[lo:hi], rhs, None, None, None, None)
+                    start = self._run_chunk(piece, units, consume, pool, blas, reduce_piece, group, stop)
+                    continue
                 idx_host = order_idx[chunk, :p]
                 valid_host = np.arange(p)[None, :] < size[chunk][:, None]
                 # padding slot j of the compacted set points at N + j of the padded matrices
@@ -375,24 +384,31 @@ class UnitWiseFisher(FisherApproximation):
                     u = units[lo:hi]
                     return phi(lay, u, rhs, idx[lo:hi, ...], idx_mat[lo:hi, ...], inv[lo:hi, ...], valid[lo:hi, ...])
 
-                if reduce_piece is not None:
-                    pieces = _reduce_pieces()
-                    cut = [int(chunk.size) * j // pieces for j in range(pieces + 1)]
-                    cut = sorted(set(cut))
+                start = self._run_chunk(piece, units, consume, pool, blas, reduce_piece, group, stop)
 
-                    def reduced(j, piece=piece, units=units, cut=cut):
-                        return reduce_piece(units[cut[j] : cut[j + 1]], piece(cut[j], cut[j + 1]))
+    @staticmethod
+    def _run_chunk(piece, units, consume, pool, blas, reduce_piece, whole, stop):
+        """Solve one chunk of :meth:`_solve_chunks` by ``piece(lo, hi)`` and consume it; returns ``stop``.
 
-                    with blas():
-                        consume(units, pool.map(reduced, range(len(cut) - 1)))
-                    start = stop
-                    continue
-                # the exact mode's dead group stays whole: a GEMM's rounding may depend on its column count, and a
-                # split by the number of threads would make the results depend on that number
-                with blas():
-                    z = piece(0, int(chunk.size)) if group else pool.split(piece, int(chunk.size))
-                consume(units, z)
-                start = stop
+        With ``reduce_piece`` the chunk is always cut into the same :func:`_reduce_pieces` pieces, whatever the
+        number of threads; otherwise it is split by the pool's threads, except where ``whole``: the exact
+        mode's dead group stays whole, as a GEMM's rounding may depend on its column count and a split by the
+        number of threads would make the results depend on that number."""
+        count = int(units.shape[0])
+        if reduce_piece is not None:
+            pieces = _reduce_pieces()
+            cut = sorted(set(count * j // pieces for j in range(pieces + 1)))
+
+            def reduced(j):
+                return reduce_piece(units[cut[j] : cut[j + 1]], piece(cut[j], cut[j + 1]))
+
+            with blas():
+                consume(units, pool.map(reduced, range(len(cut) - 1)))
+            return stop
+        with blas():
+            z = piece(0, count) if whole else pool.split(piece, count)
+        consume(units, z)
+        return stop
 
     def _shared_basis(self, lay: _Layer):
         """The units of :meth:`_solve_shared` as a host bool mask and K = VΛVᵀ, (mask, λ, V); None when
@@ -438,17 +454,22 @@ class UnitWiseFisher(FisherApproximation):
         each unit needs, the solutions on those columns alone as a :class:`_Compacted` (Θ̄'s set-up).
         """
         xp = namespace_of(lay.kernel)
-        c, n, p = int(units.shape[0]), lay.n, idx.shape[1]
+        c, n = int(units.shape[0]), lay.n
+        p = n if idx is None else idx.shape[1]
         r_c, cols = _compacted_rhs(rhs, units, idx)  # R_i's rows on the compacted set, (c, p, q); cols: see below
         if p == 0 or r_c.shape[2] == 0:
             z_c = xp.zeros((c, p, r_c.shape[2]), dtype=lay.kernel.dtype)
             return _deliver(z_c, inv, n, idx, valid, cols)
-        a_c = _gather_sub(lay.padded("kernel"), idx_mat)  # [[K_SS, 0], [0, I]], (c, p, p)
+        if idx is None:  # alive on every sample: S_i is all of them, in order, and nothing is padded
+            a_c = _stack_copies(lay.kernel, c)
+            valid = xp.ones((c, n), dtype=lay.kernel.dtype)
+        else:
+            a_c = _gather_sub(lay.padded("kernel"), idx_mat)  # [[K_SS, 0], [0, I]], (c, p, p)
         if lay.mode == _DAMPED:
             # A = D (K_SS + ρD⁻²) D with D = diag(√(e/N)) (1 on the padding): solve (K_SS + ρD⁻²) y = D⁻¹r and
             # z = D⁻¹y — a diagonal update instead of two scaling passes and a ρI pass over the (c, p, p) stack
             s = xp.sqrt(xp.take(lay.e, units, axis=0) / float(n))  # (c, N)
-            s_c = _gather_rows(s[:, :, None], idx)[:, :, 0] * valid + (1.0 - valid)  # (c, p), > 0
+            s_c = s if idx is None else _gather_rows(s[:, :, None], idx)[:, :, 0] * valid + (1.0 - valid)  # (c, p)
             shift = self.damping / (s_c * s_c)
             if bool(xp.all(shift < _SHIFT_LIMIT)):  # e ≥ ~1e-290·ρN: ρ/s² stays finite
                 a_c = _add_to_diagonal(a_c, shift)
@@ -461,7 +482,7 @@ class UnitWiseFisher(FisherApproximation):
             # that the stack stays positive definite) or 0 (pinv, so the cut-off is unchanged)
             pad = 0.0 if lay.mode == _PINV else 1.0
             s = xp.sqrt(xp.take(lay.e, units, axis=0) / float(n))  # (c, N)
-            s_c = _gather_rows(s[:, :, None], idx)[:, :, 0] * valid + pad * (1.0 - valid)  # (c, p)
+            s_c = s if idx is None else _gather_rows(s[:, :, None], idx)[:, :, 0] * valid + pad * (1.0 - valid)
             a_c *= s_c[:, :, None]
             a_c *= s_c[:, None, :]
         r_c = r_c * valid[:, :, None]
@@ -894,10 +915,17 @@ class _SharedRows:
 def _compacted_rhs(rhs, units, idx):
     """(rhs(units)[u, idx[u], :], None), (c, p, q): from a :class:`_SharedRows` by one gather of M's rows (the
     same products as scaling first), else gathered from the full stack. Where the :class:`_SharedRows` names
-    its columns: (the (c, p, q_c) rows and kept columns, cols (c, q_c) on the device, padding = q)."""
+    its columns: (the (c, p, q_c) rows and kept columns, cols (c, q_c) on the device, padding = q).
+    ``idx`` None: every row, in order (units alive on every sample; no gather of rows)."""
     if not isinstance(rhs, _SharedRows):
-        return _gather_rows(rhs(units), idx), None
+        stack = rhs(units)
+        return (stack if idx is None else _gather_rows(stack, idx)), None
     xp = namespace_of(rhs.matrix)
+    if idx is None and rhs.columns is None:
+        return rhs(units), None
+    if idx is None:
+        n = rhs.matrix.shape[0]
+        idx = xp.broadcast_to(xp.arange(n, dtype=xp.int64)[None, :], (int(units.shape[0]), n))
     c, p = idx.shape
     cols = None
     if rhs.columns is None:
@@ -935,9 +963,13 @@ class _Compacted:
 def _deliver(z_c, inv, n: int, idx, valid, cols):
     """:meth:`UnitWiseFisher._phi_alive`'s result: Z scattered to its N rows, or, with compacted columns
     ``cols``, the compacted block as it is (padding rows renamed N)."""
+    xp = namespace_of(z_c)
+    if idx is None:  # every row kept, in order
+        if cols is None:
+            return z_c
+        return _Compacted(z_c, xp.broadcast_to(xp.arange(n, dtype=xp.int64)[None, :], (z_c.shape[0], n)), cols)
     if cols is None:
         return _scatter_rows(z_c, inv, n)
-    xp = namespace_of(z_c)
     rows = xp.where(valid > 0, idx, xp.full_like(idx, n))
     return _Compacted(z_c, rows, cols)
 
@@ -957,6 +989,12 @@ def _place_blocks(w, rows, cols, n_rows: int, n_cols: int):
     hot_cols = xp.astype(cols[:, None, :] == xp.arange(shape[0], dtype=cols.dtype)[None, :, None], w.dtype)
     hot_rows = xp.astype(rows[:, :, None] == xp.arange(shape[1], dtype=rows.dtype)[None, None, :], w.dtype)
     return xp.sum(hot_cols @ xp.linalg.matrix_transpose(w) @ hot_rows, axis=0)
+
+
+def _stack_copies(mat, c: int):
+    """c writable copies of ``mat`` stacked, (c, n, n): one broadcast copy (no index arrays)."""
+    xp = namespace_of(mat)
+    return xp.asarray(xp.broadcast_to(mat[None, ...], (c, *mat.shape)), copy=True)
 
 
 def _add_to_diagonal(stack, d):
