@@ -254,3 +254,35 @@ def test_unit_shared_eigenbasis_paths_match_oracle(c, backend, monkeypatch):
                       (direction, orc.precondition(v))):
         assert np.max(np.abs(got - want)) / np.max(np.abs(want)) < tol
     assert {"_solve_shared", "_cross_term_shared"} <= set(calls)
+
+
+def test_unit_shared_eigenbasis_units_whose_sign_varies_match_oracle(backend, monkeypatch):
+    """_cross_term_shared takes units with g = δ/√e constant over the samples by one (C·N′, c) × (c, N) GEMM and
+    the others by (C·N′, c) × (c, N²) GEMMs: with φ(u) = |u| (φ′ = sign u) the last hidden layer's e_i is
+    constant but g_i = sign(u_i) varies over the samples, so the second path runs (spy) — against the P×P twin."""
+    from ngdref.activations import Activation
+    from ngdref.backend import namespace_of
+    from ngdref.fisher.unitwise import UnitWiseFisher
+    from ngdref.train import coefficients
+
+    absolute = Activation("abs", lambda u: namespace_of(u).abs(u), lambda u: namespace_of(u).sign(u))
+    calls = []
+    original = UnitWiseFisher._cross_term_shared_general
+
+    def spy(self, lay, ids, *a):
+        calls.append(int(ids.size))
+        return original(self, lay, ids, *a)
+
+    monkeypatch.setattr(UnitWiseFisher, "_cross_term_shared_general", spy)
+    rng = np.random.default_rng(8)
+    net = Network((6, 12, 10, 1), absolute, 2.0, 0.5)
+    x, xt = unit_rows(rng, 5, 6), unit_rows(rng, 3, 6)
+    p = net.init(2, backend)
+    s, st = net.signals(p, to_device(x, backend)), net.signals(p, to_device(xt, backend))
+    fim = get_fisher("unit", net, 1e-2)
+    orc = O.oracle("unit", net, net.init(2), x, 1e-2)
+    tol = max(1e-9, 50 * O.EPS * orc.condition())
+    c_train, c_test = coefficients(fim, s, st)
+    for got, want in ((to_host(c_train), orc.theta_bar()), (to_host(c_test), orc.theta_bar(xt))):
+        assert np.max(np.abs(got - want)) / np.max(np.abs(want)) < tol
+    assert calls and calls[0] > 0

@@ -350,20 +350,23 @@ class UnitWiseFisher(FisherApproximation):
             if ids.size == 0:
                 continue
             ids = ids[np.argsort(size[ids], kind="stable")]
-            # the alive-set group's units alive on every sample (the last ones) take chunks of their own
-            first_full = ids.size if group else int(np.searchsorted(size[ids], n))
+            # in the alive-set group the units dead on every sample (the first ones: nothing to solve) and those
+            # alive on every sample (the last ones: no compaction) take chunks of their own
+            bounds = [ids.size] if group else [int(np.searchsorted(size[ids], b)) for b in (1, n)] + [ids.size]
+            # units a chunk may hold when its largest unit is the one at each position (sizes ascend, so the
+            # units that fit after ``start`` are a prefix: those at most ``room`` positions on)
+            sizes = size[ids].astype(np.int64)
+            rhs_entries = n * n_rhs if kept is None or group else sizes * kept
+            room = np.maximum(1, budget // (3 * sizes * sizes + 4 * rhs_entries + 1))
             start = 0
             while start < ids.size:
-                stop = start
-                for _ in range(2):  # sizes ascend: size the chunk by its largest unit
-                    p_hi = int(size[ids[max(stop, start + 1) - 1]])
-                    rhs_entries = n * n_rhs if kept is None or group else p_hi * kept
-                    count = max(1, budget // (3 * p_hi * p_hi + 4 * rhs_entries + 1))
-                    stop = min(ids.size, start + count, first_full if start < first_full else ids.size)
+                end = next(b for b in bounds if b > start)
+                fits = np.arange(1, end - start + 1) <= room[start:end]
+                stop = start + max(1, int(np.argmin(fits)) if not fits.all() else end - start)
                 p = int(size[ids[stop - 1]])
                 chunk = ids[start:stop]
                 units = to_device(chunk, backend, "int64")
-                if not group and int(size[chunk[0]]) == n:
+                if not group and n > 0 and int(size[chunk[0]]) == n:
                     # every unit alive on every sample: no compaction, so no index gathers and scatters — on
                     # NumPy these hold the GIL and are memory-bound, and cost a third of the solves at p = N
                     def piece(lo, hi, units=units):
@@ -705,14 +708,46 @@ class UnitWiseFisher(FisherApproximation):
 
         g = δ/√e: one (C·N′, c) × (c, N²) GEMM per block of c units (4·N²·N′ flops per unit and N² of
         memory traffic, instead of two (N, N) × (N, N′) GEMMs and a few (N, N′) passes per unit).
-        Rows of x′ and units go in blocks of ``block`` (each temporary <= the layer's budget / 2)."""
+        Rows of x′ and units go in blocks of ``block`` (each temporary <= the layer's budget / 2).
+
+        Units whose g_{k′,i}(x_t) = g_{k′,i} is the same on every x_t (ReLU: δ_{L−1,i} = w_{L,i}σ_w/√M where
+        alive, so g = sign(w_{L,i})) make M_{kk′} independent of t, and their part is
+        Θ̄[k, s′, k′, t] = Σ_j V[t, j] B[j, s′] M_{kk′}[s′, j], M_{kk′}[s′, j] = Σ_i δ′_{k,i}(x′_s′) g_{k′,i} w_i[j]:
+        one (C·N′, c) × (c, N) GEMM (4·N·N′ flops per unit)."""
+        xp = namespace_of(lay.e)
+        c, n_p, _ = d_p.shape
+        n = lay.n
+        g_host = np.asarray(to_host(xp.take(g_all, to_device(ids, backend_of(lay.a), "int64"), axis=2)))
+        flat = np.all(g_host == g_host[:, :1, :], axis=(0, 1))  # (U_s,): g constant over the samples
+        b_t = xp.linalg.matrix_transpose(xp.linalg.matrix_transpose(vec) @ cross)  # Bᵀ, (N′, N)
+        b_rows = xp.take(b_t, xp.arange(c * n_p, dtype=xp.int64) % n_p, axis=0)  # B[:, s′] per row (k, s′)
+        total = None
+        if flat.any():
+            units = to_device(ids[flat], backend_of(lay.a), "int64")
+            w = self._shared_weights(lay, units, lam)
+            dp = xp.take(xp.reshape(d_p, (c * n_p, d_p.shape[2])), units, axis=1)  # (C·N′, U_f): rows (k, s′)
+            g = xp.take(g_all[:, 0, :], units, axis=1)  # (C, U_f): g_{k′,i}
+            per_kk = [((dp @ (g[kk, :][:, None] * w)) * b_rows) @ xp.linalg.matrix_transpose(vec) for kk in range(c)]
+            total = xp.reshape(xp.stack(per_kk, axis=1), (c, n_p, c, n))
+        if flat.all():
+            return total
+        rest = self._cross_term_shared_general(lay, ids[~flat], lam, vec, d_p, g_all, b_rows, block)
+        return rest if total is None else total + rest
+
+    def _shared_weights(self, lay: _Layer, units, lam):
+        """w_i[j] = ε_i^{1/2}/(N(ε_iλ_j/N + ρ)) of :meth:`_cross_term_shared`, (c, N)."""
+        xp = namespace_of(lay.e)
+        eps = xp.take(lay.e, units, axis=0)[:, 0]  # ε_i, (c,)
+        return (xp.sqrt(eps) / float(lay.n))[:, None] / (eps[:, None] * lam[None, :] / float(lay.n) + self.damping)
+
+    def _cross_term_shared_general(self, lay: _Layer, ids, lam, vec, d_p, g_all, b_rows, block: int):
+        """:meth:`_cross_term_shared` for units whose g varies over the samples: M_{kk′}[s′, t, j] by
+        (C·N′, c) × (c, N²) GEMMs."""
         xp = namespace_of(lay.e)
         c, n_p, _ = d_p.shape
         n, count = lay.n, int(ids.size)
         units = to_device(ids, backend_of(lay.a), "int64")
-        eps = xp.take(lay.e, units, axis=0)[:, 0]  # ε_i, (U_s,)
-        w = (xp.sqrt(eps) / float(n))[:, None] / (eps[:, None] * lam[None, :] / float(n) + self.damping)  # (U_s, N)
-        b_t = xp.linalg.matrix_transpose(xp.linalg.matrix_transpose(vec) @ cross)  # Bᵀ, (N′, N)
+        w = self._shared_weights(lay, units, lam)  # (U_s, N)
         dp = xp.take(xp.reshape(d_p, (c * n_p, d_p.shape[2])), units, axis=1)  # (C·N′, U_s): rows (k, s′)
         g = xp.take(g_all, units, axis=2)  # (C, N, U_s)
         rows = c * n_p
@@ -728,8 +763,7 @@ class UnitWiseFisher(FisherApproximation):
                     gw = xp.reshape(g_kk[u0:u1, :, None] * w[u0:u1, None, :], (u1 - u0, n * n))  # [i, (t, j)]
                     prod = dp[r0:r1, u0:u1] @ gw
                     m = prod if m is None else m + prod
-                b_rows = xp.take(b_t, xp.arange(r0, r1, dtype=units.dtype) % n_p, axis=0)  # B[:, s′] per row
-                f = vec[None, :, :] * b_rows[:, None, :]  # V[t, j] B[j, s′], (r, N, N)
+                f = vec[None, :, :] * b_rows[r0:r1, None, :]  # V[t, j] B[j, s′], (r, N, N)
                 parts.append(xp.sum(xp.reshape(m, (r1 - r0, n, n)) * f, axis=2))  # (r, N)
             per_kk.append(xp.concat(parts, axis=0))  # (C·N′, N): [(k, s′), t]
         return xp.reshape(xp.stack(per_kk, axis=1), (c, n_p, c, n))
