@@ -11,6 +11,10 @@ there the cut-off is absolute and per entry (:func:`sum_of_squares_floor`).
 
 from __future__ import annotations
 
+from functools import lru_cache
+
+import numpy as np
+
 from .backend import dtype_name_of, namespace_of
 from .errors import NgdrefError
 
@@ -138,3 +142,70 @@ def damped_solve(k, rhs, damping: float, rtol: float | None = None):
         eye = xp.eye(k.shape[-1], dtype=k.dtype)
         return xp.linalg.solve(k + damping * eye, rhs)
     return psd_pinv(k, rtol) @ rhs
+
+
+# ---- stacks of SPD solves --------------------------------------------------------------------
+#: :func:`spd_solve_stack` calls LAPACK one matrix at a time for p >= SPD_LOOP_MIN or p·q >= SPD_LOOP_WORK
+#: (development machine, one thread: NumPy's batched LU, whose overhead per matrix is 5 µs lower, was as fast
+#: at p = 24, q = 1 and 10× faster at p = 4, q = 1; the loop was 1.1× faster at p = 4, q = 200)
+SPD_LOOP_MIN, SPD_LOOP_WORK = 24, 800
+
+
+@lru_cache(maxsize=None)
+def _dposv():
+    """LAPACK's ``dposv`` (Cholesky factorisation and solve) from SciPy's ``cython_lapack`` as a ctypes function
+    (calling it releases the GIL), or None where that capsule is not available."""
+    try:
+        import ctypes
+
+        from scipy.linalg import cython_lapack
+
+        capsule = cython_lapack.__pyx_capi__["dposv"]
+        ctypes.pythonapi.PyCapsule_GetName.restype = ctypes.c_char_p
+        ctypes.pythonapi.PyCapsule_GetName.argtypes = [ctypes.py_object]
+        ctypes.pythonapi.PyCapsule_GetPointer.restype = ctypes.c_void_p
+        ctypes.pythonapi.PyCapsule_GetPointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+        address = ctypes.pythonapi.PyCapsule_GetPointer(capsule, ctypes.pythonapi.PyCapsule_GetName(capsule))
+        integer = ctypes.POINTER(ctypes.c_int)
+        # dposv(uplo, n, nrhs, a, lda, b, ldb, info), every argument by reference (Fortran)
+        proto = ctypes.CFUNCTYPE(None, ctypes.c_char_p, integer, integer, ctypes.c_void_p, integer,
+                                 ctypes.c_void_p, integer, integer)
+        return proto(address), ctypes
+    except (ImportError, KeyError, AttributeError, ValueError, TypeError):  # pragma: no cover - other SciPy builds
+        return None
+
+
+def spd_solve_stack(a, b):
+    """X[u] = A[u]⁻¹ B[u] for a stack of symmetric positive definite A (c, p, p) and B (c, p, q).
+
+    NumPy float64 stacks of large enough systems (:data:`SPD_LOOP_MIN`): LAPACK's Cholesky solver ``dposv``, one matrix at a
+    time through ctypes (a symmetric row-major matrix is its own column-major one; each A[u] is copied into a
+    scratch matrix, so ``a`` is left as it was). NumPy's ``linalg.solve`` is LU (``getrf``: twice the
+    factorisation's flops) and copies every matrix into Fortran order; ``dposv`` was 1.8–2.7× faster per
+    100×100 system on one core of the development machine, and the ctypes call releases the GIL, so pieces on
+    two threads ran 1.6–1.8× faster than NumPy's batched solve on two threads (SciPy's f2py ``lapack.dposv``
+    holds the GIL: no gain on two threads). A matrix whose Cholesky factorisation fails (not numerically
+    positive definite) is solved by LU, as is every other stack (``xp.linalg.solve``)."""
+    xp = namespace_of(a, b)
+    c, p = int(a.shape[0]), int(a.shape[-1])
+    posv = _dposv() if p >= SPD_LOOP_MIN or p * int(b.shape[-1]) >= SPD_LOOP_WORK else None
+    if (posv is None or type(a) is not np.ndarray or type(b) is not np.ndarray or a.dtype != np.float64
+            or b.dtype != np.float64 or c == 0 or b.shape[2] == 0):
+        return xp.linalg.solve(a, b)
+    call, ctypes = posv
+    a = np.ascontiguousarray(a)
+    x = np.array(np.swapaxes(b, 1, 2), order="C")  # (c, q, p): each X[u]ᵀ row by row is X[u] column by column
+    q = int(x.shape[1])
+    scratch = np.empty((p, p), dtype=np.float64)
+    n, nrhs, info = ctypes.c_int(p), ctypes.c_int(q), ctypes.c_int(0)
+    ref_n, ref_q, ref_info = ctypes.byref(n), ctypes.byref(nrhs), ctypes.byref(info)
+    lower, scratch_at, x_at, x_step = b"L", scratch.ctypes.data, x.ctypes.data, x.strides[0]
+    failed = []
+    for u in range(c):
+        np.copyto(scratch, a[u])
+        call(lower, ref_n, ref_q, scratch_at, ref_n, x_at + u * x_step, ref_n, ref_info)
+        if info.value != 0:
+            failed.append(u)
+    for u in failed:  # dposv stopped at a non-positive pivot, its right-hand sides partly overwritten
+        x[u] = np.linalg.solve(a[u], b[u]).T
+    return np.swapaxes(x, 1, 2)

@@ -598,8 +598,11 @@ def test_oracle_entrywise_pinv_is_the_eigenvalue_pinv_without_tiny_entries(width
 
 def test_unit_diagonal_form_matches_the_scaled_form(backend, monkeypatch):
     """The damped per-unit solve (K_SS + ρD⁻²)y = D⁻¹r, z = D⁻¹y against the scaled form (DK_SSD + ρI)z = r that
-    the guard falls back to (forced by ``_SHIFT_LIMIT`` = 0): directions and Θ̄ within 1e-11 at ρ = 1e-6 (units
-    alive on 1 to N samples, N = 70 > 64 so several chunk sizes)."""
+    the guard falls back to (forced by ``_SHIFT_LIMIT`` = 0): directions and Θ̄ within 3e-11 at ρ = 1e-6 (units
+    alive on 1 to N samples, N = 70 > 64 so several chunk sizes). Each form is itself that far from the
+    truth: against per-unit primal solves in extended precision the output unit's direction was off by
+    5.9e-12 (diagonal form) and 9.4e-12 (scaled) with Cholesky solves, 1.9e-11 and 1.6e-11 with LU ones; the
+    two forms differed by 1.5e-11 with Cholesky."""
     import ngdref.fisher.unitwise as U
 
     rng = np.random.default_rng(21)
@@ -613,7 +616,7 @@ def test_unit_diagonal_form_matches_the_scaled_form(backend, monkeypatch):
     monkeypatch.setattr(U, "_SHIFT_LIMIT", 0.0)
     want = [to_host(a) for a in [*fim.precondition(s, v), fim.coefficient(s)]]
     for g, w in zip(got, want):
-        assert _rel(g, w) < 1e-11
+        assert _rel(g, w) < 3e-11
 
 
 def test_add_to_diagonal_in_place_and_by_identity():

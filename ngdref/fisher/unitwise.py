@@ -91,7 +91,7 @@ import numpy as np
 from ..backend import as_float64, backend_of, dtype_name_of, namespace_of, to_device, to_float, to_host
 from ..errors import ConfigError, NgdrefError
 from ..kernels import check_pair, layer_gammas, order_parameters
-from ..linalg import default_rtol, psd_pinv, symmetrize
+from ..linalg import default_rtol, psd_pinv, spd_solve_stack, symmetrize
 from ..threads import Pool, blas_context, cpu_count
 from . import cost
 from .base import FisherApproximation, factor_product
@@ -477,7 +477,7 @@ class UnitWiseFisher(FisherApproximation):
             if bool(xp.all(shift < _SHIFT_LIMIT)):  # e ≥ ~1e-290·ρN: ρ/s² stays finite
                 a_c = _add_to_diagonal(a_c, shift)
                 r_c = r_c * (valid / s_c)[:, :, None]
-                z_c = xp.linalg.solve(a_c, r_c) / s_c[:, :, None]
+                z_c = spd_solve_stack(a_c, r_c) / s_c[:, :, None]
                 return _deliver(z_c, inv, n, idx, valid, cols)
             # ρ/s² too large for the diagonal form: the scaled form below (a_c's diagonal was not touched)
         if lay.mode != _EXACT:
@@ -494,7 +494,7 @@ class UnitWiseFisher(FisherApproximation):
         else:
             if lay.mode == _DAMPED:
                 a_c += self.damping * xp.eye(p, dtype=a_c.dtype)  # a_c is this chunk's own gather: in place
-            z_c = xp.linalg.solve(a_c, r_c)
+            z_c = spd_solve_stack(a_c, r_c)
         return _deliver(z_c, inv, n, idx, valid, cols)
 
     def _phi_dead(self, lay: _Layer, units, rhs, idx, idx_mat, inv, valid):
@@ -509,7 +509,7 @@ class UnitWiseFisher(FisherApproximation):
         w = _shared_left_product(h, r * alive)  # H R_i, (c, N, q)
         if p > 0:
             h_c = _gather_sub(h_pad, idx_mat)  # [[H_DD, 0], [0, I]]
-            y_c = xp.linalg.solve(h_c, _gather_rows(w, idx) * valid[:, :, None])
+            y_c = spd_solve_stack(h_c, _gather_rows(w, idx) * valid[:, :, None])
             w = w - _shared_left_product(h, _scatter_rows(y_c, inv, n))
         return w * alive
 
