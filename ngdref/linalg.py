@@ -175,6 +175,59 @@ def _dposv():
         return None
 
 
+def spd_solve_shifted(k, shifts, b):
+    """X[u] = (K + diag(shifts[u]))⁻¹ B[u] for one symmetric K (p, p), shifts (c, p) that keep every K + diag(shifts[u])
+    positive definite, and B (c, p, q): :func:`spd_solve_stack` without the (c, p, p) stack — on NumPy
+    each unit's matrix is made from K in the scratch matrix itself (K stays in cache; the stack would be written
+    and read back from memory), elsewhere the stack K + shifts ∘ I."""
+    xp = namespace_of(k, shifts, b)
+    c, p = int(shifts.shape[0]), int(k.shape[0])
+    if _posv_loop(k, b, p) is None:
+        return spd_solve_stack(k[None, :, :] + shifts[:, :, None] * xp.eye(p, dtype=k.dtype), b)
+    k = np.ascontiguousarray(k)
+    diagonal = np.ascontiguousarray(np.diagonal(k))
+
+    def fill(u, scratch):
+        np.copyto(scratch, k)
+        np.einsum("ii->i", scratch)[...] = diagonal + shifts[u]
+
+    def matrix(u):
+        return k + np.diag(shifts[u])
+
+    return _solve_loop(fill, matrix, c, p, b)
+
+
+def _posv_loop(a, b, p: int):
+    """LAPACK's ``dposv`` (:func:`_dposv`) where a loop over it is the faster way to solve (NumPy float64, large
+    enough systems), else None."""
+    if type(a) is not np.ndarray or type(b) is not np.ndarray or a.dtype != np.float64 or b.dtype != np.float64:
+        return None
+    if b.shape[0] == 0 or b.shape[2] == 0 or (p < SPD_LOOP_MIN and p * int(b.shape[2]) < SPD_LOOP_WORK):
+        return None
+    return _dposv()
+
+
+def _solve_loop(fill, matrix, c: int, p: int, b):
+    """The ``dposv`` loop: ``fill(u, scratch)`` writes unit u's matrix into the (p, p) scratch matrix, which LAPACK
+    overwrites with its factor; ``matrix(u)`` gives it again for the LU fallback where Cholesky fails."""
+    call, ctypes = _dposv()
+    x = np.array(np.swapaxes(b, 1, 2), order="C")  # (c, q, p): each X[u]ᵀ row by row is X[u] column by column
+    q = int(x.shape[1])
+    scratch = np.empty((p, p), dtype=np.float64)
+    n, nrhs, info = ctypes.c_int(p), ctypes.c_int(q), ctypes.c_int(0)
+    ref_n, ref_q, ref_info = ctypes.byref(n), ctypes.byref(nrhs), ctypes.byref(info)
+    lower, scratch_at, x_at, x_step = b"L", scratch.ctypes.data, x.ctypes.data, x.strides[0]
+    failed = []
+    for u in range(c):
+        fill(u, scratch)
+        call(lower, ref_n, ref_q, scratch_at, ref_n, x_at + u * x_step, ref_n, ref_info)
+        if info.value != 0:
+            failed.append(u)
+    for u in failed:  # dposv stopped at a non-positive pivot, its right-hand sides partly overwritten
+        x[u] = np.linalg.solve(matrix(u), b[u]).T
+    return np.swapaxes(x, 1, 2)
+
+
 def spd_solve_stack(a, b):
     """X[u] = A[u]⁻¹ B[u] for a stack of symmetric positive definite A (c, p, p) and B (c, p, q).
 
@@ -188,24 +241,7 @@ def spd_solve_stack(a, b):
     positive definite) is solved by LU, as is every other stack (``xp.linalg.solve``)."""
     xp = namespace_of(a, b)
     c, p = int(a.shape[0]), int(a.shape[-1])
-    posv = _dposv() if p >= SPD_LOOP_MIN or p * int(b.shape[-1]) >= SPD_LOOP_WORK else None
-    if (posv is None or type(a) is not np.ndarray or type(b) is not np.ndarray or a.dtype != np.float64
-            or b.dtype != np.float64 or c == 0 or b.shape[2] == 0):
+    if _posv_loop(a, b, p) is None:
         return xp.linalg.solve(a, b)
-    call, ctypes = posv
     a = np.ascontiguousarray(a)
-    x = np.array(np.swapaxes(b, 1, 2), order="C")  # (c, q, p): each X[u]ᵀ row by row is X[u] column by column
-    q = int(x.shape[1])
-    scratch = np.empty((p, p), dtype=np.float64)
-    n, nrhs, info = ctypes.c_int(p), ctypes.c_int(q), ctypes.c_int(0)
-    ref_n, ref_q, ref_info = ctypes.byref(n), ctypes.byref(nrhs), ctypes.byref(info)
-    lower, scratch_at, x_at, x_step = b"L", scratch.ctypes.data, x.ctypes.data, x.strides[0]
-    failed = []
-    for u in range(c):
-        np.copyto(scratch, a[u])
-        call(lower, ref_n, ref_q, scratch_at, ref_n, x_at + u * x_step, ref_n, ref_info)
-        if info.value != 0:
-            failed.append(u)
-    for u in failed:  # dposv stopped at a non-positive pivot, its right-hand sides partly overwritten
-        x[u] = np.linalg.solve(a[u], b[u]).T
-    return np.swapaxes(x, 1, 2)
+    return _solve_loop(lambda u, scratch: np.copyto(scratch, a[u]), lambda u: a[u], c, p, b)

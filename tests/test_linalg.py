@@ -72,3 +72,22 @@ def test_spd_solve_stack_float32_stays_float32(rng):
     got = spd_solve_stack(a, b)
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, np.linalg.solve(a, b), rtol=0, atol=1e-4 * np.abs(got).max())
+
+
+@pytest.mark.parametrize("p,q", [(40, 1), (100, 7), (6, 1), (5, 300)])
+def test_spd_solve_shifted_solves_k_plus_each_diagonal(backend, rng, p, q):
+    """X[u] = (K + diag(d[u]))⁻¹ B[u] against each matrix written out and solved by LU; a d[u] that makes the
+    matrix indefinite takes the LU fallback; K is left as it was."""
+    from ngdref.linalg import spd_solve_shifted
+
+    k = _spd_stack(rng, 1, p)[0] - 0.5 * np.eye(p)  # K itself may be indefinite: the shifts make it definite
+    d = rng.uniform(0.6, 2.0, (4, p))
+    d[3, : p // 2] = -5.0  # unit 3: indefinite
+    b = rng.standard_normal((4, p, q))
+    k_before = k.copy()
+    got = to_host(spd_solve_shifted(*(to_device(m, backend) for m in (k, d, b))))
+    assert got.shape == (4, p, q)
+    for u in range(4):
+        want = np.linalg.solve(k + np.diag(d[u]), b[u])
+        assert np.abs(got[u] - want).max() <= 1e-12 * np.abs(want).max()
+    assert np.array_equal(k, k_before)

@@ -50,10 +50,12 @@ samples, the dead set D_i through the Schur complement of H = K⁻¹ (computed o
 K_SS⁻¹ = H_SS − H_SD H_DD⁻¹ H_DS, so only the |D|×|D| block H_DD is solved per unit and
 units that are never dead (Tanh; the output unit) cost a GEMM with H. Units are sorted by
 compacted size so a chunk pads little; the compacted blocks are padded with the identity,
-which keeps every stack positive definite for one batched ``xp.linalg.solve`` per chunk
-(LAPACK's own LU on one BLAS thread whatever the size: at M = 4096, N = 100 a 2×2 block
-elimination into ≤ 64×64 calls, :func:`_spd_solve`, made the set-up's solves with N + N′
-right-hand sides 1.2–1.7× slower for the ≈ 35 % of units alive on more than 64 samples). For ReLU
+which keeps every stack positive definite for one Cholesky solve per unit
+(:func:`ngdref.linalg.spd_solve_stack`: LAPACK's ``dposv`` one matrix at a time on one BLAS thread, through
+ctypes so that it releases the GIL — 1.6–2× faster than NumPy's batched LU at N = 100; small systems keep the
+batched LU. At M = 4096, N = 100 a 2×2 block elimination into ≤ 64×64 calls, :func:`_spd_solve`, had made
+the set-up's solves with N + N′ right-hand sides 1.2–1.7× slower than LAPACK's LU on the whole block). Units dead on every
+sample take no solve, and units alive on every sample take K itself, without index gathers. For ReLU
 (γ = 1/2) the per-unit systems shrink from N to about N/2 (1/8 of the flops of a padded N×N
 stack). Θ̄(x′, x) (S.156) compacts the right-hand sides too: unit i's solution is read only on the x′ with
 δ_{l,i}(x′) ≠ 0, so on the alive sets only those columns of K(x, x′) are solved for (about half for ReLU;
@@ -66,7 +68,7 @@ Threads. On the NumPy backend each chunk is split into contiguous pieces of unit
 by side on a small thread pool (:class:`ngdref.threads.Pool`: as many threads as the BLAS pool may
 use, at most the CPUs; ``ngdref.threads.THREADS`` overrides), with BLAS held at one thread inside
 (threadpoolctl): small stacked LAPACK calls are faster single-threaded, and NumPy's ``linalg``
-gufuncs and ``matmul`` release the GIL. The chunks are those of the serial loop and every operation
+gufuncs, ``matmul`` and the ctypes ``dposv`` calls release the GIL. The chunks are those of the serial loop and every operation
 of a piece acts unit by unit, so the results are bit-identical for any thread count; the strict
 array-API backend and CuPy stay serial. The N×N ``eigh`` of the shared eigenbasis runs on one BLAS thread too;
 K = a aᵀ and the shared units' GEMMs keep the configured BLAS pool (K's rounding reaches the
@@ -91,7 +93,7 @@ import numpy as np
 from ..backend import as_float64, backend_of, dtype_name_of, namespace_of, to_device, to_float, to_host
 from ..errors import ConfigError, NgdrefError
 from ..kernels import check_pair, layer_gammas, order_parameters
-from ..linalg import default_rtol, psd_pinv, spd_solve_stack, symmetrize
+from ..linalg import default_rtol, psd_pinv, spd_solve_shifted, spd_solve_stack, symmetrize
 from ..threads import Pool, blas_context, cpu_count
 from . import cost
 from .base import FisherApproximation, factor_product
@@ -464,10 +466,7 @@ class UnitWiseFisher(FisherApproximation):
             z_c = xp.zeros((c, p, r_c.shape[2]), dtype=lay.kernel.dtype)
             return _deliver(z_c, inv, n, idx, valid, cols)
         if idx is None:  # alive on every sample: S_i is all of them, in order, and nothing is padded
-            a_c = _stack_copies(lay.kernel, c)
             valid = xp.ones((c, n), dtype=lay.kernel.dtype)
-        else:
-            a_c = _gather_sub(lay.padded("kernel"), idx_mat)  # [[K_SS, 0], [0, I]], (c, p, p)
         if lay.mode == _DAMPED:
             # A = D (K_SS + ρD⁻²) D with D = diag(√(e/N)) (1 on the padding): solve (K_SS + ρD⁻²) y = D⁻¹r and
             # z = D⁻¹y — a diagonal update instead of two scaling passes and a ρI pass over the (c, p, p) stack
@@ -475,11 +474,15 @@ class UnitWiseFisher(FisherApproximation):
             s_c = s if idx is None else _gather_rows(s[:, :, None], idx)[:, :, 0] * valid + (1.0 - valid)  # (c, p)
             shift = self.damping / (s_c * s_c)
             if bool(xp.all(shift < _SHIFT_LIMIT)):  # e ≥ ~1e-290·ρN: ρ/s² stays finite
-                a_c = _add_to_diagonal(a_c, shift)
                 r_c = r_c * (valid / s_c)[:, :, None]
-                z_c = spd_solve_stack(a_c, r_c) / s_c[:, :, None]
-                return _deliver(z_c, inv, n, idx, valid, cols)
-            # ρ/s² too large for the diagonal form: the scaled form below (a_c's diagonal was not touched)
+                if idx is None:  # K + ρD⁻², made unit by unit from K (no (c, N, N) stack)
+                    z_c = spd_solve_shifted(lay.kernel, shift, r_c)
+                else:
+                    z_c = spd_solve_stack(_add_to_diagonal(_gather_sub(lay.padded("kernel"), idx_mat), shift), r_c)
+                return _deliver(z_c / s_c[:, :, None], inv, n, idx, valid, cols)
+            # ρ/s² too large for the diagonal form: the scaled form below
+        # [[K_SS, 0], [0, I]], (c, p, p): this chunk's own array
+        a_c = _stack_copies(lay.kernel, c) if idx is None else _gather_sub(lay.padded("kernel"), idx_mat)
         if lay.mode != _EXACT:
             # D K_SS D / N with D = diag(√e); the padding block becomes pad² I: I (damped, so
             # that the stack stays positive definite) or 0 (pinv, so the cut-off is unchanged)
