@@ -525,12 +525,15 @@ class UnitWiseFisher(FisherApproximation):
         return xp.sqrt(xp.take(lay.e, units, axis=0)) / float(lay.n)
 
     def _weights(self, lay: _Layer, x):
-        """x / e (exact) or x / √e (otherwise) on the alive set, 0 elsewhere; x (U, N, q)."""
+        """x / e (exact) or x / √e (otherwise) on the alive set, 0 elsewhere; x (U, N, q) row-major (the (U, N)
+        factors are made in 2-D and broadcast once: with the (U, N, 1) arrays of q = 1 in δ's transposed layout
+        NumPy's element-wise loops were 3× slower, 6.5 against 2.2 ms per layer at M = 4096, N = 100)."""
         xp = namespace_of(x)
         denom = lay.e if lay.mode == _EXACT else xp.sqrt(lay.e)
-        alive = lay.alive[:, :, None]
-        safe = xp.where(alive, denom[:, :, None], xp.ones_like(x))
-        return xp.where(alive, x / safe, xp.zeros_like(x))
+        alive = lay.alive
+        safe = xp.where(alive, denom, xp.ones_like(denom))[:, :, None]
+        out = x / safe
+        return xp.where(alive[:, :, None], out, xp.zeros_like(out))
 
     def precondition(self, signals, v, output_metric=None):
         """Δθ_{l,i} = a_Sᵀ (post ∘ Φ_i(u_i/σ_i)) per unit (module docstring), θ_l-shaped per layer."""
@@ -553,9 +556,9 @@ class UnitWiseFisher(FisherApproximation):
             lay = self._layer(signals, l)
             u = None  # Σ_k δ_k ∘ v_k as (U, N, q), one output k at a time (no (C, N, U, q) temporary)
             for k in range(c):
-                term = xp.permute_dims(lay.delta[k, ...], (1, 0))[:, :, None] * v[k, ...][None, :, :]
+                term = _row_major(xp.permute_dims(lay.delta[k, ...], (1, 0)))[:, :, None] * v[k, ...][None, :, :]
                 u = term if u is None else u + term
-            rhs_all = _row_major(self._weights(lay, u))  # (U, N, q): Σ_k δ_k v_k / σ, gathered unit by unit below
+            rhs_all = self._weights(lay, u)  # (U, N, q): Σ_k δ_k v_k / σ, gathered unit by unit below
             pieces, order = [], []
 
             def rhs(units, rhs_all=rhs_all):
