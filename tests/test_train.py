@@ -221,6 +221,17 @@ def test_setup_coefficients_match_oracle(widths, act, sb2, name, rho, backend):
     assert np.max(np.abs(got - orc.theta_bar())) / np.max(np.abs(orc.theta_bar())) < tol
 
 
+def _unit_case(net, data_seed: int, init_seed: int, backend):
+    """5 training and 3 test rows for ``net``, its signals on ``backend``, unit-wise NGD at ρ = 1e-2 and its
+    explicit P×P twin with the twin's tolerance: (rng, x′, s, s′, fim, oracle, tol)."""
+    rng = np.random.default_rng(data_seed)
+    x, xt = unit_rows(rng, 5, net.widths[0]), unit_rows(rng, 3, net.widths[0])
+    p = net.init(init_seed, backend)
+    s, st = net.signals(p, to_device(x, backend)), net.signals(p, to_device(xt, backend))
+    orc = O.oracle("unit", net, net.init(init_seed), x, 1e-2)
+    return rng, xt, s, st, get_fisher("unit", net, 1e-2), orc, max(1e-9, 50 * O.EPS * orc.condition())
+
+
 @pytest.mark.parametrize("c", [1, 2])
 def test_unit_shared_eigenbasis_paths_match_oracle(c, backend, monkeypatch):
     """Unit-wise's shared-eigenbasis units (damped, alive on every sample, e_i constant over the samples: the
@@ -239,14 +250,7 @@ def test_unit_shared_eigenbasis_paths_match_oracle(c, backend, monkeypatch):
             return _f(self, *a, **k)
 
         monkeypatch.setattr(UnitWiseFisher, name, spy)
-    rng = np.random.default_rng(4)
-    net = Network((6, 12, 10, c), "relu", 2.0, 0.5)
-    x, xt = unit_rows(rng, 5, 6), unit_rows(rng, 3, 6)
-    p = net.init(1, backend)
-    s, st = net.signals(p, to_device(x, backend)), net.signals(p, to_device(xt, backend))
-    fim = get_fisher("unit", net, 1e-2)
-    orc = O.oracle("unit", net, net.init(1), x, 1e-2)
-    tol = max(1e-9, 50 * O.EPS * orc.condition())
+    rng, xt, s, st, fim, orc, tol = _unit_case(Network((6, 12, 10, c), "relu", 2.0, 0.5), 4, 1, backend)
     c_train, c_test = coefficients(fim, s, st)
     v = rng.standard_normal((c, 5))
     direction = np.concatenate([to_host(d).ravel() for d in fim.precondition(s, to_device(v, backend))])
@@ -274,14 +278,7 @@ def test_unit_shared_eigenbasis_units_whose_sign_varies_match_oracle(backend, mo
         return original(self, lay, ids, *a)
 
     monkeypatch.setattr(UnitWiseFisher, "_cross_term_shared_general", spy)
-    rng = np.random.default_rng(8)
-    net = Network((6, 12, 10, 1), absolute, 2.0, 0.5)
-    x, xt = unit_rows(rng, 5, 6), unit_rows(rng, 3, 6)
-    p = net.init(2, backend)
-    s, st = net.signals(p, to_device(x, backend)), net.signals(p, to_device(xt, backend))
-    fim = get_fisher("unit", net, 1e-2)
-    orc = O.oracle("unit", net, net.init(2), x, 1e-2)
-    tol = max(1e-9, 50 * O.EPS * orc.condition())
+    _, xt, s, st, fim, orc, tol = _unit_case(Network((6, 12, 10, 1), absolute, 2.0, 0.5), 8, 2, backend)
     c_train, c_test = coefficients(fim, s, st)
     for got, want in ((to_host(c_train), orc.theta_bar()), (to_host(c_test), orc.theta_bar(xt))):
         assert np.max(np.abs(got - want)) / np.max(np.abs(want)) < tol
