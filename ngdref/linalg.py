@@ -11,6 +11,7 @@ there the cut-off is absolute and per entry (:func:`sum_of_squares_floor`).
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 
 import numpy as np
@@ -151,21 +152,33 @@ def damped_solve(k, rhs, damping: float, rtol: float | None = None):
 SPD_LOOP_MIN, SPD_LOOP_WORK = 24, 800
 
 
+#: the C signature of SciPy's ``cython_lapack.dposv`` capsule that :func:`_dposv` binds: LP64 ``int`` and
+#: ``double`` (Cython names it ``__pyx_t_5scipy_6linalg_13cython_lapack_d``); the capsule points at SciPy's C
+#: wrapper, so no Fortran hidden length of ``uplo`` is passed here
+_DPOSV_SIGNATURE = re.compile(r"void \(char \*, int \*, int \*, (double|\w+cython_lapack_d) \*, int \*, \1 \*, int \*, int \*\)")
+
+
 @lru_cache(maxsize=None)
 def _dposv():
     """LAPACK's ``dposv`` (Cholesky factorisation and solve) from SciPy's ``cython_lapack`` as a ctypes function
-    (calling it releases the GIL), or None where that capsule is not available."""
+    (calling it releases the GIL), or None where that capsule is missing or its signature is not the LP64 one
+    of :data:`_DPOSV_SIGNATURE` (the batched LU is used then). The capsule's C API is read through prototypes of
+    its own, not by setting ``argtypes`` on ``ctypes.pythonapi``'s shared function objects (other users)."""
     try:
         import ctypes
 
         from scipy.linalg import cython_lapack
 
         capsule = cython_lapack.__pyx_capi__["dposv"]
-        ctypes.pythonapi.PyCapsule_GetName.restype = ctypes.c_char_p
-        ctypes.pythonapi.PyCapsule_GetName.argtypes = [ctypes.py_object]
-        ctypes.pythonapi.PyCapsule_GetPointer.restype = ctypes.c_void_p
-        ctypes.pythonapi.PyCapsule_GetPointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
-        address = ctypes.pythonapi.PyCapsule_GetPointer(capsule, ctypes.pythonapi.PyCapsule_GetName(capsule))
+        api = ctypes.pythonapi
+        get_name = ctypes.PYFUNCTYPE(ctypes.c_char_p, ctypes.py_object)(("PyCapsule_GetName", api))
+        get_pointer = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.py_object, ctypes.c_char_p)(("PyCapsule_GetPointer", api))
+        name = get_name(capsule)
+        if name is None or _DPOSV_SIGNATURE.fullmatch(name.decode("ascii", "replace")) is None:
+            return None
+        address = get_pointer(capsule, name)
+        if not address:
+            return None
         integer = ctypes.POINTER(ctypes.c_int)
         # dposv(uplo, n, nrhs, a, lda, b, ldb, info), every argument by reference (Fortran)
         proto = ctypes.CFUNCTYPE(None, ctypes.c_char_p, integer, integer, ctypes.c_void_p, integer,
@@ -221,9 +234,11 @@ def _solve_loop(fill, matrix, c: int, p: int, b):
     for u in range(c):
         fill(u, scratch)
         call(lower, ref_n, ref_q, scratch_at, ref_n, x_at + u * x_step, ref_n, ref_info)
-        if info.value != 0:
+        if info.value < 0:  # an argument LAPACK refuses: a defect here, not a property of the matrix
+            raise RuntimeError(f"dposv: argument {-info.value} illegal (n = {p}, nrhs = {q})")
+        if info.value > 0:
             failed.append(u)
-    for u in failed:  # dposv stopped at a non-positive pivot, its right-hand sides partly overwritten
+    for u in failed:  # info > 0: a non-positive pivot stopped the factorisation (x[u] was not touched)
         x[u] = np.linalg.solve(matrix(u), b[u]).T
     return np.swapaxes(x, 1, 2)
 
@@ -231,10 +246,11 @@ def _solve_loop(fill, matrix, c: int, p: int, b):
 def spd_solve_stack(a, b):
     """X[u] = A[u]⁻¹ B[u] for a stack of symmetric positive definite A (c, p, p) and B (c, p, q).
 
-    NumPy float64 stacks of large enough systems (:data:`SPD_LOOP_MIN`): LAPACK's Cholesky solver ``dposv``, one matrix at a
-    time through ctypes (a symmetric row-major matrix is its own column-major one; each A[u] is copied into a
-    scratch matrix, so ``a`` is left as it was). NumPy's ``linalg.solve`` is LU (``getrf``: twice the
-    factorisation's flops) and copies every matrix into Fortran order; ``dposv`` was 1.8–2.7× faster per
+    NumPy float64 stacks of large enough systems (:data:`SPD_LOOP_MIN`): LAPACK's Cholesky solver ``dposv``, one
+    matrix at a time through ctypes (a symmetric row-major matrix is its own column-major one; each A[u] is copied
+    into a scratch matrix, so ``a`` is left as it was). The factorisation reads only A[u]'s upper triangle
+    (row-major), the LU below all of it: A[u] must be symmetric to the bit for both to solve the same system.
+    NumPy's ``linalg.solve`` is LU (``getrf``: twice the factorisation's flops) and copies every matrix into Fortran order; ``dposv`` was 1.8–2.7× faster per
     100×100 system on one core of the development machine, and the ctypes call releases the GIL, so pieces on
     two threads ran 1.6–1.8× faster than NumPy's batched solve on two threads (SciPy's f2py ``lapack.dposv``
     holds the GIL: no gain on two threads). A matrix whose Cholesky factorisation fails (not numerically

@@ -91,3 +91,32 @@ def test_spd_solve_shifted_solves_k_plus_each_diagonal(backend, rng, p, q):
         want = np.linalg.solve(k + np.diag(d[u]), b[u])
         assert np.abs(got[u] - want).max() <= 1e-12 * np.abs(want).max()
     assert np.array_equal(k, k_before)
+
+
+def test_spd_solve_loop_runs_where_documented_and_batched_lu_where_the_capsule_is_missing(rng, monkeypatch):
+    """On this SciPy the ``dposv`` loop is bound and taken for p >= 24 (or p·q >= 800) and not below, in both
+    functions; with the ``cython_lapack`` capsule missing (``_dposv`` None) the same calls solve by the batched LU."""
+    import ngdref.linalg as L
+
+    assert L._dposv() is not None  # SciPy's cython_lapack.dposv, LP64 signature
+    loops = []
+    original = L._solve_loop
+
+    def spy(*args):
+        loops.append(args[3])  # p
+        return original(*args)
+
+    monkeypatch.setattr(L, "_solve_loop", spy)
+    k = _spd_stack(rng, 1, 30)[0]
+    d = rng.uniform(0.1, 1.0, (3, 30))
+    cases = [(_spd_stack(rng, 3, 30), rng.standard_normal((3, 30, 2))),
+             (_spd_stack(rng, 3, 6), rng.standard_normal((3, 6, 2)))]
+    want = [np.linalg.solve(a, b) for a, b in cases] + [np.linalg.solve(k + d[:, :, None] * np.eye(30), cases[0][1])]
+    for missing in (False, True):
+        if missing:
+            monkeypatch.setattr(L, "_dposv", lambda: None)
+        loops.clear()
+        got = [L.spd_solve_stack(a, b) for a, b in cases] + [L.spd_solve_shifted(k, d, cases[0][1])]
+        assert loops == ([] if missing else [30, 30])
+        for g, w in zip(got, want):
+            assert np.abs(g - w).max() <= 1e-12 * np.abs(w).max()
