@@ -744,3 +744,47 @@ def test_units_alive_on_every_sample_are_solved_without_compaction(backend, monk
     tol = _tolerance(orc)
     assert _rel(train, orc.theta_bar()) < tol
     assert _rel(test, orc.theta_bar(xt)) < tol
+
+
+@pytest.mark.parametrize("rho", [0.0, 1e-6])
+def test_unit_solves_hand_exactly_symmetric_matrices_to_the_cholesky_solver(rho, backend, monkeypatch):
+    """``spd_solve_stack``'s Cholesky loop reads one triangle of each matrix, its LU path both: every matrix unit-wise
+    hands it — K_SS (+ ρD⁻²) on the alive sets, H_DD of H = K⁻¹ on the dead sets (ρ = 0, K ≻ 0; ``inv`` leaves
+    H's triangles apart) — and the K of ``spd_solve_shifted`` (ρ > 0) are symmetric to the bit; at ρ = 0 the
+    dead-set solves ran (layer 1 with N = 40 < M0 + 1 has K ≻ 0, units dead on 3 and 15 samples)."""
+    import ngdref.fisher.unitwise as U
+
+    seen = {"stack": 0, "shifted": 0}
+    stack, shifted = U.spd_solve_stack, U.spd_solve_shifted
+
+    def spy_stack(a, b):
+        h = to_host(a)
+        assert np.array_equal(h, np.swapaxes(h, 1, 2))
+        seen["stack"] += 1
+        return stack(a, b)
+
+    def spy_shifted(k, d, b):
+        h = to_host(k)
+        assert np.array_equal(h, h.T)
+        seen["shifted"] += 1
+        return shifted(k, d, b)
+
+    monkeypatch.setattr(U, "spd_solve_stack", spy_stack)
+    monkeypatch.setattr(U, "spd_solve_shifted", spy_shifted)
+    dead = []
+    original = UnitWiseFisher._phi_dead
+
+    def spy_dead(self, *args):
+        dead.append(args[3].shape[1])  # p: the largest dead set of the piece (H_DD is p × p)
+        return original(self, *args)
+
+    monkeypatch.setattr(UnitWiseFisher, "_phi_dead", spy_dead)
+    rng = np.random.default_rng(5)
+    net = Network((60, 9, 8, 1), "relu", 2.0, 1.0)
+    x = unit_rows(rng, 40, 60)
+    p = net.init(3, backend)
+    s = net.signals(p, to_device(x, backend))
+    v = to_device(rng.standard_normal((1, 40)), backend)
+    UnitWiseFisher(net, rho).precondition(s, v)
+    assert seen["stack"] > 0 and (seen["shifted"] > 0) == (rho > 0)  # ρ > 0: the output unit, alive everywhere
+    assert (max(dead, default=0) >= 2) == (rho == 0.0)

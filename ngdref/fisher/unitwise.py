@@ -186,10 +186,12 @@ class _Layer:
 
     def padded(self, which: str):
         """K ⊕ I_N or K⁻¹ ⊕ I_N, (2N, 2N): gathering it at the compacted indices of a unit, with
-        padding slot j mapped to N + j, gives [[K_SS, 0], [0, I]] with no masking pass."""
+        padding slot j mapped to N + j, gives [[K_SS, 0], [0, I]] with no masking pass. K⁻¹ is symmetrised:
+        ``inv``'s LU leaves its triangles apart by ~cond(K)·eps, and the Cholesky solves of
+        :func:`ngdref.linalg.spd_solve_stack` read one triangle of H_DD where the batched LU reads both."""
         if which not in self._padded:
             xp = namespace_of(self.kernel)
-            mat = self.kernel if which == "kernel" else xp.linalg.inv(symmetrize(self.kernel))
+            mat = self.kernel if which == "kernel" else symmetrize(xp.linalg.inv(symmetrize(self.kernel)))
             zero = xp.zeros_like(mat)
             eye = xp.eye(self.n, dtype=mat.dtype)
             self._padded[which] = xp.concat(
@@ -299,7 +301,7 @@ class UnitWiseFisher(FisherApproximation):
         compacted = isinstance(rhs, _SharedRows) and rhs.columns is not None
         if compacted and reduce_piece is None:
             raise ValueError("right-hand sides compacted by columns come back as blocks: give reduce_piece")
-        # hidden layers only: the output layer has C units, nothing to share (and its solve stays the LU one)
+        # hidden layers only: the output layer has C units, nothing to share (its units take the per-unit solves)
         use_shared = lay.mode == _DAMPED and lay.layer < self.network.depth
         basis = self._shared_basis(lay) if use_shared else None
         shared = None if basis is None else basis[0]
