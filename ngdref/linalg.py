@@ -190,9 +190,10 @@ def _dposv():
 
 def spd_solve_shifted(k, shifts, b):
     """X[u] = (K + diag(shifts[u]))⁻¹ B[u] for one symmetric K (p, p), shifts (c, p) that keep every K + diag(shifts[u])
-    positive definite, and B (c, p, q): :func:`spd_solve_stack` without the (c, p, p) stack — on NumPy
-    each unit's matrix is made from K in the scratch matrix itself (K stays in cache; the stack would be written
-    and read back from memory), elsewhere the stack K + shifts ∘ I."""
+    positive definite, and B (c, p, q): :func:`spd_solve_stack` without the (c, p, p) stack — where the ``dposv``
+    loop runs (NumPy float64, systems as large as :data:`SPD_LOOP_MIN` asks) each unit's matrix is made from K in
+    the scratch matrix itself (K stays in cache; the stack would be written and read back from memory); elsewhere
+    (small systems, other backends) the stack K + shifts ∘ I and the batched LU."""
     xp = namespace_of(k, shifts, b)
     c, p = int(shifts.shape[0]), int(k.shape[0])
     if _posv_loop(k, b, p) is None:
