@@ -360,7 +360,8 @@ class UnitWiseFisher(FisherApproximation):
             # units a chunk may hold when its largest unit is the one at each position (sizes ascend, so the
             # units that fit after ``start`` are a prefix: those at most ``room`` positions on)
             sizes = size[ids].astype(np.int64)
-            rhs_entries = n * n_rhs if kept is None or group else sizes * kept
+            # (units alive on every sample solve every column: :meth:`_phi_alive`)
+            rhs_entries = n * n_rhs if kept is None or group else np.where(sizes == n, n * n_rhs, sizes * kept)
             room = np.maximum(1, budget // (3 * sizes * sizes + 4 * rhs_entries + 1))
             start = 0
             while start < ids.size:
@@ -463,6 +464,10 @@ class UnitWiseFisher(FisherApproximation):
         xp = namespace_of(lay.kernel)
         c, n = int(units.shape[0]), lay.n
         p = n if idx is None else idx.shape[1]
+        if idx is None and isinstance(rhs, _SharedRows) and rhs.columns is not None:
+            # alive on every sample: every column, dense (no column gather; the caller's reduction is then a
+            # batched product instead of placing blocks — such a unit keeps nearly every column anyway)
+            rhs = rhs.without_columns()
         r_c, cols = _compacted_rhs(rhs, units, idx)  # R_i's rows on the compacted set, (c, p, q); cols: see below
         if p == 0 or r_c.shape[2] == 0:
             z_c = xp.zeros((c, p, r_c.shape[2]), dtype=lay.kernel.dtype)
@@ -674,10 +679,10 @@ class UnitWiseFisher(FisherApproximation):
 
         def reduce_piece(units, z):
             """Σ over the piece's units of δ′_{k,s′,i} Y_i[t, s′] g_{k′,t,i}, (C_k, C_k′, N′, N)."""
-            if c == 1:  # each unit's block on its own rows t and columns s′ (:class:`_Compacted`)
-                z = z if isinstance(z, _Compacted) else _Compacted.dense(z)
+            if c == 1 and isinstance(z, _Compacted):  # each unit's block on its own rows t and columns s′
                 w = z.z * at(g_pad[0, ...], units, z.rows)[:, :, None] * at(d_pad[0, ...], units, z.cols)[:, None, :]
                 return _place_blocks(w, z.rows, z.cols, n, n_p)[None, None, :n_p, :n]
+            # dense solutions (C > 1; C = 1 for units alive on every sample): batched products over s′
             x_perm = xp.permute_dims(z, (2, 0, 1))  # (N′, c, N): Y_i[t, s′] at [s′, i, t]
             dp = xp.permute_dims(xp.take(d_p, units, axis=2), (1, 0, 2))  # (N′, C, c)
             g = xp.take(g_all, units, axis=2)  # (C, N, c)
@@ -937,6 +942,10 @@ class _SharedRows:
             self._padded = xp.concat([matrix, xp.zeros((n, 1), dtype=matrix.dtype)], axis=1)
             self._order = np.argsort(~columns, axis=1, kind="stable")  # kept columns first, in order
             self.kept = columns.sum(axis=1)  # (U,): columns kept per unit
+
+    def without_columns(self) -> "_SharedRows":
+        """The same right-hand sides with every column."""
+        return _SharedRows(self.matrix, self.scale)
 
     def __call__(self, units):
         xp = namespace_of(self.matrix)
