@@ -596,6 +596,15 @@ def test_oracle_entrywise_pinv_is_the_eigenvalue_pinv_without_tiny_entries(width
     assert _rel(g @ got @ g, g) < 1e-10  # G G⁺ G = G
 
 
+def _relu_case(widths, sb2: float, n: int, data_seed: int, init_seed: int, backend):
+    """A ReLU net (σ_w² = 2, σ_b² = ``sb2``), its signals on n unit-norm rows on ``backend`` and a (1, n) vector."""
+    rng = np.random.default_rng(data_seed)
+    net = Network(widths, "relu", 2.0, sb2)
+    x = unit_rows(rng, n, widths[0])
+    s = net.signals(net.init(init_seed, backend), to_device(x, backend))
+    return net, s, to_device(rng.standard_normal((1, n)), backend)
+
+
 def test_unit_diagonal_form_matches_the_scaled_form(backend, monkeypatch):
     """The damped per-unit solve (K_SS + ρD⁻²)y = D⁻¹r, z = D⁻¹y against the scaled form (DK_SSD + ρI)z = r that
     the guard falls back to (forced by ``_SHIFT_LIMIT`` = 0): directions and Θ̄ within 3e-11 at ρ = 1e-6 (units
@@ -605,12 +614,7 @@ def test_unit_diagonal_form_matches_the_scaled_form(backend, monkeypatch):
     two forms differed by 1.5e-11 with Cholesky."""
     import ngdref.fisher.unitwise as U
 
-    rng = np.random.default_rng(21)
-    net = Network((9, 48, 40, 1), "relu", 2.0, 0.2)
-    x = unit_rows(rng, 70, 9)
-    p = net.init(3, backend)
-    s = net.signals(p, to_device(x, backend))
-    v = to_device(rng.standard_normal((1, 70)), backend)
+    net, s, v = _relu_case((9, 48, 40, 1), 0.2, 70, 21, 3, backend)
     fim = get_fisher("unit", net, 1e-6)
     got = [to_host(a) for a in [*fim.precondition(s, v), fim.coefficient(s)]]
     monkeypatch.setattr(U, "_SHIFT_LIMIT", 0.0)
@@ -779,12 +783,7 @@ def test_unit_solves_hand_exactly_symmetric_matrices_to_the_cholesky_solver(rho,
         return original(self, *args)
 
     monkeypatch.setattr(UnitWiseFisher, "_phi_dead", spy_dead)
-    rng = np.random.default_rng(5)
-    net = Network((60, 9, 8, 1), "relu", 2.0, 1.0)
-    x = unit_rows(rng, 40, 60)
-    p = net.init(3, backend)
-    s = net.signals(p, to_device(x, backend))
-    v = to_device(rng.standard_normal((1, 40)), backend)
+    net, s, v = _relu_case((60, 9, 8, 1), 1.0, 40, 5, 3, backend)
     UnitWiseFisher(net, rho).precondition(s, v)
     assert seen["stack"] > 0 and (seen["shifted"] > 0) == (rho > 0)  # ρ > 0: the output unit, alive everywhere
     assert (max(dead, default=0) >= 2) == (rho == 0.0)
