@@ -189,8 +189,8 @@ def _dposv():
 
 
 def spd_solve_shifted(k, shifts, b):
-    """X[u] = (K + diag(shifts[u]))⁻¹ B[u] for one symmetric K (p, p), shifts (c, p) that keep every K + diag(shifts[u])
-    positive definite, and B (c, p, q): :func:`spd_solve_stack` without the (c, p, p) stack — where the ``dposv``
+    """X[u] = (K + diag(shifts[u]))⁻¹ B[u] for one symmetric K (p, p), shifts (c, p) that keep every
+    K + diag(shifts[u]) positive definite, and B (c, p, q): :func:`spd_solve_stack` without the (c, p, p) stack — where the ``dposv``
     loop runs (NumPy float64, systems as large as :data:`SPD_LOOP_MIN` asks) each unit's matrix is made from K in
     the scratch matrix itself (K stays in cache; the stack would be written and read back from memory); elsewhere
     (small systems, other backends) the stack K + shifts ∘ I and the batched LU."""
@@ -251,10 +251,10 @@ def spd_solve_stack(a, b):
     matrix at a time through ctypes (a symmetric row-major matrix is its own column-major one; each A[u] is copied
     into a scratch matrix, so ``a`` is left as it was). The factorisation reads only A[u]'s upper triangle
     (row-major), the LU below all of it: A[u] must be symmetric to the bit for both to solve the same system.
-    NumPy's ``linalg.solve`` is LU (``getrf``: twice the factorisation's flops) and copies every matrix into Fortran order; ``dposv`` was 1.8–2.7× faster per
-    100×100 system on one core of the development machine, and the ctypes call releases the GIL, so pieces on
-    two threads ran 1.6–1.8× faster than NumPy's batched solve on two threads (SciPy's f2py ``lapack.dposv``
-    holds the GIL: no gain on two threads). A matrix whose Cholesky factorisation fails (not numerically
+    NumPy's ``linalg.solve`` is LU (``getrf``: twice the factorisation's flops) and copies every matrix into
+    Fortran order; ``dposv`` was 1.6–2.7× faster per 100×100 system on one core of the development machine
+    (q = 1 and 200), and the ctypes call releases the GIL, so pieces on two threads ran 1.6–1.8× faster than
+    NumPy's batched solve on two threads (SciPy's f2py ``lapack.dposv`` holds the GIL: no gain on two threads). A matrix whose Cholesky factorisation fails (not numerically
     positive definite) is solved by LU, as is every other stack (``xp.linalg.solve``)."""
     xp = namespace_of(a, b)
     c, p = int(a.shape[0]), int(a.shape[-1])

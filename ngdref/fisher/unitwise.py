@@ -61,8 +61,9 @@ stack). Θ̄(x′, x) (S.156) compacts the right-hand sides too: unit i's soluti
 δ_{l,i}(x′) ≠ 0, so on the alive sets only those columns of K(x, x′) are solved for (about half for ReLU;
 C = 1 only; the exact mode's dead-set path still solves every column), and each unit's (|S_i| × |S′_i|) block is added
 into Θ̄ at its own rows and columns (:func:`_place_blocks`). At M = 4096, N = N′ = 100, σ_b² = 0 the set-up's
-Θ̄ pair took 1.18 s against 1.70 s with every column (a quiet A/B); at σ_b² = 0.5 (``ngdref train``'s default)
-there is no gain: 1,886 of layer 1's units are alive on every sample and keep every row and column.
+Θ̄ pair took 1.18 s against 1.70 s with every column (a quiet A/B). A unit alive on every training sample
+(1,886 of layer 1's at ``ngdref train``'s default σ_b² = 0.5) keeps nearly every column anyway: it solves every
+one, and its dense solution is reduced by batched products, as for C > 1 (0.79–0.95 → 0.75–0.81 s per pair).
 
 Threads. On the NumPy backend each chunk is split into contiguous pieces of units that run side
 by side on a small thread pool (:class:`ngdref.threads.Pool`: as many threads as the BLAS pool may
@@ -967,16 +968,13 @@ def _compacted_rhs(rhs, units, idx):
     """(rhs(units)[u, idx[u], :], None), (c, p, q): from a :class:`_SharedRows` by one gather of M's rows (the
     same products as scaling first), else gathered from the full stack. Where the :class:`_SharedRows` names
     its columns: (the (c, p, q_c) rows and kept columns, cols (c, q_c) on the device, padding = q).
-    ``idx`` None: every row, in order (units alive on every sample; no gather of rows)."""
-    if not isinstance(rhs, _SharedRows):
-        stack = rhs(units)
-        return (stack if idx is None else _gather_rows(stack, idx)), None
-    xp = namespace_of(rhs.matrix)
-    if idx is None and rhs.columns is None:
-        return rhs(units), None
+    ``idx`` None: every row and column, in order (units alive on every sample: no gather)."""
     if idx is None:
-        n = rhs.matrix.shape[0]
-        idx = xp.broadcast_to(xp.arange(n, dtype=xp.int64)[None, :], (int(units.shape[0]), n))
+        assert not isinstance(rhs, _SharedRows) or rhs.columns is None  # _phi_alive drops the columns
+        return rhs(units), None
+    if not isinstance(rhs, _SharedRows):
+        return _gather_rows(rhs(units), idx), None
+    xp = namespace_of(rhs.matrix)
     c, p = idx.shape
     cols = None
     if rhs.columns is None:
@@ -1014,13 +1012,11 @@ class _Compacted:
 def _deliver(z_c, inv, n: int, idx, valid, cols):
     """:meth:`UnitWiseFisher._phi_alive`'s result: Z scattered to its N rows, or, with compacted columns
     ``cols``, the compacted block as it is (padding rows renamed N)."""
-    xp = namespace_of(z_c)
-    if idx is None:  # every row kept, in order
-        if cols is None:
-            return z_c
-        return _Compacted(z_c, xp.broadcast_to(xp.arange(n, dtype=xp.int64)[None, :], (z_c.shape[0], n)), cols)
+    if idx is None:  # every row and column kept, in order
+        return z_c
     if cols is None:
         return _scatter_rows(z_c, inv, n)
+    xp = namespace_of(z_c)
     rows = xp.where(valid > 0, idx, xp.full_like(idx, n))
     return _Compacted(z_c, rows, cols)
 
