@@ -22,6 +22,7 @@ check of the calls, and CuPy queues its kernels on one stream, where host thread
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import contextvars
 import os
@@ -142,15 +143,42 @@ class Pool:
         return False
 
     def map(self, fn, items) -> list:
-        """[fn(i) for i in items], in order; the calling thread computes the first item. Each item runs in a
-        copy of the caller's context (``contextvars``), so the caller's ``np.errstate`` holds in the pool's
-        threads too (a thread of the executor starts with an empty context otherwise)."""
+        """[fn(i) for i in items], in order, on every thread of the pool, the calling thread included: each
+        thread takes the next item not yet taken until none is left, so ``threads`` items run at a time however
+        many there are. Which thread computes an item does not change its result (each is computed by one
+        thread from its own inputs), only the order they finish in. Each item runs in a copy of the caller's
+        context (``contextvars``), so the caller's ``np.errstate`` holds in the pool's threads too (a thread of
+        the executor starts with an empty context otherwise). If an item raises, no further item is started,
+        the items already running are waited for, and the first exception by item order is raised."""
         items = list(items)
         if self._executor is None or len(items) <= 1:
             return [fn(i) for i in items]
-        futures = [self._executor.submit(contextvars.copy_context().run, fn, i) for i in items[1:]]
-        first = fn(items[0])
-        return [first] + [f.result() for f in futures]
+        results: list = [None] * len(items)
+        errors: dict = {}
+        lock = threading.Lock()
+        taken = iter(range(len(items)))
+        caller = contextvars.copy_context()
+
+        def drain():
+            while True:
+                with lock:
+                    j = None if errors else next(taken, None)
+                if j is None:
+                    return
+                try:
+                    results[j] = caller.copy().run(fn, items[j])
+                except BaseException as exc:  # noqa: BLE001  re-raised below, after every thread stopped
+                    with lock:
+                        errors[j] = exc
+
+        helpers = [self._executor.submit(drain) for _ in range(min(self.threads, len(items)) - 1)]
+        try:
+            drain()
+        finally:
+            concurrent.futures.wait(helpers)
+        if errors:
+            raise errors[min(errors)]
+        return results
 
     def split(self, piece, count: int):
         """``piece(0, count)``, or its contiguous pieces ``piece(lo, hi)`` (one per thread) concatenated along

@@ -17,6 +17,14 @@ def _blas_threads() -> set:
     return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
 
 
+def _in_step(parties: int):
+    """A wait that returns only once ``parties`` threads are in it at once (a cyclic barrier): pieces that call it
+    prove that the pool runs ``parties`` of them side by side. The timeout is a failure path only (a pool that runs
+    fewer at a time never fills the barrier), never reached by a passing run, whatever the load."""
+    barrier = threading.Barrier(parties, timeout=120)
+    return barrier.wait
+
+
 @pytest.mark.parametrize("name,count", [("numpy", 3), ("strict", 1)])
 def test_pool_threads_only_on_numpy(name, count, monkeypatch):
     monkeypatch.setattr(threads, "THREADS", 3)
@@ -33,11 +41,39 @@ def test_pool_splits_into_contiguous_pieces_and_maps_in_order(monkeypatch):
     with threads.Pool.open(np.zeros(1), "ngdref-test") as pool:
         got = pool.split(lambda lo, hi: calls.append((lo, hi)) or np.arange(lo, hi), 10)
         small = pool.split(lambda lo, hi: np.arange(lo, hi), 2)  # fewer rows than threads: one per row
-        mapped = pool.map(lambda i: names.add(threading.current_thread().name) or i * i, range(9))
+        wait = _in_step(4)
+        mapped = pool.map(lambda i: (wait(), names.add(threading.current_thread().name), i * i)[2], range(12))
     assert sorted(calls) == [(0, 2), (2, 5), (5, 7), (7, 10)]
     assert np.array_equal(got, np.arange(10)) and np.array_equal(small, np.arange(2))
-    assert mapped == [i * i for i in range(9)]
-    assert any(n.startswith("ngdref-test") for n in names)  # the pool's threads did work
+    assert mapped == [i * i for i in range(12)]
+    assert len(names) == 4 and sum(n.startswith("ngdref-test") for n in names) == 3  # the caller and 3 of the pool's
+
+
+def test_pool_map_keeps_every_thread_busy_until_the_items_run_out(monkeypatch):
+    """More items than threads: every thread, the caller's included, takes items until none is left — not the
+    caller the first item and one pool thread all the others (the quasi-diagonal step's 78 blocks and the
+    unit-wise pieces ran one at a time that way). Each round of the barrier needs both threads in it."""
+    monkeypatch.setattr(threads, "THREADS", 2)
+    wait, who = _in_step(2), []
+    with threads.Pool.open(np.zeros(1), "ngdref-busy") as pool:
+        out = pool.map(lambda i: (wait(), who.append(threading.current_thread().name), i)[2], range(8))
+    assert out == list(range(8))
+    assert who.count(threading.current_thread().name) == 4  # each thread computed one item of each round
+
+
+def test_pool_map_raises_the_first_failing_item_and_starts_no_more(monkeypatch):
+    monkeypatch.setattr(threads, "THREADS", 2)
+    started = []
+
+    def fn(i):
+        started.append(i)
+        if i in (3, 5):
+            raise ValueError(f"item {i}")
+        return i
+
+    with threads.Pool.open(np.zeros(1)) as pool, pytest.raises(ValueError, match="item 3"):
+        pool.map(fn, range(40))
+    assert 3 in started and len(started) < 40  # items are taken in order; none is started after a failure
 
 
 def test_workers_follow_the_blas_limit_and_the_override(monkeypatch):
@@ -62,7 +98,8 @@ def test_one_blas_thread_nests_and_restores(monkeypatch):
 
 def test_map_on_threads_holds_blas_at_one_thread_and_is_serial_elsewhere(monkeypatch):
     monkeypatch.setattr(threads, "THREADS", 2)
-    seen = threads.map_on_threads(lambda i: (_blas_threads(), threading.current_thread().name), range(4),
+    wait = _in_step(2)
+    seen = threads.map_on_threads(lambda i: (wait(), _blas_threads(), threading.current_thread().name)[1:], range(4),
                                   np.zeros(1), "ngdref-map")
     assert all(b == {1} for b, _ in seen)
     assert any(n.startswith("ngdref-map") for _, n in seen)  # two threads: the pool's worked too
@@ -149,7 +186,10 @@ def test_pool_pieces_run_under_the_callers_errstate(monkeypatch):
     monkeypatch.setattr(threads, "THREADS", 2)
     big = np.full(4, 1e300)
 
+    wait = _in_step(2)  # both threads compute pieces
+
     def piece(i):
+        wait()
         return threading.current_thread().name, float(np.sum(big * big))
 
     with np.errstate(over="raise"), pytest.raises(FloatingPointError):
