@@ -7,10 +7,16 @@ Protocol of :func:`measure`:
    were alive before the call — parameters, inputs, signals passed in — are not
    counted, the call's own result is); for CuPy the growth of the default memory
    pool (emptied before the call; an upper bound of the device peak);
-2. ``repeats`` timed calls (``time.perf_counter``, device synchronised after each
+2. a call shorter than :data:`SETTLE_S` gets more untimed warm-up calls, until they add up to
+   :data:`SETTLE_S` (at most :data:`SETTLE_CALLS`): the previous case's forked child (step 5)
+   leaves the parent's threaded BLAS slow for about ten calls (a unit-wise Θ̄ at ρ = 0, three
+   100 × 100 × 4097 ``a aᵀ`` products and three ``eigvalsh`` per call: 9–16 ms for the ten calls
+   after a fork, 5–6 ms after them; M = 4096, the 2-core machine), which a millisecond case's
+   five repeats would measure instead of the call;
+3. ``repeats`` timed calls (``time.perf_counter``, device synchronised after each
    call on CuPy), tracemalloc off, a ``gc.collect()`` before the series;
-3. the median is the reported time; all samples are kept;
-4. (NumPy) one more call in a forked child process, whose resident-set high-water mark
+4. the median is the reported time; all samples are kept;
+5. (NumPy) one more call in a forked child process, whose resident-set high-water mark
    (``getrusage`` ``ru_maxrss``, which starts at the resident set of the fork) gives
    ``peak_rss_bytes`` (the whole process at its peak during the call) and
    ``peak_rss_growth_bytes`` (that peak minus the resident set when the call started). Unlike
@@ -183,6 +189,12 @@ def _probe_cupy(fn, sync) -> tuple[float, int]:
     return elapsed, max(0, int(peak))
 
 
+#: untimed warm-up, in seconds, for a call shorter than this (protocol step 2)
+SETTLE_S = 0.3
+#: at most this many extra warm-up calls
+SETTLE_CALLS = 30
+
+
 def measure(
     fn: Callable[[], object],
     repeats: int = 5,
@@ -192,8 +204,9 @@ def measure(
     memory: bool = True,
     rss: bool = True,
 ) -> Measurement:
-    """Warm-up (with the memory probe), then ``repeats`` timed calls, then (NumPy, ``memory`` and
-    ``rss``) the peak-RSS call in a forked child; see the module docstring."""
+    """Warm-up (with the memory probe; a short call gets untimed calls up to :data:`SETTLE_S` more), then
+    ``repeats`` timed calls, then (NumPy, ``memory`` and ``rss``) the peak-RSS call in a forked child; see the
+    module docstring."""
     sync = synchronizer(backend_name)
     m = Measurement()
     if memory and backend_name == "cupy":
@@ -208,6 +221,11 @@ def measure(
         sync()
         m.warmup_s = time.perf_counter() - t0
         m.memory_probe = "not measured"
+    settle_t0, calls = time.perf_counter(), 0
+    while m.warmup_s < SETTLE_S and calls < SETTLE_CALLS and time.perf_counter() - settle_t0 < SETTLE_S:
+        fn()
+        sync()
+        calls += 1
     n = max(1, int(repeats))
     if budget_s is not None and m.warmup_s > 0:
         fit = int(budget_s / m.warmup_s)

@@ -154,3 +154,17 @@ def test_gemm_yardstick_runs():
     from benchmarks.suite import _gemm4096_s
 
     assert _gemm4096_s(128) >= 0.0
+
+
+@pytest.mark.parametrize("settle_s,settle_calls,extra", [(0.0, 30, 0), (1e9, 7, 7)])
+def test_measure_settles_short_calls_before_timing(monkeypatch, settle_s, settle_calls, extra):
+    """A call shorter than SETTLE_S gets untimed warm-up calls (SETTLE_CALLS at most) before the timed ones:
+    the previous case's forked RSS child leaves threaded BLAS slow for about ten calls. The limits are patched,
+    so the count does not depend on how fast the calls run."""
+    from benchmarks import timing
+
+    monkeypatch.setattr(timing, "SETTLE_S", settle_s)
+    monkeypatch.setattr(timing, "SETTLE_CALLS", settle_calls)
+    calls = []
+    m = timing.measure(lambda: calls.append(1), repeats=3, memory=False)
+    assert len(calls) == 1 + extra + 3 and len(m.times_s) == 3
