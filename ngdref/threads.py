@@ -158,11 +158,12 @@ class Pool:
         lock = threading.Lock()
         taken = iter(range(len(items)))
         caller = contextvars.copy_context()
+        stop = threading.Event()
 
         def drain():
             while True:
                 with lock:
-                    j = None if errors else next(taken, None)
+                    j = None if errors or stop.is_set() else next(taken, None)
                 if j is None:
                     return
                 try:
@@ -175,6 +176,7 @@ class Pool:
         try:
             drain()
         finally:
+            stop.set()  # nothing left to take — or the caller was interrupted (Ctrl-C) while it waits below
             concurrent.futures.wait(helpers)
         if errors:
             raise errors[min(errors)]
