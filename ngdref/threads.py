@@ -149,7 +149,9 @@ class Pool:
         thread from its own inputs), only the order they finish in. Each item runs in a copy of the caller's
         context (``contextvars``), so the caller's ``np.errstate`` holds in the pool's threads too (a thread of
         the executor starts with an empty context otherwise). If an item raises, no further item is started,
-        the items already running are waited for, and the first exception by item order is raised."""
+        the items already running are waited for, and the first exception by item order is raised (the one a serial
+        loop would raise: items are taken in order and every item taken is finished). An item may map on this same
+        pool: the thread that runs it computes the nested items the pool's busy threads do not take."""
         items = list(items)
         if self._executor is None or len(items) <= 1:
             return [fn(i) for i in items]
@@ -172,12 +174,16 @@ class Pool:
                     with lock:
                         errors[j] = exc
 
-        helpers = [self._executor.submit(drain) for _ in range(min(self.threads, len(items)) - 1)]
+        helpers: list = []
         try:
+            for _ in range(min(self.threads, len(items)) - 1):
+                helpers.append(self._executor.submit(drain))
             drain()
         finally:
             stop.set()  # nothing left to take — or the caller was interrupted (Ctrl-C) while it waits below
-            concurrent.futures.wait(helpers)
+            # a helper still queued has nothing left to do: cancelled, not waited for (an item that maps on this same
+            # pool would otherwise wait for helpers queued behind the pool's busy threads — a deadlock)
+            concurrent.futures.wait([helper for helper in helpers if not helper.cancel()])
         if errors:
             raise errors[min(errors)]
         return results

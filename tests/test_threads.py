@@ -62,18 +62,50 @@ def test_pool_map_keeps_every_thread_busy_until_the_items_run_out(monkeypatch):
 
 
 def test_pool_map_raises_the_first_failing_item_and_starts_no_more(monkeypatch):
+    """Item 5 fails first (item 3 waits for it, so the other thread takes 4 and 5), then item 3: the error raised is
+    item 3's, the one a serial loop raises, not the first to happen; no item after 5 is started. The wait's timeout
+    is a failure path only (a pool that runs item 5 only after item 3 never sets the event)."""
     monkeypatch.setattr(threads, "THREADS", 2)
-    started = []
+    started, later_failed = [], threading.Event()
 
     def fn(i):
         started.append(i)
-        if i in (3, 5):
-            raise ValueError(f"item {i}")
+        if i == 3:
+            if not later_failed.wait(120):
+                raise TimeoutError("item 5 did not run while item 3 was running")
+            raise ValueError("item 3")
+        if i == 5:
+            later_failed.set()
+            raise ValueError("item 5")
         return i
 
     with threads.Pool.open(np.zeros(1)) as pool, pytest.raises(ValueError, match="item 3"):
         pool.map(fn, range(40))
-    assert 3 in started and len(started) < 40  # items are taken in order; none is started after a failure
+    assert sorted(started) == list(range(6))  # items are taken in order; none is started after a failure
+
+
+_NESTED = """
+import threading
+import numpy as np
+from ngdref import threads
+threads.THREADS = 2
+wait = threading.Barrier(2, timeout=120).wait
+with threads.Pool.open(np.zeros(1), "ngdref-nest") as pool:
+    print(pool.map(lambda i: (wait(), sum(pool.map(lambda j: 10 * i + j, range(3))))[1], range(4)))
+"""
+
+
+def test_an_item_may_map_on_its_own_pool():
+    """Items that map on their own pool while every pool thread is busy with an item (the barrier): the nested maps'
+    helpers stay queued, so each thread computes its nested items itself and must not wait for those helpers (it
+    did: a deadlock). In a child process, so that a deadlock fails the test instead of hanging the interpreter's
+    exit (it joins the pool's threads); the timeout is a failure path only."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _NESTED], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[0] == "[3, 33, 63, 93]"
 
 
 def test_workers_follow_the_blas_limit_and_the_override(monkeypatch):
