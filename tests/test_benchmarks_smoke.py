@@ -156,15 +156,25 @@ def test_gemm_yardstick_runs():
     assert _gemm4096_s(128) >= 0.0
 
 
-@pytest.mark.parametrize("settle_s,settle_calls,extra", [(0.0, 30, 0), (1e9, 7, 7)])
-def test_measure_settles_short_calls_before_timing(monkeypatch, settle_s, settle_calls, extra):
-    """A call shorter than SETTLE_S gets untimed warm-up calls (SETTLE_CALLS at most) before the timed ones:
-    the previous case's forked RSS child leaves threaded BLAS slow for about ten calls. The limits are patched,
-    so the count does not depend on how fast the calls run."""
+@pytest.mark.parametrize("call_s,settle_calls,extra", [(4.0, 30, 0), (1.0, 30, 4), (1.0, 2, 2)])
+def test_measure_settles_short_calls_before_timing(monkeypatch, call_s, settle_calls, extra):
+    """A call shorter than SETTLE_S gets untimed warm-up calls until SETTLE_S has passed (SETTLE_CALLS at most)
+    before the timed ones: the previous case's forked RSS child leaves threaded BLAS slow for about ten calls.
+    On a clock that only the calls move (``call_s`` each, SETTLE_S = 3.5), so the count does not depend on how
+    fast anything runs: a 4 s call gets none, 1 s calls get 4 (3 s < 3.5 s after three), or SETTLE_CALLS."""
+    import types
+
     from benchmarks import timing
 
-    monkeypatch.setattr(timing, "SETTLE_S", settle_s)
+    clock = [0.0]
+    monkeypatch.setattr(timing, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(timing, "SETTLE_S", 3.5)
     monkeypatch.setattr(timing, "SETTLE_CALLS", settle_calls)
     calls = []
-    m = timing.measure(lambda: calls.append(1), repeats=3, memory=False)
-    assert len(calls) == 1 + extra + 3 and len(m.times_s) == 3
+
+    def fn():
+        calls.append(1)
+        clock[0] += call_s
+
+    m = timing.measure(fn, repeats=3, memory=False)
+    assert len(calls) == 1 + extra + 3 and m.times_s == [call_s] * 3
