@@ -118,6 +118,27 @@ def _cuts(size: int, chunk: int | None) -> list[np.ndarray]:
     return out
 
 
+def _whole_rows_in_order(tiles, fan: int) -> bool:
+    """Every tile of the layer holds whole rows (one column group spanning the fan-in): the chunks of
+    :meth:`BlockPartitionFisher._chunks` then come as consecutive groups of rows, in θ_l's own order."""
+    return all(cols.shape == (1, fan) for _, cols in tiles)
+
+
+def _in_layer_order(values: list, positions: list, backend):
+    """The tiles' flat pieces ``values`` as θ_l's flat vector: concatenated as they are where ``positions`` is
+    empty (the pieces already in θ_l's order, :func:`_whole_rows_in_order`), else placed by a stable argsort of
+    the pieces' flat indices in θ_l. Empties both lists as it goes: at most two P_l-sized float arrays at once
+    (with the scatter, also the P_l int64 indices and their order)."""
+    xp = namespace_of(values[0])
+    flat = xp.concat(values)
+    values.clear()
+    if positions:
+        order = to_device(np.argsort(np.concatenate(positions), kind="stable"), backend, "int64")
+        positions.clear()
+        flat = xp.take(flat, order)
+    return flat
+
+
 def block_alpha(net, g: int | None) -> float:
     """α of the whole-row block-partition FIM (k = "all"), C = 1: Σ_{l<L} Σ_B (1 − (1 − γ_l)^{|B|}) + 1.
 
@@ -310,8 +331,10 @@ class BlockPartitionFisher(FisherApproximation):
             a_net = signals.a[l - 1]
             backend = backend_of(a_net)
             d, a = as_float64(signals.delta[l - 1]), as_float64(a_net)
+            tiles = list(self._layer_tiles(l))
+            in_order = _whole_rows_in_order(tiles, fan)
             values, positions = [], []
-            for rows, cols in self._layer_tiles(l):
+            for rows, cols in tiles:
                 r, kc = rows.shape[1], cols.shape[1]
                 q = r * kc
                 for rr, cc in self._chunks(l, rows, cols, c, n, 0):
@@ -330,10 +353,10 @@ class BlockPartitionFisher(FisherApproximation):
                         w = xp.sum(z * d_t, axis=1)  # Σ_k z_k δ_i^{(k)}, (T, N, r)
                         theta = xp.permute_dims(w, (0, 2, 1)) @ a_t / float(n)  # (T, r, c)
                     values.append(xp.reshape(theta, (-1,)))
-                    positions.append((rows_t[:, :, None] * fan + cols_t[:, None, :]).reshape(-1))
-            flat = xp.concat(values)
-            order = to_device(np.argsort(np.concatenate(positions), kind="stable"), backend, "int64")
-            out.append(xp.astype(xp.reshape(xp.take(flat, order), (m_out, fan)), a_net.dtype))
+                    if not in_order:
+                        positions.append((rows_t[:, :, None] * fan + cols_t[:, None, :]).reshape(-1))
+            out.append(xp.astype(xp.reshape(_in_layer_order(values, positions, backend), (m_out, fan)), a_net.dtype,
+                                 copy=False))
         return out
 
     # ---- matrix-free products (ngdref.fisher.operators) ----------------------------------------------
@@ -349,8 +372,7 @@ class BlockPartitionFisher(FisherApproximation):
             d, a = as_float64(signals.delta[l - 1]), as_float64(signals.a[l - 1])
             v_flat = xp.reshape(as_float64(v[l - 1]), (-1,))
             tiles = list(self._layer_tiles(l))
-            # whole rows in consecutive groups (k = all): the pieces come in θ_l's own order, no scatter
-            in_order = all(cols.shape == (1, fan) for _, cols in tiles)
+            in_order = _whole_rows_in_order(tiles, fan)
             values, positions = [], []
             for shape_id, (rows, cols) in enumerate(tiles):
                 for chunk_id, (rr, cc) in enumerate(self._chunks(l, rows, cols, c, n, 0)):
@@ -364,12 +386,7 @@ class BlockPartitionFisher(FisherApproximation):
                         v_t = xp.reshape(xp.take(v_flat, to_device(pos.reshape(-1), backend, "int64")), pos.shape)
                         positions.append(pos.reshape(-1))
                     values.append(xp.reshape(apply(f"block:{l}:{shape_id}:{chunk_id}", d_t, a_t, v_t), (-1,)))
-            flat = xp.concat(values)
-            values.clear()  # the pieces go before the scatter: at most two P_l-sized arrays at once
-            if not in_order:
-                order = to_device(np.argsort(np.concatenate(positions), kind="stable"), backend, "int64")
-                positions.clear()
-                flat = xp.take(flat, order)
+            flat = _in_layer_order(values, positions, backend)
             out.append(xp.astype(xp.reshape(flat, (m_out, fan)), v[l - 1].dtype, copy=False))
         return out
 
