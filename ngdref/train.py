@@ -276,8 +276,8 @@ def _blockwise_sum(blocks, term, like, threaded: bool = True):
     ``threaded``: the blocks go to the thread pool in contiguous groups (:func:`~ngdref.threads.map_on_threads`:
     NumPy's element-wise passes are single-threaded; at M = 4096 a pass over θ_t and θ_0 took 25–34 ms on one
     thread, 17–27 ms on two: memory-bound); the partial sums come back in order and are added as by the serial
-    loop, so the sum does not depend on the number of threads. Otherwise the calling thread computes them, with BLAS as
-    configured (for GEMM-shaped terms)."""
+    loop, so the sum does not depend on the number of threads. Otherwise the calling thread computes them, with
+    BLAS as configured (for GEMM-shaped terms)."""
     groups = [blocks[j * len(blocks) // _SUM_GROUPS : (j + 1) * len(blocks) // _SUM_GROUPS] for j in range(_SUM_GROUPS)]
     groups = [g for g in groups if g]
     if threaded:
