@@ -168,12 +168,13 @@ def _flops(k: int | None, g: int | None):
     def model(s: cost.Shape, damping: float) -> dict:
         """Per tile of q = |R|·|K| parameters: primal (q <= CN) forms J_B (CN·q), F_B (2CN·q²), eigh and
         its inverse (11q³), J_Bᵀv and the product (2CN·q + 2q²); dual (q > CN) forms δ_Rδ_Rᵀ (2(CN)²|R|),
-        a_Ka_Kᵀ (2N²|K|), eigh + inverse (11(CN)³), the product and Δθ_B (2(CN)² + 2CN|R| + 2N·q).
-        Θ̄: primal J_B(x′)(F_B+ρI)⁻¹J_B(x)ᵀ (2q²CN + 2(CN)²q), dual the Hadamard kernel times the
-        inverse (2(CN)³)."""
+        a_Ka_Kᵀ (2N²|K|; once per layer where the tiles span the fan-in, |K| = fan_l), eigh + inverse
+        (11(CN)³), the product and Δθ_B (2(CN)² + 2CN|R| + 2N·q). Θ̄: primal J_B(x′)(F_B+ρI)⁻¹J_B(x)ᵀ
+        (2q²CN + 2(CN)²q), dual the Hadamard kernel times the inverse (2(CN)³)."""
         cn, n = s.cn, s.n
         direction = coefficient = 0.0
         for l in s.layers:
+            shared = False  # a aᵀ made once for the layer (BlockPartitionFisher._whole_fan_gram)
             for count, r, c in _tiles(s, l, k, g):
                 q = r * c
                 if q <= cn:
@@ -181,7 +182,13 @@ def _flops(k: int | None, g: int | None):
                     direction += count * (build + 2.0 * cn * q + 2.0 * q * q)
                     coefficient += count * (build + 2.0 * q * q * cn + 2.0 * cn * cn * q)
                 else:
-                    build = 2.0 * cn * cn * r + 2.0 * n * n * c + cn * cn + cost.PINV * cn**3
+                    gram = 2.0 * n * n * c
+                    whole = c == s.fan(l)
+                    if whole and not shared:
+                        direction += gram
+                        coefficient += 2.0 * gram
+                        shared = True
+                    build = 2.0 * cn * cn * r + (0.0 if whole else gram) + cn * cn + cost.PINV * cn**3
                     direction += count * (build + 2.0 * cn * cn + 2.0 * cn * r + 2.0 * n * q)
                     coefficient += count * (2.0 * build + 2.0 * cn**3)
         return cost.model(
