@@ -266,3 +266,26 @@ def test_whole_row_direction_holds_no_index_per_parameter():
     finally:
         tracemalloc.stop()
     assert peak < 3.0 * 8 * net.n_params
+
+
+@pytest.mark.parametrize("k,g", [("all", 1), (3, 2)])
+def test_results_do_not_depend_on_the_thread_count(k, g, monkeypatch):
+    """The tiles' range inverses are split over the thread pool (BLAS at one thread): direction, Θ̄(x, x) and
+    Θ̄(x′, x) the same bit for bit on 1, 2 and 3 threads (dual tiles at k = all, primal ones at k = 3, g = 2), and
+    the oracle's."""
+    import ngdref.threads as ngdref_threads
+
+    net, p, x, xt, y = _setup((6, 12, 10, 1), "relu", 0.5, n=5)
+    fim = get_fisher("block", net, 1e-6, k=k, g=g)
+    s, st = net.signals(p, x), net.signals(p, xt)
+    runs = []
+    for threads in (1, 2, 3):
+        monkeypatch.setattr(ngdref_threads, "THREADS", threads)
+        d = fim.direction(p, x, y, s)
+        runs.append([np.concatenate([np.ravel(to_host(w)) for w in d]), to_host(theta_bar(fim, s)),
+                     to_host(theta_bar(fim, s, st))])
+    for run in runs[1:]:
+        assert all(np.array_equal(a, b) for a, b in zip(run, runs[0]))
+    orc = O.oracle("block", net, p, x, 1e-6, k=k, g=g)
+    assert _rel(runs[1][1], orc.theta_bar()) < 1e-9
+    assert _rel(runs[1][2], orc.theta_bar(xt)) < 1e-9

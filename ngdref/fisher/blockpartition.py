@@ -76,6 +76,7 @@ from ..backend import as_float64, backend_of, namespace_of, to_device
 from ..errors import ConfigError
 from ..kernels import layer_gammas
 from ..linalg import psd_pinv, symmetrize
+from ..threads import Pool, blas_context
 from . import cost
 from .base import FisherApproximation
 from .spec import FisherOption, FisherSpec, register
@@ -288,8 +289,11 @@ class BlockPartitionFisher(FisherApproximation):
             yield t // nc, t % nc
 
     def _range_inverse(self, k):
-        """Σ_{λ > τ} u uᵀ/(λ + ρ) for a stack of symmetric PSD matrices (module docstring), τ = rtol·λ_max."""
-        return psd_pinv(k, self.rtol, shift=self.damping)
+        """Σ_{λ > τ} u uᵀ/(λ + ρ) for a stack of symmetric PSD matrices (module docstring), τ = rtol·λ_max.
+        The stack is split over the thread pool, each matrix decomposed with BLAS at one thread
+        (:mod:`ngdref.threads`), so every matrix gets the same rounding whatever the number of threads."""
+        with Pool.open(k, "ngdref-block") as pool, blas_context(k):
+            return pool.split(lambda lo, hi: psd_pinv(k[lo:hi, ...], self.rtol, shift=self.damping), int(k.shape[0]))
 
     @staticmethod
     def _gather(d, a, rows_t, cols_t, backend):
