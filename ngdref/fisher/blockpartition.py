@@ -470,7 +470,7 @@ class BlockPartitionFisher(FisherApproximation):
                 w, vec = xp.linalg.eigh(symmetrize(k))
                 inv_w = 1.0 / (xp.where(w > 0, w, xp.zeros_like(w)) + rho)
                 return (vec * inv_w[..., None, :]) @ xp.linalg.matrix_transpose(vec)
-            return psd_pinv(k, self.rtol)
+            return self._range_inverse(k)  # ρ = 0: psd_pinv's cut-off, on the thread pool
 
         def apply(key, d_t, a_t, v_t):
             t, r, kc = v_t.shape
