@@ -323,7 +323,7 @@ class BlockPartitionFisher(FisherApproximation):
     def _tile_kernel(d_p, a_p, d_t, a_t, gram=None):
         """(δ′_R δ_Rᵀ) ∘ (1⊗a′_K a_Kᵀ) per tile, (T, CN′, CN). ``gram``: a′aᵀ (N′, N), given where every tile
         spans the whole fan-in (a_K = a, :meth:`_whole_fan_gram`): one product for the layer, not one per tile
-        (the default k = "all": 2N′N·fan_l flops per unit, ≈ 4 s of a 13 s direction at M = 4096)."""
+        (the default k = "all": 2N′N·fan_l flops per unit; M = 4096: direction 13.7 → 7.3 s)."""
         xp = namespace_of(d_t)
         t, c, n, r = d_t.shape
         n_p = d_p.shape[2]
