@@ -271,19 +271,14 @@ class TheoryRecorder(Observer):
 _DISTANCE_BLOCK = 1 << 16
 
 
-def _blockwise_sum(blocks, term, like, threaded: bool = True):
+def _blockwise_sum(blocks, term, like):
     """Σ term(block) over ``blocks`` (tuples of 0-d arrays summed entry by entry), added in the blocks' order.
-    ``threaded``: the blocks go to the thread pool in contiguous groups (:func:`~ngdref.threads.map_on_threads`:
-    NumPy's element-wise passes are single-threaded; at M = 4096 a pass over θ_t and θ_0 took 25–34 ms on one
-    thread, 17–27 ms on two: memory-bound); the partial sums come back in order and are added as by the serial
-    loop, so the sum does not depend on the number of threads. Otherwise the calling thread computes them, with
-    BLAS as configured (for GEMM-shaped terms)."""
+    The blocks go to the thread pool in contiguous groups (:func:`~ngdref.threads.map_on_threads`: NumPy's
+    element-wise passes are single-threaded; at M = 4096 a pass over θ_t and θ_0 took 25–34 ms on one thread,
+    17–27 ms on two: memory-bound); the partial sums come back in order and are added as by the serial loop, so
+    the sum does not depend on the number of threads."""
     groups = [blocks[j * len(blocks) // _SUM_GROUPS : (j + 1) * len(blocks) // _SUM_GROUPS] for j in range(_SUM_GROUPS)]
-    groups = [g for g in groups if g]
-    if threaded:
-        parts = map_on_threads(lambda group: [term(*b) for b in group], groups, like, "ngdref-sum")
-    else:
-        parts = [[term(*b) for b in group] for group in groups]
+    parts = map_on_threads(lambda group: [term(*b) for b in group], [g for g in groups if g], like, "ngdref-sum")
     total = None
     for group in parts:
         for part in group:
@@ -325,9 +320,9 @@ class DistanceRecorder(Observer):
 def factored_distances(params, params0, factors):
     """(‖θ − θ_0 − Δ‖₂², ‖Δ‖₂²) as 0-d arrays for Δ_l = left_l @ right_l given as factors
     (:meth:`~ngdref.fisher.base.FisherApproximation.precondition_factors`), Δ made and used a block of
-    rows at a time (no parameter-sized temporary; :func:`_blockwise_sum`, on the calling thread: each block's
-    product is a GEMM, which BLAS threads itself — on the pool at one BLAS thread each it took 0.24–0.29 s
-    against 0.16–0.23 s at M = 4096)."""
+    rows at a time (no parameter-sized temporary; :func:`_blockwise_sum`: each block's product a GEMM at one
+    BLAS thread on the pool, 119–215 ms at M = 4096 against 140–283 ms on the calling thread with BLAS
+    threading each GEMM)."""
     xp = namespace_of(params[0])
 
     def term(l, r0, r1):
@@ -338,7 +333,7 @@ def factored_distances(params, params0, factors):
         return xp.sum(diff * diff), xp.sum(shift * shift)
 
     blocks = [(l, r0, r1) for l, p in enumerate(params) for r0, r1 in _row_blocks(p.shape[0], p.shape[1], _UPDATE_BLOCK)]
-    return _blockwise_sum(blocks, term, params[0], threaded=False)
+    return _blockwise_sum(blocks, term, params[0])
 
 
 class Eq22Check(Observer):
