@@ -999,15 +999,6 @@ class _Compacted:
     rows: object
     cols: object
 
-    @classmethod
-    def dense(cls, z):
-        """A (c, N, q) stack as a :class:`_Compacted` with every row and column kept."""
-        xp = namespace_of(z)
-        c, n, q = z.shape
-        rows = xp.broadcast_to(xp.arange(n, dtype=xp.int64)[None, :], (c, n))
-        cols = xp.broadcast_to(xp.arange(q, dtype=xp.int64)[None, :], (c, q))
-        return cls(z, rows, cols)
-
 
 def _deliver(z_c, inv, n: int, idx, valid, cols):
     """:meth:`UnitWiseFisher._phi_alive`'s result: Z scattered to its N rows, or, with compacted columns
