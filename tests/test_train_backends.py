@@ -171,9 +171,9 @@ def test_squared_distance_clamps_the_last_block(backend, monkeypatch):
 
 
 def test_distances_do_not_depend_on_the_thread_count(monkeypatch):
-    """``squared_distance`` adds its blocks' partial sums in block order whatever the number of pool threads that
-    make them (``factored_distances`` sums on the calling thread): both bit for bit the same with 1, 2 and 3
-    threads (many blocks, uneven groups), and equal to the plain sums to 1e-13."""
+    """``squared_distance`` and ``factored_distances`` add their blocks' partial sums in block order whatever
+    the number of pool threads that make them: bit for bit the same on 1, 2 and 3 threads (many blocks, uneven
+    groups), and equal to the plain sums to 1e-13."""
     from ngdref import threads
 
     monkeypatch.setattr(T, "_DISTANCE_BLOCK", 12)
