@@ -76,6 +76,17 @@ def symmetrize(k):
     return (k + namespace_of(k).linalg.matrix_transpose(k)) / 2.0
 
 
+def add_to_diagonal(stack, d):
+    """stack[u] + diag(d[u]) for a (c, p, p) stack and d (c, p): in place through a writable view of the
+    diagonals for a NumPy array (O(c·p)); elsewhere stack + d ∘ I (the array API has no such view), whose
+    entries are the same sums (off the diagonal a + 0·d = a), so every backend computes the same numbers."""
+    if type(stack) is np.ndarray and stack.flags.writeable:
+        np.einsum("cii->ci", stack)[...] += d
+        return stack
+    xp = namespace_of(stack)
+    return stack + d[:, :, None] * xp.eye(stack.shape[-1], dtype=stack.dtype)
+
+
 def psd_pinv(k, rtol: float | None = None, with_rank: bool = False, shift: float = 0.0):
     """Pseudo-inverse of a symmetric PSD matrix (or a stack of them) by ``eigh`` with relative cut-off:
     Σ_{λ > τ} u uᵀ / (λ + ``shift``), τ = rtol·max|λ|.
@@ -207,6 +218,31 @@ def spd_solve_shifted(k, shifts, b):
 
     def matrix(u):
         return k + np.diag(shifts[u])
+
+    return _solve_loop(fill, matrix, c, p, b)
+
+
+def spd_solve_hadamard(gram, factors, shifts, b):
+    """X[u] = ((F[u] F[u]ᵀ) ∘ G + diag(shifts[u]))⁻¹ B[u] for one symmetric G (p, p), factors F (c, p, r), shifts
+    (c, p) and B (c, p, q), every matrix symmetric positive definite: the kernels of stacked Hadamard form
+    (δ_R δ_Rᵀ) ∘ (a aᵀ) of the block-partition FIM's whole-row tiles (:mod:`ngdref.fisher.blockpartition`) without
+    their (c, p, p) stack. Where the ``dposv`` loop runs (NumPy float64, :func:`_posv_loop`) each matrix is made in
+    the scratch matrix from G (in cache) — F[u]F[u]ᵀ by one product (for r = 1 each entry one multiplication, so
+    the matrix is symmetric to the bit), times G, plus the shifts; elsewhere the stack and :func:`spd_solve_stack`."""
+    xp = namespace_of(gram, factors, shifts, b)
+    c, p = int(factors.shape[0]), int(gram.shape[0])
+    if _posv_loop(gram, b, p) is None or type(factors) is not np.ndarray or type(shifts) is not np.ndarray:
+        stack = (factors @ xp.linalg.matrix_transpose(factors)) * gram[None, :, :]
+        return spd_solve_stack(add_to_diagonal(stack, shifts), b)
+    gram = np.ascontiguousarray(gram)
+
+    def fill(u, scratch):
+        np.matmul(factors[u], factors[u].T, out=scratch)
+        scratch *= gram
+        np.einsum("ii->i", scratch)[...] += shifts[u]
+
+    def matrix(u):
+        return (factors[u] @ factors[u].T) * gram + np.diag(shifts[u])
 
     return _solve_loop(fill, matrix, c, p, b)
 

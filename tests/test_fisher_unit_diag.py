@@ -623,21 +623,6 @@ def test_unit_diagonal_form_matches_the_scaled_form(backend, monkeypatch):
         assert _rel(g, w) < 3e-11
 
 
-def test_add_to_diagonal_in_place_and_by_identity():
-    """NumPy's in-place diagonal update and the array-API form stack + d ∘ I give the same numbers bit for bit
-    (so the backends agree), the first without a new array."""
-    import ngdref.fisher.unitwise as U
-
-    rng = np.random.default_rng(23)
-    stack, d = rng.standard_normal((4, 5, 5)), rng.standard_normal((4, 5)) * 1e-3
-    want = stack + np.stack([np.diag(row) for row in d])
-    inplace = stack.copy()
-    assert U._add_to_diagonal(inplace, d) is inplace and np.array_equal(inplace, want)
-    strict = get_backend("strict")
-    got = U._add_to_diagonal(to_device(stack, strict), to_device(d, strict))
-    assert np.array_equal(to_host(got), want)
-
-
 def test_unit_theta_bar_does_not_depend_on_the_test_set():
     """Θ̄(x, x) of ``coefficient_pair`` where K_SS is near singular (M0 + 1 = 4 < N = 30, ρ = 1e-12), with 10 and
     with 30 test inputs beside it: the same to 1e-12. Θ̄ multiplies each unit's solution by K-like factors,

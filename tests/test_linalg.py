@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from ngdref.backend import to_device, to_host
-from ngdref.linalg import psd_pinv
+from ngdref.backend import get_backend, to_device, to_host
+from ngdref.linalg import add_to_diagonal, psd_pinv
 
 
 @pytest.mark.parametrize("shift", [0.0, 1e-3, 0.5])
@@ -93,6 +93,31 @@ def test_spd_solve_shifted_solves_k_plus_each_diagonal(backend, rng, p, q):
     assert np.array_equal(k, k_before)
 
 
+@pytest.mark.parametrize("p,r,q", [(40, 1, 1), (100, 3, 7), (6, 1, 1), (30, 2, 0)])
+def test_spd_solve_hadamard_solves_each_written_out_kernel(backend, rng, p, r, q):
+    """X[u] = ((F[u]F[u]ᵀ) ∘ G + diag(s[u]))⁻¹ B[u] against each matrix written out entry by entry and solved by
+    LU: factors with zero rows (dead samples) and a shift of 1 there, one unit's shifts negative enough to make its
+    matrix indefinite (the LU fallback); G, F, s left as they were."""
+    from ngdref.linalg import spd_solve_hadamard
+
+    c = 4
+    g = _spd_stack(rng, 1, p)[0]
+    f = rng.standard_normal((c, p, r))
+    f[0, : p // 3, :] = 0.0
+    s = rng.uniform(0.1, 1.0, (c, p))
+    s[0, : p // 3] = 1.0
+    s[3, :] = -50.0 * np.abs(f[3]).max() ** 2 * np.abs(g).max()  # indefinite
+    b = rng.standard_normal((c, p, q))
+    before = [m.copy() for m in (g, f, s)]
+    got = to_host(spd_solve_hadamard(*(to_device(m, backend) for m in (g, f, s, b))))
+    assert got.shape == (c, p, q)
+    for u in range(c):
+        mat = np.array([[sum(f[u, i, j] * f[u, k, j] for j in range(r)) * g[i, k] for k in range(p)] for i in range(p)])
+        want = np.linalg.solve(mat + np.diag(s[u]), b[u])
+        assert np.abs(got[u] - want).max(initial=0.0) <= 1e-11 * max(1.0, np.abs(want).max(initial=0.0))
+    assert all(np.array_equal(m, m0) for m, m0 in zip((g, f, s), before))
+
+
 def test_spd_solve_loop_runs_where_documented_and_batched_lu_where_the_capsule_is_missing(rng, monkeypatch):
     """Where SciPy's ``cython_lapack`` has the LP64 ``dposv`` capsule (the wheels CI installs) the loop is bound and
     taken for p >= 24 (or p·q >= 800) and not below, in both functions; with the capsule missing (``_dposv`` None)
@@ -126,3 +151,16 @@ def test_spd_solve_loop_runs_where_documented_and_batched_lu_where_the_capsule_i
             assert np.abs(g - w).max() <= 1e-12 * np.abs(w).max()
     if not bound:
         pytest.skip("this SciPy's cython_lapack has no LP64 dposv capsule: only the batched-LU fallback was checked")
+
+
+def test_add_to_diagonal_in_place_and_by_identity():
+    """NumPy's in-place diagonal update and the array-API form stack + d ∘ I give the same numbers bit for bit
+    (so the backends agree), the first without a new array."""
+    rng = np.random.default_rng(23)
+    stack, d = rng.standard_normal((4, 5, 5)), rng.standard_normal((4, 5)) * 1e-3
+    want = stack + np.stack([np.diag(row) for row in d])
+    inplace = stack.copy()
+    assert add_to_diagonal(inplace, d) is inplace and np.array_equal(inplace, want)
+    strict = get_backend("strict")
+    got = add_to_diagonal(to_device(stack, strict), to_device(d, strict))
+    assert np.array_equal(to_host(got), want)

@@ -94,7 +94,7 @@ import numpy as np
 from ..backend import as_float64, backend_of, dtype_name_of, namespace_of, to_device, to_float, to_host
 from ..errors import ConfigError, NgdrefError
 from ..kernels import check_pair, layer_gammas, order_parameters
-from ..linalg import default_rtol, psd_pinv, spd_solve_shifted, spd_solve_stack, symmetrize
+from ..linalg import add_to_diagonal, default_rtol, psd_pinv, spd_solve_shifted, spd_solve_stack, symmetrize
 from ..threads import Pool, blas_context, cpu_count
 from . import cost
 from .base import FisherApproximation, factor_product
@@ -486,7 +486,7 @@ class UnitWiseFisher(FisherApproximation):
                 if idx is None:  # K + ρD⁻², made unit by unit from K (no (c, N, N) stack)
                     z_c = spd_solve_shifted(lay.kernel, shift, r_c)
                 else:
-                    z_c = spd_solve_stack(_add_to_diagonal(_gather_sub(lay.padded("kernel"), idx_mat), shift), r_c)
+                    z_c = spd_solve_stack(add_to_diagonal(_gather_sub(lay.padded("kernel"), idx_mat), shift), r_c)
                 return _deliver(z_c / s_c[:, :, None], inv, n, idx, valid, cols)
             # ρ/s² too large for the diagonal form: the scaled form below
         # [[K_SS, 0], [0, I]], (c, p, p): this chunk's own array
@@ -1033,17 +1033,6 @@ def _stack_copies(mat, c: int):
     """c writable copies of ``mat`` stacked, (c, n, n): one broadcast copy (no index arrays)."""
     xp = namespace_of(mat)
     return xp.asarray(xp.broadcast_to(mat[None, ...], (c, *mat.shape)), copy=True)
-
-
-def _add_to_diagonal(stack, d):
-    """stack[u] + diag(d[u]) for a (c, p, p) stack and d (c, p): in place through a writable view of the
-    diagonals for a NumPy array (O(c·p)); elsewhere stack + d ∘ I (the array API has no such view), whose
-    entries are the same sums (off the diagonal a + 0·d = a), so every backend computes the same numbers."""
-    if type(stack) is np.ndarray and stack.flags.writeable:
-        np.einsum("cii->ci", stack)[...] += d
-        return stack
-    xp = namespace_of(stack)
-    return stack + d[:, :, None] * xp.eye(stack.shape[-1], dtype=stack.dtype)
 
 
 def _reduce_pieces() -> int:
