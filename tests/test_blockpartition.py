@@ -268,6 +268,104 @@ def test_whole_row_direction_holds_no_index_per_parameter():
     assert peak < 3.0 * 8 * net.n_params
 
 
+# tanh at σ_w² = 60 (g = 1) or 200 (g = 2) saturates: some units' δ spans many orders of magnitude over the
+# samples, so a mix of certified and uncertified whole-row tiles in one chunk (g = 1, layer 1: 11 of 12 tiles)
+_SATURATED = ((8, 12, 10, 1), "tanh", {1: 60.0, 2: 200.0}, 0.3)
+
+
+def _saturated(g, seed=1):
+    widths, act, sw2, sb2 = _SATURATED
+    sw2 = sw2[g]
+    rng = np.random.default_rng(seed)
+    net = Network(widths, act, sw2, sb2)
+    return net, net.init(seed + 1), unit_rows(rng, 6, widths[0]), unit_rows(rng, 4, widths[0]), \
+        rng.standard_normal((6, 1))
+
+
+@pytest.mark.parametrize("g", [1, 2])
+def test_certified_tiles_keep_every_eigenvalue(g):
+    """Soundness of the Cholesky path's certificate: on every tile it certifies, each eigenvalue of the tile
+    kernel J_BJ_Bᵀ/N on its alive samples (J_B written out row by row here) is above the range inverse's cut-off
+    rtol·λ_max, so that path drops nothing; the saturated net gives tiles of both kinds (else the test proves
+    nothing)."""
+    net, p, x, _, _ = _saturated(g)
+    fim = get_fisher("block", net, 0.0, g=g)
+    s = net.signals(p, x)
+    n = x.shape[0]
+    kinds = set()
+    for l in range(1, net.depth + 1):
+        d, a = np.asarray(s.delta[l - 1])[0], np.asarray(s.a[l - 1])  # (N, M_l), (N, fan_l)
+        units = d.shape[1]
+        groups = [list(range(i, min(i + g, units))) for i in range(0, units, g)]
+        if len(groups) > 1 and len(groups[-1]) < g:  # the last group takes the remainder
+            groups[-2:] = [groups[-2] + groups[-1]]
+        for rows in groups:
+            d_t = np.transpose(d[:, rows])[None, None, :, :].transpose(0, 1, 3, 2)  # (1, 1, N, r)
+            ok, _ = fim._certified(d_t, {}, a @ a.T)
+            jac = np.array([np.concatenate([d[m, i] * a[m] for i in rows]) for m in range(n)])  # (N, r·fan)
+            if jac.shape[1] <= n:
+                continue  # primal tiles are never certified (their range inverse is not a dual kernel's)
+            kinds.add(bool(ok[0]))
+            if ok[0]:
+                alive = np.flatnonzero((d[:, rows] != 0).any(axis=1))
+                ev = np.linalg.eigvalsh((jac @ jac.T / n)[np.ix_(alive, alive)]) if alive.size else np.ones(1)
+                assert ev.min() > n * np.finfo(float).eps * ev.max()
+    assert kinds == {True, False}
+
+
+def test_certificate_refuses_a_near_singular_feature_gram():
+    """Two samples 1e-9 apart make a aᵀ numerically singular in every layer: no tile is certified, whatever its δ
+    (the certificate bounds the kernel's spectrum by λ_min(a aᵀ)), and some tile's kernel indeed has an eigenvalue
+    on its alive samples below the cut-off — where a Cholesky solve would invert rounding."""
+    rng = np.random.default_rng(3)
+    net = Network((6, 12, 10, 1), "relu", 2.0, 0.5)
+    p = net.init(4)
+    x = unit_rows(rng, 4, 6)
+    x[1] = x[0] + 1e-9 * rng.standard_normal(6)
+    s = net.signals(p, x)
+    fim = get_fisher("block", net, 0.0)
+    below = False
+    for l in range(1, net.depth + 1):
+        d, a = np.asarray(s.delta[l - 1])[0], np.asarray(s.a[l - 1])
+        ok, _ = fim._certified(np.transpose(d)[:, None, :, None], {}, a @ a.T)
+        assert not ok[(d != 0).any(axis=0)].any()  # every tile alive somewhere is refused
+        for i in range(d.shape[1]):
+            alive = np.flatnonzero(d[:, i])
+            if alive.size:
+                ev = np.linalg.eigvalsh((d[alive, i, None] * a[alive]) @ (d[alive, i, None] * a[alive]).T)
+                below |= bool(ev.min() <= 4 * np.finfo(float).eps * ev.max())
+    assert below
+
+
+@pytest.mark.parametrize("g", [1, 2])
+@pytest.mark.parametrize("rho", [0.0, 1e-2])
+def test_certified_and_uncertified_tiles_in_one_chunk_match_the_oracle(g, rho, backend, monkeypatch):
+    """Chunks that mix Cholesky-solved (certified) and eigh-inverted tiles: every other tile the certificate
+    passes is withheld (always allowed: the certificate only says where the two paths agree), on a well-conditioned
+    net where both paths are accurate — direction, Θ̄(x, x) (at ρ = 0 the certified tiles' projector S.137 in
+    closed form, the rest by the range inverse) and Θ̄(x′, x) against the P×P twin at 1e-9, so that a tile solved
+    by one path but placed at another's position, or counted twice, fails."""
+    import ngdref.fisher.blockpartition as blockpartition
+
+    certified = blockpartition.BlockPartitionFisher._certified
+    seen = []
+
+    def every_other(self, d_t, grams, gram):
+        ok, alive = certified(self, d_t, grams, gram)
+        if ok is not None:
+            ok = ok & (np.arange(ok.size) % 2 == 0)
+            seen.append((bool(ok.any()), bool((~ok).any())))
+        return ok, alive
+
+    monkeypatch.setattr(blockpartition.BlockPartitionFisher, "_certified", every_other)
+    net, _, x, xt, y = _setup((4, 32, 32, 1), "relu", 0.5, n=3, n_test=2)  # wide enough for chunks of many tiles
+    got = structured(get_fisher("block", net, rho, g=g), net, x, xt, y, backend)
+    orc = O.oracle("block", net, net.init(1), x, rho, g=g)
+    for a, b in zip(got, (orc.direction(y), orc.theta_bar(), orc.theta_bar(xt))):
+        assert _rel(a, b) < 1e-9
+    assert (True, True) in seen  # a chunk held tiles of both kinds
+
+
 @pytest.mark.parametrize("k,g", [("all", 1), (2, 1)])
 def test_results_do_not_depend_on_the_thread_count(k, g, monkeypatch):
     """The tiles' range inverses are split over the thread pool (BLAS at one thread): direction, Θ̄(x, x),
@@ -284,6 +382,8 @@ def test_results_do_not_depend_on_the_thread_count(k, g, monkeypatch):
     inverse = blockpartition.BlockPartitionFisher._range_inverse
     monkeypatch.setattr(blockpartition.BlockPartitionFisher, "_range_inverse",
                         lambda self, m: stacks.append(int(m.shape[0])) or inverse(self, m))
+    solve, solves = blockpartition.spd_solve_hadamard, []
+    monkeypatch.setattr(blockpartition, "spd_solve_hadamard", lambda g, f, sh, b: solves.append(int(f.shape[0])) or solve(g, f, sh, b))
     runs = []
     for threads in (1, 2, 3):
         monkeypatch.setattr(ngdref_threads, "THREADS", threads)
@@ -292,6 +392,8 @@ def test_results_do_not_depend_on_the_thread_count(k, g, monkeypatch):
                      to_host(theta_bar(fim, s, st)),
                      np.concatenate([np.ravel(to_host(w)) for w in fim.inverse_matvec(s, d)])])
     assert max(stacks) >= 3  # the 3-thread run split a stack into three
+    if k == "all":  # certified dual tiles: Cholesky solves, in pieces (a chunk of T tiles on 3 threads: T/3 each)
+        assert solves and min(solves) < max(solves)
     for run in runs[1:]:
         assert all(np.array_equal(a, b) for a, b in zip(run, runs[0]))
     orc = O.oracle("block", net, p, x, 1e-6, k=k, g=g)
