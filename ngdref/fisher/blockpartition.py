@@ -155,6 +155,27 @@ def _in_layer_order(values: list, positions: list, backend):
     return flat
 
 
+def _definite_above(factors, gram, floor) -> np.ndarray:
+    """Per tile u (host NumPy): whether m_u = (F_S F_Sᵀ) ∘ G_SS, F = ``factors[u]`` (N, r) on its alive samples S,
+    has every eigenvalue above ``floor[u]`` — proved by a successful floating-point Cholesky factorisation of
+    m_u − (floor[u] + c_u)I with c_u = 2(|S| + 1)·eps·tr(m_u), which covers that factorisation's rounding (Rump,
+    "Verification of positive definiteness", BIT 46, 2006: success with c_u ≥ γ_{|S|+1}·tr(m_u) proves the
+    shifted matrix positive definite)."""
+    out = np.zeros(factors.shape[0], dtype=bool)
+    eps = np.finfo(np.float64).eps
+    for u in range(factors.shape[0]):
+        alive = np.flatnonzero((factors[u] != 0.0).any(axis=1))
+        f = factors[u][alive]
+        m = (f @ f.T) * gram[np.ix_(alive, alive)]
+        shift = float(floor[u]) + 2.0 * (alive.size + 1) * eps * float(np.trace(m))
+        try:
+            np.linalg.cholesky(m - shift * np.eye(alive.size))
+        except np.linalg.LinAlgError:
+            continue
+        out[u] = True
+    return out
+
+
 def block_alpha(net, g: int | None) -> float:
     """α of the whole-row block-partition FIM (k = "all"), C = 1: Σ_{l<L} Σ_B (1 − (1 − γ_l)^{|B|}) + 1.
 
@@ -187,9 +208,10 @@ def _flops(k: int | None, g: int | None):
         a_Ka_Kᵀ (2N²|K|; once per layer where the tiles span the fan-in, |K| = fan_l), eigh + inverse
         (11(CN)³), the product and Δθ_B (2(CN)² + 2CN|R| + 2N·q). Θ̄: primal J_B(x′)(F_B+ρI)⁻¹J_B(x)ᵀ
         (2q²CN + 2(CN)²q), dual the Hadamard kernel times the inverse (2(CN)³). Dual tiles spanning the fan-in at
-        C = 1 are counted as certified (module docstring; the generic case): a Cholesky solve (cost.solve) with
-        one right-hand side for Δθ_B, with N′ for Θ̄(x′, x) at ρ > 0 (the cross kernel 2N²|R| + N²), and at ρ = 0
-        Θ̄(x, x) in closed form (the certificate, N·|R|); plus one eigvalsh of a aᵀ per layer (4N³)."""
+        C = 1 with fan_l >= N are counted as certified (module docstring; the generic case): a Cholesky solve
+        (cost.solve's (2/3)N³ + 2N²k convention, as unit-wise's) with one right-hand side for Δθ_B, with N′ for
+        Θ̄(x′, x) at ρ > 0 (the cross kernel 2N²|R| + N², the cross a′aᵀ), and at ρ = 0 Θ̄(x, x) in closed form (the
+        certificate, N·|R|; a aᵀ only); plus one eigvalsh of a aᵀ per layer (4N³)."""
         cn, n = s.cn, s.n
         direction = coefficient = 0.0
         for l in s.layers:
@@ -203,11 +225,12 @@ def _flops(k: int | None, g: int | None):
                     continue
                 gram = 2.0 * n * n * c
                 whole = c == s.fan(l)
+                certified = whole and s.c == 1 and c >= n  # a aᵀ positive definite needs fan_l >= N
                 if whole and not shared:
-                    direction += gram + 4.0 * n**3 * (s.c == 1)
-                    coefficient += 2.0 * gram + 4.0 * n**3 * (s.c == 1)
+                    direction += gram + 4.0 * n**3 * certified
+                    coefficient += (1.0 if certified and damping == 0 else 2.0) * gram + 4.0 * n**3 * certified
                     shared = True
-                if whole and s.c == 1:  # certified: the kernel filled per tile (2N²r + N²), one Cholesky solve
+                if certified:  # the kernel filled per tile (2N²r + N²), one Cholesky solve
                     kernel = 2.0 * n * n * r + n * n
                     direction += count * (kernel + cost.solve(n, 1) + 2.0 * n * r + 2.0 * n * q)
                     coefficient += count * (n * r if damping == 0 else 2.0 * kernel + cost.solve(n, n))
@@ -322,7 +345,9 @@ class BlockPartitionFisher(FisherApproximation):
         vanishes off S. The eigh path keeps λ > rtol·λ_max: where λ_min(G)·min_S e > CERTIFY_MARGIN·rtol·λ_max(G)·max e
         (λ_min(G) lowered by N·eps·λ_max(G) for eigvalsh's rounding) it keeps exactly the S block, so the result is
         (kernel_SS + ρI)⁻¹ on S, 0 elsewhere — a Cholesky solve. Tiles with no alive sample are certified
-        (both paths give 0). One eigvalsh of G per layer, kept in ``grams``."""
+        (both paths give 0). One eigvalsh of G per layer, kept in ``grams``. A tile the bound leaves in doubt (it
+        is loose by up to cond(G)) is certified where its alive block is definite above the same floor
+        (:func:`_definite_above`: one Cholesky factorisation, ≈ 1/30 of an eigh)."""
         if gram is None or d_t.shape[1] != 1:
             return None, None
         xp = namespace_of(d_t)
@@ -340,9 +365,14 @@ class BlockPartitionFisher(FisherApproximation):
         e_max = e_h.max(axis=1)
         e_min = np.where(live, e_h, np.inf).min(axis=1)
         rtol = max(default_rtol(n, "float64"), self.rtol or 0.0)
+        floor = CERTIFY_MARGIN * rtol * hi * e_max  # 64 cut-offs of an upper bound on λ_max(N·kernel)
         ok = ~live.any(axis=1)
         if hi > 0.0 and lo > 0.0:
-            ok |= CERTIFY_MARGIN * rtol * hi * e_max < lo * np.where(live.any(axis=1), e_min, 0.0)
+            ok |= floor < lo * np.where(live.any(axis=1), e_min, 0.0)
+        doubt = np.flatnonzero(~ok)
+        if doubt.size and hi > 0.0:  # the bound is loose by up to cond(G): a Cholesky test on the alive block
+            factors = to_host(xp.take(d_t[:, 0, :, :], to_device(doubt, backend_of(d_t), "int64"), axis=0))
+            ok[doubt] = _definite_above(factors, to_host(gram), floor[doubt])
         return ok, alive
 
     def _training_projector(self, d_t, grams: dict, gram):
@@ -361,23 +391,21 @@ class BlockPartitionFisher(FisherApproximation):
         return xp.eye(n, dtype=xp.float64) * counts[None, :], (rest if rest.size else None)
 
     def _dual_solve(self, d_t, a_t, gram, rhs, grams: dict):
-        """(J_BJ_Bᵀ/N + ρI)⁻¹ on range(J_BJ_Bᵀ) times ``rhs`` (T or 1, CN, q) per dual tile, (T, CN, q); ``rhs`` None:
-        the inverses themselves. Certified tiles (:meth:`_certified`): a Cholesky solve of (δ_Rδ_Rᵀ) ∘ (a aᵀ/N) +
-        diag(ρ on S, 1 off S), the kernel never stacked (:func:`ngdref.linalg.spd_solve_hadamard`) — off S the
+        """(J_BJ_Bᵀ/N + ρI)⁻¹ on range(J_BJ_Bᵀ) times ``rhs`` (T or 1, CN, q) per dual tile, (T, CN, q). Certified
+        tiles (:meth:`_certified`): a Cholesky solve of (δ_Rδ_Rᵀ) ∘ (a aᵀ/N) + diag(ρ on S, 1 off S), the kernel never stacked (:func:`ngdref.linalg.spd_solve_hadamard`) — off S the
         kernel's rows vanish, so those samples decouple and keep their right-hand side, which the callers' factors δ
         (zero off S) annihilate; the other tiles: :meth:`_range_inverse` of the kernel (:meth:`_tile_kernel`)."""
         xp = namespace_of(d_t)
         t, c, n, _ = d_t.shape
         certified, alive = self._certified(d_t, grams, gram)
         if certified is None or not certified.any():
-            inv = self._range_inverse(self._tile_kernel(d_t, a_t, d_t, a_t, gram) / float(n))
-            return inv if rhs is None else inv @ rhs
+            return self._range_inverse(self._tile_kernel(d_t, a_t, d_t, a_t, gram) / float(n)) @ rhs
         backend = backend_of(d_t)
         ok, rest = np.flatnonzero(certified), np.flatnonzero(~certified)
         pick = (lambda x, i: x) if rest.size == 0 else (lambda x, i: xp.take(x, to_device(i, backend, "int64"), axis=0))
         factors, alive_ok = pick(d_t[:, 0, :, :], ok), pick(alive, ok)
         shifts = alive_ok * self.damping + (1.0 - alive_ok)
-        b = xp.broadcast_to(xp.eye(n, dtype=xp.float64)[None, :, :] if rhs is None else rhs, (t, c * n, n if rhs is None else rhs.shape[2]))
+        b = xp.broadcast_to(rhs, (t, c * n, rhs.shape[2]))
         b_ok = pick(b, ok)
         gram_n = gram / float(n)
         with Pool.open(factors, "ngdref-block") as pool, blas_context(factors):
@@ -386,8 +414,7 @@ class BlockPartitionFisher(FisherApproximation):
         if rest.size == 0:
             return solved
         d_rest = pick(d_t, rest)
-        inv = self._range_inverse(self._tile_kernel(d_rest, None, d_rest, None, gram) / float(n))
-        others = inv if rhs is None else inv @ pick(b, rest)
+        others = self._range_inverse(self._tile_kernel(d_rest, None, d_rest, None, gram) / float(n)) @ pick(b, rest)
         order = to_device(np.argsort(np.concatenate([ok, rest]), kind="stable"), backend, "int64")
         return xp.take(xp.concat([solved, others], axis=0), order, axis=0)
 
