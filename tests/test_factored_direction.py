@@ -168,8 +168,33 @@ def test_cross_entropy_factors_use_the_s159_metric(backend, name):
     assert _rel(_flat([left @ right for left, right in factors]), orc.precondition(v)) < 1e-9
 
 
+@pytest.mark.parametrize("opts,rho", [({}, 1e-2), ({}, 0.0), ({"g": 2}, 1e-2), ({"g": 3}, 0.0)])
+def test_block_partition_factors_where_every_tile_is_dual_and_whole_rows(backend, opts, rho):
+    """Block partition's factors (coef_l (M_l, N), a_{l−1}) exist where every tile holds whole rows and is dual
+    (|R|·fan_l > CN): their product is the oracle's direction. Where a layer's tiles are primal (C = 2, g = 1:
+    layer 1's fan 7 and the output units' 10 are <= CN = 10; g >= 2 makes them dual) or hold part of a row (k = 3)
+    there are none, and training takes ``precondition``."""
+    rng = np.random.default_rng(11)
+    x = unit_rows(rng, 5, 6)
+    for c, k, factored in ((1, "all", True), (2, "all", opts.get("g", 1) >= 2), (1, 3, False)):
+        net = Network((6, 10, 9, c), "tanh", 2.0, 0.3)
+        v = rng.standard_normal((c, 5))
+        p = net.init(0, backend)
+        s = net.signals(p, to_device(x, backend))
+        fim = get_fisher("block", net, rho, k=k, **opts)
+        factors = fim.precondition_factors(s, to_device(v, backend))
+        assert (factors is not None) == factored
+        if factors is None:
+            continue
+        for l, (left, right) in enumerate(factors, start=1):
+            assert left.shape == (net.layer_shape(l)[0], 5) and right.shape == (5, net.layer_shape(l)[1])
+        want = O.oracle("block", net, net.init(0), x, rho, k=k, **opts).precondition(v)
+        assert _rel(_flat([to_host(left @ right) for left, right in factors]), want) < 1e-9
+        assert _rel(_flat(fim.precondition(s, to_device(v, backend))), want) < 1e-9
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("name", ["exact", "bd", "kfac", "unit"])
+@pytest.mark.parametrize("name", ["exact", "bd", "kfac", "unit", "block"])
 def test_blocked_step_is_the_whole_direction_applied(backend, name, dtype, monkeypatch):
     """ngd_step by row blocks (several per layer, a shorter last one) equals θ − η·precondition(…) applied
     whole (the unfactored path), in and out of place; out of place θ_t is kept and θ_{t+1} is new arrays

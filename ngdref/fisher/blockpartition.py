@@ -89,7 +89,7 @@ from ..kernels import layer_gammas
 from ..linalg import default_rtol, psd_pinv, spd_solve_hadamard, symmetrize
 from ..threads import Pool, blas_context
 from . import cost
-from .base import FisherApproximation
+from .base import FisherApproximation, factor_product
 from .spec import FisherOption, FisherSpec, register
 
 __all__ = ["BlockPartitionFisher", "block_alpha", "parse_group_size"]
@@ -392,31 +392,43 @@ class BlockPartitionFisher(FisherApproximation):
 
     def _dual_solve(self, d_t, a_t, gram, rhs, grams: dict):
         """(J_BJ_Bᵀ/N + ρI)⁻¹ on range(J_BJ_Bᵀ) times ``rhs`` (T or 1, CN, q) per dual tile, (T, CN, q). Certified
-        tiles (:meth:`_certified`): a Cholesky solve of (δ_Rδ_Rᵀ) ∘ (a aᵀ/N) + diag(ρ on S, 1 off S), the kernel never stacked (:func:`ngdref.linalg.spd_solve_hadamard`) — off S the
-        kernel's rows vanish, so those samples decouple and keep their right-hand side, which the callers' factors δ
-        (zero off S) annihilate; the other tiles: :meth:`_range_inverse` of the kernel (:meth:`_tile_kernel`)."""
+        tiles (:meth:`_certified`): a Cholesky solve of (δ_Rδ_Rᵀ) ∘ (a aᵀ/N) + diag(ρ on S, 1 off S), the kernel never
+        stacked (:func:`ngdref.linalg.spd_solve_hadamard`) — off S the kernel's rows vanish, so those samples decouple
+        and keep their right-hand side, which the callers' factors δ (zero off S) annihilate; the other tiles:
+        :meth:`_range_inverse` of the kernel (:meth:`_tile_kernel`)."""
         xp = namespace_of(d_t)
         t, c, n, _ = d_t.shape
-        certified, alive = self._certified(d_t, grams, gram)
-        if certified is None or not certified.any():
-            return self._range_inverse(self._tile_kernel(d_t, a_t, d_t, a_t, gram) / float(n)) @ rhs
         backend = backend_of(d_t)
-        ok, rest = np.flatnonzero(certified), np.flatnonzero(~certified)
-        pick = (lambda x, i: x) if rest.size == 0 else (lambda x, i: xp.take(x, to_device(i, backend, "int64"), axis=0))
-        factors, alive_ok = pick(d_t[:, 0, :, :], ok), pick(alive, ok)
-        shifts = alive_ok * self.damping + (1.0 - alive_ok)
+        certified, alive = self._certified(d_t, grams, gram)
+        if certified is None:
+            certified = np.zeros(t, dtype=bool)
+        live = certified & (to_host(xp.max(alive, axis=1)) > 0.0) if certified.any() else certified
         b = xp.broadcast_to(rhs, (t, c * n, rhs.shape[2]))
-        b_ok = pick(b, ok)
-        gram_n = gram / float(n)
-        with Pool.open(factors, "ngdref-block") as pool, blas_context(factors):
-            solved = pool.split(lambda lo, hi: spd_solve_hadamard(gram_n, factors[lo:hi, ...], shifts[lo:hi, ...],
-                                                                  b_ok[lo:hi, ...]), int(ok.size))
-        if rest.size == 0:
-            return solved
-        d_rest = pick(d_t, rest)
-        others = self._range_inverse(self._tile_kernel(d_rest, None, d_rest, None, gram) / float(n)) @ pick(b, rest)
-        order = to_device(np.argsort(np.concatenate([ok, rest]), kind="stable"), backend, "int64")
-        return xp.take(xp.concat([solved, others], axis=0), order, axis=0)
+
+        def take(x, idx):
+            return x if idx.size == t else xp.take(x, to_device(idx, backend, "int64"), axis=0)
+
+        def cholesky(idx):
+            factors, alive_i, b_i = take(d_t[:, 0, :, :], idx), take(alive, idx), take(b, idx)
+            shifts = alive_i * self.damping + (1.0 - alive_i)
+            gram_n = gram / float(n)
+            with Pool.open(factors, "ngdref-block") as pool, blas_context(factors):
+                return pool.split(lambda lo, hi: spd_solve_hadamard(gram_n, factors[lo:hi, ...], shifts[lo:hi, ...],
+                                                                    b_i[lo:hi, ...]), int(idx.size))
+
+        def range_inverse(idx):
+            d_i, a_i = take(d_t, idx), (a_t if idx.size == t else None)  # a_t is read only where gram is None (all)
+            return self._range_inverse(self._tile_kernel(d_i, a_i, d_i, a_i, gram) / float(n)) @ take(b, idx)
+
+        # tiles alive on no sample (certified) have a zero kernel: they keep their right-hand side, no solve
+        groups = [(idx, solve) for idx, solve in ((np.flatnonzero(live), cholesky),
+                                                  (np.flatnonzero(certified & ~live), lambda idx: take(b, idx)),
+                                                  (np.flatnonzero(~certified), range_inverse)) if idx.size]
+        if len(groups) == 1:
+            return groups[0][1](groups[0][0])
+        parts = [solve(idx) for idx, solve in groups]
+        order = to_device(np.argsort(np.concatenate([idx for idx, _ in groups]), kind="stable"), backend, "int64")
+        return xp.take(xp.concat(parts, axis=0), order, axis=0)
 
     def _range_inverse(self, k):
         """Σ_{λ > τ} u uᵀ/(λ + ρ) for a stack of symmetric PSD matrices (module docstring), τ = rtol·λ_max.
@@ -474,8 +486,48 @@ class BlockPartitionFisher(FisherApproximation):
         return grams["gram"]
 
     # ---- structured path ---------------------------------------------------------------------
+    def _all_dual_whole_rows(self, cn: int) -> bool:
+        """Every tile of every layer holds whole rows and is dual (q_B = |R|·fan_l > CN)."""
+        return self.whole_rows and all(rows.shape[1] * cols.shape[1] > cn
+                                       for l in range(1, self.network.depth + 1) for rows, cols in self._layer_tiles(l))
+
+    def precondition_factors(self, signals, v, output_metric=None):
+        """Per layer (coef, a_{l−1}) with coef @ a_{l−1} = Δθ_l, where every tile holds whole rows and is dual
+        (:meth:`_all_dual_whole_rows`; the default k = "all" with fan_l > N), else None.
+
+        A dual tile's Δθ_B[i, :] = Σ_n w_i(x_n) a(x_n)/N with w_i = Σ_k z_k δ_i^{(k)} and z = (J_BJ_Bᵀ/N + ρI)⁻¹ v
+        (module docstring), so row i of coef is w_i/N: Δθ is never assembled tile by tile, and training writes it
+        into θ a block of rows at a time (:func:`ngdref.train.apply_factors`), as unit-wise's. coef is made in float64
+        and handed over in the network's dtype (the parameter-sized product runs in it, as unit-wise's)."""
+        xp = namespace_of(v)
+        c, n = v.shape
+        if not self._all_dual_whole_rows(c * n):
+            return None
+        vec = xp.reshape(as_float64(v), (c * n,))
+        out = []
+        for l in range(1, self.network.depth + 1):
+            a_net = signals.a[l - 1]
+            backend = backend_of(a_net)
+            d, a = as_float64(signals.delta[l - 1]), as_float64(a_net)
+            pieces, grams = [], {}
+            for rows, cols in self._layer_tiles(l):
+                for rr, cc in self._chunks(l, rows, cols, c, n, 0):
+                    rows_t = rows[rr]
+                    d_t, a_t = self._gather(d, a, rows_t, cols[cc], backend)
+                    t, r = rows_t.shape
+                    z = self._dual_solve(d_t, a_t, self._whole_fan_gram(cols, grams, a, a), vec[None, :, None], grams)
+                    w = xp.sum(xp.reshape(z, (t, c, n, 1)) * d_t, axis=1)  # Σ_k z_k δ_i^{(k)}, (T, N, r)
+                    pieces.append(xp.reshape(xp.permute_dims(w, (0, 2, 1)), (t * r, n)) / float(n))
+            coef = xp.concat(pieces, axis=0)  # (M_l, N): whole-row tiles come in θ_l's row order
+            out.append((xp.astype(coef, a_net.dtype, copy=False), a_net))
+        return out
+
     def precondition(self, signals, v, output_metric=None):
-        """Δθ_B = (F_B + ρI)⁻¹ J_Bᵀ v / N per tile (primal or dual, module docstring), θ_l-shaped per layer."""
+        """Δθ_B = (F_B + ρI)⁻¹ J_Bᵀ v / N per tile (primal or dual, module docstring), θ_l-shaped per layer; the
+        factors' product where there are factors (:meth:`precondition_factors`)."""
+        factors = self.precondition_factors(signals, v, output_metric)
+        if factors is not None:
+            return factor_product(factors)
         xp = namespace_of(v)
         c, n = v.shape
         vec = xp.reshape(as_float64(v), (c * n,))
