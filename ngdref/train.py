@@ -142,8 +142,8 @@ def ngd_step(fim: FisherApproximation, params: list, signals: Signals, residual,
     Memory contract: with ``in_place=False`` θ_{t+1} is a new list of new arrays and ``params`` is
     left as it was (so θ_0 can be kept); with ``in_place=True`` the arrays of ``params`` are
     overwritten with θ_{t+1} and the same list is returned. Where ``fim`` has a factored direction
-    (``precondition_factors``: exact, bd, tridiag, layer, kfac, unit, gd; block where its tiles are whole rows and dual) it is written into θ_{t+1}
-    (:func:`apply_factors`) and no parameter-sized array is made besides θ_{t+1}'s own
+    (``precondition_factors``: exact, bd, tridiag, layer, kfac, unit, gd; block where its tiles are whole rows and
+    dual) it is written into θ_{t+1} (:func:`apply_factors`) and no parameter-sized array is made besides θ_{t+1}'s own
     (``in_place=False``). Otherwise the only parameter-sized arrays made are those of the direction
     returned by ``fim.precondition`` (fresh, its contract): scaled by η in place, and with
     ``in_place=False`` turned into θ_{t+1} = θ_t − ηΔθ in place (−ηΔθ + θ_t is the same floating-point
