@@ -390,16 +390,17 @@ class BlockPartitionFisher(FisherApproximation):
         counts = xp.sum(alive, axis=0)  # tiles alive on each sample
         return xp.eye(n, dtype=xp.float64) * counts[None, :], (rest if rest.size else None)
 
-    def _dual_solve(self, d_t, a_t, gram, rhs, grams: dict):
+    def _dual_solve(self, d_t, a_t, gram, rhs, grams: dict, known=None):
         """(J_BJ_Bᵀ/N + ρI)⁻¹ on range(J_BJ_Bᵀ) times ``rhs`` (T or 1, CN, q) per dual tile, (T, CN, q). Certified
         tiles (:meth:`_certified`): a Cholesky solve of (δ_Rδ_Rᵀ) ∘ (a aᵀ/N) + diag(ρ on S, 1 off S), the kernel never
         stacked (:func:`ngdref.linalg.spd_solve_hadamard`) — off S the kernel's rows vanish, so those samples decouple
         and keep their right-hand side, which the callers' factors δ (zero off S) annihilate; the other tiles:
-        :meth:`_range_inverse` of the kernel (:meth:`_tile_kernel`)."""
+        :meth:`_range_inverse` of the kernel (:meth:`_tile_kernel`). ``known``: (certified, alive) where the caller
+        has it already."""
         xp = namespace_of(d_t)
         t, c, n, _ = d_t.shape
         backend = backend_of(d_t)
-        certified, alive = self._certified(d_t, grams, gram)
+        certified, alive = self._certified(d_t, grams, gram) if known is None else known
         if certified is None:
             certified = np.zeros(t, dtype=bool)
         live = certified & (to_host(xp.max(alive, axis=1)) > 0.0) if certified.any() else certified
@@ -691,10 +692,22 @@ class BlockPartitionFisher(FisherApproximation):
             grams, cross_grams = {}, {}
             for rows, cols in self._layer_tiles(l):
                 q = rows.shape[1] * cols.shape[1]
+                refused = False  # the remaining tiles are those the certificate refused
+                if s_prime is None and self.damping == 0.0 and q > c * n and cols.shape == (1, a.shape[1]):
+                    # S.137 on every certified tile of this shape at once (their δ: N·M_l entries, no kernel); only
+                    # the others go on, chunk by chunk
+                    d_all = self._gather(d, a, rows, cols, backend)[0]
+                    projector, rest = self._training_projector(d_all, grams, self._whole_fan_gram(cols, grams, a, a))
+                    del d_all
+                    if projector is not None:
+                        total = total + projector
+                        if rest is None:
+                            continue
+                        rows, refused = rows[rest], True
                 for rr, cc in self._chunks(l, rows, cols, c, n, n_p):
                     rows_t, cols_t = rows[rr], cols[cc]
                     d_t, a_t = self._gather(d, a, rows_t, cols_t, backend)
-                    dp_t, ap_t = self._gather(d_p, a_p, rows_t, cols_t, backend)
+                    dp_t, ap_t = (d_t, a_t) if s_prime is None else self._gather(d_p, a_p, rows_t, cols_t, backend)
                     t = rows_t.shape[0]
                     if q <= c * n:
                         jac = self._tile_jacobian(d_t, a_t)  # (T, CN, q)
@@ -705,17 +718,10 @@ class BlockPartitionFisher(FisherApproximation):
                         total = total + left @ xp.reshape(x_t, (t * q, c * n)) / float(n)
                     else:
                         gram = self._whole_fan_gram(cols, grams, a, a)
-                        if s_prime is None and self.damping == 0.0:
-                            projector, rest = self._training_projector(d_t, grams, gram)
-                            if projector is not None:
-                                total = total + projector
-                                if rest is None:
-                                    continue
-                                d_t = dp_t = xp.take(d_t, to_device(rest, backend, "int64"), axis=0)
-                                a_t = ap_t = None  # whole fan: the tile kernels read the layer's gram only
                         cross_gram = self._whole_fan_gram(cols, cross_grams, a_p, a)
                         cross = self._tile_kernel(dp_t, ap_t, d_t, a_t, cross_gram)  # (T, CN′, CN)
                         # Σ_B cross_B inv_B = Σ_B (inv_B cross_Bᵀ)ᵀ (inv_B symmetric)
-                        solved = self._dual_solve(d_t, a_t, gram, xp.permute_dims(cross, (0, 2, 1)), grams)
+                        solved = self._dual_solve(d_t, a_t, gram, xp.permute_dims(cross, (0, 2, 1)), grams,
+                                                  (np.zeros(t, dtype=bool), None) if refused else None)
                         total = total + xp.permute_dims(xp.sum(solved, axis=0), (1, 0)) / float(n)
         return xp.astype(total, s.f.dtype)
