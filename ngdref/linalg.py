@@ -227,19 +227,20 @@ def spd_solve_hadamard(gram, factors, shifts, b):
     (c, p) and B (c, p, q), every matrix symmetric positive definite: the kernels of stacked Hadamard form
     (δ_R δ_Rᵀ) ∘ (a aᵀ) of the block-partition FIM's whole-row tiles (:mod:`ngdref.fisher.blockpartition`) without
     their (c, p, p) stack. Where the ``dposv`` loop runs (NumPy float64, :func:`_posv_loop`) each matrix is made in
-    the scratch matrix from G (in cache) — F[u]F[u]ᵀ by one product (for r = 1 each entry one multiplication, so
-    the matrix is symmetric to the bit), times G, plus the shifts; elsewhere the stack and :func:`spd_solve_stack`."""
+    the scratch matrix from G (in cache) — F[u]F[u]ᵀ by one product (for r = 1 a broadcast product, each entry one
+    multiplication, so the matrix is symmetric to the bit), times G, plus the shifts; elsewhere the stack and :func:`spd_solve_stack`."""
     xp = namespace_of(gram, factors, shifts, b)
     c, p = int(factors.shape[0]), int(gram.shape[0])
     if _posv_loop(gram, b, p) is None or type(factors) is not np.ndarray or type(shifts) is not np.ndarray:
         stack = (factors @ xp.linalg.matrix_transpose(factors)) * gram[None, :, :]
         return spd_solve_stack(add_to_diagonal(stack, shifts), b)
     gram = np.ascontiguousarray(gram)
+    outer = np.multiply if int(factors.shape[2]) == 1 else np.matmul  # r = 1: a broadcast product, no BLAS call
 
     def fill(u, scratch):
-        np.matmul(factors[u], factors[u].T, out=scratch)
-        scratch *= gram
-        np.einsum("ii->i", scratch)[...] += shifts[u]
+        outer(factors[u], factors[u].T, out=scratch)
+        np.multiply(scratch, gram, out=scratch)
+        scratch.reshape(-1)[:: p + 1] += shifts[u]  # the diagonal, a strided view
 
     def matrix(u):
         return (factors[u] @ factors[u].T) * gram + np.diag(shifts[u])
