@@ -408,3 +408,28 @@ def test_results_do_not_depend_on_the_thread_count(k, g, monkeypatch):
     orc = O.oracle("block", net, p, x, 1e-6, k=k, g=g)
     assert _rel(runs[1][1], orc.theta_bar()) < 1e-9
     assert _rel(runs[1][2], orc.theta_bar(xt)) < 1e-9
+
+
+@pytest.mark.parametrize("r", [1, 3])
+def test_cholesky_certificate_holds_its_floor(r):
+    """The certificate's second stage (``_definite_above``) says yes only where every eigenvalue of the tile's
+    alive block m = (F_S F_Sᵀ) ∘ G_SS (written out entry by entry, eigenvalues by eigvalsh) is above ``floor``:
+    a floor twice λ_min(m) is refused, half of it accepted (both far from the rounding term); samples where F
+    vanishes are left out of the block (else m would be singular and every tile refused)."""
+    from ngdref.fisher.blockpartition import _definite_above
+
+    rng = np.random.default_rng(5)
+    n = 9
+    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    g = (q * np.logspace(0, -9, n)) @ q.T
+    f = rng.standard_normal((4, n, r))
+    f[:, [2, 5], :] = 0.0  # dead samples
+    lam = []
+    for u in range(4):
+        alive = [i for i in range(n) if f[u, i].any()]
+        m = np.array([[sum(f[u, i, j] * f[u, k, j] for j in range(r)) * g[i, k] for k in alive] for i in alive])
+        lam.append(np.linalg.eigvalsh(m).min())
+    lam = np.array(lam)
+    assert (lam > 1e-12).all()  # far above the rounding term 2(|S| + 1)·eps·tr(m)
+    assert _definite_above(f, g, 0.5 * lam).all()
+    assert not _definite_above(f, g, 2.0 * lam).any()
