@@ -495,8 +495,8 @@ def test_sweep_memory_estimate_counts_parameters_and_signals_and_refuses_up_fron
     train = build_cells(figure_config("fig1a", quick=True))[0]  # M = 1024, M0 = 100, N + N' = 40, σ_b² = 0: no biases
     p1 = 100 * 1024 + 1024 * 1024 + 1024
     assert cell_memory(train)[0] == 8 * (2 * p1 + 3 * 40 * (1024 + 1024 + 1))
-    for fim, k in (("diag", 3), ("quasi-diag", 3), ("block", 3), ("unit", 2), ("kfac", 2), ("gd", 2)):
-        other = copy.deepcopy(train)  # diag, quasi-diag and block make Δθ beside θ_0 and θ_t
+    for fim, k in (("diag", 3), ("quasi-diag", 3), ("block", 2), ("unit", 2), ("kfac", 2), ("gd", 2)):
+        other = copy.deepcopy(train)  # diag and quasi-diag make Δθ beside θ_0 and θ_t (block: whole rows, factored)
         other.params["train"]["fim"] = fim
         assert cell_memory(other)[0] == 8 * (k * p1 + 3 * 40 * (1024 + 1024 + 1)), fim
     assert cell_memory(build_cells(figure_config("fig2", quick=True))[0]) == (0, "")  # analytic: no network

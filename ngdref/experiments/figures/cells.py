@@ -170,9 +170,10 @@ isotropy_cell.check_result = _check_isotropy_result
 # ---- memory: refuse a sweep whose largest cell would not fit, before its first cell -------------------
 #: ``func.param_arrays``: how many parameter-sized (P) arrays a cell function holds at once, at least — a number,
 #: or a function of the cell's parameters. Training: θ_0 (kept for Eq. 22's distance) and θ_t, 2 where the
-#: approximation has a factored direction (gd, exact, bd, tridiag, layer, kfac, unit apply it a block of rows
-#: at a time, ngdref.train.ngd_step), 3 where it has not (diag, quasi-diag, block make the direction Δθ beside
-#: them: :func:`training_arrays`); an isotropy measurement: θ and one P-sized array (an entry-wise Fisher's
+#: approximation has a factored direction (gd, exact, bd, tridiag, layer, kfac, unit, block apply it a block of
+#: rows at a time, ngdref.train.ngd_step), 3 where it has not (diag, quasi-diag make the direction Δθ beside
+#: them: :func:`training_arrays`; block too where its tiles are sub-unit or primal, which 2 under-counts — the
+#: estimate is a lower bound); an isotropy measurement: θ and one P-sized array (an entry-wise Fisher's
 #: diagonal, a direction) (2). A function without it builds no network of the sweep's width (Fig. 2's
 #: analytic kernels) and is not estimated.
 def training_arrays(fim: str) -> int:
