@@ -114,6 +114,22 @@ def test_factors_of_several_vectors_are_the_oracles(backend, name, rho, c):
         assert _rel(_flat([left @ right for left, right in factors]), orc.precondition(v)) < 1e-9
 
 
+@pytest.mark.parametrize("c,g,rho", [(1, 1, 1e-2), (1, 1, 0.0), (2, 2, 1e-2), (2, 2, 0.0)])
+def test_block_partition_factors_of_several_vectors_are_the_oracles(backend, c, g, rho):
+    """Block partition's precondition_factors_many(s, [v_1, v_2, v_3]), the three vectors solved together per tile:
+    each list's products are the P×P oracle's G⁻¹Jᵀv_j/N (C = 2 with tiles of 2 units, which are dual there)."""
+    rng = np.random.default_rng(16)
+    net = Network((6, 10, 9, c), "relu", 2.0, 0.3)
+    x, vs = unit_rows(rng, 5, 6), [rng.standard_normal((c, 5)) for _ in range(3)]
+    p = net.init(0, backend)
+    s = net.signals(p, to_device(x, backend))
+    many = get_fisher("block", net, rho, g=g).precondition_factors_many(s, [to_device(v, backend) for v in vs])
+    orc = O.oracle("block", net, net.init(0), x, rho, g=g)
+    assert len(many) == 3
+    for factors, v in zip(many, vs):
+        assert _rel(_flat([left @ right for left, right in factors]), orc.precondition(v)) < 1e-9
+
+
 def test_train_shares_step_0_with_eq22(backend, monkeypatch):
     """train's step 0 and its Eq. 22 check get their factors from one precondition_factors_many call (unit-wise:
     one factorisation per unit); every record and the summary equal those of separate calls to 1e-10."""

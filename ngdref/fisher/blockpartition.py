@@ -378,12 +378,15 @@ class BlockPartitionFisher(FisherApproximation):
     def _training_projector(self, d_t, grams: dict, gram):
         """Θ̄_B(x, x) at ρ = 0 summed over a chunk's certified tiles (:meth:`_certified`): K_B K_B⁺ is the orthogonal
         projector onto range K_B = span{e_n : n ∈ S_B}, i.e. diag(1[e_B(x_n) > 0]) exactly (S.137, as unit-wise),
-        (N, N); and the uncertified tiles' indices (host, None if none). (None, None) where no tile is certified."""
+        (N, N); and the uncertified tiles' indices (host, None if none). (None, None) where no certificate applies
+        (C > 1, a tile short of the fan-in)."""
         certified, alive = self._certified(d_t, grams, gram)
-        if certified is None or not certified.any():
+        if certified is None:
             return None, None
         xp = namespace_of(d_t)
         n = int(d_t.shape[2])
+        if not certified.any():  # every tile refused: a zero projector, and the refusal handed on
+            return xp.zeros((n, n), dtype=xp.float64), np.arange(certified.size)
         ok, rest = np.flatnonzero(certified), np.flatnonzero(~certified)
         if rest.size:
             alive = xp.take(alive, to_device(ok, backend_of(d_t), "int64"), axis=0)
@@ -500,12 +503,20 @@ class BlockPartitionFisher(FisherApproximation):
         (module docstring), so row i of coef is w_i/N: Δθ is never assembled tile by tile, and training writes it
         into θ a block of rows at a time (:func:`ngdref.train.apply_factors`), as unit-wise's. coef is made in float64
         and handed over in the network's dtype (the parameter-sized product runs in it, as unit-wise's)."""
-        xp = namespace_of(v)
-        c, n = v.shape
+        many = self.precondition_factors_many(signals, [v], output_metric)
+        return None if many is None else many[0]
+
+    def precondition_factors_many(self, signals, vs, output_metric=None):
+        """:meth:`precondition_factors` for q vectors of the same signals: each tile's solve takes the q right-hand
+        sides together (training's step 0 with Eq. 22's vector: one certificate and factorisation per tile, not
+        two); None where there are no factors."""
+        xp = namespace_of(vs[0])
+        c, n = vs[0].shape
         if not self._all_dual_whole_rows(c * n):
             return None
-        vec = xp.reshape(as_float64(v), (c * n,))
-        out = []
+        q = len(vs)
+        rhs = xp.stack([xp.reshape(as_float64(v), (c * n,)) for v in vs], axis=1)[None, :, :]  # (1, CN, q)
+        out = [[] for _ in vs]
         for l in range(1, self.network.depth + 1):
             a_net = signals.a[l - 1]
             backend = backend_of(a_net)
@@ -516,11 +527,13 @@ class BlockPartitionFisher(FisherApproximation):
                     rows_t = rows[rr]
                     d_t, a_t = self._gather(d, a, rows_t, cols[cc], backend)
                     t, r = rows_t.shape
-                    z = self._dual_solve(d_t, a_t, self._whole_fan_gram(cols, grams, a, a), vec[None, :, None], grams)
-                    w = xp.sum(xp.reshape(z, (t, c, n, 1)) * d_t, axis=1)  # Σ_k z_k δ_i^{(k)}, (T, N, r)
-                    pieces.append(xp.reshape(xp.permute_dims(w, (0, 2, 1)), (t * r, n)) / float(n))
-            coef = xp.concat(pieces, axis=0)  # (M_l, N): whole-row tiles come in θ_l's row order
-            out.append((xp.astype(coef, a_net.dtype, copy=False), a_net))
+                    z = xp.reshape(self._dual_solve(d_t, a_t, self._whole_fan_gram(cols, grams, a, a), rhs, grams),
+                                   (t, c, n, 1, q))
+                    w = xp.sum(z * d_t[:, :, :, :, None], axis=1)  # Σ_k z_k δ_i^{(k)}, (T, N, r, q)
+                    pieces.append(xp.reshape(xp.permute_dims(w, (0, 2, 1, 3)), (t * r, n, q)) / float(n))
+            coef = xp.concat(pieces, axis=0)  # (M_l, N, q): whole-row tiles come in θ_l's row order
+            for j in range(q):
+                out[j].append((xp.astype(coef[:, :, j], a_net.dtype), a_net))
         return out
 
     def precondition(self, signals, v, output_metric=None):
