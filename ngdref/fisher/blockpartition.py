@@ -86,7 +86,7 @@ import numpy as np
 from ..backend import as_float64, backend_of, namespace_of, to_device, to_host
 from ..errors import ConfigError
 from ..kernels import layer_gammas
-from ..linalg import default_rtol, psd_pinv, spd_solve_hadamard, symmetrize
+from ..linalg import default_rtol, psd_pinv, spd_solve_hadamard, spd_solve_stack, symmetrize
 from ..threads import Pool, blas_context
 from . import cost
 from .base import FisherApproximation, factor_product
@@ -211,7 +211,9 @@ def _flops(k: int | None, g: int | None):
         C = 1 with fan_l >= N are counted as certified (module docstring; the generic case): a Cholesky solve
         (cost.solve's (2/3)N³ + 2N²k convention, as unit-wise's) with one right-hand side for Δθ_B, with N′ for
         Θ̄(x′, x) at ρ > 0 (the cross kernel 2N²|R| + N², the cross a′aᵀ), and at ρ = 0 Θ̄(x, x) in closed form (the
-        certificate, N·|R|; a aᵀ only); plus one eigvalsh of a aᵀ per layer (4N³)."""
+        certificate, N·|R|; a aᵀ only); plus one eigvalsh of a aᵀ per layer (4N³). Not modelled (data-dependent, as
+        in unit-wise's model): tiles alive on no sample skip their solve, and at ρ = 0 units alive on every sample
+        share one factorisation of a aᵀ/N."""
         cn, n = s.cn, s.n
         direction = coefficient = 0.0
         for l in s.layers:
@@ -397,7 +399,8 @@ class BlockPartitionFisher(FisherApproximation):
         """(J_BJ_Bᵀ/N + ρI)⁻¹ on range(J_BJ_Bᵀ) times ``rhs`` (T or 1, CN, q) per dual tile, (T, CN, q). Certified
         tiles (:meth:`_certified`): a Cholesky solve of (δ_Rδ_Rᵀ) ∘ (a aᵀ/N) + diag(ρ on S, 1 off S), the kernel never
         stacked (:func:`ngdref.linalg.spd_solve_hadamard`) — off S the kernel's rows vanish, so those samples decouple
-        and keep their right-hand side, which the callers' factors δ (zero off S) annihilate; the other tiles:
+        and keep their right-hand side, which the callers' factors δ (zero off S) annihilate — at ρ = 0 a single unit
+        alive on every sample as D⁻¹(G/N)⁻¹D⁻¹ with one factorisation of G/N for all of them; the other tiles:
         :meth:`_range_inverse` of the kernel (:meth:`_tile_kernel`). ``known``: (certified, alive) where the caller
         has it already."""
         xp = namespace_of(d_t)
@@ -420,12 +423,25 @@ class BlockPartitionFisher(FisherApproximation):
                 return pool.split(lambda lo, hi: spd_solve_hadamard(gram_n, factors[lo:hi, ...], shifts[lo:hi, ...],
                                                                     b_i[lo:hi, ...]), int(idx.size))
 
+        def shared(idx):  # ρ = 0, one unit alive on every sample: (D G D/N)⁻¹ = D⁻¹ (G/N)⁻¹ D⁻¹, one factor of G/N
+            delta = take(d_t[:, 0, :, 0], idx)  # (U, N)
+            u, q = int(idx.size), int(b.shape[2])
+            scaled = xp.permute_dims(take(b, idx) / delta[:, :, None], (1, 0, 2))  # (N, U, q)
+            with blas_context(scaled):
+                y = spd_solve_stack(xp.reshape(gram / float(n), (1, n, n)), xp.reshape(scaled, (1, n, u * q)))
+            return xp.permute_dims(xp.reshape(y, (n, u, q)), (1, 0, 2)) / delta[:, :, None]
+
         def range_inverse(idx):
             d_i, a_i = take(d_t, idx), (a_t if idx.size == t else None)  # a_t is read only where gram is None (all)
             return self._range_inverse(self._tile_kernel(d_i, a_i, d_i, a_i, gram) / float(n)) @ take(b, idx)
 
+        # single-unit tiles alive on every sample at ρ = 0 share G's factorisation (as unit-wise's exact mode, S.136);
         # tiles alive on no sample (certified) have a zero kernel: they keep their right-hand side, no solve
-        groups = [(idx, solve) for idx, solve in ((np.flatnonzero(live), cholesky),
+        everywhere = np.zeros(t, dtype=bool)
+        if self.damping == 0.0 and d_t.shape[3] == 1 and live.any():
+            everywhere = live & (to_host(xp.min(alive, axis=1)) > 0.0)
+        groups = [(idx, solve) for idx, solve in ((np.flatnonzero(everywhere), shared),
+                                                  (np.flatnonzero(live & ~everywhere), cholesky),
                                                   (np.flatnonzero(certified & ~live), lambda idx: take(b, idx)),
                                                   (np.flatnonzero(~certified), range_inverse)) if idx.size]
         if len(groups) == 1:
