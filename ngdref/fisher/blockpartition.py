@@ -49,19 +49,26 @@ the part of v that J_Bᵀ does not annihilate (dual) always is — so dropping t
 or below τ changes nothing but rounding: those eigenvalues cannot be told from 0 by ``eigh``,
 and the literal solve would amplify their rounding by 1/ρ (1e12 at the default ρ). Tiles are
 rank-deficient whenever q_B < CN or samples are dead (ReLU: δ_i(x_n) = 0), so this matters.
+
 Certified tiles (whole fan-in, C = 1: the default k = "all"). A tile's kernel is then Σ_{i∈R} D_i G D_i / N with
-G = a aᵀ (N×N, shared by the layer) and D_i = diag(δ_i); it vanishes off the tile's alive samples S = {n : e(x_n) >
-0}, e = Σ_{i∈R} δ_i², and on S its eigenvalues lie in [λ_min(G)·min_S e, λ_max(G)·max e]/N. Where that interval
-clears the cut-off by CERTIFY_MARGIN (λ_min(G)·min_S e > 64·rtol·λ_max(G)·max e, λ_min(G) by one ``eigvalsh`` per
-layer, lowered by N·eps·λ_max(G) for its rounding) the range inverse keeps exactly the S block, and it is computed
-as one Cholesky solve of the kernel + diag(ρ on S, 1 off S), never stacked (:func:`ngdref.linalg.spd_solve_hadamard`:
-N³/3 flops and 2N² per right-hand side, against ≈ 11 N³ for eigh and the inverse); Θ̄(x, x) at ρ = 0 on such a tile is the projector diag(1_S) in closed form
-(S.137). The other tiles (a δ that spans more orders of magnitude than the margin allows, a singular G, C > 1) take
-the ``eigh`` path. On MNIST at M = 4096 (``ngdref train``'s data, σ_b² = 0.5) 97.8 % of layer 1's units and all of
-the other layers' are certified.
+G = a aᵀ (N×N, shared by the layer) and D_i = diag(δ_i); it vanishes off the tile's alive samples
+S = {n : e(x_n) > 0}, e = Σ_{i∈R} δ_i², and on S its eigenvalues lie in [λ_min(G)·min_S e, λ_max(G)·max e]/N.
+Where that interval clears the cut-off by CERTIFY_MARGIN (λ_min(G)·min_S e > 64·rtol·λ_max(G)·max e, λ_min(G) by
+one ``eigvalsh`` per layer, lowered by N·eps·λ_max(G) for its rounding), or where a Cholesky test of the alive
+block shifted by that floor succeeds (:func:`_definite_above`; the bound is loose by up to cond(G)), the range
+inverse keeps exactly the S block. It is then one Cholesky solve of the kernel + diag(ρ on S, 1 off S), filled
+matrix by matrix and never stacked (:func:`ngdref.linalg.spd_solve_hadamard`: N³/3 flops and 2N² per right-hand
+side, against ≈ 11 N³ for eigh and the inverse); at ρ = 0 the single units alive on every sample share one
+factorisation of G/N, (D G D/N)⁻¹ = D⁻¹(G/N)⁻¹D⁻¹ (as unit-wise's exact mode); tiles alive on no sample need none;
+and Θ̄(x, x) at ρ = 0 on a certified tile is the projector diag(1_S) in closed form (S.137). Where every tile holds
+whole rows and is dual the direction is factored, Δθ_l = coef_l a_{l−1} (:meth:`BlockPartitionFisher.precondition_factors`).
+The other tiles (a δ spanning more orders of magnitude than the margin allows, a singular G, C > 1, sub-unit k)
+take the ``eigh`` path. On MNIST at M = 4096 (``ngdref train``'s data, σ_b² = 0.5): 4,005 of layer 1's 4,096 units
+certified by the bound, 4,050 with the Cholesky test (the 46 left have λ_min/λ_max 1.7e-14 … 2.1e-11, at the
+cut-off), all of the other layers'.
 
 All N- and tile-sized algebra is float64 (as :mod:`ngdref.fisher.unitwise`); results are
-returned in the network's dtype.
+returned in the network's dtype (the factored direction's parameter-sized product runs in it, as unit-wise's).
 
 Isotropy. At ρ → 0, Θ̄(x, x) = Σ_B Π_B, Π_B the orthogonal projector onto the range of J_B in
 function space (Eq. 11), so tr Θ̄ = Σ_B rank J_B. For whole rows (k = "all"), C = 1 and
