@@ -228,7 +228,8 @@ def spd_solve_hadamard(gram, factors, shifts, b):
     (δ_R δ_Rᵀ) ∘ (a aᵀ) of the block-partition FIM's whole-row tiles (:mod:`ngdref.fisher.blockpartition`) without
     their (c, p, p) stack. Where the ``dposv`` loop runs (NumPy float64, :func:`_posv_loop`) each matrix is made in
     the scratch matrix from G (in cache) — F[u]F[u]ᵀ by one product (for r = 1 a broadcast product, each entry one
-    multiplication, so the matrix is symmetric to the bit), times G, plus the shifts; elsewhere the stack and :func:`spd_solve_stack`."""
+    multiplication, so the matrix is symmetric to the bit), times G, plus the shifts; elsewhere the stack and
+    :func:`spd_solve_stack`."""
     xp = namespace_of(gram, factors, shifts, b)
     c, p = int(factors.shape[0]), int(gram.shape[0])
     if _posv_loop(gram, b, p) is None or type(factors) is not np.ndarray or type(shifts) is not np.ndarray:
