@@ -329,21 +329,35 @@ class BlockPartitionFisher(FisherApproximation):
             for cols in _cuts(fan, self.k):
                 yield rows, cols
 
-    def _chunks(self, layer: int, rows, cols, c: int, n: int, n_prime: int):
+    def _chunks(self, layer: int, rows, cols, c: int, n: int, n_prime: int, certifiable: bool = False):
         """Chunks of (row group, column group) pairs sized to the layer's budget and P/4 elements: (rr, cc)
         host index arrays. A tile counts its gathered δ (C·N·r) and a (N·c; nothing when one column group
-        spans the whole fan-in, where :meth:`_gather` hands out ``a`` itself) besides its products."""
+        spans the whole fan-in, where :meth:`_gather` hands out ``a`` itself) besides its products.
+        ``certifiable`` (callers of :meth:`_dual_solve`): a dual whole-fan tile at C = 1 counts no kernel — a certified
+        one forms none, and the others are decomposed in stacks of :meth:`_stack_limit` tiles."""
         nr, r = rows.shape
         nc, kc = cols.shape
         q, cn = r * kc, c * n
-        per_tile = (cn * q + 3 * q * q + c * n_prime * q) if q <= cn else (4 * cn * cn + c * n_prime * cn + n * n_prime)
-        per_tile += cn * r + (0 if nc == 1 else n * kc)
-        budget = min(self._budget(layer), max(self.network.n_params // 4, 1))
-        step = max(1, budget // max(per_tile, 1))
+        if certifiable and q > cn and nc == 1 and kc == self.network.layer_shape(layer)[1] and c == 1:
+            per_tile = cn * r + 4 * cn + 2 * n_prime * cn  # δ, e, shifts, right-hand side; Θ̄'s cross kernel
+        else:
+            per_tile = (cn * q + 3 * q * q + c * n_prime * q) if q <= cn else (4 * cn * cn + c * n_prime * cn
+                                                                                + n * n_prime)
+            per_tile += cn * r + (0 if nc == 1 else n * kc)
+        step = max(1, self._chunk_budget(layer) // max(per_tile, 1))
         pairs = nr * nc
         for start in range(0, pairs, step):
             t = np.arange(start, min(pairs, start + step))
             yield t // nc, t % nc
+
+    def _chunk_budget(self, layer: int) -> int:
+        return min(self._budget(layer), max(self.network.n_params // 4, 1))
+
+    def _stack_limit(self, layer: int, c: int, n: int, n_prime: int) -> int:
+        """Dual tiles per (T, CN, CN) stack (kernel, eigh's vectors, the inverse, Θ̄'s cross kernel) within the chunk
+        budget: how many :meth:`_dual_solve` decomposes or solves by stacks at once."""
+        cn = c * n
+        return max(1, self._chunk_budget(layer) // (4 * cn * cn + c * n_prime * cn + n * n_prime + cn))
 
     def _certified(self, d_t, grams: dict, gram):
         """Which tiles' range inverse keeps every non-zero eigenvalue (host bool (T,)), and their alive samples
@@ -402,14 +416,15 @@ class BlockPartitionFisher(FisherApproximation):
         counts = xp.sum(alive, axis=0)  # tiles alive on each sample
         return xp.eye(n, dtype=xp.float64) * counts[None, :], (rest if rest.size else None)
 
-    def _dual_solve(self, d_t, a_t, gram, rhs, grams: dict, known=None):
+    def _dual_solve(self, d_t, a_t, gram, rhs, grams: dict, known=None, stack=None):
         """(J_BJ_Bᵀ/N + ρI)⁻¹ on range(J_BJ_Bᵀ) times ``rhs`` (T or 1, CN, q) per dual tile, (T, CN, q). Certified
         tiles (:meth:`_certified`): a Cholesky solve of (δ_Rδ_Rᵀ) ∘ (a aᵀ/N) + diag(ρ on S, 1 off S), the kernel never
         stacked (:func:`ngdref.linalg.spd_solve_hadamard`) — off S the kernel's rows vanish, so those samples decouple
         and keep their right-hand side, which the callers' factors δ (zero off S) annihilate — at ρ = 0 a single unit
         alive on every sample as D⁻¹(G/N)⁻¹D⁻¹ with one factorisation of G/N for all of them; the other tiles:
         :meth:`_range_inverse` of the kernel (:meth:`_tile_kernel`). ``known``: (certified, alive) where the caller
-        has it already."""
+        has it already; ``stack``: at most that many tiles' (CN, CN) matrices at once (:meth:`_stack_limit`), for the
+        kernels of the ``eigh`` path and the stacked Cholesky of backends without LAPACK's loop."""
         xp = namespace_of(d_t)
         t, c, n, _ = d_t.shape
         backend = backend_of(d_t)
@@ -422,13 +437,22 @@ class BlockPartitionFisher(FisherApproximation):
         def take(x, idx):
             return x if idx.size == t else xp.take(x, to_device(idx, backend, "int64"), axis=0)
 
+        def pieces(idx):  # consecutive pieces of at most ``stack`` tiles
+            step = int(idx.size) if stack is None else max(1, int(stack))
+            return [idx[i : i + step] for i in range(0, int(idx.size), step)]
+
         def cholesky(idx):
             factors, alive_i, b_i = take(d_t[:, 0, :, :], idx), take(alive, idx), take(b, idx)
             shifts = alive_i * self.damping + (1.0 - alive_i)
             gram_n = gram / float(n)
+            out = []
             with Pool.open(factors, "ngdref-block") as pool, blas_context(factors):
-                return pool.split(lambda lo, hi: spd_solve_hadamard(gram_n, factors[lo:hi, ...], shifts[lo:hi, ...],
-                                                                    b_i[lo:hi, ...]), int(idx.size))
+                for part in pieces(np.arange(int(idx.size))):
+                    lo0, hi0 = int(part[0]), int(part[-1]) + 1
+                    f, sh, bb = factors[lo0:hi0, ...], shifts[lo0:hi0, ...], b_i[lo0:hi0, ...]
+                    out.append(pool.split(lambda lo, hi, f=f, sh=sh, bb=bb: spd_solve_hadamard(
+                        gram_n, f[lo:hi, ...], sh[lo:hi, ...], bb[lo:hi, ...]), hi0 - lo0))
+            return out[0] if len(out) == 1 else xp.concat(out, axis=0)
 
         def shared(idx):  # ρ = 0, one unit alive on every sample: (D G D/N)⁻¹ = D⁻¹ (G/N)⁻¹ D⁻¹, one factor of G/N
             delta = take(d_t[:, 0, :, 0], idx)  # (U, N)
@@ -439,8 +463,11 @@ class BlockPartitionFisher(FisherApproximation):
             return xp.permute_dims(xp.reshape(y, (n, u, q)), (1, 0, 2)) / delta[:, :, None]
 
         def range_inverse(idx):
-            d_i, a_i = take(d_t, idx), (a_t if idx.size == t else None)  # a_t is read only where gram is None (all)
-            return self._range_inverse(self._tile_kernel(d_i, a_i, d_i, a_i, gram) / float(n)) @ take(b, idx)
+            out = []
+            for part in pieces(idx):
+                d_i, a_i = take(d_t, part), (a_t if part.size == t else None)  # a_t read only where gram is None (all)
+                out.append(self._range_inverse(self._tile_kernel(d_i, a_i, d_i, a_i, gram) / float(n)) @ take(b, part))
+            return out[0] if len(out) == 1 else xp.concat(out, axis=0)
 
         # single-unit tiles alive on every sample at ρ = 0 share G's factorisation (as unit-wise's exact mode, S.136);
         # tiles alive on no sample (certified) have a zero kernel: they keep their right-hand side, no solve
@@ -546,12 +573,13 @@ class BlockPartitionFisher(FisherApproximation):
             d, a = as_float64(signals.delta[l - 1]), as_float64(a_net)
             pieces, grams = [], {}
             for rows, cols in self._layer_tiles(l):
-                for rr, cc in self._chunks(l, rows, cols, c, n, 0):
+                stack = self._stack_limit(l, c, n, 0)
+                for rr, cc in self._chunks(l, rows, cols, c, n, 0, certifiable=True):
                     rows_t = rows[rr]
                     d_t, a_t = self._gather(d, a, rows_t, cols[cc], backend)
                     t, r = rows_t.shape
-                    z = xp.reshape(self._dual_solve(d_t, a_t, self._whole_fan_gram(cols, grams, a, a), rhs, grams),
-                                   (t, c, n, 1, q))
+                    z = xp.reshape(self._dual_solve(d_t, a_t, self._whole_fan_gram(cols, grams, a, a), rhs, grams,
+                                                    stack=stack), (t, c, n, 1, q))
                     w = xp.sum(z * d_t[:, :, :, :, None], axis=1)  # Σ_k z_k δ_i^{(k)}, (T, N, r, q)
                     pieces.append(xp.reshape(xp.permute_dims(w, (0, 2, 1, 3)), (t * r, n, q)) / float(n))
             coef = xp.concat(pieces, axis=0)  # (M_l, N, q): whole-row tiles come in θ_l's row order
@@ -580,7 +608,7 @@ class BlockPartitionFisher(FisherApproximation):
             for rows, cols in tiles:
                 r, kc = rows.shape[1], cols.shape[1]
                 q = r * kc
-                for rr, cc in self._chunks(l, rows, cols, c, n, 0):
+                for rr, cc in self._chunks(l, rows, cols, c, n, 0, certifiable=True):
                     rows_t, cols_t = rows[rr], cols[cc]
                     d_t, a_t = self._gather(d, a, rows_t, cols_t, backend)
                     t = rows_t.shape[0]
@@ -592,7 +620,8 @@ class BlockPartitionFisher(FisherApproximation):
                         theta = xp.reshape(inv @ rhs, (t, r, kc))
                     else:
                         gram = self._whole_fan_gram(cols, grams, a, a)
-                        z = self._dual_solve(d_t, a_t, gram, vec[None, :, None], grams)
+                        z = self._dual_solve(d_t, a_t, gram, vec[None, :, None], grams,
+                                             stack=self._stack_limit(l, c, n, 0))
                         z = xp.reshape(z, (t, c, n, 1))  # (J_BJ_Bᵀ/N + ρI)⁻¹ v
                         w = xp.permute_dims(xp.sum(z * d_t, axis=1), (0, 2, 1))  # Σ_k z_k δ_i^{(k)}, (T, r, N)
                         if gram is None:
@@ -740,7 +769,7 @@ class BlockPartitionFisher(FisherApproximation):
                         if rest is None:
                             continue
                         rows, refused = rows[rest], True
-                for rr, cc in self._chunks(l, rows, cols, c, n, n_p):
+                for rr, cc in self._chunks(l, rows, cols, c, n, n_p, certifiable=not refused):
                     rows_t, cols_t = rows[rr], cols[cc]
                     d_t, a_t = self._gather(d, a, rows_t, cols_t, backend)
                     dp_t, ap_t = (d_t, a_t) if s_prime is None else self._gather(d_p, a_p, rows_t, cols_t, backend)
@@ -758,6 +787,7 @@ class BlockPartitionFisher(FisherApproximation):
                         cross = self._tile_kernel(dp_t, ap_t, d_t, a_t, cross_gram)  # (T, CN′, CN)
                         # Σ_B cross_B inv_B = Σ_B (inv_B cross_Bᵀ)ᵀ (inv_B symmetric)
                         solved = self._dual_solve(d_t, a_t, gram, xp.permute_dims(cross, (0, 2, 1)), grams,
-                                                  (np.zeros(t, dtype=bool), None) if refused else None)
+                                                  (np.zeros(t, dtype=bool), None) if refused else None,
+                                                  stack=self._stack_limit(l, c, n, n_p))
                         total = total + xp.permute_dims(xp.sum(solved, axis=0), (1, 0)) / float(n)
         return xp.astype(total, s.f.dtype)
