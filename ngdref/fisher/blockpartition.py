@@ -339,7 +339,8 @@ class BlockPartitionFisher(FisherApproximation):
         nc, kc = cols.shape
         q, cn = r * kc, c * n
         if certifiable and q > cn and nc == 1 and kc == self.network.layer_shape(layer)[1] and c == 1:
-            per_tile = cn * r + 4 * cn + 2 * n_prime * cn  # δ, e, shifts, right-hand side; Θ̄'s cross kernel
+            # δ, e, shifts, right-hand side; Θ̄'s cross kernel, its solution, their concatenation and reordering
+            per_tile = cn * r + 4 * cn + 4 * n_prime * cn
         else:
             per_tile = (cn * q + 3 * q * q + c * n_prime * q) if q <= cn else (4 * cn * cn + c * n_prime * cn
                                                                                 + n * n_prime)
