@@ -442,18 +442,18 @@ class BlockPartitionFisher(FisherApproximation):
             step = int(idx.size) if stack is None else max(1, int(stack))
             return [idx[i : i + step] for i in range(0, int(idx.size), step)]
 
-        def cholesky(idx):
-            factors, alive_i, b_i = take(d_t[:, 0, :, :], idx), take(alive, idx), take(b, idx)
-            shifts = alive_i * self.damping + (1.0 - alive_i)
-            gram_n = gram / float(n)
-            out = []
-            with Pool.open(factors, "ngdref-block") as pool, blas_context(factors):
-                for part in pieces(np.arange(int(idx.size))):
-                    lo0, hi0 = int(part[0]), int(part[-1]) + 1
-                    f, sh, bb = factors[lo0:hi0, ...], shifts[lo0:hi0, ...], b_i[lo0:hi0, ...]
-                    out.append(pool.split(lambda lo, hi, f=f, sh=sh, bb=bb: spd_solve_hadamard(
-                        gram_n, f[lo:hi, ...], sh[lo:hi, ...], bb[lo:hi, ...]), hi0 - lo0))
+        def joined(out):
             return out[0] if len(out) == 1 else xp.concat(out, axis=0)
+
+        def cholesky(idx):
+            gram_n, out = gram / float(n), []
+            with Pool.open(d_t, "ngdref-block") as pool, blas_context(d_t):
+                for part in pieces(idx):
+                    f, alive_i, rhs_i = take(d_t[:, 0, :, :], part), take(alive, part), take(b, part)
+                    sh = alive_i * self.damping + (1.0 - alive_i)
+                    out.append(pool.split(lambda lo, hi, f=f, sh=sh, rhs_i=rhs_i: spd_solve_hadamard(
+                        gram_n, f[lo:hi, ...], sh[lo:hi, ...], rhs_i[lo:hi, ...]), int(part.size)))
+            return joined(out)
 
         def shared(idx):  # ρ = 0, one unit alive on every sample: (D G D/N)⁻¹ = D⁻¹ (G/N)⁻¹ D⁻¹, one factor of G/N
             delta = take(d_t[:, 0, :, 0], idx)  # (U, N)
@@ -468,7 +468,7 @@ class BlockPartitionFisher(FisherApproximation):
             for part in pieces(idx):
                 d_i, a_i = take(d_t, part), (a_t if part.size == t else None)  # a_t read only where gram is None (all)
                 out.append(self._range_inverse(self._tile_kernel(d_i, a_i, d_i, a_i, gram) / float(n)) @ take(b, part))
-            return out[0] if len(out) == 1 else xp.concat(out, axis=0)
+            return joined(out)
 
         # single-unit tiles alive on every sample at ρ = 0 share G's factorisation (as unit-wise's exact mode, S.136);
         # tiles alive on no sample (certified) have a zero kernel: they keep their right-hand side, no solve
